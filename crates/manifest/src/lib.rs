@@ -1,0 +1,269 @@
+//! The app manifest (`tessera.toml`): parsing with source positions, validation, and the
+//! plain app model the rest of Tessera consumes.
+//!
+//! Parsing walks the span-carrying TOML tree by hand instead of deriving serde, so every
+//! error can name the file, line, column and the full key path (`services.greeter.memory`)
+//! a user has to fix.
+
+mod parse;
+mod units;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use units::{parse_duration, parse_size};
+
+/// File name of the manifest inside an app directory.
+pub const MANIFEST_FILE: &str = "tessera.toml";
+
+/// Default per-instance memory limit of a service.
+pub const DEFAULT_MEMORY: u64 = 128 * 1024 * 1024;
+/// Default per-request deadline of a service.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest memory limit a 32-bit guest can use.
+pub const MAX_MEMORY: u64 = 4 * 1024 * 1024 * 1024;
+/// Longest per-request deadline accepted.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A validated app manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The manifest file this was read from.
+    pub path: PathBuf,
+    /// The app's name.
+    pub app: String,
+    /// The services, sorted by name.
+    pub services: Vec<ServiceSpec>,
+}
+
+/// One service as the manifest declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub name: String,
+    /// Path of the component file, resolved against the manifest's directory.
+    pub component: PathBuf,
+    /// Path prefixes this service answers.
+    pub routes: Vec<RoutePrefix>,
+    pub limits: Limits,
+    /// Origins the service may call through `wasi:http/outgoing-handler`.
+    pub outbound: Vec<Origin>,
+    /// Environment variables granted to the guest; none unless listed.
+    pub env: Vec<(String, String)>,
+}
+
+/// Per-service resource limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum linear memory of one instance, in bytes.
+    pub memory: u64,
+    /// Deadline of one request, from arrival to the end of the guest's work.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: DEFAULT_MEMORY,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// A route: a path prefix that matches itself and everything below it on a segment
+/// boundary (`/hello` matches `/hello` and `/hello/x`, not `/helloworld`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoutePrefix(String);
+
+impl RoutePrefix {
+    /// Checks the shape of a prefix: starts with `/`, no trailing `/` (except the root),
+    /// no query, fragment, empty segment or whitespace.
+    pub fn new(prefix: &str) -> Result<Self, String> {
+        if !prefix.starts_with('/') {
+            return Err(format!("route `{prefix}` must start with `/`"));
+        }
+        if prefix.len() > 1 && prefix.ends_with('/') {
+            return Err(format!(
+                "route `{prefix}` must not end with `/` (a prefix already matches everything below it)"
+            ));
+        }
+        if prefix.contains("//") {
+            return Err(format!("route `{prefix}` has an empty path segment"));
+        }
+        if let Some(c) = prefix
+            .chars()
+            .find(|c| matches!(c, '?' | '#') || c.is_whitespace() || c.is_control())
+        {
+            return Err(format!("route `{prefix}` must not contain {c:?}"));
+        }
+        Ok(RoutePrefix(prefix.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `path` (without query) falls under this prefix.
+    pub fn matches(&self, path: &str) -> bool {
+        if self.0 == "/" {
+            return path.starts_with('/');
+        }
+        match path.strip_prefix(self.0.as_str()) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        }
+    }
+}
+
+impl std::fmt::Display for RoutePrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An origin a service may call: scheme, host and port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub scheme: Scheme,
+    /// Lowercased host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Origin {
+    /// Parses `http://host[:port]` or `https://host[:port]`, optionally with a trailing `/`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (scheme, rest) = if let Some(rest) = text.strip_prefix("https://") {
+            (Scheme::Https, rest)
+        } else if let Some(rest) = text.strip_prefix("http://") {
+            (Scheme::Http, rest)
+        } else {
+            return Err(format!(
+                "origin `{text}` must start with `http://` or `https://`"
+            ));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.is_empty() {
+            return Err(format!("origin `{text}` has no host"));
+        }
+        if rest.contains(['/', '?', '#', '@']) {
+            return Err(format!(
+                "origin `{text}` must be scheme, host and port only (no path, query or user)"
+            ));
+        }
+        let default_port = match scheme {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        };
+        let (host, port) = split_host_port(rest)
+            .ok_or_else(|| format!("origin `{text}` has an invalid host or port"))?;
+        Ok(Origin {
+            scheme,
+            host: host.to_ascii_lowercase(),
+            port: port.unwrap_or(default_port),
+        })
+    }
+
+    /// Whether a request to `scheme://host:port` is covered by this origin.
+    pub fn allows(&self, scheme: Scheme, host: &str, port: u16) -> bool {
+        self.scheme == scheme && self.port == port && self.host.eq_ignore_ascii_case(host)
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = match self.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Splits `host[:port]` (IPv6 in brackets) into its parts.
+pub fn split_host_port(text: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        match after {
+            "" => (host, None),
+            _ => (host, Some(after.strip_prefix(':')?)),
+        }
+    } else {
+        match text.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'));
+    if !host_ok {
+        return None;
+    }
+    let port = match port {
+        Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p != 0)?),
+        None => None,
+    };
+    Some((host, port))
+}
+
+/// What went wrong reading a manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: {}{message}", file.display(), key_prefix(key))]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        /// Dotted key path of the offending entry; empty for syntax errors.
+        key: String,
+        message: String,
+    },
+}
+
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("`{key}`: ")
+    }
+}
+
+/// Reads and validates the manifest at `path` (a file, or a directory holding
+/// `tessera.toml`).
+pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+    let file = if path.is_dir() {
+        path.join(MANIFEST_FILE)
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&file).map_err(|source| ManifestError::Read {
+        path: file.clone(),
+        source,
+    })?;
+    parse(&text, &file)
+}
+
+/// Validates manifest text; `file` names it in errors and anchors relative paths.
+pub fn parse(text: &str, file: &Path) -> Result<Manifest, ManifestError> {
+    parse::parse(text, file)
+}
+
+#[cfg(test)]
+mod tests;

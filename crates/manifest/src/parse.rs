@@ -1,0 +1,330 @@
+//! Walks the span-carrying TOML tree of a manifest and builds the validated model.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+
+use toml::Spanned;
+use toml::de::{DeArray, DeTable, DeValue};
+
+use crate::{
+    Limits, MAX_MEMORY, MAX_TIMEOUT, Manifest, ManifestError, Origin, RoutePrefix, ServiceSpec,
+    parse_duration, parse_size,
+};
+
+/// Smallest memory limit that still fits a useful guest (one 64 KiB page is not enough for
+/// any toolchain's runtime; 1 MiB is the stack Rust alone reserves).
+const MIN_MEMORY: u64 = 1024 * 1024;
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+/// Shared context for error reporting.
+struct Cx<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+impl Cx<'_> {
+    fn error(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ManifestError {
+        let (line, column) = position(self.text, span.start);
+        ManifestError::Invalid {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn str<'v>(&self, value: &'v Value<'_>, key: &str) -> Result<&'v str, ManifestError> {
+        value.get_ref().as_str().ok_or_else(|| {
+            self.error(
+                value.span(),
+                key,
+                format!("expected a string, found {}", value.get_ref().type_str()),
+            )
+        })
+    }
+
+    fn table<'v, 'i>(
+        &self,
+        value: &'v Value<'i>,
+        key: &str,
+    ) -> Result<&'v DeTable<'i>, ManifestError> {
+        value.get_ref().as_table().ok_or_else(|| {
+            self.error(
+                value.span(),
+                key,
+                format!("expected a table, found {}", value.get_ref().type_str()),
+            )
+        })
+    }
+
+    fn array<'v, 'i>(
+        &self,
+        value: &'v Value<'i>,
+        key: &str,
+    ) -> Result<&'v DeArray<'i>, ManifestError> {
+        value.get_ref().as_array().ok_or_else(|| {
+            self.error(
+                value.span(),
+                key,
+                format!("expected an array, found {}", value.get_ref().type_str()),
+            )
+        })
+    }
+
+    /// An array whose every element is a string, with each element's span.
+    fn strings<'v>(
+        &self,
+        value: &'v Value<'_>,
+        key: &str,
+    ) -> Result<Vec<(&'v str, Range<usize>)>, ManifestError> {
+        self.array(value, key)?
+            .iter()
+            .map(|item| Ok((self.str(item, key)?, item.span())))
+            .collect()
+    }
+
+    fn unknown_key(&self, span: Range<usize>, key: &str, expected: &[&str]) -> ManifestError {
+        self.error(
+            span,
+            key,
+            format!("unknown key; expected one of: {}", expected.join(", ")),
+        )
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+const ROOT_KEYS: &[&str] = &["app", "services"];
+const APP_KEYS: &[&str] = &["name"];
+const SERVICE_KEYS: &[&str] = &["component", "routes", "memory", "timeout", "outbound", "env"];
+
+pub(crate) fn parse(text: &str, file: &Path) -> Result<Manifest, ManifestError> {
+    let cx = Cx { text, file };
+    let root = DeTable::parse(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        cx.error(span, "", e.message().trim_end().to_string())
+    })?;
+
+    let mut app = None;
+    let mut services = None;
+    for (key, value) in root.get_ref().iter() {
+        match key.get_ref().as_ref() {
+            "app" => app = Some(value),
+            "services" => services = Some(value),
+            other => return Err(cx.unknown_key(key.span(), other, ROOT_KEYS)),
+        }
+    }
+    let app = app.ok_or_else(|| cx.error(0..0, "app", "missing [app] table"))?;
+    let app_name = parse_app(&cx, app)?;
+
+    let services = services.ok_or_else(|| {
+        cx.error(
+            text.len()..text.len(),
+            "services",
+            "no services: declare at least one [services.<name>] table",
+        )
+    })?;
+    let table = cx.table(services, "services")?;
+    if table.is_empty() {
+        return Err(cx.error(
+            services.span(),
+            "services",
+            "no services: declare at least one [services.<name>] table",
+        ));
+    }
+
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let mut specs = Vec::with_capacity(table.len());
+    // Which service claimed each route first, to report conflicts.
+    let mut claimed: BTreeMap<RoutePrefix, String> = BTreeMap::new();
+    for (name, value) in table.iter() {
+        let spec = parse_service(&cx, dir, name, value, &mut claimed)?;
+        specs.push(spec);
+    }
+    specs.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Manifest {
+        path: file.to_path_buf(),
+        app: app_name,
+        services: specs,
+    })
+}
+
+fn parse_app(cx: &Cx<'_>, value: &Value<'_>) -> Result<String, ManifestError> {
+    let table = cx.table(value, "app")?;
+    let mut name = None;
+    for (key, value) in table.iter() {
+        match key.get_ref().as_ref() {
+            "name" => {
+                let text = cx.str(value, "app.name")?;
+                check_name(text).map_err(|m| cx.error(value.span(), "app.name", m))?;
+                name = Some(text.to_string());
+            }
+            other => {
+                return Err(cx.unknown_key(key.span(), &format!("app.{other}"), APP_KEYS));
+            }
+        }
+    }
+    name.ok_or_else(|| cx.error(value.span(), "app.name", "missing app name"))
+}
+
+/// Names of apps and services become DNS labels (`<service>.internal`), so they follow
+/// the label rules: lowercase letters, digits and `-`, starting with a letter.
+fn check_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid name `{name}`: use 1-63 lowercase letters, digits and `-`, starting with a letter"
+        ))
+    }
+}
+
+fn parse_service(
+    cx: &Cx<'_>,
+    dir: &Path,
+    name: &Spanned<std::borrow::Cow<'_, str>>,
+    value: &Value<'_>,
+    claimed: &mut BTreeMap<RoutePrefix, String>,
+) -> Result<ServiceSpec, ManifestError> {
+    let service = name.get_ref().as_ref();
+    let base = format!("services.{service}");
+    check_name(service).map_err(|m| cx.error(name.span(), &base, m))?;
+    let table = cx.table(value, &base)?;
+
+    let mut component = None;
+    let mut routes = None;
+    let mut limits = Limits::default();
+    let mut outbound = Vec::new();
+    let mut env = Vec::new();
+    for (key, value) in table.iter() {
+        let key_name = key.get_ref().as_ref();
+        let path = format!("{base}.{key_name}");
+        match key_name {
+            "component" => {
+                let text = cx.str(value, &path)?;
+                if text.trim().is_empty() {
+                    return Err(cx.error(value.span(), &path, "component path is empty"));
+                }
+                component = Some(dir.join(text));
+            }
+            "routes" => {
+                let items = cx.strings(value, &path)?;
+                if items.is_empty() {
+                    return Err(cx.error(value.span(), &path, "at least one route is required"));
+                }
+                let mut prefixes = Vec::with_capacity(items.len());
+                for (text, span) in items {
+                    let prefix =
+                        RoutePrefix::new(text).map_err(|m| cx.error(span.clone(), &path, m))?;
+                    if let Some(owner) = claimed.get(&prefix) {
+                        let message = if owner == service {
+                            format!("route `{prefix}` is listed twice")
+                        } else {
+                            format!("route `{prefix}` is already claimed by service `{owner}`")
+                        };
+                        return Err(cx.error(span, &path, message));
+                    }
+                    claimed.insert(prefix.clone(), service.to_string());
+                    prefixes.push(prefix);
+                }
+                routes = Some(prefixes);
+            }
+            "memory" => {
+                let bytes = match value.get_ref() {
+                    DeValue::Integer(i) => i
+                        .as_str()
+                        .parse::<u64>()
+                        .map_err(|_| format!("`{}` is not a size", i.as_str())),
+                    DeValue::String(s) => parse_size(s),
+                    other => Err(format!(
+                        "expected a size such as \"64MiB\", found {}",
+                        other.type_str()
+                    )),
+                }
+                .map_err(|m| cx.error(value.span(), &path, m))?;
+                if !(MIN_MEMORY..=MAX_MEMORY).contains(&bytes) {
+                    return Err(cx.error(
+                        value.span(),
+                        &path,
+                        "memory limit must be between 1MiB and 4GiB",
+                    ));
+                }
+                limits.memory = bytes;
+            }
+            "timeout" => {
+                let text = cx.str(value, &path)?;
+                let timeout = parse_duration(text).map_err(|m| cx.error(value.span(), &path, m))?;
+                if timeout.is_zero() || timeout > MAX_TIMEOUT {
+                    return Err(cx.error(
+                        value.span(),
+                        &path,
+                        "timeout must be more than 0 and at most 1h",
+                    ));
+                }
+                limits.timeout = timeout;
+            }
+            "outbound" => {
+                for (text, span) in cx.strings(value, &path)? {
+                    let origin = Origin::parse(text).map_err(|m| cx.error(span, &path, m))?;
+                    outbound.push(origin);
+                }
+            }
+            "env" => {
+                for (var, val) in cx.table(value, &path)?.iter() {
+                    let var_name = var.get_ref().as_ref();
+                    let var_path = format!("{path}.{var_name}");
+                    if var_name.is_empty() || var_name.contains(['=', '\0']) {
+                        return Err(cx.error(
+                            var.span(),
+                            &var_path,
+                            "invalid environment variable name",
+                        ));
+                    }
+                    let text = cx.str(val, &var_path)?;
+                    env.push((var_name.to_string(), text.to_string()));
+                }
+            }
+            other => return Err(cx.unknown_key(key.span(), &format!("{base}.{other}"), SERVICE_KEYS)),
+        }
+    }
+
+    let component = component.ok_or_else(|| {
+        cx.error(
+            value.span(),
+            &format!("{base}.component"),
+            "missing component: the path of the service's .wasm file",
+        )
+    })?;
+    let routes = routes.ok_or_else(|| {
+        cx.error(
+            value.span(),
+            &format!("{base}.routes"),
+            "missing routes: the path prefixes this service answers, e.g. [\"/hello\"]",
+        )
+    })?;
+    Ok(ServiceSpec {
+        name: service.to_string(),
+        component,
+        routes,
+        limits,
+        outbound,
+        env,
+    })
+}

@@ -1,0 +1,181 @@
+//! Unit tests of manifest parsing and validation: what users write, what they are told.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::{ManifestError, Origin, RoutePrefix, Scheme, parse};
+
+fn ok(text: &str) -> crate::Manifest {
+    parse(text, Path::new("/apps/demo/tessera.toml")).expect("manifest should parse")
+}
+
+/// Returns (line, column, key, message) of a manifest error.
+fn err(text: &str) -> (usize, usize, String, String) {
+    match parse(text, Path::new("/apps/demo/tessera.toml")) {
+        Err(ManifestError::Invalid {
+            line,
+            column,
+            key,
+            message,
+            ..
+        }) => (line, column, key, message),
+        other => panic!("expected an invalid-manifest error, got {other:?}"),
+    }
+}
+
+const GOOD: &str = r#"
+[app]
+name = "hello"
+
+[services.greeter]
+component = "greeter.wasm"
+routes = ["/hello"]
+memory = "64MiB"
+timeout = "5s"
+outbound = ["https://api.example.com"]
+env = { GREETING = "hi" }
+
+[services.users]
+component = "users/users.wasm"
+routes = ["/users", "/people"]
+"#;
+
+#[test]
+fn full_manifest_parses_with_defaults() {
+    let m = ok(GOOD);
+    assert_eq!(m.app, "hello");
+    assert_eq!(m.services.len(), 2);
+    let greeter = &m.services[0];
+    assert_eq!(greeter.name, "greeter");
+    assert_eq!(greeter.component, Path::new("/apps/demo/greeter.wasm"));
+    assert_eq!(greeter.limits.memory, 64 << 20);
+    assert_eq!(greeter.limits.timeout, Duration::from_secs(5));
+    assert_eq!(
+        greeter.outbound,
+        vec![Origin {
+            scheme: Scheme::Https,
+            host: "api.example.com".into(),
+            port: 443
+        }]
+    );
+    assert_eq!(greeter.env, vec![("GREETING".into(), "hi".into())]);
+    let users = &m.services[1];
+    assert_eq!(users.limits.memory, crate::DEFAULT_MEMORY);
+    assert_eq!(users.limits.timeout, crate::DEFAULT_TIMEOUT);
+    assert!(users.outbound.is_empty() && users.env.is_empty());
+    assert_eq!(users.routes.len(), 2);
+}
+
+#[test]
+fn syntax_error_has_line_and_column() {
+    let (line, column, key, message) = err("[app]\nname = \"x\"\n[services.a\n");
+    assert_eq!(line, 3);
+    assert!(column >= 1);
+    assert_eq!(key, "");
+    assert!(!message.is_empty());
+}
+
+#[test]
+fn bad_memory_names_key_and_line() {
+    let text = GOOD.replace("\"64MiB\"", "\"64 parsecs\"");
+    let (line, column, key, message) = err(&text);
+    assert_eq!((line, column), (8, 10));
+    assert_eq!(key, "services.greeter.memory");
+    assert!(message.contains("unknown size unit"), "{message}");
+}
+
+#[test]
+fn wrong_type_is_reported() {
+    let text = GOOD.replace("timeout = \"5s\"", "timeout = 5");
+    let (line, _, key, message) = err(&text);
+    assert_eq!(line, 9);
+    assert_eq!(key, "services.greeter.timeout");
+    assert!(message.contains("expected a string, found integer"), "{message}");
+}
+
+#[test]
+fn unknown_key_is_an_error() {
+    let text = GOOD.replace("memory = \"64MiB\"", "memroy = \"64MiB\"");
+    let (line, column, key, message) = err(&text);
+    assert_eq!((line, column), (8, 1));
+    assert_eq!(key, "services.greeter.memroy");
+    assert!(message.contains("expected one of"), "{message}");
+}
+
+#[test]
+fn two_services_claiming_one_route_is_an_error() {
+    let text = GOOD.replace("[\"/users\", \"/people\"]", "[\"/users\", \"/hello\"]");
+    let (line, _, key, message) = err(&text);
+    assert_eq!(line, 15);
+    assert_eq!(key, "services.users.routes");
+    assert!(message.contains("already claimed by service `greeter`"), "{message}");
+}
+
+#[test]
+fn missing_component_and_routes_are_named() {
+    let (_, _, key, _) = err("[app]\nname = \"a\"\n[services.s]\nroutes = [\"/\"]\n");
+    assert_eq!(key, "services.s.component");
+    let (_, _, key, _) = err("[app]\nname = \"a\"\n[services.s]\ncomponent = \"s.wasm\"\n");
+    assert_eq!(key, "services.s.routes");
+    let (_, _, key, _) = err("[app]\nname = \"a\"\n");
+    assert_eq!(key, "services");
+}
+
+#[test]
+fn names_must_be_dns_labels() {
+    let (_, _, key, _) = err("[app]\nname = \"Hello\"\n[services.s]\ncomponent = \"s\"\nroutes = [\"/\"]\n");
+    assert_eq!(key, "app.name");
+    let (_, _, key, _) = err("[app]\nname = \"a\"\n[services.My_Svc]\ncomponent = \"s\"\nroutes = [\"/\"]\n");
+    assert_eq!(key, "services.My_Svc");
+}
+
+#[test]
+fn route_shapes() {
+    assert!(RoutePrefix::new("/").is_ok());
+    assert!(RoutePrefix::new("/a/b").is_ok());
+    assert!(RoutePrefix::new("a").is_err());
+    assert!(RoutePrefix::new("/a/").is_err());
+    assert!(RoutePrefix::new("/a?x").is_err());
+    assert!(RoutePrefix::new("/a//b").is_err());
+    let hello = RoutePrefix::new("/hello").unwrap();
+    assert!(hello.matches("/hello"));
+    assert!(hello.matches("/hello/x"));
+    assert!(!hello.matches("/helloworld"));
+    assert!(!hello.matches("/"));
+    assert!(RoutePrefix::new("/").unwrap().matches("/anything"));
+}
+
+#[test]
+fn origins() {
+    let o = Origin::parse("http://127.0.0.1:8080").unwrap();
+    assert!(o.allows(Scheme::Http, "127.0.0.1", 8080));
+    assert!(!o.allows(Scheme::Https, "127.0.0.1", 8080));
+    assert!(!o.allows(Scheme::Http, "127.0.0.1", 8081));
+    let o = Origin::parse("https://API.example.com/").unwrap();
+    assert!(o.allows(Scheme::Https, "api.example.com", 443));
+    assert_eq!(Origin::parse("http://[::1]:9000").unwrap().host, "::1");
+    assert!(Origin::parse("ftp://x").is_err());
+    assert!(Origin::parse("https://x.com/path").is_err());
+    assert!(Origin::parse("https://x.com:0").is_err());
+}
+
+#[test]
+fn sizes_and_durations() {
+    assert_eq!(crate::parse_size("64MiB"), Ok(64 << 20));
+    assert_eq!(crate::parse_size("1GiB"), Ok(1 << 30));
+    assert_eq!(crate::parse_size("1048576"), Ok(1 << 20));
+    assert!(crate::parse_size("MiB").is_err());
+    assert_eq!(crate::parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert!(crate::parse_duration("soon").is_err());
+}
+
+#[test]
+fn error_display_names_file_line_and_key() {
+    let text = GOOD.replace("\"64MiB\"", "\"lots\"");
+    let e = parse(&text, Path::new("app/tessera.toml")).unwrap_err();
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with("app/tessera.toml:8:10: `services.greeter.memory`: "),
+        "{shown}"
+    );
+}
