@@ -1,0 +1,161 @@
+//! The public gateway: accepts HTTP/1.1 and HTTP/2 (h2c) connections, gives every request
+//! an id, routes it by longest path prefix to a service, and drains gracefully on shutdown.
+//!
+//! The gateway owns no services: it reads the current [`RouteTable`] from a [`Routes`]
+//! handle for each request, so whoever owns the handle can swap the table at any time.
+
+mod errors;
+mod routes;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+pub use errors::{invoke_error_response, json_error};
+pub use routes::{RouteTable, Routes};
+pub use tessera_runtime::ResponseBody;
+
+/// The header carrying a request's id, in both directions.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// How long in-flight requests may run after shutdown starts before connections are
+    /// dropped.
+    pub drain_timeout: Duration,
+    /// How long a client may take to send request headers.
+    pub header_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            drain_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting and
+/// waits (up to the drain timeout) for in-flight requests to finish.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Running out of file descriptors is transient: back off instead of
+                    // spinning or giving up.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Responses are small and latency-bound; do not let Nagle hold them back.
+        let _ = stream.set_nodelay(true);
+        let routes = routes.clone();
+        let service = service_fn(move |request| handle(request, routes.clone()));
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+
+    drop(listener);
+    tracing::info!("gateway stopped accepting; draining in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(config.drain_timeout) => {
+            tracing::warn!(timeout = ?config.drain_timeout, "drain timeout reached; dropping remaining connections");
+        }
+    }
+    Ok(())
+}
+
+/// Binds the gateway's listener, naming the address in the error.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+async fn handle(
+    mut request: Request<Incoming>,
+    routes: Routes,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let start = Instant::now();
+    let request_id = request_id(&request);
+    let id_header = HeaderValue::from_str(&request_id).expect("request ids are visible ASCII");
+    request.headers_mut().insert(REQUEST_ID, id_header.clone());
+
+    let table = routes.current();
+    let mut response = match table.route(request.uri().path()) {
+        None => json_error(
+            StatusCode::NOT_FOUND,
+            "no_route",
+            &format!("no service answers {}", request.uri().path()),
+            &request_id,
+        ),
+        Some(service) => {
+            let service = service.clone();
+            let method = request.method().clone();
+            let path = request.uri().path().to_owned();
+            match service.handle(request, &request_id).await {
+                Ok(response) => {
+                    tracing::debug!(service = service.name(), %method, %path, status = response.status().as_u16(), elapsed = ?start.elapsed(), request_id, "request");
+                    response
+                }
+                Err(error) => {
+                    tracing::warn!(service = service.name(), %method, %path, elapsed = ?start.elapsed(), request_id, "{error}");
+                    invoke_error_response(&error, &request_id)
+                }
+            }
+        }
+    };
+    response.headers_mut().insert(REQUEST_ID, id_header);
+    Ok(response)
+}
+
+/// The client's request id when it sent a sane one, else a fresh time-ordered one.
+fn request_id<B>(request: &Request<B>) -> String {
+    let client = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
+    match client {
+        Some(id) => id.to_string(),
+        None => uuid::Uuid::now_v7().simple().to_string(),
+    }
+}

@@ -1,0 +1,280 @@
+//! Serving one request: a fresh store and instance from the service's pre-instantiated
+//! component, the deadline and memory limit applied, and the outcome classified.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::Body;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use wasmtime::component::ResourceTable;
+use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
+
+use crate::outbound::OutboundPolicy;
+use crate::output::{GuestLogSink, GuestOutput, OutputStream};
+use crate::state::{InstanceState, MemoryLimiter};
+use crate::{Origin, Service, ServiceConfig};
+
+/// Why a request did not get a response from its guest.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("service `{service}` trapped: {message}")]
+    Trap { service: String, message: String },
+    #[error("service `{service}` exceeded its memory limit of {limit} bytes")]
+    MemoryLimit { service: String, limit: u64 },
+    #[error("service `{service}` did not answer within its {timeout:?} deadline")]
+    Timeout { service: String, timeout: Duration },
+    #[error("service `{service}` returned without sending a response")]
+    NoResponse { service: String },
+    #[error("service `{service}` answered with an error: {code}")]
+    GuestError { service: String, code: String },
+    #[error("no instance slot free on this node; retry shortly")]
+    Capacity,
+    #[error("service `{service}`: {message}")]
+    Internal { service: String, message: String },
+}
+
+pub(crate) struct ServiceInner {
+    pub(crate) config: ServiceConfig,
+    pub(crate) hash: String,
+    pre: ProxyPre<InstanceState>,
+    sink: Arc<dyn GuestLogSink>,
+    name: Arc<str>,
+    outbound: Arc<[Origin]>,
+}
+
+impl ServiceInner {
+    pub(crate) fn new(
+        config: ServiceConfig,
+        hash: String,
+        pre: ProxyPre<InstanceState>,
+        sink: Arc<dyn GuestLogSink>,
+    ) -> Self {
+        ServiceInner {
+            name: config.name.as_str().into(),
+            outbound: config.outbound.clone().into(),
+            config,
+            hash,
+            pre,
+            sink,
+        }
+    }
+
+    /// A store holding only what this service is granted: no preopened directories, no
+    /// sockets, only the environment the manifest lists, output captured per request.
+    fn new_store(&self, request_id: &str, deadline: Instant) -> Store<InstanceState> {
+        let request_id: Arc<str> = request_id.into();
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(GuestOutput::new(
+            self.sink.clone(),
+            self.name.clone(),
+            request_id.clone(),
+            OutputStream::Stdout,
+        ))
+        .stderr(GuestOutput::new(
+            self.sink.clone(),
+            self.name.clone(),
+            request_id,
+            OutputStream::Stderr,
+        ))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+        if !self.config.env.is_empty() {
+            wasi.envs(&self.config.env);
+        }
+        let state = InstanceState {
+            table: ResourceTable::new(),
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            outbound: OutboundPolicy {
+                service: self.name.clone(),
+                allowed: self.outbound.clone(),
+            },
+            limiter: MemoryLimiter::new(self.config.limits.memory),
+        };
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|state| &mut state.limiter);
+        // Every epoch tick a running guest yields to the executor, so a busy guest never
+        // starves other requests on its thread; past the deadline it is stopped.
+        store.set_epoch_deadline(1);
+        let deadline = deadline.into_std();
+        store.epoch_deadline_callback(move |_| {
+            if std::time::Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+
+    fn classify(&self, error: wasmtime::Error, memory_hit: bool) -> InvokeError {
+        let service = self.config.name.clone();
+        if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+            return InvokeError::Capacity;
+        }
+        if memory_hit {
+            return InvokeError::MemoryLimit {
+                service,
+                limit: self.config.limits.memory,
+            };
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => InvokeError::Timeout {
+                service,
+                timeout: self.config.limits.timeout,
+            },
+            Some(trap) => InvokeError::Trap {
+                service,
+                message: trap.to_string(),
+            },
+            None => InvokeError::Trap {
+                service,
+                message: error.to_string(),
+            },
+        }
+    }
+}
+
+/// The guest's run as seen from its task: the call's result (or a deadline miss) and
+/// whether the memory limit was hit on the way.
+struct Outcome {
+    result: Result<wasmtime::Result<()>, tokio::time::error::Elapsed>,
+    memory_hit: bool,
+}
+
+impl Service {
+    /// Serves one request in a fresh instance. The response's body keeps streaming from
+    /// the guest after this returns; a failure after the head was sent cuts the body
+    /// short and is logged.
+    pub async fn handle<B>(
+        &self,
+        mut request: hyper::Request<B>,
+        request_id: &str,
+    ) -> Result<hyper::Response<HyperOutgoingBody>, InvokeError>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let inner = self.inner.clone();
+        let timeout = inner.config.limits.timeout;
+        let deadline = Instant::now() + timeout;
+        let internal = |e: wasmtime::Error| InvokeError::Internal {
+            service: inner.config.name.clone(),
+            message: format!("{e:#}"),
+        };
+
+        // HTTP/1.0 clients may send neither an absolute URI nor a Host header; the guest
+        // API requires an authority, so give it a neutral one.
+        if request.uri().authority().is_none()
+            && !request.headers().contains_key(http::header::HOST)
+        {
+            request.headers_mut().insert(
+                http::header::HOST,
+                http::HeaderValue::from_static("localhost"),
+            );
+        }
+
+        let mut store = inner.new_store(request_id, deadline);
+        let (sender, receiver) = oneshot::channel();
+        let responded = Arc::new(AtomicBool::new(false));
+        let responded_flag = responded.clone();
+        let incoming = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(internal)?;
+        let outparam = store
+            .data_mut()
+            .http()
+            .new_response_outparam_from_callback(move |response| {
+                responded_flag.store(true, Ordering::Release);
+                let _ = sender.send(response);
+            })
+            .map_err(internal)?;
+
+        let pre = inner.pre.clone();
+        let task_inner = inner.clone();
+        let request_id_owned = request_id.to_string();
+        let task = tokio::spawn(async move {
+            let result = tokio::time::timeout_at(deadline, async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, incoming, outparam)
+                    .await
+            })
+            .await;
+            let outcome = Outcome {
+                result,
+                memory_hit: store.data().limiter.hit,
+            };
+            // Once the head is out, nobody awaits this task: report late failures here.
+            if responded.load(Ordering::Acquire) {
+                match &outcome.result {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(
+                        service = %task_inner.config.name,
+                        request_id = %request_id_owned,
+                        error = %format!("{e:?}"),
+                        "guest failed after sending its response head; body cut short"
+                    ),
+                    Err(_) => tracing::warn!(
+                        service = %task_inner.config.name,
+                        request_id = %request_id_owned,
+                        "deadline reached while the guest was still streaming its response body"
+                    ),
+                }
+            }
+            outcome
+        });
+
+        let timed_out = || InvokeError::Timeout {
+            service: inner.config.name.clone(),
+            timeout,
+        };
+        match tokio::time::timeout_at(deadline, receiver).await {
+            Ok(Ok(Ok(response))) => Ok(response),
+            Ok(Ok(Err(code))) => Err(InvokeError::GuestError {
+                service: inner.config.name.clone(),
+                code: error_code_text(&code),
+            }),
+            // The guest dropped the response outparam: its task is over or ending.
+            Ok(Err(_)) => match task.await {
+                Ok(Outcome {
+                    result: Ok(Ok(())), ..
+                }) => Err(InvokeError::NoResponse {
+                    service: inner.config.name.clone(),
+                }),
+                Ok(Outcome {
+                    result: Ok(Err(error)),
+                    memory_hit,
+                }) => {
+                    tracing::debug!(service = %inner.config.name, request_id, error = %format!("{error:?}"), "guest failed");
+                    Err(inner.classify(error, memory_hit))
+                }
+                Ok(Outcome { result: Err(_), .. }) => Err(timed_out()),
+                Err(join) => Err(InvokeError::Internal {
+                    service: inner.config.name.clone(),
+                    message: format!("guest task failed: {join}"),
+                }),
+            },
+            Err(_) => {
+                task.abort();
+                Err(timed_out())
+            }
+        }
+    }
+}
+
+fn error_code_text(code: &ErrorCode) -> String {
+    format!("{code:?}")
+}

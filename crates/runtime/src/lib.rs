@@ -1,0 +1,269 @@
+//! Runs WebAssembly HTTP components: one shared engine, compiled code cached on disk,
+//! a pre-instantiated component per service, and a fresh, limited instance per request.
+//!
+//! The runtime knows nothing about routing, listeners or manifests on disk: it is handed
+//! a component and a [`ServiceConfig`], and turns an HTTP request into an HTTP response
+//! or an [`InvokeError`] that says what went wrong.
+
+mod cache;
+mod engine;
+mod invoke;
+mod outbound;
+mod output;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+pub use invoke::InvokeError;
+pub use output::{GuestLogSink, OutputStream as GuestStream, TerminalLog};
+pub use tessera_manifest::{Limits, Origin};
+pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody as ResponseBody;
+
+use cache::CompileCache;
+use engine::EpochTicker;
+use state::InstanceState;
+
+/// Node-wide runtime settings.
+#[derive(Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled code is cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// How many instances may exist at once across all services (the pool size).
+    pub max_instances: u32,
+    /// Largest memory limit any service may ask for; sizes the pool's memory slots.
+    pub max_memory: u64,
+    /// Where guest stdout and stderr lines go.
+    pub log_sink: Arc<dyn GuestLogSink>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cache_dir: None,
+            max_instances: 1000,
+            max_memory: tessera_manifest::MAX_MEMORY,
+            log_sink: Arc::new(TerminalLog),
+        }
+    }
+}
+
+/// What the runtime needs to know about one service.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub limits: Limits,
+    /// Origins the guest may call; everything else is denied.
+    pub outbound: Vec<Origin>,
+    /// Environment variables the guest sees; it sees none unless granted.
+    pub env: Vec<(String, String)>,
+}
+
+/// Errors from setting up the runtime or loading a service.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot configure the WebAssembly engine: {0}")]
+    Engine(String),
+    #[error("service `{service}`: cannot read component {}: {source}", path.display())]
+    ReadComponent {
+        service: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("service `{service}`: {} is not a WebAssembly component: {reason}", path.display())]
+    InvalidComponent {
+        service: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "service `{service}`: component {} cannot run as an HTTP service: {reason}",
+        path.display()
+    )]
+    NotAnHttpComponent {
+        service: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("service `{service}`: memory limit {limit} bytes exceeds the node's maximum {max}")]
+    MemoryLimitTooLarge {
+        service: String,
+        limit: u64,
+        max: u64,
+    },
+}
+
+/// The shared engine, linker and compile cache. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    cache: Option<CompileCache>,
+    config: RuntimeConfig,
+    _ticker: EpochTicker,
+}
+
+/// How a component was obtained when a service was loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeSource {
+    /// Compiled now (and written to the cache if there is one).
+    Compiled,
+    /// Mapped from the on-disk cache.
+    Cache,
+}
+
+/// Timing of a service load, reported in the log.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadReport {
+    pub source: CodeSource,
+    pub elapsed: Duration,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let engine = engine::build(&config)?;
+        let linker = state::linker(&engine)?;
+        let cache = config
+            .cache_dir
+            .as_deref()
+            .map(|dir| CompileCache::new(dir, &engine));
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                cache,
+                config,
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    /// Loads a service from a component file: validates it, compiles it or maps it from
+    /// the cache, and pre-instantiates it. Nothing is instantiated until a request comes.
+    pub fn load_service_file(
+        &self,
+        config: ServiceConfig,
+        path: &Path,
+    ) -> Result<(Service, LoadReport), RuntimeError> {
+        let bytes = std::fs::read(path).map_err(|source| RuntimeError::ReadComponent {
+            service: config.name.clone(),
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.load_service(config, path, &bytes)
+    }
+
+    /// Loads a service from component bytes; `origin` names them in errors.
+    pub fn load_service(
+        &self,
+        config: ServiceConfig,
+        origin: &Path,
+        bytes: &[u8],
+    ) -> Result<(Service, LoadReport), RuntimeError> {
+        let start = Instant::now();
+        let inner = &self.inner;
+        if config.limits.memory > inner.config.max_memory {
+            return Err(RuntimeError::MemoryLimitTooLarge {
+                service: config.name.clone(),
+                limit: config.limits.memory,
+                max: inner.config.max_memory,
+            });
+        }
+        let invalid = |reason: String| RuntimeError::InvalidComponent {
+            service: config.name.clone(),
+            path: origin.to_path_buf(),
+            reason,
+        };
+        if !is_component(bytes) {
+            return Err(invalid(
+                "expected a component (WASI 0.2); core modules must be converted with \
+                 `wasm-tools component new`"
+                    .to_string(),
+            ));
+        }
+        let hash = cache::content_hash(bytes);
+        let (component, source) = match inner.cache.as_ref().and_then(|c| c.load(&hash)) {
+            Some(component) => (component, CodeSource::Cache),
+            None => {
+                let compiled = inner
+                    .engine
+                    .precompile_component(bytes)
+                    .map_err(|e| invalid(format!("{e:#}")))?;
+                if let Some(cache) = &inner.cache {
+                    cache.store(&hash, &compiled);
+                }
+                // SAFETY: the bytes were produced by this engine just above.
+                let component = unsafe { Component::deserialize(&inner.engine, &compiled) }
+                    .map_err(|e| invalid(format!("{e:#}")))?;
+                (component, CodeSource::Compiled)
+            }
+        };
+        let not_http = |reason: String| RuntimeError::NotAnHttpComponent {
+            service: config.name.clone(),
+            path: origin.to_path_buf(),
+            reason,
+        };
+        let instance_pre = inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| not_http(format!("{e:#}")))?;
+        let pre = ProxyPre::new(instance_pre).map_err(|e| {
+            not_http(format!(
+                "it does not export `wasi:http/incoming-handler@0.2.x` ({e:#})"
+            ))
+        })?;
+        let service = Service {
+            inner: Arc::new(invoke::ServiceInner::new(
+                config,
+                hash,
+                pre,
+                inner.config.log_sink.clone(),
+            )),
+        };
+        Ok((
+            service,
+            LoadReport {
+                source,
+                elapsed: start.elapsed(),
+            },
+        ))
+    }
+}
+
+/// Whether the bytes carry the component-model preamble (version 0x0d, layer 1), as
+/// opposed to a core module or something else entirely.
+fn is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [0x0d, 0x00, 0x01, 0x00]
+}
+
+/// A loaded service: a pre-instantiated component ready to serve requests. Cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<invoke::ServiceInner>,
+}
+
+impl Service {
+    pub fn name(&self) -> &str {
+        &self.inner.config.name
+    }
+
+    /// The sha256 of the component, hex-encoded.
+    pub fn content_hash(&self) -> &str {
+        &self.inner.hash
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.inner.config
+    }
+}

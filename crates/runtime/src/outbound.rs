@@ -1,0 +1,81 @@
+//! Outgoing HTTP from guests: denied unless the request's origin is one the service's
+//! manifest grants.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_manifest::{Origin, Scheme};
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+/// Bounds on one outgoing request, so a slow peer ties up a guest no longer than this
+/// (the request deadline still applies on top).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
+const BETWEEN_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) struct OutboundPolicy {
+    pub(crate) service: Arc<str>,
+    pub(crate) allowed: Arc<[Origin]>,
+}
+
+impl OutboundPolicy {
+    fn permits(&self, uri: &http::Uri) -> bool {
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::Http,
+            Some("https") => Scheme::Https,
+            _ => return false,
+        };
+        let Some(host) = uri.host() else { return false };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(match scheme {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        });
+        self.allowed.iter().any(|o| o.allows(scheme, host, port))
+    }
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                ),
+                HttpError,
+            >,
+        > + Send,
+>;
+
+impl WasiHttpHooks for OutboundPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> SendFuture {
+        if !self.permits(request.uri()) {
+            tracing::info!(service = %self.service, uri = %request.uri(), "outbound request denied: origin not granted in the manifest");
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        let options = options.unwrap_or_default();
+        let options = RequestOptions {
+            connect_timeout: Some(options.connect_timeout.unwrap_or(CONNECT_TIMEOUT)),
+            first_byte_timeout: Some(options.first_byte_timeout.unwrap_or(FIRST_BYTE_TIMEOUT)),
+            between_bytes_timeout: Some(
+                options
+                    .between_bytes_timeout
+                    .unwrap_or(BETWEEN_BYTES_TIMEOUT),
+            ),
+        };
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}

@@ -1,0 +1,220 @@
+//! Guest stdout and stderr: captured line by line and handed to a sink together with the
+//! service name and request id, so every line can be traced to the request that wrote it.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::AsyncWrite;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream as WasiOutputStream, Pollable, StreamResult};
+
+/// A line longer than this is cut into pieces, so one guest cannot grow host memory
+/// without bound by never writing a newline.
+const MAX_LINE: usize = 16 * 1024;
+
+/// Which guest stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// Receives complete lines written by guests.
+pub trait GuestLogSink: Send + Sync + 'static {
+    fn line(&self, service: &str, request_id: &str, stream: OutputStream, line: &str);
+}
+
+/// Prints guest lines to the terminal prefixed with service and request id: stdout lines
+/// to stdout, stderr lines to stderr.
+pub struct TerminalLog;
+
+impl GuestLogSink for TerminalLog {
+    fn line(&self, service: &str, request_id: &str, stream: OutputStream, line: &str) {
+        use std::io::Write;
+        // Errors writing our own terminal cannot be reported anywhere useful.
+        let _ = match stream {
+            OutputStream::Stdout => {
+                writeln!(io::stdout().lock(), "[{service} {request_id}] {line}")
+            }
+            OutputStream::Stderr => {
+                writeln!(io::stderr().lock(), "[{service} {request_id}] {line}")
+            }
+        };
+    }
+}
+
+/// One guest output stream of one request. Clones share the pending partial line.
+#[derive(Clone)]
+pub(crate) struct GuestOutput {
+    shared: Arc<Mutex<LineBuffer>>,
+}
+
+struct LineBuffer {
+    sink: Arc<dyn GuestLogSink>,
+    service: Arc<str>,
+    request_id: Arc<str>,
+    stream: OutputStream,
+    pending: Vec<u8>,
+}
+
+impl GuestOutput {
+    pub(crate) fn new(
+        sink: Arc<dyn GuestLogSink>,
+        service: Arc<str>,
+        request_id: Arc<str>,
+        stream: OutputStream,
+    ) -> Self {
+        GuestOutput {
+            shared: Arc::new(Mutex::new(LineBuffer {
+                sink,
+                service,
+                request_id,
+                stream,
+                pending: Vec::new(),
+            })),
+        }
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        let mut buffer = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        buffer.push(bytes);
+    }
+}
+
+impl LineBuffer {
+    fn push(&mut self, mut bytes: &[u8]) {
+        while let Some(newline) = bytes.iter().position(|b| *b == b'\n') {
+            self.pending.extend_from_slice(&bytes[..newline]);
+            self.emit();
+            bytes = &bytes[newline + 1..];
+        }
+        self.pending.extend_from_slice(bytes);
+        while self.pending.len() >= MAX_LINE {
+            let rest = self.pending.split_off(MAX_LINE);
+            self.emit();
+            self.pending = rest;
+        }
+    }
+
+    fn emit(&mut self) {
+        let line = String::from_utf8_lossy(&self.pending);
+        let line = line.strip_suffix('\r').unwrap_or(&line);
+        self.sink
+            .line(&self.service, &self.request_id, self.stream, line);
+        self.pending.clear();
+    }
+}
+
+impl Drop for LineBuffer {
+    /// A last line without a newline is still shown when the request ends.
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            self.emit();
+        }
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn p2_stream(&self) -> Box<dyn WasiOutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl WasiOutputStream for GuestOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(MAX_LINE)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for GuestOutput {
+    async fn ready(&mut self) {}
+}
+
+impl AsyncWrite for GuestOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<String>>);
+
+    impl GuestLogSink for Collect {
+        fn line(&self, service: &str, request_id: &str, _: OutputStream, line: &str) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{service}/{request_id}: {line}"));
+        }
+    }
+
+    #[test]
+    fn lines_are_split_joined_and_flushed_at_the_end() {
+        let sink = Arc::new(Collect::default());
+        let out = GuestOutput::new(
+            sink.clone(),
+            "svc".into(),
+            "r1".into(),
+            OutputStream::Stdout,
+        );
+        out.push(b"hel");
+        out.push(b"lo\r\nwor");
+        out.clone().push(b"ld\nlast");
+        drop(out);
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            vec!["svc/r1: hello", "svc/r1: world", "svc/r1: last"]
+        );
+    }
+
+    #[test]
+    fn endless_line_is_cut() {
+        let sink = Arc::new(Collect::default());
+        let out = GuestOutput::new(sink.clone(), "s".into(), "r".into(), OutputStream::Stderr);
+        out.push(&vec![b'x'; MAX_LINE * 2 + 10]);
+        drop(out);
+        let lines = sink.0.lock().unwrap();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[2].len(), "s/r: ".len() + 10);
+    }
+}

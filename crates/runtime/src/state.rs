@@ -1,0 +1,94 @@
+//! The per-request store state: each capability's context plus the resource table, and
+//! the linker that exposes them to guests.
+
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::RuntimeError;
+use crate::outbound::OutboundPolicy;
+
+/// Everything one instance can reach. Built fresh for every request and dropped with it.
+pub(crate) struct InstanceState {
+    pub(crate) table: ResourceTable,
+    pub(crate) wasi: WasiCtx,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) outbound: OutboundPolicy,
+    pub(crate) limiter: MemoryLimiter,
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+/// The linker for every service: all of WASI 0.2 (guests built the default way by Rust,
+/// componentize-py and jco import the CLI, filesystem and socket interfaces even when
+/// they only serve HTTP) plus `wasi:http`. What a guest may actually do is decided per
+/// request by the contexts, which deny everything not granted.
+pub(crate) fn linker(engine: &Engine) -> Result<Linker<InstanceState>, RuntimeError> {
+    let mut linker = Linker::new(engine);
+    let engine_error = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_error)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_error)?;
+    Ok(linker)
+}
+
+/// Caps each linear memory of an instance and remembers whether a guest hit the cap, so
+/// the resulting trap can be reported as what it is.
+pub(crate) struct MemoryLimiter {
+    limit: usize,
+    pub(crate) hit: bool,
+}
+
+impl MemoryLimiter {
+    pub(crate) fn new(limit: u64) -> Self {
+        MemoryLimiter {
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            hit: false,
+        }
+    }
+}
+
+/// Tables hold function references; a million entries is far beyond any real guest and
+/// keeps a table bomb from eating host memory.
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
