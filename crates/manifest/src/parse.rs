@@ -106,7 +106,14 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
 
 const ROOT_KEYS: &[&str] = &["app", "services"];
 const APP_KEYS: &[&str] = &["name"];
-const SERVICE_KEYS: &[&str] = &["component", "routes", "memory", "timeout", "outbound", "env"];
+const SERVICE_KEYS: &[&str] = &[
+    "component",
+    "routes",
+    "memory",
+    "timeout",
+    "outbound",
+    "env",
+];
 
 pub(crate) fn parse(text: &str, file: &Path) -> Result<Manifest, ManifestError> {
     let cx = Cx { text, file };
@@ -301,7 +308,9 @@ fn parse_service(
                     env.push((var_name.to_string(), text.to_string()));
                 }
             }
-            other => return Err(cx.unknown_key(key.span(), &format!("{base}.{other}"), SERVICE_KEYS)),
+            other => {
+                return Err(cx.unknown_key(key.span(), &format!("{base}.{other}"), SERVICE_KEYS));
+            }
         }
     }
 

@@ -90,7 +90,10 @@ fn wrong_type_is_reported() {
     let (line, _, key, message) = err(&text);
     assert_eq!(line, 9);
     assert_eq!(key, "services.greeter.timeout");
-    assert!(message.contains("expected a string, found integer"), "{message}");
+    assert!(
+        message.contains("expected a string, found integer"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -108,7 +111,10 @@ fn two_services_claiming_one_route_is_an_error() {
     let (line, _, key, message) = err(&text);
     assert_eq!(line, 15);
     assert_eq!(key, "services.users.routes");
-    assert!(message.contains("already claimed by service `greeter`"), "{message}");
+    assert!(
+        message.contains("already claimed by service `greeter`"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -123,9 +129,11 @@ fn missing_component_and_routes_are_named() {
 
 #[test]
 fn names_must_be_dns_labels() {
-    let (_, _, key, _) = err("[app]\nname = \"Hello\"\n[services.s]\ncomponent = \"s\"\nroutes = [\"/\"]\n");
+    let (_, _, key, _) =
+        err("[app]\nname = \"Hello\"\n[services.s]\ncomponent = \"s\"\nroutes = [\"/\"]\n");
     assert_eq!(key, "app.name");
-    let (_, _, key, _) = err("[app]\nname = \"a\"\n[services.My_Svc]\ncomponent = \"s\"\nroutes = [\"/\"]\n");
+    let (_, _, key, _) =
+        err("[app]\nname = \"a\"\n[services.My_Svc]\ncomponent = \"s\"\nroutes = [\"/\"]\n");
     assert_eq!(key, "services.My_Svc");
 }
 
@@ -165,7 +173,10 @@ fn sizes_and_durations() {
     assert_eq!(crate::parse_size("1GiB"), Ok(1 << 30));
     assert_eq!(crate::parse_size("1048576"), Ok(1 << 20));
     assert!(crate::parse_size("MiB").is_err());
-    assert_eq!(crate::parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(
+        crate::parse_duration("250ms"),
+        Ok(Duration::from_millis(250))
+    );
     assert!(crate::parse_duration("soon").is_err());
 }
 

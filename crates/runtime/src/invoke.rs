@@ -110,7 +110,12 @@ impl ServiceInner {
             if std::time::Instant::now() >= deadline {
                 Ok(UpdateDeadline::Interrupt)
             } else {
-                Ok(UpdateDeadline::Yield(1))
+                // tokio's own yield puts the task at the back of the run queue; a plain
+                // self-wake could land in the LIFO slot and run again at once.
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
             }
         });
         store

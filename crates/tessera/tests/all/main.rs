@@ -1,0 +1,9 @@
+//! Integration tests: the real `tessera` binary serving real components on 127.0.0.1:0.
+//! Guest components come from `crates/test-programs` and `examples/`, built by
+//! `cargo xtask guests`.
+
+mod bad_input;
+mod gateway;
+mod isolation;
+mod lifecycle;
+mod util;

@@ -1,0 +1,242 @@
+//! Test harness: writes apps into temp directories, runs the real `tessera` binary on
+//! 127.0.0.1:0, and collects what it prints.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The workspace root, where guest components are built.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Path of a guest component from `crates/test-programs`, built by `cargo xtask guests`.
+pub fn guest(name: &str) -> PathBuf {
+    let path = workspace().join(format!("target/wasm32-wasip2/release/{name}.wasm"));
+    assert!(
+        path.exists(),
+        "guest component {} is missing: build the guests with `cargo xtask guests`",
+        path.display()
+    );
+    path
+}
+
+/// An app directory with a manifest, in a temp directory removed on drop.
+pub struct App {
+    pub dir: tempfile::TempDir,
+}
+
+impl App {
+    /// Writes `manifest` as the app's tessera.toml. `{guest:NAME}` placeholders become
+    /// the absolute paths of test guests.
+    pub fn new(manifest: &str) -> App {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut text = manifest.to_string();
+        while let Some(start) = text.find("{guest:") {
+            let end = start + text[start..].find('}').expect("closing brace");
+            let name = &text[start + 7..end];
+            let path = guest(name).display().to_string();
+            text.replace_range(start..=end, &path);
+        }
+        std::fs::write(dir.path().join("tessera.toml"), text).expect("write manifest");
+        App { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts `tessera up` on this app.
+    pub fn up(&self) -> Node {
+        Node::up(self.path(), &[])
+    }
+}
+
+/// Output lines collected from a child process.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn collect(&self, stream: impl std::io::Read + Send + 'static) {
+        let lines = self.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line);
+            }
+        });
+    }
+
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+
+    pub fn contains(&self, needle: &str) -> bool {
+        self.0.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Waits until a line contains `needle` and returns it.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(line) = self.0.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return Some(line.clone());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+/// A running `tessera up`, killed on drop.
+pub struct Node {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub stdout: Lines,
+    pub stderr: Lines,
+}
+
+impl Node {
+    pub fn up(app: &Path, extra: &[&str]) -> Node {
+        Node::up_with_env(app, extra, &[])
+    }
+
+    /// Like [`Node::up`], with extra environment variables for the node process.
+    pub fn up_with_env(app: &Path, extra: &[&str], env: &[(&str, &str)]) -> Node {
+        let mut child = tessera()
+            .envs(env.iter().copied())
+            .arg("up")
+            .arg(app)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tessera");
+        let stdout = Lines::default();
+        let stderr = Lines::default();
+        stdout.collect(child.stdout.take().unwrap());
+        stderr.collect(child.stderr.take().unwrap());
+        let marker = "gateway listening on http://";
+        let Some(line) = stderr.wait_for(marker, Duration::from_secs(120)) else {
+            let _ = child.kill();
+            panic!("tessera did not start; stderr:\n{}", stderr.text());
+        };
+        let rest = &line[line.find(marker).unwrap() + marker.len()..];
+        let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+        Node {
+            child,
+            addr,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends SIGTERM, as a process manager would.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "tessera did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Peak resident memory of the node so far, from /proc.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .expect("VmHWM line");
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The binary under test.
+pub fn tessera() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    command.env("RUST_LOG", "info");
+    command
+}
+
+/// Runs `tessera up` on an app expected to be refused; returns (status, stderr).
+pub fn up_fails(app: &Path) -> (ExitStatus, String) {
+    let output = tessera()
+        .arg("up")
+        .arg(app)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .expect("run tessera");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !stderr.contains("panicked"),
+        "tessera panicked instead of reporting an error:\n{stderr}"
+    );
+    (output.status, stderr)
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// Reads a JSON error body and checks its shape: `{"error": {"code", "message",
+/// "request_id"}}`; returns the code.
+pub async fn error_code(response: reqwest::Response) -> String {
+    let header_id = response
+        .headers()
+        .get("x-request-id")
+        .expect("x-request-id on error responses")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let json: serde_json::Value = response.json().await.expect("JSON error body");
+    let error = &json["error"];
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{json}"
+    );
+    assert_eq!(
+        error["request_id"].as_str(),
+        Some(header_id.as_str()),
+        "{json}"
+    );
+    error["code"].as_str().expect("error code").to_string()
+}
