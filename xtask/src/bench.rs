@@ -1,0 +1,377 @@
+//! `cargo xtask bench`: tessera vs `wasmtime serve` vs native hyper on the same hello world.
+//!
+//! A harness, not a test: it prints a table and records it in BENCHMARKS.md. Servers run as
+//! child processes on free loopback ports and are always killed when the harness ends.
+
+mod probe;
+mod report;
+mod servers;
+mod wrk;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::guests::{self, WASM_TARGET};
+use crate::native;
+use crate::process::{cargo_step, repo_root, target_dir, tessera_release_binary};
+use probe::Startup;
+use report::{Report, Row};
+use servers::{DEFAULT_WASMTIME, ScratchDir, Server, free_port};
+use wrk::WrkResult;
+
+/// Tessera may compile the component on its first start, which can take a while.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Unreported load before each measured run, so no server is measured while still warming
+/// up (lazy initialisation, instance pools, CPU frequency).
+const WARMUP: Duration = Duration::from_secs(1);
+
+const TESSERA: &str = "tessera";
+const WASMTIME: &str = "wasmtime serve";
+const NATIVE: &str = "native hyper";
+
+const TESSERA_DESCRIPTION: &str = "`tessera up APP --listen 127.0.0.1:PORT` (release build, \
+    RUST_LOG=warn), APP's tessera.toml routing `/` to one service, the `hello` component of \
+    crates/test-programs";
+const WASMTIME_DESCRIPTION: &str =
+    "`wasmtime serve -Scli --addr 127.0.0.1:PORT hello.wasm`, the same component";
+const NATIVE_DESCRIPTION: &str = "hyper 1 + hyper-util auto (HTTP/1.1 keep-alive), tokio \
+    multi-thread runtime, no WebAssembly (`xtask bench-native-server`, release build)";
+
+struct Options {
+    duration: Duration,
+    connections: u32,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Options> {
+        let mut options = Options {
+            duration: Duration::from_secs(8),
+            connections: 32,
+        };
+        let mut iter = args.iter();
+        while let Some(arg) = iter.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) => (flag, Some(value)),
+                None => (arg.as_str(), None),
+            };
+            let mut value = || -> Result<&str> {
+                inline
+                    .or_else(|| iter.next().map(String::as_str))
+                    .with_context(|| format!("{flag} needs a value"))
+            };
+            match flag {
+                "--duration" => {
+                    let secs: u64 = value()?.parse().context("--duration takes whole seconds")?;
+                    if secs == 0 {
+                        bail!("--duration must be at least 1 second");
+                    }
+                    options.duration = Duration::from_secs(secs);
+                }
+                "--connections" => {
+                    options.connections =
+                        value()?.parse().context("--connections takes a number")?;
+                    if options.connections == 0 {
+                        bail!("--connections must be at least 1");
+                    }
+                }
+                _ => bail!(
+                    "unknown bench option {arg:?}; usage: cargo xtask bench [--duration SECS] [--connections N]"
+                ),
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// A server that is up, with how its start looked.
+struct Running {
+    server: Server,
+    startup: Startup,
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let options = Options::parse(args)?;
+    // Look for the tools before spending minutes on builds.
+    let wrk = wrk::find()?;
+    let wasmtime = servers::find_wasmtime()?;
+    let mut notes = Vec::new();
+    if wasmtime.is_none() {
+        let note = format!(
+            "wasmtime serve was skipped: no $WASMTIME, no {DEFAULT_WASMTIME} and no `wasmtime` \
+             on PATH; install it with `cargo install wasmtime-cli@48.0.8 --locked --root /opt/bench/wasmtime`"
+        );
+        println!("note: {note}");
+        notes.push(note);
+    }
+
+    let (tessera, hello) = build()?;
+
+    // Declared before the servers so it outlives them (locals drop in reverse order).
+    let scratch = ScratchDir::create()?;
+    let app_dir = scratch.path().join("app");
+    write_app(&app_dir, &hello)?;
+
+    // Taken now, after the builds, so the load average reflects the machine we measure on.
+    let machine = report::machine();
+    println!("==> starting servers");
+    let mut running = vec![start_tessera(
+        &tessera,
+        &app_dir,
+        scratch.path(),
+        "tessera-1",
+    )?];
+    if let Some(wasmtime) = &wasmtime {
+        let port = free_port()?;
+        let mut cmd = Command::new(wasmtime);
+        cmd.args(["serve", "-Scli", "--addr"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(&hello);
+        running.push(start(WASMTIME, cmd, port, scratch.path(), "wasmtime")?);
+    }
+    let port = free_port()?;
+    let mut cmd = Command::new(target_dir().join("release").join("xtask"));
+    cmd.args(["bench-native-server", &port.to_string()]);
+    running.push(start(NATIVE, cmd, port, scratch.path(), "native")?);
+
+    for r in &running {
+        if r.startup.body != native::BODY {
+            let note = format!(
+                "{} serves {:?}, not {:?}, so the comparison is not like for like",
+                r.server.name(),
+                r.startup.body,
+                native::BODY
+            );
+            println!("warning: {note}");
+            notes.push(note);
+        }
+    }
+
+    // Same app dir, so whatever tessera cached on its first start is reused.
+    println!("==> restarting tessera to time a start with a warm compile cache");
+    let warm_startup = start_tessera(&tessera, &app_dir, scratch.path(), "tessera-2")?.startup;
+
+    let mut results = Vec::new();
+    for r in &mut running {
+        results.push(load(&wrk, &options, r)?);
+    }
+
+    let mut startups = vec![
+        (
+            "tessera, first start".to_owned(),
+            running[0].startup.clone(),
+        ),
+        (
+            "tessera, restart (compile cache warm)".to_owned(),
+            warm_startup,
+        ),
+    ];
+    for r in &running[1..] {
+        let label = if r.server.name() == WASMTIME {
+            // wasmtime's CLI caches compiled code on disk by default (~/.cache/wasmtime), so
+            // its start is only cold the very first time it sees this component.
+            format!("{WASMTIME} (its own compile cache, usually warm)")
+        } else {
+            r.server.name().to_owned()
+        };
+        startups.push((label, r.startup.clone()));
+    }
+    let result_for = |name: &str| {
+        running
+            .iter()
+            .zip(&results)
+            .find(|(r, _)| r.server.name() == name)
+            .map(|(_, result)| result.clone())
+    };
+    let row = |name: &str, description: &str| Row {
+        server: name.to_owned(),
+        description: description.to_owned(),
+        result: result_for(name),
+    };
+
+    let mut versions = vec![version_of(&tessera, TESSERA)];
+    if let Some(wasmtime) = &wasmtime {
+        versions.push(version_of(wasmtime, "wasmtime"));
+    }
+    versions.push(version_of(Path::new("rustc"), "rustc"));
+
+    let report = Report {
+        date: report::utc_now(),
+        machine,
+        versions,
+        command: format!(
+            "cargo xtask bench --duration {} --connections {}",
+            options.duration.as_secs(),
+            options.connections
+        ),
+        wrk_command: wrk_command_line(&options, "http://127.0.0.1:PORT/"),
+        warmup: WARMUP,
+        body: native::BODY.to_owned(),
+        rows: vec![
+            row(TESSERA, TESSERA_DESCRIPTION),
+            row(WASMTIME, WASMTIME_DESCRIPTION),
+            row(NATIVE, NATIVE_DESCRIPTION),
+        ],
+        startups,
+        notes,
+    };
+
+    println!();
+    print!("{}", report.table());
+    println!();
+    for line in report.ratios() {
+        println!("{line}");
+    }
+    println!();
+    for line in report.startup_lines() {
+        println!("{line}");
+    }
+
+    let path = repo_root().join("BENCHMARKS.md");
+    report::update_benchmarks_md(&path, &report.markdown())?;
+    println!("\nupdated {}", path.display());
+    // `running` and then `scratch` drop here: servers are killed, the scratch dir removed.
+    Ok(())
+}
+
+/// Builds the guests, tessera and a release xtask (for the native server: this process is
+/// usually an unoptimised debug build, which would handicap the baseline).
+fn build() -> Result<(PathBuf, PathBuf)> {
+    guests::build()?;
+    cargo_step(&["build", "--release", "-p", "tessera", "-p", "xtask"])?;
+    let hello = target_dir()
+        .join(WASM_TARGET)
+        .join("release")
+        .join("hello.wasm");
+    if !hello.is_file() {
+        bail!(
+            "{} was not built; the bench needs the `hello` bin of crates/test-programs",
+            hello.display()
+        );
+    }
+    Ok((tessera_release_binary(), hello))
+}
+
+/// A warm-up, then the measured wrk run against one server.
+fn load(wrk: &Path, options: &Options, r: &mut Running) -> Result<WrkResult> {
+    let name = r.server.name().to_owned();
+    let url = format!("http://127.0.0.1:{}/", r.server.port());
+    println!("==> {name}: {} s warm-up", WARMUP.as_secs());
+    wrk::run(wrk, options.connections, WARMUP, &url)
+        .with_context(|| format!("warming up {name}"))?;
+    println!("==> {name}: {}", wrk_command_line(options, &url));
+    let (result, raw) = wrk::run(wrk, options.connections, options.duration, &url)
+        .with_context(|| format!("loading {name}"))?;
+    for line in raw.lines() {
+        println!("    {line}");
+    }
+    // A server that crashed under load would make its numbers meaningless.
+    r.server.ensure_running()?;
+    Ok(result)
+}
+
+fn wrk_command_line(options: &Options, url: &str) -> String {
+    format!(
+        "wrk {}",
+        wrk::args(options.connections, options.duration, url).join(" ")
+    )
+}
+
+/// The app tessera serves in the bench: one service on `/`, the test-programs hello world.
+fn write_app(app_dir: &Path, hello: &Path) -> Result<()> {
+    std::fs::create_dir_all(app_dir).with_context(|| format!("creating {}", app_dir.display()))?;
+    let manifest = format!(
+        "[app]\nname = \"bench\"\n\n[services.hello]\ncomponent = {}\nroutes = [\"/\"]\n",
+        toml_string(&hello.display().to_string())
+    );
+    let path = app_dir.join("tessera.toml");
+    std::fs::write(&path, manifest).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A TOML basic string, escaped so any path survives.
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Starts `tessera up APP` on a fresh port and waits for it to serve.
+fn start_tessera(tessera: &Path, app_dir: &Path, logs: &Path, log_name: &str) -> Result<Running> {
+    let port = free_port()?;
+    let mut cmd = Command::new(tessera);
+    cmd.arg("up")
+        .arg(app_dir)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        // Per-request logging would dominate a hello world.
+        .env("RUST_LOG", "warn")
+        .current_dir(repo_root());
+    start(TESSERA, cmd, port, logs, log_name)
+}
+
+/// Spawns a server that will listen on `port` and waits until it serves `GET /`.
+fn start(name: &str, cmd: Command, port: u16, logs: &Path, log_name: &str) -> Result<Running> {
+    let log = logs.join(format!("{log_name}.log"));
+    let mut server = Server::spawn(name, cmd, port, log)?;
+    let startup = probe::startup(&mut server, READY_TIMEOUT)?;
+    println!(
+        "    {name} on 127.0.0.1:{port}: listening after {}, first GET / {}, then median {}",
+        report::format_duration(startup.listening),
+        report::format_duration(startup.first_request),
+        report::format_duration(startup.median_after)
+    );
+    Ok(Running { server, startup })
+}
+
+/// The first line of `PROGRAM --version`, or a placeholder when it has none.
+fn version_of(program: &Path, name: &str) -> String {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .map(|line| line.trim().to_owned())
+        })
+        .filter(|line| !line.is_empty())
+        .unwrap_or_else(|| format!("{name} (version unknown)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options_defaults_and_overrides() {
+        let o = Options::parse(&[]).unwrap();
+        assert_eq!((o.duration.as_secs(), o.connections), (8, 32));
+        let o = Options::parse(&args(&["--duration", "3", "--connections=64"])).unwrap();
+        assert_eq!((o.duration.as_secs(), o.connections), (3, 64));
+        assert!(Options::parse(&args(&["--duration"])).is_err());
+        assert!(Options::parse(&args(&["--duration", "0"])).is_err());
+        assert!(Options::parse(&args(&["--threads", "2"])).is_err());
+    }
+
+    #[test]
+    fn toml_strings_are_escaped() {
+        assert_eq!(toml_string("/a/b.wasm"), "\"/a/b.wasm\"");
+        assert_eq!(toml_string("C:\\x\"y"), "\"C:\\\\x\\\"y\"");
+    }
+}

@@ -1,0 +1,84 @@
+//! `cargo xtask`: project automation (guest builds, the demo, every CI check, the benchmark).
+
+mod bench;
+mod checks;
+mod demo;
+mod guests;
+mod native;
+mod process;
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [args]
+
+commands:
+  guests                  build every guest component for wasm32-wasip2
+  demo [ARGS...]          build everything, then serve examples/hello on 127.0.0.1:3000
+                          (ARGS are passed on to `tessera up`)
+  test                    run every check CI runs (guests, fmt, clippy, tests)
+  bench [--duration SECS] [--connections N]
+                          compare tessera, `wasmtime serve` and native hyper on a
+                          hello world and update BENCHMARKS.md (default: 8 s, 32)
+  help                    print this message";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let Some(command) = args.next() else {
+        eprintln!("{USAGE}");
+        bail!("no command given");
+    };
+    let rest: Vec<String> = args.collect();
+    match command.as_str() {
+        "guests" => {
+            no_args(&command, &rest)?;
+            guests::build()
+        }
+        "demo" => demo::run(&rest),
+        "test" => {
+            no_args(&command, &rest)?;
+            checks::run()
+        }
+        "bench" => bench::run(&rest),
+        // Hidden: `bench` starts the native baseline as a separate process so that it is
+        // measured exactly like the other two servers.
+        "bench-native-server" => {
+            let [port] = rest.as_slice() else {
+                bail!("usage: xtask bench-native-server PORT");
+            };
+            let port = port
+                .parse()
+                .with_context(|| format!("invalid port {port:?}"))?;
+            native::serve(port)
+        }
+        "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => {
+            eprintln!("{USAGE}");
+            bail!("unknown command {other:?}")
+        }
+    }
+}
+
+fn no_args(command: &str, rest: &[String]) -> Result<()> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        eprintln!("{USAGE}");
+        bail!("`{command}` takes no arguments, got {rest:?}")
+    }
+}
