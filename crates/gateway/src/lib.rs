@@ -20,11 +20,14 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 pub use errors::{invoke_error_response, json_error};
-pub use routes::{RouteTable, Routes};
+pub use routes::{Backend, RouteTable, Routes, Target};
 pub use tessera_runtime::ResponseBody;
 
 /// The header carrying a request's id, in both directions.
 pub const REQUEST_ID: &str = "x-request-id";
+/// The header naming the revision that served a response; on a request it pins the
+/// request to that revision (`r7` or `7`).
+pub const REVISION: &str = "x-tessera-revision";
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
@@ -127,24 +130,65 @@ async fn handle(
             &format!("no service answers {}", request.uri().path()),
             &request_id,
         ),
-        Some(service) => {
-            let service = service.clone();
-            let method = request.method().clone();
-            let path = request.uri().path().to_owned();
-            match service.handle(request, &request_id).await {
-                Ok(response) => {
-                    tracing::debug!(service = service.name(), %method, %path, status = response.status().as_u16(), elapsed = ?start.elapsed(), request_id, "request");
-                    response
-                }
-                Err(error) => {
-                    tracing::warn!(service = service.name(), %method, %path, elapsed = ?start.elapsed(), request_id, "{error}");
-                    invoke_error_response(&error, &request_id)
-                }
-            }
-        }
+        Some(target) => match choose(target, &request) {
+            Ok(backend) => forward(backend, request, &request_id, start).await,
+            Err(message) => json_error(
+                StatusCode::NOT_FOUND,
+                "no_such_revision",
+                &message,
+                &request_id,
+            ),
+        },
     };
     response.headers_mut().insert(REQUEST_ID, id_header);
     Ok(response)
+}
+
+/// The backend for a request: the pinned revision if the request names one, else the
+/// next one by weight.
+fn choose<'t, B>(target: &'t Target, request: &Request<B>) -> Result<&'t Backend, String> {
+    if let Some(pinned) = request.headers().get(REVISION) {
+        let text = pinned.to_str().unwrap_or_default();
+        let id = text.strip_prefix('r').unwrap_or(text).parse::<u32>().ok();
+        return id.and_then(|id| target.revision(id)).ok_or_else(|| {
+            format!(
+                "service `{}` has no serving revision `{text}`",
+                target.service
+            )
+        });
+    }
+    target.pick().ok_or_else(|| {
+        format!(
+            "service `{}` has no revision taking traffic",
+            target.service
+        )
+    })
+}
+
+async fn forward(
+    backend: &Backend,
+    request: Request<Incoming>,
+    request_id: &str,
+    start: Instant,
+) -> Response<ResponseBody> {
+    let service = backend.service.clone();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let mut response = match service.handle(request, request_id).await {
+        Ok(response) => {
+            tracing::debug!(service = service.name(), %method, %path, status = response.status().as_u16(), elapsed = ?start.elapsed(), request_id, "request");
+            response
+        }
+        Err(error) => {
+            tracing::warn!(service = service.name(), %method, %path, elapsed = ?start.elapsed(), request_id, "{error}");
+            invoke_error_response(&error, request_id)
+        }
+    };
+    if let Some(revision) = backend.revision {
+        let value = HeaderValue::from_str(&format!("r{revision}")).expect("ascii");
+        response.headers_mut().insert(REVISION, value);
+    }
+    response
 }
 
 /// The client's request id when it sent a sane one, else a fresh time-ordered one.

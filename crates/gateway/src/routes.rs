@@ -1,23 +1,132 @@
-//! The routing table: path prefixes to services, longest prefix first. Built whole and
+//! The routing table: path prefixes to targets, longest prefix first. Built whole and
 //! swapped atomically, so a request always sees one consistent table.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use arc_swap::ArcSwap;
 use tessera_manifest::RoutePrefix;
 use tessera_runtime::Service;
 
+/// What a route leads to: one service, served by one or more revisions with traffic
+/// weights.
+pub struct Target {
+    /// Name of the service, for logs and errors.
+    pub service: String,
+    backends: Vec<Backend>,
+    /// Backend indexes in the order requests are given to them, one round of the
+    /// weights long (see [`schedule`]).
+    schedule: Vec<u16>,
+    /// Request counter walking the schedule.
+    counter: AtomicU32,
+}
+
+/// One revision of a service with its share of the traffic.
+#[derive(Clone)]
+pub struct Backend {
+    /// The revision id, when the service is versioned (`tessera serve`); `None` for an
+    /// app served straight from its manifest (`tessera up`).
+    pub revision: Option<u32>,
+    /// Share of the traffic, relative to the other backends of the target (percent, in
+    /// practice).
+    pub weight: u32,
+    pub service: Service,
+}
+
+impl Target {
+    /// A target served by a single, unversioned service.
+    pub fn single(service: Service) -> Self {
+        Target::weighted(
+            service.name().to_string(),
+            vec![Backend {
+                revision: None,
+                weight: 1,
+                service,
+            }],
+        )
+    }
+
+    /// A target split across revisions by weight. Backends with weight 0 are kept, so a
+    /// request can still be pinned to them.
+    pub fn weighted(service: String, backends: Vec<Backend>) -> Self {
+        let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+        Target {
+            service,
+            schedule: schedule(&weights),
+            backends,
+            counter: AtomicU32::new(0),
+        }
+    }
+
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    /// Picks the backend for the next request. Weights are honoured exactly over every
+    /// round of the schedule (100 requests for percentages), with no randomness to drift.
+    pub fn pick(&self) -> Option<&Backend> {
+        if self.schedule.is_empty() {
+            return None;
+        }
+        let n = self.counter.fetch_add(1, Ordering::Relaxed) as usize;
+        Some(&self.backends[usize::from(self.schedule[n % self.schedule.len()])])
+    }
+
+    /// The backend of a given revision, for requests pinned with a header.
+    pub fn revision(&self, id: u32) -> Option<&Backend> {
+        self.backends.iter().find(|b| b.revision == Some(id))
+    }
+}
+
+/// Longest schedule built; larger weight totals are scaled down to fit.
+const MAX_SCHEDULE: u32 = 1000;
+
+/// One round of smooth weighted round-robin (the nginx algorithm): each backend appears
+/// as often as its weight, and picks are interleaved, so a 90/10 split sends the canary
+/// every tenth request rather than ten in a row.
+fn schedule(weights: &[u32]) -> Vec<u16> {
+    let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+    if total == 0 || weights.len() > usize::from(u16::MAX) {
+        return Vec::new();
+    }
+    let weights: Vec<i64> = if total > u64::from(MAX_SCHEDULE) {
+        weights
+            .iter()
+            .map(|w| (u64::from(*w) * u64::from(MAX_SCHEDULE) / total) as i64)
+            .collect()
+    } else {
+        weights.iter().map(|w| i64::from(*w)).collect()
+    };
+    let total: i64 = weights.iter().sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut order = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, w) in current.iter_mut().zip(&weights) {
+            *c += w;
+        }
+        let (best, _) = current
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i)))
+            .expect("at least one backend");
+        current[best] -= total;
+        order.push(best as u16);
+    }
+    order
+}
+
 /// An immutable routing table.
 #[derive(Clone, Default)]
 pub struct RouteTable {
     /// Sorted by prefix length, longest first, so the first match is the longest.
-    entries: Vec<(RoutePrefix, Service)>,
+    entries: Vec<(RoutePrefix, Arc<Target>)>,
 }
 
 impl RouteTable {
-    /// Builds a table; when two entries share a prefix the later one wins (the manifest
-    /// has already refused such conflicts, so this only matters to programmatic callers).
-    pub fn new(entries: impl IntoIterator<Item = (RoutePrefix, Service)>) -> Self {
+    /// Builds a table; when two entries share a prefix the later one wins (manifests and
+    /// the control store refuse such conflicts, so this only matters to programmatic
+    /// callers).
+    pub fn new(entries: impl IntoIterator<Item = (RoutePrefix, Arc<Target>)>) -> Self {
         let mut entries: Vec<_> = entries.into_iter().collect();
         entries.reverse();
         // A stable sort keeps later duplicates first among equals.
@@ -26,16 +135,16 @@ impl RouteTable {
         RouteTable { entries }
     }
 
-    /// The service answering `path` (a request path without query), if any.
-    pub fn route(&self, path: &str) -> Option<&Service> {
+    /// The target answering `path` (a request path without query), if any.
+    pub fn route(&self, path: &str) -> Option<&Arc<Target>> {
         self.entries
             .iter()
             .find(|(prefix, _)| prefix.matches(path))
-            .map(|(_, service)| service)
+            .map(|(_, target)| target)
     }
 
-    pub fn entries(&self) -> impl Iterator<Item = (&RoutePrefix, &Service)> {
-        self.entries.iter().map(|(p, s)| (p, s))
+    pub fn entries(&self) -> impl Iterator<Item = (&RoutePrefix, &Arc<Target>)> {
+        self.entries.iter().map(|(p, t)| (p, t))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -59,5 +168,29 @@ impl Routes {
 
     pub fn swap(&self, table: RouteTable) {
         self.0.store(Arc::new(table));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::schedule;
+
+    #[test]
+    fn schedule_honours_weights_exactly() {
+        let order = schedule(&[90, 10]);
+        assert_eq!(order.len(), 100);
+        assert_eq!(order.iter().filter(|i| **i == 1).count(), 10);
+        let order = schedule(&[1, 0, 2]);
+        assert_eq!(order.iter().filter(|i| **i == 1).count(), 0);
+        assert_eq!(order.iter().filter(|i| **i == 2).count(), 2);
+        assert!(schedule(&[0, 0]).is_empty());
+    }
+
+    #[test]
+    fn a_ten_percent_canary_is_interleaved() {
+        let order = schedule(&[90, 10]);
+        let canary: Vec<usize> = (0..100).filter(|i| order[*i] == 1).collect();
+        // Evenly spaced: every tenth request.
+        assert!(canary.windows(2).all(|w| w[1] - w[0] == 10), "{canary:?}");
     }
 }

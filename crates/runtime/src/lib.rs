@@ -20,6 +20,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+pub use cache::content_hash;
 pub use invoke::InvokeError;
 pub use output::{GuestLogSink, OutputStream as GuestStream, TerminalLog};
 pub use tessera_manifest::{Limits, Origin};

@@ -18,6 +18,20 @@ struct Cli {
 enum Command {
     /// Serve every service of an app behind one gateway address.
     Up(commands::up::UpArgs),
+    /// Run a long-lived node that apps are deployed to.
+    Serve(commands::serve::ServeArgs),
+    /// Deploy an app (or one service of it) to a node: a new revision per changed service.
+    Deploy(commands::control::DeployArgs),
+    /// List the apps on a node with their services, routes and traffic.
+    Ls(commands::control::LsArgs),
+    /// Show the revision history of a service.
+    Revisions(commands::control::ServiceArgs),
+    /// Split a service's traffic across revisions, e.g. `traffic greeter r7=90 r8=10`.
+    Traffic(commands::control::TrafficArgs),
+    /// Send all of a service's traffic back to an earlier revision.
+    Rollback(commands::control::RollbackArgs),
+    /// Remove an app from a node.
+    Rm(commands::control::RmArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,5 +49,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     commands::init_logging();
     match cli.command {
         Command::Up(args) => commands::up::run(args),
+        Command::Serve(args) => commands::serve::run(args),
+        Command::Deploy(args) => commands::control::deploy(args),
+        Command::Ls(args) => commands::control::ls(args),
+        Command::Revisions(args) => commands::control::revisions(args),
+        Command::Traffic(args) => commands::control::traffic(args),
+        Command::Rollback(args) => commands::control::rollback(args),
+        Command::Rm(args) => commands::control::rm(args),
     }
 }

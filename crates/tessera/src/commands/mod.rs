@@ -1,5 +1,7 @@
 //! One module per subcommand, plus what they share.
 
+pub mod control;
+pub mod serve;
 pub mod up;
 
 use tracing_subscriber::EnvFilter;

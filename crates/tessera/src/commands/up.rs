@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tessera_gateway::{GatewayConfig, RouteTable, Routes};
+use std::sync::Arc;
+
+use tessera_gateway::{GatewayConfig, RouteTable, Routes, Target};
 use tessera_runtime::{CodeSource, Runtime, RuntimeConfig, ServiceConfig};
 
 #[derive(Args)]
@@ -61,8 +63,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             elapsed = ?report.elapsed,
             "{how}"
         );
+        let target = Arc::new(Target::single(service));
         for route in &spec.routes {
-            entries.push((route.clone(), service.clone()));
+            entries.push((route.clone(), target.clone()));
         }
     }
     let table = RouteTable::new(entries);
@@ -80,8 +83,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     tokio.block_on(async move {
         let listener = tessera_gateway::bind(args.listen).await?;
         let local = listener.local_addr()?;
-        for (route, service) in table.entries() {
-            tracing::info!(route = %route, service = service.name(), "route");
+        for (route, target) in table.entries() {
+            tracing::info!(route = %route, service = %target.service, "route");
         }
         tracing::info!(app = %manifest.app, "gateway listening on http://{local}");
         let config = GatewayConfig {

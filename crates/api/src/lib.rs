@@ -1,0 +1,277 @@
+//! The control REST API of a node, under `/v1` on the admin listener: artifacts, deploys,
+//! traffic, rollback, listing and removal, plus the OpenAPI document describing them.
+//!
+//! Only this crate derives serde for wire types; the node and store speak plain Rust.
+
+mod error;
+mod openapi;
+mod wire;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use http::{StatusCode, header};
+use subtle::ConstantTimeEq;
+use tessera_node::{Node, NodeError};
+use tessera_store::DeployOptions;
+
+pub use error::ApiError;
+pub use openapi::document as openapi_document;
+pub use wire::*;
+
+/// Largest component upload accepted, in bytes.
+pub const MAX_UPLOAD: usize = 256 * 1024 * 1024;
+
+/// Who may call the API.
+#[derive(Clone)]
+pub enum Auth {
+    /// Every request must carry `Authorization: Bearer <token>`.
+    Token(Arc<str>),
+    /// No token: only for a loopback admin address, chosen explicitly (`--dev`).
+    Open,
+}
+
+#[derive(Clone)]
+struct Api {
+    node: Node,
+    auth: Auth,
+}
+
+/// The `/v1` router.
+pub fn router(node: Node, auth: Auth) -> Router {
+    let api = Api { node, auth };
+    Router::new()
+        .route("/v1/openapi.json", get(openapi_json))
+        .route("/v1/apps", get(list_apps))
+        .route("/v1/apps/{app}", get(get_app).delete(remove_app))
+        .route("/v1/apps/{app}/deploy", post(deploy))
+        .route("/v1/apps/{app}/services/{service}", get(get_service))
+        .route(
+            "/v1/apps/{app}/services/{service}/traffic",
+            put(set_traffic),
+        )
+        .route("/v1/apps/{app}/services/{service}/rollback", post(rollback))
+        .route(
+            "/v1/artifacts/{sha256}",
+            get(has_artifact)
+                .head(has_artifact)
+                .put(upload_artifact)
+                .layer(DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(api.clone(), authorize))
+        .with_state(api)
+}
+
+async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Response {
+    if let Auth::Token(token) = &api.auth {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        // Constant-time, so the token cannot be guessed byte by byte from timings.
+        let ok: bool = presented.as_bytes().ct_eq(token.as_bytes()).into();
+        if !ok {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token (set TESSERA_TOKEN)",
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+/// Runs a blocking node operation (SQLite, compiling) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("control operation failed: {e}"),
+        )),
+    }
+}
+
+async fn openapi_json() -> Json<serde_json::Value> {
+    Json(openapi::document())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see /v1/openapi.json",
+    )
+}
+
+async fn list_apps(State(api): State<Api>) -> Result<Json<AppList>, ApiError> {
+    let apps = blocking(move || api.node.apps()).await?;
+    Ok(Json(AppList {
+        apps: apps.iter().map(AppView::from).collect(),
+    }))
+}
+
+async fn get_app(
+    State(api): State<Api>,
+    Path(app): Path<String>,
+) -> Result<Json<AppView>, ApiError> {
+    let name = app.clone();
+    match blocking(move || api.node.app(&name)).await? {
+        Some(state) => Ok(Json(AppView::from(&state))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no app named `{app}`"),
+        )),
+    }
+}
+
+async fn remove_app(
+    State(api): State<Api>,
+    Path(app): Path<String>,
+) -> Result<Json<Removed>, ApiError> {
+    let name = app.clone();
+    if blocking(move || api.node.remove_app(&name)).await? {
+        Ok(Json(Removed { removed: app }))
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no app named `{app}`"),
+        ))
+    }
+}
+
+async fn get_service(
+    State(api): State<Api>,
+    Path((app, service)): Path<(String, String)>,
+) -> Result<Json<ServiceView>, ApiError> {
+    let (a, s) = (app.clone(), service.clone());
+    let state = blocking(move || api.node.app(&a)).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no app named `{app}`"),
+        )
+    })?;
+    state
+        .services
+        .iter()
+        .find(|x| x.name == s)
+        .map(|x| Json(ServiceView::from(x)))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("app `{app}` has no service `{service}`"),
+            )
+        })
+}
+
+async fn deploy(
+    State(api): State<Api>,
+    Path(app): Path<String>,
+    body: Result<Json<DeployRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<DeployResult>, ApiError> {
+    let Json(request) = body.map_err(bad_json)?;
+    if let Some(traffic) = request.traffic
+        && !(1..=99).contains(&traffic)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_traffic",
+            "traffic for a new revision must be between 1 and 99 percent",
+        ));
+    }
+    let services: Vec<_> = request.services.into_iter().map(Into::into).collect();
+    let options = DeployOptions {
+        only: request.only,
+        traffic: request.traffic,
+        keep: request.keep.unwrap_or(0),
+    };
+    let outcome = blocking(move || api.node.deploy(&app, &services, &options)).await?;
+    Ok(Json(DeployResult::from(outcome)))
+}
+
+async fn set_traffic(
+    State(api): State<Api>,
+    Path((app, service)): Path<(String, String)>,
+    body: Result<Json<TrafficRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<ServiceView>, ApiError> {
+    let Json(request) = body.map_err(bad_json)?;
+    let weights: Vec<(u32, u8)> = request
+        .traffic
+        .iter()
+        .map(|t| (t.revision, t.percent))
+        .collect();
+    let state = blocking(move || api.node.set_traffic(&app, &service, &weights)).await?;
+    Ok(Json(ServiceView::from(&state)))
+}
+
+async fn rollback(
+    State(api): State<Api>,
+    Path((app, service)): Path<(String, String)>,
+    body: Option<Json<RollbackRequest>>,
+) -> Result<Json<ServiceView>, ApiError> {
+    let to = body.and_then(|Json(r)| r.to);
+    let state = blocking(move || api.node.rollback(&app, &service, to)).await?;
+    Ok(Json(ServiceView::from(&state)))
+}
+
+async fn has_artifact(State(api): State<Api>, Path(sha256): Path<String>) -> StatusCode {
+    if api.node.store().has_artifact(&sha256) {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+async fn upload_artifact(
+    State(api): State<Api>,
+    Path(sha256): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
+    let bytes = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("cannot read upload (at most {MAX_UPLOAD} bytes): {e}"),
+        )
+    })?;
+    let stored = blocking(move || {
+        let actual = tessera_runtime::content_hash(&bytes);
+        if actual != sha256 {
+            return Err(NodeError::Invalid(format!(
+                "upload does not match its address: sha256 is {actual}, not {sha256}"
+            )));
+        }
+        api.node.upload(&bytes)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(Uploaded { sha256: stored })))
+}
+
+fn bad_json(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+        rejection.body_text(),
+    )
+}

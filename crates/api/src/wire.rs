@@ -1,0 +1,192 @@
+//! Wire types of the control API: what clients send and receive as JSON.
+
+use serde::{Deserialize, Serialize};
+use tessera_store::{
+    AppState, DeployOutcome, Revision, RevisionConfig, ServiceDeploy, ServiceState,
+};
+
+/// One service of a deploy request: its component (already uploaded) and configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpecJson {
+    pub name: String,
+    pub sha256: String,
+    pub routes: Vec<String>,
+    pub memory: u64,
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub outbound: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+}
+
+impl From<ServiceSpecJson> for ServiceDeploy {
+    fn from(s: ServiceSpecJson) -> Self {
+        ServiceDeploy {
+            name: s.name,
+            sha256: s.sha256,
+            config: RevisionConfig {
+                routes: s.routes,
+                memory: s.memory,
+                timeout_ms: s.timeout_ms,
+                outbound: s.outbound,
+                env: s.env,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    pub services: Vec<ServiceSpecJson>,
+    /// Deploy only these services; the others stay as they are.
+    #[serde(default)]
+    pub only: Vec<String>,
+    /// Canary share (1-99 percent) for each new revision.
+    #[serde(default)]
+    pub traffic: Option<u8>,
+    /// Revisions of history to keep per service.
+    #[serde(default)]
+    pub keep: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployResult {
+    pub app: String,
+    pub created: Vec<CreatedRevision>,
+    pub unchanged: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedRevision {
+    pub service: String,
+    pub revision: u32,
+}
+
+impl From<DeployOutcome> for DeployResult {
+    fn from(o: DeployOutcome) -> Self {
+        DeployResult {
+            app: o.app,
+            created: o
+                .created
+                .into_iter()
+                .map(|(service, revision)| CreatedRevision { service, revision })
+                .collect(),
+            unchanged: o.unchanged,
+            removed: o.removed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficShare {
+    pub revision: u32,
+    pub percent: u8,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficRequest {
+    pub traffic: Vec<TrafficShare>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The revision to go back to; default: the one before the current primary.
+    #[serde(default)]
+    pub to: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppList {
+    pub apps: Vec<AppView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppView {
+    pub name: String,
+    pub services: Vec<ServiceView>,
+}
+
+impl From<&AppState> for AppView {
+    fn from(a: &AppState) -> Self {
+        AppView {
+            name: a.name.clone(),
+            services: a.services.iter().map(ServiceView::from).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    /// The routes of the primary revision.
+    pub routes: Vec<String>,
+    pub primary: Option<u32>,
+    pub traffic: Vec<TrafficShare>,
+    pub revisions: Vec<RevisionView>,
+}
+
+impl From<&ServiceState> for ServiceView {
+    fn from(s: &ServiceState) -> Self {
+        ServiceView {
+            name: s.name.clone(),
+            routes: s
+                .primary()
+                .map(|r| r.config.routes.clone())
+                .unwrap_or_default(),
+            primary: s.primary().map(|r| r.id),
+            traffic: s
+                .traffic
+                .iter()
+                .map(|(revision, percent)| TrafficShare {
+                    revision: *revision,
+                    percent: *percent,
+                })
+                .collect(),
+            revisions: s.revisions.iter().map(RevisionView::from).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevisionView {
+    pub id: u32,
+    pub sha256: String,
+    pub created_at: u64,
+    pub routes: Vec<String>,
+    pub memory: u64,
+    pub timeout_ms: u64,
+    pub outbound: Vec<String>,
+    /// Names of the environment variables granted (values are not listed).
+    pub env: Vec<String>,
+}
+
+impl From<&Revision> for RevisionView {
+    fn from(r: &Revision) -> Self {
+        RevisionView {
+            id: r.id,
+            sha256: r.sha256.clone(),
+            created_at: r.created_at,
+            routes: r.config.routes.clone(),
+            memory: r.config.memory,
+            timeout_ms: r.config.timeout_ms,
+            outbound: r.config.outbound.clone(),
+            env: r.config.env.iter().map(|(k, _)| k.clone()).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Removed {
+    pub removed: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Uploaded {
+    pub sha256: String,
+}

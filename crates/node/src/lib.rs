@@ -1,0 +1,289 @@
+//! A long-running node: the durable control state (apps, revisions, traffic, artifacts),
+//! the services loaded for the revisions that take traffic, and the gateway's routing
+//! table, kept in step.
+//!
+//! Every control operation is validated and prepared (components loaded) before the
+//! control state changes, then the state is committed in one transaction, then a new
+//! routing table is built and swapped in whole. Requests in flight keep the table they
+//! started with, so no operation ever fails a request.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tessera_gateway::{Backend, RouteTable, Routes, Target};
+use tessera_manifest::{Limits, Origin, RoutePrefix};
+use tessera_runtime::{Runtime, RuntimeConfig, RuntimeError, Service, ServiceConfig};
+use tessera_store::{
+    AppState, ControlStore, DeployOptions, DeployOutcome, Revision, RevisionConfig, ServiceDeploy,
+    ServiceState, StoreError,
+};
+
+/// Errors of control operations.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The request itself is wrong (bad names, routes, limits): nothing changed.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Identity of a loaded revision.
+type RevisionKey = (String, String, u32);
+
+/// A node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+struct NodeInner {
+    store: ControlStore,
+    runtime: Runtime,
+    routes: Routes,
+    /// Serialises control operations and holds the services loaded for serving
+    /// revisions, so each is compiled or mapped once.
+    loaded: Mutex<HashMap<RevisionKey, Service>>,
+}
+
+impl Node {
+    /// Opens (or creates) the node's state in `data` and loads every serving revision.
+    pub fn open(data: &Path, runtime: RuntimeConfig) -> Result<Node, NodeError> {
+        let store = ControlStore::open(data)?;
+        let runtime = Runtime::new(RuntimeConfig {
+            cache_dir: Some(data.join("compiled")),
+            ..runtime
+        })?;
+        let node = Node {
+            inner: Arc::new(NodeInner {
+                store,
+                runtime,
+                routes: Routes::default(),
+                loaded: Mutex::new(HashMap::new()),
+            }),
+        };
+        let mut loaded = node.lock();
+        node.rebuild(&mut loaded)?;
+        drop(loaded);
+        Ok(node)
+    }
+
+    /// The routing table handle the gateway serves from.
+    pub fn routes(&self) -> Routes {
+        self.inner.routes.clone()
+    }
+
+    pub fn store(&self) -> &ControlStore {
+        &self.inner.store
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<RevisionKey, Service>> {
+        self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores a component after checking that it is a component this node can serve as
+    /// an HTTP service; a corrupt or foreign upload is refused before anything is stored.
+    pub fn upload(&self, bytes: &[u8]) -> Result<String, NodeError> {
+        let probe = ServiceConfig {
+            name: "upload".into(),
+            limits: Limits::default(),
+            outbound: Vec::new(),
+            env: Vec::new(),
+        };
+        self.inner
+            .runtime
+            .load_service(probe, Path::new("uploaded component"), bytes)?;
+        Ok(self.inner.store.put_artifact(bytes)?)
+    }
+
+    pub fn deploy(
+        &self,
+        app: &str,
+        services: &[ServiceDeploy],
+        options: &DeployOptions,
+    ) -> Result<DeployOutcome, NodeError> {
+        check_name(app, "app")?;
+        for service in services {
+            check_name(&service.name, "service")?;
+            validate_config(&service.name, &service.config)?;
+        }
+        for only in &options.only {
+            if !services.iter().any(|s| &s.name == only) {
+                return Err(NodeError::Invalid(format!(
+                    "service `{only}` is not in the deployed manifest"
+                )));
+            }
+        }
+        let mut loaded = self.lock();
+        // Load every new component before committing, so a deploy that cannot be served
+        // changes nothing.
+        for service in services {
+            let path = self.inner.store.artifact_path(&service.sha256)?;
+            self.inner
+                .runtime
+                .load_service_file(runtime_config(&service.name, &service.config)?, &path)?;
+        }
+        let outcome = self.inner.store.deploy(app, services, options)?;
+        self.rebuild(&mut loaded)?;
+        Ok(outcome)
+    }
+
+    pub fn set_traffic(
+        &self,
+        app: &str,
+        service: &str,
+        weights: &[(u32, u8)],
+    ) -> Result<ServiceState, NodeError> {
+        let mut loaded = self.lock();
+        let state = self.inner.store.set_traffic(app, service, weights)?;
+        self.rebuild(&mut loaded)?;
+        Ok(state)
+    }
+
+    pub fn rollback(
+        &self,
+        app: &str,
+        service: &str,
+        to: Option<u32>,
+    ) -> Result<ServiceState, NodeError> {
+        let mut loaded = self.lock();
+        let state = self.inner.store.rollback(app, service, to)?;
+        self.rebuild(&mut loaded)?;
+        Ok(state)
+    }
+
+    pub fn remove_app(&self, app: &str) -> Result<bool, NodeError> {
+        let mut loaded = self.lock();
+        let existed = self.inner.store.remove_app(app)?;
+        self.rebuild(&mut loaded)?;
+        Ok(existed)
+    }
+
+    pub fn apps(&self) -> Result<Vec<AppState>, NodeError> {
+        Ok(self.inner.store.apps()?)
+    }
+
+    pub fn app(&self, name: &str) -> Result<Option<AppState>, NodeError> {
+        Ok(self.inner.store.app(name)?)
+    }
+
+    /// Builds the routing table from the control state and swaps it in. A revision that
+    /// cannot be loaded is logged and its service left unrouted, so one broken service
+    /// never keeps the rest of the node from serving.
+    fn rebuild(&self, loaded: &mut HashMap<RevisionKey, Service>) -> Result<(), NodeError> {
+        let apps = self.inner.store.apps()?;
+        let mut keep = HashMap::new();
+        let mut entries = Vec::new();
+        for app in &apps {
+            for service in &app.services {
+                let Some(primary) = service.primary() else {
+                    continue;
+                };
+                let mut backends = Vec::new();
+                for (id, weight) in &service.traffic {
+                    let Some(revision) = service.revision(*id) else {
+                        continue;
+                    };
+                    let key = (app.name.clone(), service.name.clone(), *id);
+                    let loaded_service = match loaded.get(&key) {
+                        Some(s) => s.clone(),
+                        None => match self.load_revision(&service.name, revision) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::error!(app = %app.name, service = %service.name, revision = id, error = %e, "cannot load revision; it takes no traffic");
+                                continue;
+                            }
+                        },
+                    };
+                    keep.insert(key, loaded_service.clone());
+                    backends.push(Backend {
+                        revision: Some(*id),
+                        weight: u32::from(*weight),
+                        service: loaded_service,
+                    });
+                }
+                if backends.is_empty() {
+                    continue;
+                }
+                // Routes belong to the service as its primary revision declares them.
+                let target = Arc::new(Target::weighted(service.name.clone(), backends));
+                for route in &primary.config.routes {
+                    match RoutePrefix::new(route) {
+                        Ok(prefix) => entries.push((prefix, target.clone())),
+                        Err(e) => tracing::error!(app = %app.name, service = %service.name, "{e}"),
+                    }
+                }
+            }
+        }
+        *loaded = keep;
+        self.inner.routes.swap(RouteTable::new(entries));
+        Ok(())
+    }
+
+    fn load_revision(&self, service: &str, revision: &Revision) -> Result<Service, NodeError> {
+        let path = self.inner.store.artifact_path(&revision.sha256)?;
+        let config = runtime_config(service, &revision.config)?;
+        let (loaded, report) = self.inner.runtime.load_service_file(config, &path)?;
+        tracing::info!(service, revision = revision.id, elapsed = ?report.elapsed, source = ?report.source, "revision loaded");
+        Ok(loaded)
+    }
+}
+
+fn check_name(name: &str, what: &str) -> Result<(), NodeError> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(NodeError::Invalid(format!(
+            "invalid {what} name `{name}`: use 1-63 lowercase letters, digits and `-`, starting with a letter"
+        )))
+    }
+}
+
+fn validate_config(service: &str, config: &RevisionConfig) -> Result<(), NodeError> {
+    let invalid = |m: String| NodeError::Invalid(format!("service `{service}`: {m}"));
+    if config.routes.is_empty() {
+        return Err(invalid("at least one route is required".into()));
+    }
+    for route in &config.routes {
+        RoutePrefix::new(route).map_err(invalid)?;
+    }
+    runtime_config(service, config).map(|_| ())
+}
+
+/// The runtime's view of a revision's configuration.
+fn runtime_config(service: &str, config: &RevisionConfig) -> Result<ServiceConfig, NodeError> {
+    let invalid = |m: String| NodeError::Invalid(format!("service `{service}`: {m}"));
+    if !(1 << 20..=tessera_manifest::MAX_MEMORY).contains(&config.memory) {
+        return Err(invalid("memory limit must be between 1MiB and 4GiB".into()));
+    }
+    let timeout = Duration::from_millis(config.timeout_ms);
+    if timeout.is_zero() || timeout > tessera_manifest::MAX_TIMEOUT {
+        return Err(invalid("timeout must be more than 0 and at most 1h".into()));
+    }
+    let outbound = config
+        .outbound
+        .iter()
+        .map(|o| Origin::parse(o))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    Ok(ServiceConfig {
+        name: service.to_string(),
+        limits: Limits {
+            memory: config.memory,
+            timeout,
+        },
+        outbound,
+        env: config.env.clone(),
+    })
+}

@@ -1,0 +1,599 @@
+//! The control-state operations on the SQLite connection: reading apps, and each change
+//! (deploy, traffic, rollback, removal) as one transaction.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, Transaction, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    AppState, DEFAULT_KEEP, DeployOptions, DeployOutcome, Revision, RevisionConfig, ServiceDeploy,
+    ServiceState, StoreError,
+};
+
+/// An error inside an operation. Database failures are given their context (which
+/// operation, on what app or service) once, at the public boundary, instead of at every
+/// statement.
+enum Failure {
+    Db(rusqlite::Error),
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Failure::Db(e)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Store(e)
+    }
+}
+
+fn finish<T>(result: Result<T, Failure>, action: impl FnOnce() -> String) -> Result<T, StoreError> {
+    result.map_err(|failure| match failure {
+        Failure::Db(source) => StoreError::Database {
+            action: action(),
+            source: Box::new(source),
+        },
+        Failure::Store(e) => e,
+    })
+}
+
+/// Runs `change` in a write transaction and commits only if it succeeds; on any error
+/// the transaction is dropped, which rolls every step back. The transaction takes the
+/// write lock when it begins, so what `change` reads is still true when it writes, even
+/// if another process shares the database.
+fn write<T>(
+    conn: &mut Connection,
+    change: impl FnOnce(&Transaction<'_>) -> Result<T, Failure>,
+) -> Result<T, Failure> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let value = change(&tx)?;
+    tx.commit()?;
+    Ok(value)
+}
+
+/// The current time in seconds since the Unix epoch; a clock before 1970 reads as 0.
+pub(crate) fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// How a `RevisionConfig` is stored: as JSON text in `revisions.config`. The mirror keeps
+/// serde off the public model type.
+#[derive(Serialize, Deserialize)]
+struct StoredConfig {
+    routes: Vec<String>,
+    memory: u64,
+    timeout_ms: u64,
+    outbound: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+fn config_json(config: &RevisionConfig) -> String {
+    let stored = StoredConfig {
+        routes: config.routes.clone(),
+        memory: config.memory,
+        timeout_ms: config.timeout_ms,
+        outbound: config.outbound.clone(),
+        env: config.env.clone(),
+    };
+    serde_json::to_string(&stored).expect("strings and integers always serialise to JSON")
+}
+
+fn parse_config(
+    json: &str,
+    app: &str,
+    service: &str,
+    revision: u32,
+) -> Result<RevisionConfig, StoreError> {
+    let stored: StoredConfig =
+        serde_json::from_str(json).map_err(|source| StoreError::CorruptConfig {
+            app: app.to_owned(),
+            service: service.to_owned(),
+            revision,
+            source,
+        })?;
+    Ok(RevisionConfig {
+        routes: stored.routes,
+        memory: stored.memory,
+        timeout_ms: stored.timeout_ms,
+        outbound: stored.outbound,
+        env: stored.env,
+    })
+}
+
+/// Reads every app, or just `only`, with services, revisions and traffic.
+fn load(conn: &Connection, only: Option<&str>) -> Result<Vec<AppState>, Failure> {
+    let mut apps: BTreeMap<String, BTreeMap<String, ServiceState>> = BTreeMap::new();
+
+    let mut stmt = conn.prepare("SELECT name FROM apps WHERE ?1 IS NULL OR name = ?1")?;
+    for name in stmt.query_map([only], |row| row.get::<_, String>(0))? {
+        apps.insert(name?, BTreeMap::new());
+    }
+
+    let mut stmt = conn.prepare("SELECT app, name FROM services WHERE ?1 IS NULL OR app = ?1")?;
+    let rows = stmt.query_map([only], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+    })?;
+    for row in rows {
+        let (app, name) = row?;
+        if let Some(services) = apps.get_mut(&app) {
+            let state = ServiceState {
+                name: name.clone(),
+                revisions: Vec::new(),
+                traffic: Vec::new(),
+            };
+            services.insert(name, state);
+        }
+    }
+
+    let mut stmt = conn.prepare(
+        "SELECT app, service, id, sha256, config, created_at FROM revisions
+         WHERE ?1 IS NULL OR app = ?1 ORDER BY app, service, id",
+    )?;
+    let rows = stmt.query_map([only], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, u32>(2)?,
+            row.get::<_, String>(3)?,
+            row.get::<_, String>(4)?,
+            row.get::<_, i64>(5)?,
+        ))
+    })?;
+    for row in rows {
+        let (app, service, id, sha256, config, created_at) = row?;
+        let config = parse_config(&config, &app, &service, id)?;
+        if let Some(state) = apps.get_mut(&app).and_then(|s| s.get_mut(&service)) {
+            state.revisions.push(Revision {
+                id,
+                sha256,
+                config,
+                created_at: u64::try_from(created_at).unwrap_or(0),
+            });
+        }
+    }
+
+    let mut stmt = conn.prepare(
+        "SELECT app, service, revision, percent FROM traffic
+         WHERE ?1 IS NULL OR app = ?1 ORDER BY app, service, revision",
+    )?;
+    let rows = stmt.query_map([only], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, u32>(2)?,
+            row.get::<_, u8>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (app, service, revision, percent) = row?;
+        if let Some(state) = apps.get_mut(&app).and_then(|s| s.get_mut(&service)) {
+            state.traffic.push((revision, percent));
+        }
+    }
+
+    Ok(apps
+        .into_iter()
+        .map(|(name, services)| AppState {
+            name,
+            services: services.into_values().collect(),
+        })
+        .collect())
+}
+
+fn load_service(conn: &Connection, app: &str, service: &str) -> Result<ServiceState, Failure> {
+    let Some(state) = load(conn, Some(app))?.pop() else {
+        return Err(StoreError::NoSuchApp(app.to_owned()).into());
+    };
+    state
+        .services
+        .into_iter()
+        .find(|s| s.name == service)
+        .ok_or_else(|| {
+            StoreError::NoSuchService {
+                app: app.to_owned(),
+                service: service.to_owned(),
+            }
+            .into()
+        })
+}
+
+pub(crate) fn apps(conn: &mut Connection) -> Result<Vec<AppState>, StoreError> {
+    // One read transaction, so the four queries see a single snapshot even if another
+    // process writes in between.
+    let result = (|| {
+        let tx = conn.transaction()?;
+        load(&tx, None)
+    })();
+    finish(result, || "list apps".to_owned())
+}
+
+pub(crate) fn app(conn: &mut Connection, name: &str) -> Result<Option<AppState>, StoreError> {
+    let result = (|| {
+        let tx = conn.transaction()?;
+        Ok(load(&tx, Some(name))?.pop())
+    })();
+    finish(result, || format!("read app `{name}`"))
+}
+
+/// A deploy request, validated as far as it can be without the database.
+pub(crate) struct DeployPlan<'a> {
+    app: &'a str,
+    /// The services to deploy, sorted by name.
+    pub(crate) selected: Vec<&'a ServiceDeploy>,
+    /// Whether the app's services that the deploy does not name are removed.
+    whole_app: bool,
+    traffic: Option<u8>,
+    keep: usize,
+}
+
+impl<'a> DeployPlan<'a> {
+    pub(crate) fn new(
+        app: &'a str,
+        services: &'a [ServiceDeploy],
+        options: &DeployOptions,
+    ) -> Result<Self, StoreError> {
+        // An app without services cannot serve anything; removing one is `remove_app`.
+        if services.is_empty() {
+            return Err(StoreError::EmptyDeploy(app.to_owned()));
+        }
+        let mut by_name = BTreeMap::new();
+        for service in services {
+            if by_name.insert(service.name.as_str(), service).is_some() {
+                return Err(StoreError::DuplicateService {
+                    app: app.to_owned(),
+                    service: service.name.clone(),
+                });
+            }
+        }
+        if let Some(share) = options.traffic
+            && !(1..=99).contains(&share)
+        {
+            return Err(StoreError::InvalidTraffic(format!(
+                "canary share for app `{app}` must be between 1 and 99 percent, not {share}"
+            )));
+        }
+        let selected = if options.only.is_empty() {
+            by_name.into_values().collect()
+        } else {
+            let only: BTreeSet<&str> = options.only.iter().map(String::as_str).collect();
+            only.into_iter()
+                .map(|name| {
+                    by_name
+                        .get(name)
+                        .copied()
+                        .ok_or_else(|| StoreError::NotInDeploy {
+                            app: app.to_owned(),
+                            service: name.to_owned(),
+                        })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        Ok(DeployPlan {
+            app,
+            selected,
+            whole_app: options.only.is_empty(),
+            traffic: options.traffic,
+            keep: if options.keep == 0 {
+                DEFAULT_KEEP
+            } else {
+                options.keep
+            },
+        })
+    }
+}
+
+pub(crate) fn deploy(
+    conn: &mut Connection,
+    plan: &DeployPlan<'_>,
+    now: u64,
+) -> Result<DeployOutcome, StoreError> {
+    let app = plan.app;
+    let result = write(conn, |tx| {
+        let current = load(tx, Some(app))?.pop();
+        let current = current.map_or_else(Vec::new, |a| a.services);
+        tx.execute("INSERT OR IGNORE INTO apps (name) VALUES (?1)", [app])?;
+        let mut outcome = DeployOutcome {
+            app: app.to_owned(),
+            created: Vec::new(),
+            unchanged: Vec::new(),
+            removed: Vec::new(),
+        };
+        for service in &plan.selected {
+            let name = service.name.as_str();
+            let primary = current
+                .iter()
+                .find(|s| s.name == name)
+                .and_then(ServiceState::primary);
+            if let Some(primary) = primary
+                && primary.sha256 == service.sha256
+                && primary.config == service.config
+            {
+                outcome.unchanged.push(name.to_owned());
+                continue;
+            }
+            tx.execute(
+                "INSERT OR IGNORE INTO services (app, name) VALUES (?1, ?2)",
+                [app, name],
+            )?;
+            let id = next_revision_id(tx, app, name)?;
+            tx.execute(
+                "INSERT INTO revisions (app, service, id, sha256, config, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    app,
+                    name,
+                    id,
+                    service.sha256,
+                    config_json(&service.config),
+                    i64::try_from(now).unwrap_or(i64::MAX)
+                ],
+            )?;
+            // Only the new revision and the old primary share traffic: an earlier canary
+            // that is neither is superseded by this one.
+            let weights = match (plan.traffic, primary) {
+                (Some(share), Some(primary)) => vec![(primary.id, 100 - share), (id, share)],
+                _ => vec![(id, 100)],
+            };
+            replace_traffic(tx, app, name, &weights)?;
+            outcome.created.push((name.to_owned(), id));
+        }
+        if plan.whole_app {
+            for service in &current {
+                if !plan.selected.iter().any(|s| s.name == service.name) {
+                    delete_service(tx, app, &service.name)?;
+                    outcome.removed.push(service.name.clone());
+                }
+            }
+        }
+        // Checked after every change is applied, so a route moving from one service to
+        // another (or away from a removed one) within a deploy is not a conflict.
+        let claimants: Vec<&str> = outcome.created.iter().map(|(s, _)| s.as_str()).collect();
+        check_routes(tx, app, &claimants)?;
+        for service in &plan.selected {
+            prune(tx, app, &service.name, plan.keep)?;
+        }
+        Ok(outcome)
+    });
+    finish(result, || format!("deploy app `{app}`"))
+}
+
+pub(crate) fn set_traffic(
+    conn: &mut Connection,
+    app: &str,
+    service: &str,
+    weights: &[(u32, u8)],
+) -> Result<ServiceState, StoreError> {
+    let result = write(conn, |tx| {
+        let state = load_service(tx, app, service)?;
+        validate_weights(app, &state, weights)?;
+        replace_traffic(tx, app, service, weights)?;
+        // The primary revision may change, and with it the service's routes.
+        check_routes(tx, app, &[service])?;
+        load_service(tx, app, service)
+    });
+    finish(result, || {
+        format!("set the traffic of service `{service}` of app `{app}`")
+    })
+}
+
+fn validate_weights(
+    app: &str,
+    state: &ServiceState,
+    weights: &[(u32, u8)],
+) -> Result<(), StoreError> {
+    let invalid = |what: String| {
+        StoreError::InvalidTraffic(format!("service `{}` of app `{app}`: {what}", state.name))
+    };
+    let mut seen = BTreeSet::new();
+    let mut sum = 0u32;
+    for &(id, percent) in weights {
+        if state.revision(id).is_none() {
+            return Err(invalid(format!("there is no revision {id}")));
+        }
+        if !seen.insert(id) {
+            return Err(invalid(format!("revision {id} is given more than once")));
+        }
+        if percent > 100 {
+            return Err(invalid(format!(
+                "revision {id} cannot have {percent} percent of the traffic"
+            )));
+        }
+        sum += u32::from(percent);
+    }
+    if sum != 100 {
+        return Err(invalid(format!(
+            "the shares add up to {sum} percent, not 100"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn rollback(
+    conn: &mut Connection,
+    app: &str,
+    service: &str,
+    to: Option<u32>,
+) -> Result<ServiceState, StoreError> {
+    let result =
+        write(conn, |tx| {
+            let state = load_service(tx, app, service)?;
+            let target =
+                match to {
+                    Some(id) => state.revision(id).map(|r| r.id).ok_or_else(|| {
+                        StoreError::NoSuchRevision {
+                            app: app.to_owned(),
+                            service: service.to_owned(),
+                            revision: id,
+                        }
+                    })?,
+                    None => {
+                        // Every service has a primary revision; were one ever without traffic,
+                        // rolling back to its newest revision is the repair that makes sense.
+                        let primary = state.primary().map_or(u32::MAX, |r| r.id);
+                        state
+                            .revisions
+                            .iter()
+                            .rev()
+                            .map(|r| r.id)
+                            .find(|id| *id < primary)
+                            .ok_or_else(|| StoreError::NoEarlierRevision {
+                                app: app.to_owned(),
+                                service: service.to_owned(),
+                                primary,
+                            })?
+                    }
+                };
+            replace_traffic(tx, app, service, &[(target, 100)])?;
+            check_routes(tx, app, &[service])?;
+            load_service(tx, app, service)
+        });
+    finish(result, || {
+        format!("roll back service `{service}` of app `{app}`")
+    })
+}
+
+pub(crate) fn remove_app(conn: &mut Connection, app: &str) -> Result<bool, StoreError> {
+    let result = write(conn, |tx| {
+        // Children first, because foreign keys do not cascade; `revision_counters` stays
+        // so that a redeployed app continues its revision numbering.
+        tx.execute("DELETE FROM traffic WHERE app = ?1", [app])?;
+        tx.execute("DELETE FROM revisions WHERE app = ?1", [app])?;
+        tx.execute("DELETE FROM services WHERE app = ?1", [app])?;
+        Ok(tx.execute("DELETE FROM apps WHERE name = ?1", [app])? > 0)
+    });
+    finish(result, || format!("remove app `{app}`"))
+}
+
+/// Reserves the next revision id of a service. The counter row outlives the service, so
+/// ids are never reused, not even after pruning or removal.
+fn next_revision_id(tx: &Transaction<'_>, app: &str, service: &str) -> Result<u32, Failure> {
+    Ok(tx.query_row(
+        "INSERT INTO revision_counters (app, service, last_id) VALUES (?1, ?2, 1)
+         ON CONFLICT (app, service) DO UPDATE SET last_id = last_id + 1
+         RETURNING last_id",
+        [app, service],
+        |row| row.get(0),
+    )?)
+}
+
+/// Replaces a service's traffic split; shares of 0 are not stored.
+fn replace_traffic(
+    tx: &Transaction<'_>,
+    app: &str,
+    service: &str,
+    weights: &[(u32, u8)],
+) -> Result<(), Failure> {
+    tx.execute(
+        "DELETE FROM traffic WHERE app = ?1 AND service = ?2",
+        [app, service],
+    )?;
+    let mut insert = tx
+        .prepare("INSERT INTO traffic (app, service, revision, percent) VALUES (?1, ?2, ?3, ?4)")?;
+    for &(revision, percent) in weights.iter().filter(|(_, p)| *p > 0) {
+        insert.execute(params![app, service, revision, percent])?;
+    }
+    Ok(())
+}
+
+fn delete_service(tx: &Transaction<'_>, app: &str, service: &str) -> Result<(), Failure> {
+    tx.execute(
+        "DELETE FROM traffic WHERE app = ?1 AND service = ?2",
+        [app, service],
+    )?;
+    tx.execute(
+        "DELETE FROM revisions WHERE app = ?1 AND service = ?2",
+        [app, service],
+    )?;
+    tx.execute(
+        "DELETE FROM services WHERE app = ?1 AND name = ?2",
+        [app, service],
+    )?;
+    Ok(())
+}
+
+/// Deletes the oldest revisions of a service beyond `keep`, skipping any that carry
+/// traffic: a revision serving requests is never pulled from under them.
+fn prune(tx: &Transaction<'_>, app: &str, service: &str, keep: usize) -> Result<(), Failure> {
+    let count: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM revisions WHERE app = ?1 AND service = ?2",
+        [app, service],
+        |row| row.get(0),
+    )?;
+    let excess = count.saturating_sub(i64::try_from(keep).unwrap_or(i64::MAX));
+    if excess <= 0 {
+        return Ok(());
+    }
+    tx.execute(
+        "DELETE FROM revisions WHERE app = ?1 AND service = ?2 AND id IN (
+             SELECT r.id FROM revisions r
+             WHERE r.app = ?1 AND r.service = ?2 AND NOT EXISTS (
+                 SELECT 1 FROM traffic t
+                 WHERE t.app = ?1 AND t.service = ?2 AND t.revision = r.id
+             )
+             ORDER BY r.id LIMIT ?3
+         )",
+        params![app, service, excess],
+    )?;
+    Ok(())
+}
+
+/// Refuses the change if a route of a claimant (a service of `app` whose primary revision
+/// may have changed) is also a current route of any other service on the node. Current
+/// routes are those of each service's primary revision, read after the change is applied.
+fn check_routes(tx: &Transaction<'_>, app: &str, claimants: &[&str]) -> Result<(), Failure> {
+    if claimants.is_empty() {
+        return Ok(());
+    }
+    let node = load(tx, None)?;
+    let mut owners: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
+    for a in &node {
+        for s in &a.services {
+            if let Some(primary) = s.primary() {
+                for route in &primary.config.routes {
+                    owners
+                        .entry(route.as_str())
+                        .or_default()
+                        .push((a.name.as_str(), s.name.as_str()));
+                }
+            }
+        }
+    }
+    let is_claimant = |a: &str, s: &str| a == app && claimants.contains(&s);
+    for &service in claimants {
+        let primary = node
+            .iter()
+            .find(|a| a.name == app)
+            .and_then(|a| a.services.iter().find(|s| s.name == service))
+            .and_then(ServiceState::primary);
+        let Some(primary) = primary else { continue };
+        for route in &primary.config.routes {
+            let others: Vec<(&str, &str)> = owners[route.as_str()]
+                .iter()
+                .copied()
+                .filter(|&(a, s)| (a, s) != (app, service))
+                .collect();
+            // Blame a service this change did not touch if there is one: it is the one
+            // that held the route before.
+            let holder = others
+                .iter()
+                .find(|&&(a, s)| !is_claimant(a, s))
+                .or(others.first());
+            if let Some(&(holder_app, holder_service)) = holder {
+                return Err(StoreError::RouteConflict {
+                    route: route.clone(),
+                    app: holder_app.to_owned(),
+                    service: holder_service.to_owned(),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
+}

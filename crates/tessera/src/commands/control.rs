@@ -1,0 +1,391 @@
+//! The CLI side of the control API: `deploy`, `ls`, `revisions`, `traffic`, `rollback`
+//! and `rm`. They talk to a node only through its REST API.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tessera_api::{
+    AppList, AppView, DeployRequest, DeployResult, RollbackRequest, ServiceSpecJson, ServiceView,
+    TrafficRequest, TrafficShare,
+};
+
+/// How to reach the node.
+#[derive(Args, Clone)]
+pub struct Remote {
+    /// The node's admin address.
+    #[arg(
+        long,
+        env = "TESSERA_SERVER",
+        default_value = "http://127.0.0.1:3001",
+        global = true
+    )]
+    server: String,
+}
+
+#[derive(Args)]
+pub struct DeployArgs {
+    /// The app directory (holding tessera.toml) or the manifest file.
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// Deploy only this service; the app's other services stay as they are.
+    #[arg(long)]
+    service: Option<String>,
+    /// Canary: give each new revision this share of its service's traffic (1-99).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
+    traffic: Option<u8>,
+    /// Revisions of history to keep per service.
+    #[arg(long)]
+    keep: Option<usize>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Args)]
+pub struct ServiceArgs {
+    /// The service.
+    service: String,
+    /// The app holding the service; needed only when several apps have one so named.
+    #[arg(long)]
+    app: Option<String>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Args)]
+pub struct TrafficArgs {
+    /// The service.
+    service: String,
+    /// Shares such as `r7=90 r8=10`, summing to 100.
+    #[arg(required = true)]
+    shares: Vec<String>,
+    #[arg(long)]
+    app: Option<String>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Args)]
+pub struct RollbackArgs {
+    /// The service.
+    service: String,
+    /// The revision to go back to (default: the one before the current primary).
+    #[arg(long)]
+    to: Option<String>,
+    #[arg(long)]
+    app: Option<String>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Args)]
+pub struct RmArgs {
+    /// The app to remove.
+    app: String,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// A blocking-style client over the async reqwest client.
+struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+    tokio: tokio::runtime::Runtime,
+}
+
+impl Client {
+    fn new(remote: &Remote) -> anyhow::Result<Client> {
+        Ok(Client {
+            base: remote.server.trim_end_matches('/').to_string(),
+            token: std::env::var("TESSERA_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
+            http: reqwest::Client::new(),
+            tokio: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        })
+    }
+
+    /// Sends a request and returns the status and body; API errors become messages.
+    fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<reqwest::Body>,
+        json: Option<&Value>,
+    ) -> anyhow::Result<(StatusCode, Vec<u8>)> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method.clone(), &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/wasm")
+                .body(body);
+        }
+        if let Some(json) = json {
+            request = request.json(json);
+        }
+        self.tokio.block_on(async {
+            let response = request
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the node at {}", self.base))?;
+            let status = response.status();
+            let bytes = response.bytes().await?.to_vec();
+            Ok((status, bytes))
+        })
+    }
+
+    fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        json: Option<&Value>,
+    ) -> anyhow::Result<T> {
+        let (status, body) = self.send(method, path, None, json)?;
+        if !status.is_success() {
+            bail!("{}", api_error(status, &body));
+        }
+        serde_json::from_slice(&body).context("the node answered with unexpected JSON")
+    }
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> String {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) if v["error"]["message"].is_string() => format!(
+            "{} ({})",
+            v["error"]["message"].as_str().unwrap_or_default(),
+            v["error"]["code"].as_str().unwrap_or_default()
+        ),
+        _ => format!("the node answered {status}"),
+    }
+}
+
+pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let manifest = tessera_manifest::load(&args.dir)?;
+    if let Some(only) = &args.service
+        && !manifest.services.iter().any(|s| &s.name == only)
+    {
+        bail!("{} has no service `{only}`", manifest.path.display());
+    }
+    let client = Client::new(&args.remote)?;
+    let mut services = Vec::new();
+    for spec in &manifest.services {
+        if args.service.as_ref().is_some_and(|only| *only != spec.name) {
+            continue;
+        }
+        let bytes = std::fs::read(&spec.component).with_context(|| {
+            format!(
+                "service `{}`: cannot read component {}",
+                spec.name,
+                spec.component.display()
+            )
+        })?;
+        let sha256 = tessera_runtime::content_hash(&bytes);
+        // Upload only what the node does not have: a deploy that changes one service
+        // sends one component.
+        let path = format!("/v1/artifacts/{sha256}");
+        let (status, body) = client.send(Method::HEAD, &path, None, None)?;
+        if status == StatusCode::NOT_FOUND {
+            let size = bytes.len();
+            let (status, body) = client.send(Method::PUT, &path, Some(bytes.into()), None)?;
+            if !status.is_success() {
+                bail!(
+                    "service `{}`: upload refused: {}",
+                    spec.name,
+                    api_error(status, &body)
+                );
+            }
+            eprintln!(
+                "uploaded {} ({size} bytes, sha256 {})",
+                spec.name,
+                &sha256[..12]
+            );
+        } else if !status.is_success() {
+            bail!("{}", api_error(status, &body));
+        }
+        services.push(ServiceSpecJson {
+            name: spec.name.clone(),
+            sha256,
+            routes: spec.routes.iter().map(|r| r.to_string()).collect(),
+            memory: spec.limits.memory,
+            timeout_ms: u64::try_from(spec.limits.timeout.as_millis()).unwrap_or(u64::MAX),
+            outbound: spec.outbound.iter().map(|o| o.to_string()).collect(),
+            env: spec.env.clone(),
+        });
+    }
+    let request = DeployRequest {
+        services,
+        only: args.service.into_iter().collect(),
+        traffic: args.traffic,
+        keep: args.keep,
+    };
+    let result: DeployResult = client.call(
+        Method::POST,
+        &format!("/v1/apps/{}/deploy", manifest.app),
+        Some(&serde_json::to_value(&request)?),
+    )?;
+    for created in &result.created {
+        println!("{} r{}", created.service, created.revision);
+    }
+    for service in &result.unchanged {
+        println!("{service} unchanged");
+    }
+    for service in &result.removed {
+        println!("{service} removed");
+    }
+    Ok(())
+}
+
+fn traffic_text(service: &ServiceView) -> String {
+    service
+        .traffic
+        .iter()
+        .map(|t| format!("r{}={}%", t.revision, t.percent))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn ls(args: LsArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.remote)?;
+    let list: AppList = client.call(Method::GET, "/v1/apps", None)?;
+    if list.apps.is_empty() {
+        println!("no apps deployed");
+        return Ok(());
+    }
+    println!("{:<16} {:<16} {:<24} TRAFFIC", "APP", "SERVICE", "ROUTES");
+    for app in &list.apps {
+        for service in &app.services {
+            println!(
+                "{:<16} {:<16} {:<24} {}",
+                app.name,
+                service.name,
+                service.routes.join(","),
+                traffic_text(service)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Finds the app holding `service`, asking the node when `--app` was not given.
+fn resolve_app(client: &Client, service: &str, app: Option<String>) -> anyhow::Result<String> {
+    if let Some(app) = app {
+        return Ok(app);
+    }
+    let list: AppList = client.call(Method::GET, "/v1/apps", None)?;
+    let holders: Vec<&AppView> = list
+        .apps
+        .iter()
+        .filter(|a| a.services.iter().any(|s| s.name == service))
+        .collect();
+    match holders.as_slice() {
+        [] => bail!("no deployed app has a service `{service}`"),
+        [one] => Ok(one.name.clone()),
+        many => bail!(
+            "several apps have a service `{service}` ({}): choose one with --app",
+            many.iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+pub fn revisions(args: ServiceArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.remote)?;
+    let app = resolve_app(&client, &args.service, args.app)?;
+    let service: ServiceView = client.call(
+        Method::GET,
+        &format!("/v1/apps/{app}/services/{}", args.service),
+        None,
+    )?;
+    println!(
+        "{:<9} {:<14} {:<22} TRAFFIC",
+        "REVISION", "SHA256", "CREATED"
+    );
+    for revision in service.revisions.iter().rev() {
+        let share = service
+            .traffic
+            .iter()
+            .find(|t| t.revision == revision.id)
+            .map_or(0, |t| t.percent);
+        println!(
+            "{:<9} {:<14} {:<22} {share}%",
+            format!("r{}", revision.id),
+            &revision.sha256[..12],
+            format_time(revision.created_at),
+        );
+    }
+    Ok(())
+}
+
+fn parse_revision(text: &str) -> anyhow::Result<u32> {
+    text.strip_prefix('r')
+        .unwrap_or(text)
+        .parse()
+        .with_context(|| format!("`{text}` is not a revision (e.g. r7)"))
+}
+
+pub fn traffic(args: TrafficArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.remote)?;
+    let mut shares = Vec::new();
+    for share in &args.shares {
+        let (revision, percent) = share
+            .split_once('=')
+            .with_context(|| format!("`{share}` is not a share such as r7=90"))?;
+        let percent = percent.trim_end_matches('%');
+        shares.push(TrafficShare {
+            revision: parse_revision(revision)?,
+            percent: percent
+                .parse()
+                .with_context(|| format!("`{percent}` is not a percentage"))?,
+        });
+    }
+    let app = resolve_app(&client, &args.service, args.app)?;
+    let request = TrafficRequest { traffic: shares };
+    let service: ServiceView = client.call(
+        Method::PUT,
+        &format!("/v1/apps/{app}/services/{}/traffic", args.service),
+        Some(&serde_json::to_value(&request)?),
+    )?;
+    println!("{} {}", service.name, traffic_text(&service));
+    Ok(())
+}
+
+pub fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.remote)?;
+    let to = args.to.as_deref().map(parse_revision).transpose()?;
+    let app = resolve_app(&client, &args.service, args.app)?;
+    let service: ServiceView = client.call(
+        Method::POST,
+        &format!("/v1/apps/{app}/services/{}/rollback", args.service),
+        Some(&serde_json::to_value(RollbackRequest { to })?),
+    )?;
+    println!("{} {}", service.name, traffic_text(&service));
+    Ok(())
+}
+
+pub fn rm(args: RmArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.remote)?;
+    let _: Value = client.call(Method::DELETE, &format!("/v1/apps/{}", args.app), None)?;
+    println!("removed {}", args.app);
+    Ok(())
+}
+
+fn format_time(unix: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
+    humantime::format_rfc3339_seconds(time).to_string()
+}

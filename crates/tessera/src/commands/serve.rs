@@ -1,0 +1,93 @@
+//! `tessera serve`: a long-running node. Apps are deployed to it through the control API
+//! on the admin listener; the public gateway serves their traffic.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use tessera_api::Auth;
+use tessera_gateway::GatewayConfig;
+use tessera_node::Node;
+use tessera_runtime::RuntimeConfig;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Where the node keeps its state: control database, artifacts, compiled code.
+    #[arg(long, env = "TESSERA_DATA", default_value = ".tessera-node")]
+    data: PathBuf,
+    /// Address of the public gateway.
+    #[arg(long, default_value = "127.0.0.1:3000", env = "TESSERA_LISTEN")]
+    listen: SocketAddr,
+    /// Address of the admin listener (control API under /v1).
+    #[arg(long, default_value = "127.0.0.1:3001", env = "TESSERA_ADMIN")]
+    admin: SocketAddr,
+    /// Allow the control API without a token. Refused unless the admin address is
+    /// loopback.
+    #[arg(long)]
+    dev: bool,
+    /// Most instances that may run at once across all services.
+    #[arg(long, default_value_t = 1000)]
+    max_instances: u32,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let token = std::env::var("TESSERA_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let auth = match (token, args.dev) {
+        (Some(token), _) => Auth::Token(token.into()),
+        (None, true) if args.admin.ip().is_loopback() => Auth::Open,
+        (None, true) => bail!(
+            "--dev allows the control API without a token only on a loopback admin address, not {}",
+            args.admin
+        ),
+        (None, false) => {
+            bail!(
+                "set TESSERA_TOKEN to protect the control API (or pass --dev on a loopback admin address)"
+            )
+        }
+    };
+    let node = Node::open(
+        &args.data,
+        RuntimeConfig {
+            max_instances: args.max_instances,
+            ..RuntimeConfig::default()
+        },
+    )
+    .with_context(|| format!("cannot open node state in {}", args.data.display()))?;
+
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    tokio.block_on(async move {
+        let gateway = tessera_gateway::bind(args.listen).await?;
+        let admin = tokio::net::TcpListener::bind(args.admin)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.admin))?;
+        tracing::info!("control API listening on http://{}/v1", admin.local_addr()?);
+        tracing::info!("gateway listening on http://{}", gateway.local_addr()?);
+
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            super::shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let api = axum::serve(admin, tessera_api::router(node.clone(), auth))
+            .with_graceful_shutdown(wait(stopped.clone()));
+        let public = tessera_gateway::serve(
+            gateway,
+            node.routes(),
+            GatewayConfig::default(),
+            wait(stopped),
+        );
+        let (api, public) = tokio::join!(api, public);
+        api.context("control API failed")?;
+        public.context("gateway failed")?;
+        anyhow::Ok(())
+    })
+}
