@@ -3,6 +3,7 @@
 //! `cargo xtask guests`.
 
 mod bad_input;
+mod deployments;
 mod gateway;
 mod isolation;
 mod lifecycle;

@@ -99,6 +99,8 @@ impl Lines {
 pub struct Node {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin (control API) address, for `tessera serve`.
+    pub admin: Option<SocketAddr>,
     pub stdout: Lines,
     pub stderr: Lines,
 }
@@ -110,12 +112,30 @@ impl Node {
 
     /// Like [`Node::up`], with extra environment variables for the node process.
     pub fn up_with_env(app: &Path, extra: &[&str], env: &[(&str, &str)]) -> Node {
-        let mut child = tessera()
+        let mut command = tessera();
+        command
             .envs(env.iter().copied())
             .arg("up")
             .arg(app)
             .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
+            .args(extra);
+        Node::start(command)
+    }
+
+    /// Starts `tessera serve` on `data` with the given token.
+    pub fn serve(data: &Path, token: &str) -> Node {
+        let mut command = tessera();
+        command
+            .env("TESSERA_TOKEN", token)
+            .arg("serve")
+            .arg("--data")
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+        Node::start(command)
+    }
+
+    fn start(mut command: Command) -> Node {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -129,14 +149,31 @@ impl Node {
             let _ = child.kill();
             panic!("tessera did not start; stderr:\n{}", stderr.text());
         };
-        let rest = &line[line.find(marker).unwrap() + marker.len()..];
-        let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+        let addr = address_after(&line, marker);
+        let admin = stderr
+            .wait_for("control API listening on http://", Duration::from_secs(1))
+            .map(|line| address_after(&line, "control API listening on http://"));
         Node {
             child,
             addr,
+            admin,
             stdout,
             stderr,
         }
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin.expect("a serve node"))
+    }
+
+    /// Runs a CLI command against this node's control API.
+    pub fn cli(&self, token: &str, args: &[&str]) -> std::process::Output {
+        tessera()
+            .env("TESSERA_SERVER", self.admin_url(""))
+            .env("TESSERA_TOKEN", token)
+            .args(args)
+            .output()
+            .expect("run tessera")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -185,6 +222,12 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn address_after(line: &str, marker: &str) -> SocketAddr {
+    let rest = &line[line.find(marker).unwrap() + marker.len()..];
+    let addr = rest.split(['/', ' ']).next().unwrap();
+    addr.parse().unwrap()
 }
 
 /// The binary under test.
