@@ -313,6 +313,8 @@ fn start_tessera(tessera: &Path, app_dir: &Path, logs: &Path, log_name: &str) ->
         .arg(app_dir)
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
+        // Any free port: the control API is not under test and must not collide.
+        .args(["--admin", "127.0.0.1:0"])
         // Per-request logging would dominate a hello world.
         .env("RUST_LOG", "warn")
         .current_dir(repo_root());

@@ -88,15 +88,29 @@ impl Node {
     /// Stores a component after checking that it is a component this node can serve as
     /// an HTTP service; a corrupt or foreign upload is refused before anything is stored.
     pub fn upload(&self, bytes: &[u8]) -> Result<String, NodeError> {
+        self.upload_for("upload", Path::new("uploaded component"), bytes)
+    }
+
+    /// Like [`Node::upload`], naming the service and file the bytes came from in errors
+    /// and logs.
+    pub fn upload_for(
+        &self,
+        service: &str,
+        origin: &Path,
+        bytes: &[u8],
+    ) -> Result<String, NodeError> {
         let probe = ServiceConfig {
-            name: "upload".into(),
+            name: service.into(),
             limits: Limits::default(),
             outbound: Vec::new(),
             env: Vec::new(),
         };
-        self.inner
-            .runtime
-            .load_service(probe, Path::new("uploaded component"), bytes)?;
+        let (loaded, report) = self.inner.runtime.load_service(probe, origin, bytes)?;
+        let how = match report.source {
+            tessera_runtime::CodeSource::Compiled => "compiled",
+            tessera_runtime::CodeSource::Cache => "loaded from cache",
+        };
+        tracing::info!(service = %service, sha256 = &loaded.content_hash()[..12], elapsed = ?report.elapsed, "{how}");
         Ok(self.inner.store.put_artifact(bytes)?)
     }
 

@@ -57,16 +57,36 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     )
     .with_context(|| format!("cannot open node state in {}", args.data.display()))?;
 
+    run_node(
+        node,
+        args.listen,
+        args.admin,
+        auth,
+        GatewayConfig::default(),
+    )
+}
+
+/// Serves a node's gateway and control API until SIGINT/SIGTERM, then drains both.
+pub fn run_node(
+    node: Node,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    auth: Auth,
+    gateway_config: GatewayConfig,
+) -> anyhow::Result<()> {
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     tokio.block_on(async move {
-        let gateway = tessera_gateway::bind(args.listen).await?;
-        let admin = tokio::net::TcpListener::bind(args.admin)
+        let gateway = tessera_gateway::bind(listen).await?;
+        let admin = tokio::net::TcpListener::bind(admin)
             .await
-            .with_context(|| format!("cannot listen on {}", args.admin))?;
+            .with_context(|| format!("cannot listen on {admin}"))?;
         tracing::info!("control API listening on http://{}/v1", admin.local_addr()?);
+        for (route, target) in node.routes().current().entries() {
+            tracing::info!(route = %route, service = %target.service, "route");
+        }
         tracing::info!("gateway listening on http://{}", gateway.local_addr()?);
 
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -79,12 +99,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         };
         let api = axum::serve(admin, tessera_api::router(node.clone(), auth))
             .with_graceful_shutdown(wait(stopped.clone()));
-        let public = tessera_gateway::serve(
-            gateway,
-            node.routes(),
-            GatewayConfig::default(),
-            wait(stopped),
-        );
+        let public = tessera_gateway::serve(gateway, node.routes(), gateway_config, wait(stopped));
         let (api, public) = tokio::join!(api, public);
         api.context("control API failed")?;
         public.context("gateway failed")?;

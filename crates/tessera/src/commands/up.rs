@@ -1,16 +1,18 @@
-//! `tessera up`: load an app's manifest, prepare every service, and serve them all
-//! behind one gateway until interrupted.
+//! `tessera up`: the one-command dev loop. An embedded node whose data lives in the app
+//! directory deploys the app to itself at start, then serves it behind one gateway, with
+//! the same control API as `tessera serve` on the admin listener.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
-use std::sync::Arc;
-
-use tessera_gateway::{GatewayConfig, RouteTable, Routes, Target};
-use tessera_runtime::{CodeSource, Runtime, RuntimeConfig, ServiceConfig};
+use tessera_api::Auth;
+use tessera_gateway::GatewayConfig;
+use tessera_node::Node;
+use tessera_runtime::RuntimeConfig;
+use tessera_store::{DeployOptions, RevisionConfig, ServiceDeploy};
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -20,8 +22,11 @@ pub struct UpArgs {
     /// Address of the public gateway.
     #[arg(long, default_value = "127.0.0.1:3000", env = "TESSERA_LISTEN")]
     listen: SocketAddr,
-    /// Where Tessera keeps its state (compiled code); default: `.tessera` in the app
-    /// directory.
+    /// Address of the admin listener (control API under /v1). On loopback no token is
+    /// needed; elsewhere TESSERA_TOKEN must be set.
+    #[arg(long, default_value = "127.0.0.1:3001", env = "TESSERA_ADMIN")]
+    admin: SocketAddr,
+    /// Where the embedded node keeps its state; default: `.tessera` in the app directory.
     #[arg(long, env = "TESSERA_DATA")]
     data: Option<PathBuf>,
     /// Most instances that may run at once across all services.
@@ -32,75 +37,76 @@ pub struct UpArgs {
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
     // Everything that can be wrong with the app is checked before a socket is bound.
     let manifest = tessera_manifest::load(&args.dir)?;
+    let token = std::env::var("TESSERA_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let auth = match token {
+        Some(token) => Auth::Token(token.into()),
+        None if args.admin.ip().is_loopback() => Auth::Open,
+        None => bail!(
+            "set TESSERA_TOKEN to expose the control API on the non-loopback address {}",
+            args.admin
+        ),
+    };
     let app_dir = manifest
         .path
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
     let data = args.data.unwrap_or_else(|| app_dir.join(".tessera"));
-    let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: Some(data.join("compiled")),
-        max_instances: args.max_instances,
-        ..RuntimeConfig::default()
-    })?;
+    let node = Node::open(
+        &data,
+        RuntimeConfig {
+            max_instances: args.max_instances,
+            ..RuntimeConfig::default()
+        },
+    )
+    .with_context(|| format!("cannot open node state in {}", data.display()))?;
 
-    let mut entries = Vec::new();
+    let mut services = Vec::with_capacity(manifest.services.len());
     for spec in &manifest.services {
-        let config = ServiceConfig {
+        let bytes = std::fs::read(&spec.component).with_context(|| {
+            format!(
+                "service `{}`: cannot read component {}",
+                spec.name,
+                spec.component.display()
+            )
+        })?;
+        let sha256 = node.upload_for(&spec.name, &spec.component, &bytes)?;
+        services.push(ServiceDeploy {
             name: spec.name.clone(),
-            limits: spec.limits,
-            outbound: spec.outbound.clone(),
-            env: spec.env.clone(),
-        };
-        let (service, report) = runtime.load_service_file(config, &spec.component)?;
-        let how = match report.source {
-            CodeSource::Compiled => "compiled",
-            CodeSource::Cache => "loaded from cache",
-        };
-        tracing::info!(
-            service = %spec.name,
-            sha256 = &service.content_hash()[..12],
-            elapsed = ?report.elapsed,
-            "{how}"
-        );
-        let target = Arc::new(Target::single(service));
-        for route in &spec.routes {
-            entries.push((route.clone(), target.clone()));
-        }
+            sha256,
+            config: RevisionConfig {
+                routes: spec.routes.iter().map(|r| r.to_string()).collect(),
+                memory: spec.limits.memory,
+                timeout_ms: u64::try_from(spec.limits.timeout.as_millis()).unwrap_or(u64::MAX),
+                outbound: spec.outbound.iter().map(|o| o.to_string()).collect(),
+                env: spec.env.clone(),
+            },
+        });
     }
-    let table = RouteTable::new(entries);
+    let outcome = node
+        .deploy(&manifest.app, &services, &DeployOptions::default())
+        .with_context(|| format!("cannot deploy {}", manifest.path.display()))?;
+    for (service, revision) in &outcome.created {
+        tracing::info!(app = %manifest.app, service, "deployed r{revision}");
+    }
+
     let drain_timeout = manifest
         .services
         .iter()
         .map(|s| s.limits.timeout)
         .max()
         .unwrap_or(Duration::from_secs(30));
-
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    tokio.block_on(async move {
-        let listener = tessera_gateway::bind(args.listen).await?;
-        let local = listener.local_addr()?;
-        for (route, target) in table.entries() {
-            tracing::info!(route = %route, service = %target.service, "route");
-        }
-        tracing::info!(app = %manifest.app, "gateway listening on http://{local}");
-        let config = GatewayConfig {
+    tracing::info!(app = %manifest.app, "serving");
+    super::serve::run_node(
+        node,
+        args.listen,
+        args.admin,
+        auth,
+        GatewayConfig {
             drain_timeout,
             ..GatewayConfig::default()
-        };
-        tessera_gateway::serve(
-            listener,
-            Routes::new(table),
-            config,
-            super::shutdown_signal(),
-        )
-        .await?;
-        anyhow::Ok(())
-    })?;
-    // Keep the runtime (and its epoch ticker) alive until the gateway has drained.
-    drop(runtime);
-    Ok(())
+        },
+    )
 }

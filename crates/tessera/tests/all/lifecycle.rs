@@ -42,10 +42,19 @@ fn compiled_code_is_cached_so_a_restart_does_not_recompile() {
     }
     let node = Node::up(app.path(), &["--data", data]);
     assert!(
-        node.stderr.contains("compiled service=slow"),
+        node.stderr
+            .contains("ignoring unusable compiled-code cache entry"),
         "{}",
         node.stderr.text()
     );
+    // The deployed revision is recompiled when the node reloads its state at start.
+    assert!(
+        node.stderr.contains("source=Compiled"),
+        "{}",
+        node.stderr.text()
+    );
+    let (status, body) = crate::util::get(node.addr, "/slow?ms=1");
+    assert_eq!((status, body.as_str()), (200, "slept 1 ms\n"));
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

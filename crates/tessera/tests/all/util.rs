@@ -117,7 +117,7 @@ impl Node {
             .envs(env.iter().copied())
             .arg("up")
             .arg(app)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(extra);
         Node::start(command)
     }
@@ -242,7 +242,7 @@ pub fn up_fails(app: &Path) -> (ExitStatus, String) {
     let output = tessera()
         .arg("up")
         .arg(app)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .output()
         .expect("run tessera");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -251,6 +251,21 @@ pub fn up_fails(app: &Path) -> (ExitStatus, String) {
         "tessera panicked instead of reporting an error:\n{stderr}"
     );
     (output.status, stderr)
+}
+
+/// A plain blocking HTTP/1.0 GET, for tests without an async runtime: (status, body).
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(stream, "GET {path} HTTP/1.0\r\nhost: test\r\n\r\n").expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response[9..12].parse().expect("status code");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 pub fn client() -> reqwest::Client {
