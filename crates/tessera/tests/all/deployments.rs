@@ -412,3 +412,99 @@ fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+/// The JSON deploy request for `hello_app(timeout)`'s front service alone.
+fn front_deploy(timeout_ms: u64) -> serde_json::Value {
+    serde_json::json!({
+        "services": [{
+            "name": "front",
+            "sha256": sha256(&std::fs::read(guest("hello")).unwrap()),
+            "routes": ["/front"],
+            "memory": 128u64 << 20,
+            "timeout_ms": timeout_ms,
+        }],
+        "only": ["front"],
+    })
+}
+
+#[tokio::test]
+async fn kill_9_during_deploys_leaves_the_old_or_the_new_state_and_keeps_acknowledged_ones() {
+    let data = tempfile::tempdir().unwrap();
+    let mut node = Node::serve(data.path(), TOKEN);
+    deploy(&node, hello_app("5s").path(), &[]);
+    let http = client();
+    let post = |node: &Node, timeout_ms: u64| {
+        http.post(node.admin_url("/v1/apps/shop/deploy"))
+            .bearer_auth(TOKEN)
+            .json(&front_deploy(timeout_ms))
+            .send()
+    };
+    // How long one deploy call takes here, to spread the kills across its window.
+    let started = std::time::Instant::now();
+    assert_eq!(post(&node, 6000).await.unwrap().status(), 200);
+    let window = started.elapsed();
+
+    let mut outcomes = Vec::new();
+    for round in 0..8u32 {
+        // Kill the node at a different moment each round: before, during or after the
+        // commit of the deploy in flight.
+        let request = tokio::spawn(post(&node, 10_000 + u64::from(round)));
+        tokio::time::sleep(window * round / 6).await;
+        let _ = node.child.kill();
+        let _ = node.child.wait();
+        let answer = match request.await.unwrap() {
+            Ok(r) if r.status() == 200 => Some(r.json::<serde_json::Value>().await.ok()),
+            _ => None,
+        };
+        let acknowledged = answer.as_ref().and_then(|a| a.as_ref()).map(|a| {
+            a["created"][0]["revision"]
+                .as_u64()
+                .expect("created revision")
+        });
+        outcomes.push(acknowledged);
+
+        node = Node::serve(data.path(), TOKEN);
+        let state: serde_json::Value = http
+            .get(node.admin_url("/v1/apps/shop/services/front"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        // One revision carries all traffic, and it is the newest: never a half-applied
+        // deploy.
+        let traffic = state["traffic"].as_array().unwrap();
+        assert_eq!(traffic.len(), 1, "{state}");
+        assert_eq!(traffic[0]["percent"], 100, "{state}");
+        let primary = traffic[0]["revision"].as_u64().unwrap();
+        let newest = state["revisions"].as_array().unwrap().last().unwrap()["id"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(
+            primary, newest,
+            "a revision exists that never took traffic: {state}"
+        );
+        let timeout = state["revisions"].as_array().unwrap().last().unwrap()["timeout_ms"]
+            .as_u64()
+            .unwrap();
+        if let Some(revision) = acknowledged {
+            assert_eq!(primary, revision, "acknowledged deploy lost: {state}");
+        }
+        // Either this round's deploy (new) or the previous state (old), nothing else.
+        assert!(
+            timeout == 10_000 + u64::from(round) || acknowledged.is_none(),
+            "{state}"
+        );
+        // The node serves exactly what its state says.
+        let r = http.get(node.url("/front")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["x-tessera-revision"],
+            format!("r{primary}").as_str()
+        );
+    }
+    // Shown with --nocapture: which rounds were acknowledged before the kill.
+    eprintln!("deploy window {window:?}; acknowledged per round: {outcomes:?}");
+}
