@@ -236,7 +236,7 @@ async fn rollback(
 }
 
 async fn has_artifact(State(api): State<Api>, Path(sha256): Path<String>) -> StatusCode {
-    if api.node.store().has_artifact(&sha256) {
+    if api.node.has_artifact(&sha256) {
         StatusCode::OK
     } else {
         StatusCode::NOT_FOUND

@@ -16,8 +16,8 @@ use tessera_gateway::{Backend, RouteTable, Routes, Target};
 use tessera_manifest::{Limits, Origin, RoutePrefix};
 use tessera_runtime::{Runtime, RuntimeConfig, RuntimeError, Service, ServiceConfig};
 use tessera_store::{
-    AppState, ControlStore, DeployOptions, DeployOutcome, Revision, RevisionConfig, ServiceDeploy,
-    ServiceState, StoreError,
+    AppState, ArtifactStore, ControlState, ControlStore, DeployOptions, DeployOutcome, Revision,
+    RevisionConfig, ServiceDeploy, ServiceState, StoreError,
 };
 
 /// Errors of control operations.
@@ -42,7 +42,8 @@ pub struct Node {
 }
 
 struct NodeInner {
-    store: ControlStore,
+    store: Arc<dyn ControlState>,
+    artifacts: Arc<dyn ArtifactStore>,
     runtime: Runtime,
     routes: Routes,
     /// Serialises control operations and holds the services loaded for serving
@@ -53,14 +54,24 @@ struct NodeInner {
 impl Node {
     /// Opens (or creates) the node's state in `data` and loads every serving revision.
     pub fn open(data: &Path, runtime: RuntimeConfig) -> Result<Node, NodeError> {
-        let store = ControlStore::open(data)?;
+        let store = Arc::new(ControlStore::open(data)?);
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: Some(data.join("compiled")),
             ..runtime
         })?;
+        Node::with_backends(store.clone(), store, runtime)
+    }
+
+    /// A node over any control-state and artifact backends.
+    pub fn with_backends(
+        store: Arc<dyn ControlState>,
+        artifacts: Arc<dyn ArtifactStore>,
+        runtime: Runtime,
+    ) -> Result<Node, NodeError> {
         let node = Node {
             inner: Arc::new(NodeInner {
                 store,
+                artifacts,
                 runtime,
                 routes: Routes::default(),
                 loaded: Mutex::new(HashMap::new()),
@@ -77,8 +88,9 @@ impl Node {
         self.inner.routes.clone()
     }
 
-    pub fn store(&self) -> &ControlStore {
-        &self.inner.store
+    /// Whether the node stores a component with this digest.
+    pub fn has_artifact(&self, sha256: &str) -> bool {
+        self.inner.artifacts.has_artifact(sha256)
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<RevisionKey, Service>> {
@@ -111,7 +123,7 @@ impl Node {
             tessera_runtime::CodeSource::Cache => "loaded from cache",
         };
         tracing::info!(service = %service, sha256 = &loaded.content_hash()[..12], elapsed = ?report.elapsed, "{how}");
-        Ok(self.inner.store.put_artifact(bytes)?)
+        Ok(self.inner.artifacts.put_artifact(bytes)?)
     }
 
     pub fn deploy(
@@ -136,7 +148,7 @@ impl Node {
         // Load every new component before committing, so a deploy that cannot be served
         // changes nothing.
         for service in services {
-            let path = self.inner.store.artifact_path(&service.sha256)?;
+            let path = self.inner.artifacts.artifact_path(&service.sha256)?;
             self.inner
                 .runtime
                 .load_service_file(runtime_config(&service.name, &service.config)?, &path)?;
@@ -239,7 +251,7 @@ impl Node {
     }
 
     fn load_revision(&self, service: &str, revision: &Revision) -> Result<Service, NodeError> {
-        let path = self.inner.store.artifact_path(&revision.sha256)?;
+        let path = self.inner.artifacts.artifact_path(&revision.sha256)?;
         let config = runtime_config(service, &revision.config)?;
         let (loaded, report) = self.inner.runtime.load_service_file(config, &path)?;
         tracing::info!(service, revision = revision.id, elapsed = ?report.elapsed, source = ?report.source, "revision loaded");

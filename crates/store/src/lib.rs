@@ -11,6 +11,7 @@ mod artifacts;
 mod control;
 mod error;
 mod schema;
+mod seams;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -18,6 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::Connection;
 
 pub use error::StoreError;
+pub use seams::{ArtifactStore, ControlState};
 
 /// Name of the database file inside the data directory.
 pub const DATABASE_FILE: &str = "control.db";

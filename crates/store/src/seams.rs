@@ -1,0 +1,95 @@
+//! The narrow seams a node sees: control state and artifacts. The embedded backend
+//! (`ControlStore`, SQLite plus files) implements both; a NATS JetStream backend (KV
+//! buckets with revision compare-and-set for the state, an object store for artifacts)
+//! will implement the same traits without callers changing.
+
+use std::path::PathBuf;
+
+use crate::{
+    AppState, ControlStore, DeployOptions, DeployOutcome, ServiceDeploy, ServiceState, StoreError,
+};
+
+/// Content-addressed component storage.
+pub trait ArtifactStore: Send + Sync {
+    /// Whether an artifact with this digest is stored.
+    fn has_artifact(&self, sha256: &str) -> bool;
+    /// Stores bytes durably and returns their lowercase hex sha256.
+    fn put_artifact(&self, bytes: &[u8]) -> Result<String, StoreError>;
+    /// A local file holding the artifact; a remote backend fetches it into a local cache
+    /// first, so the runtime can always map compiled code from files.
+    fn artifact_path(&self, sha256: &str) -> Result<PathBuf, StoreError>;
+}
+
+/// Apps, immutable revisions and traffic. Every method is all-or-nothing and durable
+/// when it returns.
+pub trait ControlState: Send + Sync {
+    fn apps(&self) -> Result<Vec<AppState>, StoreError>;
+    fn app(&self, name: &str) -> Result<Option<AppState>, StoreError>;
+    fn deploy(
+        &self,
+        app: &str,
+        services: &[ServiceDeploy],
+        options: &DeployOptions,
+    ) -> Result<DeployOutcome, StoreError>;
+    fn set_traffic(
+        &self,
+        app: &str,
+        service: &str,
+        weights: &[(u32, u8)],
+    ) -> Result<ServiceState, StoreError>;
+    fn rollback(
+        &self,
+        app: &str,
+        service: &str,
+        to: Option<u32>,
+    ) -> Result<ServiceState, StoreError>;
+    fn remove_app(&self, app: &str) -> Result<bool, StoreError>;
+}
+
+impl ArtifactStore for ControlStore {
+    fn has_artifact(&self, sha256: &str) -> bool {
+        ControlStore::has_artifact(self, sha256)
+    }
+    fn put_artifact(&self, bytes: &[u8]) -> Result<String, StoreError> {
+        ControlStore::put_artifact(self, bytes)
+    }
+    fn artifact_path(&self, sha256: &str) -> Result<PathBuf, StoreError> {
+        ControlStore::artifact_path(self, sha256)
+    }
+}
+
+impl ControlState for ControlStore {
+    fn apps(&self) -> Result<Vec<AppState>, StoreError> {
+        ControlStore::apps(self)
+    }
+    fn app(&self, name: &str) -> Result<Option<AppState>, StoreError> {
+        ControlStore::app(self, name)
+    }
+    fn deploy(
+        &self,
+        app: &str,
+        services: &[ServiceDeploy],
+        options: &DeployOptions,
+    ) -> Result<DeployOutcome, StoreError> {
+        ControlStore::deploy(self, app, services, options)
+    }
+    fn set_traffic(
+        &self,
+        app: &str,
+        service: &str,
+        weights: &[(u32, u8)],
+    ) -> Result<ServiceState, StoreError> {
+        ControlStore::set_traffic(self, app, service, weights)
+    }
+    fn rollback(
+        &self,
+        app: &str,
+        service: &str,
+        to: Option<u32>,
+    ) -> Result<ServiceState, StoreError> {
+        ControlStore::rollback(self, app, service, to)
+    }
+    fn remove_app(&self, app: &str) -> Result<bool, StoreError> {
+        ControlStore::remove_app(self, app)
+    }
+}
