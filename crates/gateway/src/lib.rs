@@ -123,7 +123,8 @@ async fn handle(
     request.headers_mut().insert(REQUEST_ID, id_header.clone());
 
     let table = routes.current();
-    let mut response = match table.route(request.uri().path()) {
+    let host = request_host(&request);
+    let mut response = match table.route(host.as_deref(), request.uri().path()) {
         None => json_error(
             StatusCode::NOT_FOUND,
             "no_route",
@@ -189,6 +190,20 @@ async fn forward(
         response.headers_mut().insert(REVISION, value);
     }
     response
+}
+
+/// The host a request is for (HTTP/2 authority or HTTP/1 `Host`), lowercase, without
+/// port.
+fn request_host<B>(request: &Request<B>) -> Option<String> {
+    let authority = match request.uri().authority() {
+        Some(authority) => authority.host().to_string(),
+        None => {
+            let host = request.headers().get(http::header::HOST)?.to_str().ok()?;
+            let (name, _) = tessera_manifest::split_host_port(host)?;
+            name.to_string()
+        }
+    };
+    Some(authority.to_ascii_lowercase())
 }
 
 /// The client's request id when it sent a sane one, else a fresh time-ordered one.

@@ -1,6 +1,7 @@
 //! The routing table: path prefixes to targets, longest prefix first. Built whole and
 //! swapped atomically, so a request always sees one consistent table.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -118,37 +119,57 @@ fn schedule(weights: &[u32]) -> Vec<u16> {
 /// An immutable routing table.
 #[derive(Clone, Default)]
 pub struct RouteTable {
-    /// Sorted by prefix length, longest first, so the first match is the longest.
-    entries: Vec<(RoutePrefix, Arc<Target>)>,
+    /// Routes bound to a host, by host; each list longest prefix first.
+    hosted: HashMap<String, Vec<(RoutePrefix, Arc<Target>)>>,
+    /// Routes for any host, longest prefix first.
+    any_host: Vec<(RoutePrefix, Arc<Target>)>,
 }
 
 impl RouteTable {
-    /// Builds a table; when two entries share a prefix the later one wins (manifests and
+    /// Builds a table; when two entries share a route the later one wins (manifests and
     /// the control store refuse such conflicts, so this only matters to programmatic
     /// callers).
     pub fn new(entries: impl IntoIterator<Item = (RoutePrefix, Arc<Target>)>) -> Self {
-        let mut entries: Vec<_> = entries.into_iter().collect();
-        entries.reverse();
-        // A stable sort keeps later duplicates first among equals.
-        entries.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.as_str().len()));
-        entries.dedup_by(|b, a| a.0 == b.0);
-        RouteTable { entries }
+        let mut table = RouteTable::default();
+        for (prefix, target) in entries {
+            match prefix.host() {
+                Some(host) => table
+                    .hosted
+                    .entry(host.to_string())
+                    .or_default()
+                    .push((prefix, target)),
+                None => table.any_host.push((prefix, target)),
+            }
+        }
+        for list in table.hosted.values_mut().chain([&mut table.any_host]) {
+            list.reverse();
+            // A stable sort keeps later duplicates first among equals.
+            list.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.path().len()));
+            list.dedup_by(|b, a| a.0 == b.0);
+        }
+        table
     }
 
-    /// The target answering `path` (a request path without query), if any.
-    pub fn route(&self, path: &str) -> Option<&Arc<Target>> {
-        self.entries
-            .iter()
+    /// The target answering `path` (without query) for `host` (lowercase, without port):
+    /// the longest route bound to that host, else the longest route for any host.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Target>> {
+        let hosted = host.and_then(|h| self.hosted.get(h)).into_iter().flatten();
+        hosted
+            .chain(&self.any_host)
             .find(|(prefix, _)| prefix.matches(path))
             .map(|(_, target)| target)
     }
 
     pub fn entries(&self) -> impl Iterator<Item = (&RoutePrefix, &Arc<Target>)> {
-        self.entries.iter().map(|(p, t)| (p, t))
+        self.hosted
+            .values()
+            .flatten()
+            .chain(&self.any_host)
+            .map(|(p, t)| (p, t))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.hosted.is_empty() && self.any_host.is_empty()
     }
 }
 

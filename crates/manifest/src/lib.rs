@@ -32,6 +32,8 @@ pub struct Manifest {
     pub path: PathBuf,
     /// The app's name.
     pub app: String,
+    /// The host name every route of the app is bound to, if the manifest gives one.
+    pub host: Option<String>,
     /// The services, sorted by name.
     pub services: Vec<ServiceSpec>,
 }
@@ -69,45 +71,86 @@ impl Default for Limits {
     }
 }
 
-/// A route: a path prefix that matches itself and everything below it on a segment
-/// boundary (`/hello` matches `/hello` and `/hello/x`, not `/helloworld`).
+/// A route: an optional host name and a path prefix. The prefix matches itself and
+/// everything below it on a segment boundary (`/hello` matches `/hello` and `/hello/x`,
+/// not `/helloworld`). Written `/hello` (any host) or `shop.localhost/hello` (only
+/// requests for that host).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RoutePrefix(String);
+pub struct RoutePrefix {
+    text: String,
+    /// Byte offset where the path starts in `text` (0 when there is no host).
+    path_start: usize,
+}
 
 impl RoutePrefix {
-    /// Checks the shape of a prefix: starts with `/`, no trailing `/` (except the root),
-    /// no query, fragment, empty segment or whitespace.
-    pub fn new(prefix: &str) -> Result<Self, String> {
+    /// Checks the shape of a route: an optional lowercase host name, then a path that
+    /// starts with `/`, has no trailing `/` (except the root), and no query, fragment,
+    /// empty segment or whitespace.
+    pub fn new(route: &str) -> Result<Self, String> {
+        let path_start = if route.starts_with('/') {
+            0
+        } else {
+            let host = route.split('/').next().unwrap_or_default();
+            check_host(host).map_err(|m| format!("route `{route}`: {m}"))?;
+            host.len()
+        };
+        let text = if path_start == route.len() {
+            // `shop.localhost` alone means the whole host.
+            format!("{route}/")
+        } else {
+            route.to_string()
+        };
+        let prefix = &text[path_start..];
         if !prefix.starts_with('/') {
-            return Err(format!("route `{prefix}` must start with `/`"));
+            return Err(format!(
+                "route `{route}` must be a path starting with `/`, optionally after a host name"
+            ));
         }
         if prefix.len() > 1 && prefix.ends_with('/') {
             return Err(format!(
-                "route `{prefix}` must not end with `/` (a prefix already matches everything below it)"
+                "route `{route}` must not end with `/` (a prefix already matches everything below it)"
             ));
         }
         if prefix.contains("//") {
-            return Err(format!("route `{prefix}` has an empty path segment"));
+            return Err(format!("route `{route}` has an empty path segment"));
         }
         if let Some(c) = prefix
             .chars()
             .find(|c| matches!(c, '?' | '#') || c.is_whitespace() || c.is_control())
         {
-            return Err(format!("route `{prefix}` must not contain {c:?}"));
+            return Err(format!("route `{route}` must not contain {c:?}"));
         }
-        Ok(RoutePrefix(prefix.to_string()))
+        Ok(RoutePrefix { text, path_start })
     }
 
+    /// The route as written (normalised: a bare host gets its `/`).
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
     }
 
-    /// Whether `path` (without query) falls under this prefix.
+    /// The host this route is bound to, if any.
+    pub fn host(&self) -> Option<&str> {
+        (self.path_start > 0).then(|| &self.text[..self.path_start])
+    }
+
+    /// The path prefix.
+    pub fn path(&self) -> &str {
+        &self.text[self.path_start..]
+    }
+
+    /// The same path bound to `host`.
+    pub fn with_host(&self, host: &str) -> Result<Self, String> {
+        RoutePrefix::new(&format!("{host}{}", self.path()))
+    }
+
+    /// Whether `path` (without query) falls under this prefix; the host is matched by
+    /// the router, not here.
     pub fn matches(&self, path: &str) -> bool {
-        if self.0 == "/" {
+        let prefix = self.path();
+        if prefix == "/" {
             return path.starts_with('/');
         }
-        match path.strip_prefix(self.0.as_str()) {
+        match path.strip_prefix(prefix) {
             Some(rest) => rest.is_empty() || rest.starts_with('/'),
             None => false,
         }
@@ -116,7 +159,29 @@ impl RoutePrefix {
 
 impl std::fmt::Display for RoutePrefix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
+    }
+}
+
+/// Host names in routes: lowercase DNS names (letters, digits, `-`, `.`), no port.
+pub fn check_host(host: &str) -> Result<(), String> {
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{host}` is not a host name (lowercase letters, digits, `-` and `.`, no port)"
+        ))
     }
 }
 

@@ -105,7 +105,7 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
 }
 
 const ROOT_KEYS: &[&str] = &["app", "services"];
-const APP_KEYS: &[&str] = &["name"];
+const APP_KEYS: &[&str] = &["name", "host"];
 const SERVICE_KEYS: &[&str] = &[
     "component",
     "routes",
@@ -132,7 +132,7 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Manifest, ManifestError> 
         }
     }
     let app = app.ok_or_else(|| cx.error(0..0, "app", "missing [app] table"))?;
-    let app_name = parse_app(&cx, app)?;
+    let (app_name, host) = parse_app(&cx, app)?;
 
     let services = services.ok_or_else(|| {
         cx.error(
@@ -155,20 +155,22 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Manifest, ManifestError> 
     // Which service claimed each route first, to report conflicts.
     let mut claimed: BTreeMap<RoutePrefix, String> = BTreeMap::new();
     for (name, value) in table.iter() {
-        let spec = parse_service(&cx, dir, name, value, &mut claimed)?;
+        let spec = parse_service(&cx, dir, name, value, host.as_deref(), &mut claimed)?;
         specs.push(spec);
     }
     specs.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Manifest {
         path: file.to_path_buf(),
         app: app_name,
+        host,
         services: specs,
     })
 }
 
-fn parse_app(cx: &Cx<'_>, value: &Value<'_>) -> Result<String, ManifestError> {
+fn parse_app(cx: &Cx<'_>, value: &Value<'_>) -> Result<(String, Option<String>), ManifestError> {
     let table = cx.table(value, "app")?;
     let mut name = None;
+    let mut host = None;
     for (key, value) in table.iter() {
         match key.get_ref().as_ref() {
             "name" => {
@@ -176,12 +178,18 @@ fn parse_app(cx: &Cx<'_>, value: &Value<'_>) -> Result<String, ManifestError> {
                 check_name(text).map_err(|m| cx.error(value.span(), "app.name", m))?;
                 name = Some(text.to_string());
             }
+            "host" => {
+                let text = cx.str(value, "app.host")?;
+                crate::check_host(text).map_err(|m| cx.error(value.span(), "app.host", m))?;
+                host = Some(text.to_string());
+            }
             other => {
                 return Err(cx.unknown_key(key.span(), &format!("app.{other}"), APP_KEYS));
             }
         }
     }
-    name.ok_or_else(|| cx.error(value.span(), "app.name", "missing app name"))
+    let name = name.ok_or_else(|| cx.error(value.span(), "app.name", "missing app name"))?;
+    Ok((name, host))
 }
 
 /// Names of apps and services become DNS labels (`<service>.internal`), so they follow
@@ -208,6 +216,7 @@ fn parse_service(
     dir: &Path,
     name: &Spanned<std::borrow::Cow<'_, str>>,
     value: &Value<'_>,
+    app_host: Option<&str>,
     claimed: &mut BTreeMap<RoutePrefix, String>,
 ) -> Result<ServiceSpec, ManifestError> {
     let service = name.get_ref().as_ref();
@@ -238,8 +247,14 @@ fn parse_service(
                 }
                 let mut prefixes = Vec::with_capacity(items.len());
                 for (text, span) in items {
-                    let prefix =
+                    let mut prefix =
                         RoutePrefix::new(text).map_err(|m| cx.error(span.clone(), &path, m))?;
+                    // An app bound to a host binds every route without a host of its own.
+                    if let (Some(host), None) = (app_host, prefix.host()) {
+                        prefix = prefix
+                            .with_host(host)
+                            .map_err(|m| cx.error(span.clone(), &path, m))?;
+                    }
                     if let Some(owner) = claimed.get(&prefix) {
                         let message = if owner == service {
                             format!("route `{prefix}` is listed twice")

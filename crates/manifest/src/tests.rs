@@ -141,7 +141,8 @@ fn names_must_be_dns_labels() {
 fn route_shapes() {
     assert!(RoutePrefix::new("/").is_ok());
     assert!(RoutePrefix::new("/a/b").is_ok());
-    assert!(RoutePrefix::new("a").is_err());
+    assert!(RoutePrefix::new("A/x").is_err());
+    assert!(RoutePrefix::new("shop.localhost:8080/x").is_err());
     assert!(RoutePrefix::new("/a/").is_err());
     assert!(RoutePrefix::new("/a?x").is_err());
     assert!(RoutePrefix::new("/a//b").is_err());
@@ -189,4 +190,24 @@ fn error_display_names_file_line_and_key() {
         shown.starts_with("app/tessera.toml:8:10: `services.greeter.memory`: "),
         "{shown}"
     );
+}
+
+#[test]
+fn routes_can_be_bound_to_a_host() {
+    let r = RoutePrefix::new("shop.localhost/api").unwrap();
+    assert_eq!((r.host(), r.path()), (Some("shop.localhost"), "/api"));
+    assert!(r.matches("/api/x"));
+    let bare = RoutePrefix::new("shop.localhost").unwrap();
+    assert_eq!((bare.host(), bare.path()), (Some("shop.localhost"), "/"));
+    assert_eq!(RoutePrefix::new("/api").unwrap().host(), None);
+
+    let m = ok(&GOOD.replace(
+        "name = \"hello\"",
+        "name = \"hello\"\nhost = \"shop.localhost\"",
+    ));
+    assert_eq!(m.host.as_deref(), Some("shop.localhost"));
+    assert_eq!(m.services[0].routes[0].as_str(), "shop.localhost/hello");
+    let (_, _, key, _) =
+        err(&GOOD.replace("name = \"hello\"", "name = \"hello\"\nhost = \"Shop:80\""));
+    assert_eq!(key, "app.host");
 }

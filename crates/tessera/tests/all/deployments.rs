@@ -508,3 +508,77 @@ async fn kill_9_during_deploys_leaves_the_old_or_the_new_state_and_keeps_acknowl
     // Shown with --nocapture: which rounds were acknowledged before the kill.
     eprintln!("deploy window {window:?}; acknowledged per round: {outcomes:?}");
 }
+
+#[tokio::test]
+async fn apps_bound_to_host_names_share_one_gateway() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::serve(data.path(), TOKEN);
+    let shop = App::new(
+        r#"
+[app]
+name = "shop"
+host = "shop.localhost"
+
+[services.storefront]
+component = "{guest:inspect}"
+routes = ["/"]
+"#,
+    );
+    let blog = App::new(
+        r#"
+[app]
+name = "blog"
+
+[services.posts]
+component = "{guest:hello}"
+routes = ["/"]
+"#,
+    );
+    assert_eq!(deploy(&node, shop.path(), &[]), "storefront r1\n");
+    assert_eq!(deploy(&node, blog.path(), &[]), "posts r1\n");
+    let http = client();
+
+    for host in ["shop.localhost", "SHOP.localhost:8080"] {
+        let r = http
+            .get(node.url("/cart"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        let json: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(json["path_with_query"], "/cart", "{host}");
+    }
+    // Any other host reaches the app without a host binding.
+    let r = http
+        .get(node.url("/cart"))
+        .header("host", "blog.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "hello from tessera\n");
+
+    // A second app claiming the same host and path is refused, and nothing changes.
+    let rival = App::new(
+        r#"
+[app]
+name = "rival"
+host = "shop.localhost"
+
+[services.other]
+component = "{guest:hello}"
+routes = ["/"]
+"#,
+    );
+    let output = node.cli(TOKEN, &["deploy", rival.path().to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "route `shop.localhost/` is already claimed by service `storefront` of app `shop`"
+        ),
+        "{stderr}"
+    );
+    let listing = stdout(&node.cli(TOKEN, &["ls"]));
+    assert!(!listing.contains("rival"), "{listing}");
+    assert!(listing.contains("shop.localhost/"), "{listing}");
+}
