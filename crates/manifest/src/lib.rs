@@ -163,6 +163,25 @@ impl std::fmt::Display for RoutePrefix {
     }
 }
 
+/// Names of apps and services become DNS labels (`<service>.internal`), so they follow
+/// the label rules: lowercase letters, digits and `-`, starting with a letter.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid name `{name}`: use 1-63 lowercase letters, digits and `-`, starting with a letter"
+        ))
+    }
+}
+
 /// Host names in routes: lowercase DNS names (letters, digits, `-`, `.`), no port.
 pub fn check_host(host: &str) -> Result<(), String> {
     let valid = !host.is_empty()

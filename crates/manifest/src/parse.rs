@@ -9,7 +9,7 @@ use toml::de::{DeArray, DeTable, DeValue};
 
 use crate::{
     Limits, MAX_MEMORY, MAX_TIMEOUT, Manifest, ManifestError, Origin, RoutePrefix, ServiceSpec,
-    parse_duration, parse_size,
+    check_name, parse_duration, parse_size,
 };
 
 /// Smallest memory limit that still fits a useful guest (one 64 KiB page is not enough for
@@ -190,25 +190,6 @@ fn parse_app(cx: &Cx<'_>, value: &Value<'_>) -> Result<(String, Option<String>),
     }
     let name = name.ok_or_else(|| cx.error(value.span(), "app.name", "missing app name"))?;
     Ok((name, host))
-}
-
-/// Names of apps and services become DNS labels (`<service>.internal`), so they follow
-/// the label rules: lowercase letters, digits and `-`, starting with a letter.
-fn check_name(name: &str) -> Result<(), String> {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && !name.ends_with('-')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid name `{name}`: use 1-63 lowercase letters, digits and `-`, starting with a letter"
-        ))
-    }
 }
 
 fn parse_service(

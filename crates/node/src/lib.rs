@@ -260,20 +260,7 @@ impl Node {
 }
 
 fn check_name(name: &str, what: &str) -> Result<(), NodeError> {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && !name.ends_with('-')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if valid {
-        Ok(())
-    } else {
-        Err(NodeError::Invalid(format!(
-            "invalid {what} name `{name}`: use 1-63 lowercase letters, digits and `-`, starting with a letter"
-        )))
-    }
+    tessera_manifest::check_name(name).map_err(|m| NodeError::Invalid(format!("{what} {m}")))
 }
 
 fn validate_config(service: &str, config: &RevisionConfig) -> Result<(), NodeError> {
