@@ -135,11 +135,7 @@ async fn get_app(
     let name = app.clone();
     match blocking(move || api.node.app(&name)).await? {
         Some(state) => Ok(Json(AppView::from(&state))),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no app named `{app}`"),
-        )),
+        None => Err(no_app(&app)),
     }
 }
 
@@ -151,11 +147,7 @@ async fn remove_app(
     if blocking(move || api.node.remove_app(&name)).await? {
         Ok(Json(Removed { removed: app }))
     } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no app named `{app}`"),
-        ))
+        Err(no_app(&app))
     }
 }
 
@@ -164,13 +156,9 @@ async fn get_service(
     Path((app, service)): Path<(String, String)>,
 ) -> Result<Json<ServiceView>, ApiError> {
     let (a, s) = (app.clone(), service.clone());
-    let state = blocking(move || api.node.app(&a)).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no app named `{app}`"),
-        )
-    })?;
+    let state = blocking(move || api.node.app(&a))
+        .await?
+        .ok_or_else(|| no_app(&app))?;
     state
         .services
         .iter()
@@ -266,6 +254,14 @@ async fn upload_artifact(
     })
     .await?;
     Ok((StatusCode::CREATED, Json(Uploaded { sha256: stored })))
+}
+
+fn no_app(app: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no app named `{app}`"),
+    )
 }
 
 fn bad_json(rejection: axum::extract::rejection::JsonRejection) -> ApiError {

@@ -36,6 +36,20 @@ impl From<ServiceSpecJson> for ServiceDeploy {
     }
 }
 
+impl From<ServiceDeploy> for ServiceSpecJson {
+    fn from(s: ServiceDeploy) -> Self {
+        ServiceSpecJson {
+            name: s.name,
+            sha256: s.sha256,
+            routes: s.config.routes,
+            memory: s.config.memory,
+            timeout_ms: s.config.timeout_ms,
+            outbound: s.config.outbound,
+            env: s.config.env,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {

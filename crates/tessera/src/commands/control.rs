@@ -11,6 +11,7 @@ use tessera_api::{
     AppList, AppView, DeployRequest, DeployResult, RollbackRequest, ServiceSpecJson, ServiceView,
     TrafficRequest, TrafficShare,
 };
+use tessera_store::ServiceDeploy;
 
 /// How to reach the node.
 #[derive(Args, Clone)]
@@ -216,15 +217,11 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         } else if !status.is_success() {
             bail!("{}", api_error(status, &body));
         }
-        services.push(ServiceSpecJson {
+        services.push(ServiceSpecJson::from(ServiceDeploy {
             name: spec.name.clone(),
             sha256,
-            routes: spec.routes.iter().map(|r| r.to_string()).collect(),
-            memory: spec.limits.memory,
-            timeout_ms: u64::try_from(spec.limits.timeout.as_millis()).unwrap_or(u64::MAX),
-            outbound: spec.outbound.iter().map(|o| o.to_string()).collect(),
-            env: spec.env.clone(),
-        });
+            config: super::revision_config(spec),
+        }));
     }
     let request = DeployRequest {
         services,

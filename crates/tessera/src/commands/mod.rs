@@ -4,7 +4,21 @@ pub mod control;
 pub mod serve;
 pub mod up;
 
+use tessera_manifest::ServiceSpec;
+use tessera_store::RevisionConfig;
 use tracing_subscriber::EnvFilter;
+
+/// The revision configuration a manifest's service declares, as `up` deploys it and as
+/// `deploy` sends it to a node.
+pub fn revision_config(spec: &ServiceSpec) -> RevisionConfig {
+    RevisionConfig {
+        routes: spec.routes.iter().map(|r| r.to_string()).collect(),
+        memory: spec.limits.memory,
+        timeout_ms: u64::try_from(spec.limits.timeout.as_millis()).unwrap_or(u64::MAX),
+        outbound: spec.outbound.iter().map(|o| o.to_string()).collect(),
+        env: spec.env.clone(),
+    }
+}
 
 /// Platform logs go to stderr through `tracing`; `RUST_LOG` sets the level (default:
 /// info for Tessera, warnings for everything else).

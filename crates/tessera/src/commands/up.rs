@@ -12,7 +12,7 @@ use tessera_api::Auth;
 use tessera_gateway::GatewayConfig;
 use tessera_node::Node;
 use tessera_runtime::RuntimeConfig;
-use tessera_store::{DeployOptions, RevisionConfig, ServiceDeploy};
+use tessera_store::{DeployOptions, ServiceDeploy};
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -76,13 +76,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         services.push(ServiceDeploy {
             name: spec.name.clone(),
             sha256,
-            config: RevisionConfig {
-                routes: spec.routes.iter().map(|r| r.to_string()).collect(),
-                memory: spec.limits.memory,
-                timeout_ms: u64::try_from(spec.limits.timeout.as_millis()).unwrap_or(u64::MAX),
-                outbound: spec.outbound.iter().map(|o| o.to_string()).collect(),
-                env: spec.env.clone(),
-            },
+            config: super::revision_config(spec),
         });
     }
     let outcome = node
