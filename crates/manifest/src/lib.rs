@@ -8,6 +8,7 @@
 mod parse;
 mod units;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,6 +37,43 @@ pub struct Manifest {
     pub host: Option<String>,
     /// The services, sorted by name.
     pub services: Vec<ServiceSpec>,
+    /// Named environments (`[environments.NAME.SERVICE]`): per-service configuration
+    /// values that replace or add to `[services.SERVICE.config]` when the app is deployed
+    /// with that environment selected.
+    pub environments: BTreeMap<String, BTreeMap<String, Vec<(String, String)>>>,
+}
+
+impl Manifest {
+    /// The configuration a service sees: its `config` table with the overrides of the
+    /// chosen environment applied, sorted by key.
+    pub fn config_for(
+        &self,
+        service: &ServiceSpec,
+        environment: Option<&str>,
+    ) -> Result<Vec<(String, String)>, String> {
+        let mut config: BTreeMap<String, String> = service.config.iter().cloned().collect();
+        if let Some(name) = environment {
+            let Some(overrides) = self.environments.get(name) else {
+                let known: Vec<&str> = self.environments.keys().map(String::as_str).collect();
+                return Err(if known.is_empty() {
+                    format!(
+                        "environment `{name}` is not declared: {} has no [environments] table",
+                        self.path.display()
+                    )
+                } else {
+                    format!(
+                        "environment `{name}` is not declared in {}; declared: {}",
+                        self.path.display(),
+                        known.join(", ")
+                    )
+                });
+            };
+            if let Some(values) = overrides.get(&service.name) {
+                config.extend(values.iter().cloned());
+            }
+        }
+        Ok(config.into_iter().collect())
+    }
 }
 
 /// One service as the manifest declares it.
@@ -51,6 +89,12 @@ pub struct ServiceSpec {
     pub outbound: Vec<Origin>,
     /// Environment variables granted to the guest; none unless listed.
     pub env: Vec<(String, String)>,
+    /// Configuration values served through `wasi:config/store`, sorted by key.
+    pub config: Vec<(String, String)>,
+    /// Key-value buckets the service may open besides `default`.
+    pub buckets: Vec<String>,
+    /// SQL files applied once each, in this order, to the service's database at deploy.
+    pub migrations: Vec<PathBuf>,
 }
 
 /// Per-service resource limits.
@@ -178,6 +222,23 @@ pub fn check_name(name: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "invalid name `{name}`: use 1-63 lowercase letters, digits and `-`, starting with a letter"
+        ))
+    }
+}
+
+/// Configuration keys and secret names: 1-128 ASCII letters, digits, `_`, `-` and `.`,
+/// the characters every backend and every language's config conventions accept.
+pub fn check_config_key(key: &str) -> Result<(), String> {
+    let valid = !key.is_empty()
+        && key.len() <= 128
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid key `{key}`: use 1-128 ASCII letters, digits, `_`, `-` and `.`"
         ))
     }
 }

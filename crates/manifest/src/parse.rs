@@ -104,7 +104,7 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-const ROOT_KEYS: &[&str] = &["app", "services"];
+const ROOT_KEYS: &[&str] = &["app", "services", "environments"];
 const APP_KEYS: &[&str] = &["name", "host"];
 const SERVICE_KEYS: &[&str] = &[
     "component",
@@ -113,6 +113,9 @@ const SERVICE_KEYS: &[&str] = &[
     "timeout",
     "outbound",
     "env",
+    "config",
+    "buckets",
+    "migrations",
 ];
 
 pub(crate) fn parse(text: &str, file: &Path) -> Result<Manifest, ManifestError> {
@@ -124,10 +127,12 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Manifest, ManifestError> 
 
     let mut app = None;
     let mut services = None;
+    let mut environments = None;
     for (key, value) in root.get_ref().iter() {
         match key.get_ref().as_ref() {
             "app" => app = Some(value),
             "services" => services = Some(value),
+            "environments" => environments = Some(value),
             other => return Err(cx.unknown_key(key.span(), other, ROOT_KEYS)),
         }
     }
@@ -159,12 +164,80 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Manifest, ManifestError> 
         specs.push(spec);
     }
     specs.sort_by(|a, b| a.name.cmp(&b.name));
+    let environments = match environments {
+        Some(value) => parse_environments(&cx, value, &specs)?,
+        None => BTreeMap::new(),
+    };
     Ok(Manifest {
         path: file.to_path_buf(),
         app: app_name,
         host,
         services: specs,
+        environments,
     })
+}
+
+/// `[environments.NAME.SERVICE]` tables of configuration overrides.
+fn parse_environments(
+    cx: &Cx<'_>,
+    value: &Value<'_>,
+    services: &[ServiceSpec],
+) -> Result<BTreeMap<String, BTreeMap<String, Vec<(String, String)>>>, ManifestError> {
+    let mut environments = BTreeMap::new();
+    for (env, env_value) in cx.table(value, "environments")?.iter() {
+        let env_name = env.get_ref().as_ref();
+        let env_path = format!("environments.{env_name}");
+        check_name(env_name).map_err(|m| cx.error(env.span(), &env_path, m))?;
+        let mut overrides = BTreeMap::new();
+        for (service, values) in cx.table(env_value, &env_path)?.iter() {
+            let service_name = service.get_ref().as_ref();
+            let path = format!("{env_path}.{service_name}");
+            if !services.iter().any(|s| s.name == service_name) {
+                return Err(cx.error(
+                    service.span(),
+                    &path,
+                    format!("no service `{service_name}` is declared in [services]"),
+                ));
+            }
+            overrides.insert(service_name.to_string(), config_table(cx, values, &path)?);
+        }
+        environments.insert(env_name.to_string(), overrides);
+    }
+    Ok(environments)
+}
+
+/// A table of configuration values: strings, or numbers and booleans (kept as written),
+/// since `wasi:config` serves every value as a string.
+fn config_table(
+    cx: &Cx<'_>,
+    value: &Value<'_>,
+    path: &str,
+) -> Result<Vec<(String, String)>, ManifestError> {
+    let mut config = Vec::new();
+    for (key, val) in cx.table(value, path)?.iter() {
+        let key_name = key.get_ref().as_ref();
+        let key_path = format!("{path}.{key_name}");
+        crate::check_config_key(key_name).map_err(|m| cx.error(key.span(), &key_path, m))?;
+        let text = match val.get_ref() {
+            DeValue::String(s) => s.to_string(),
+            DeValue::Integer(i) => i.as_str().to_string(),
+            DeValue::Float(f) => f.as_str().to_string(),
+            DeValue::Boolean(b) => b.to_string(),
+            other => {
+                return Err(cx.error(
+                    val.span(),
+                    &key_path,
+                    format!(
+                        "expected a string, number or boolean, found {}",
+                        other.type_str()
+                    ),
+                ));
+            }
+        };
+        config.push((key_name.to_string(), text));
+    }
+    config.sort();
+    Ok(config)
 }
 
 fn parse_app(cx: &Cx<'_>, value: &Value<'_>) -> Result<(String, Option<String>), ManifestError> {
@@ -210,6 +283,9 @@ fn parse_service(
     let mut limits = Limits::default();
     let mut outbound = Vec::new();
     let mut env = Vec::new();
+    let mut config = Vec::new();
+    let mut buckets: Vec<String> = Vec::new();
+    let mut migrations = Vec::new();
     for (key, value) in table.iter() {
         let key_name = key.get_ref().as_ref();
         let path = format!("{base}.{key_name}");
@@ -304,6 +380,37 @@ fn parse_service(
                     env.push((var_name.to_string(), text.to_string()));
                 }
             }
+            "config" => config = config_table(cx, value, &path)?,
+            "buckets" => {
+                for (text, span) in cx.strings(value, &path)? {
+                    check_name(text).map_err(|m| cx.error(span.clone(), &path, m))?;
+                    if text == "default" || buckets.iter().any(|b| b == text) {
+                        let message = if text == "default" {
+                            "bucket `default` always exists; list only further buckets".to_string()
+                        } else {
+                            format!("bucket `{text}` is listed twice")
+                        };
+                        return Err(cx.error(span, &path, message));
+                    }
+                    buckets.push(text.to_string());
+                }
+            }
+            "migrations" => {
+                for (text, span) in cx.strings(value, &path)? {
+                    if text.trim().is_empty() {
+                        return Err(cx.error(span, &path, "migration path is empty"));
+                    }
+                    let file = dir.join(text);
+                    if migrations.contains(&file) {
+                        return Err(cx.error(
+                            span,
+                            &path,
+                            format!("migration `{text}` is listed twice"),
+                        ));
+                    }
+                    migrations.push(file);
+                }
+            }
             other => {
                 return Err(cx.unknown_key(key.span(), &format!("{base}.{other}"), SERVICE_KEYS));
             }
@@ -331,5 +438,8 @@ fn parse_service(
         limits,
         outbound,
         env,
+        config,
+        buckets,
+        migrations,
     })
 }

@@ -211,3 +211,98 @@ fn routes_can_be_bound_to_a_host() {
         err(&GOOD.replace("name = \"hello\"", "name = \"hello\"\nhost = \"Shop:80\""));
     assert_eq!(key, "app.host");
 }
+
+const DATA: &str = r#"
+[app]
+name = "shop"
+
+[services.cart]
+component = "cart.wasm"
+routes = ["/cart"]
+buckets = ["sessions", "cache"]
+migrations = ["migrations/0001_init.sql", "migrations/0002_more.sql"]
+
+[services.cart.config]
+currency = "EUR"
+max_items = 50
+tax = 0.2
+beta = true
+
+[environments.production.cart]
+currency = "USD"
+region = "us-east"
+"#;
+
+#[test]
+fn data_keys_parse() {
+    let m = ok(DATA);
+    let cart = &m.services[0];
+    assert_eq!(cart.buckets, vec!["sessions", "cache"]);
+    assert_eq!(
+        cart.migrations,
+        vec![
+            Path::new("/apps/demo/migrations/0001_init.sql"),
+            Path::new("/apps/demo/migrations/0002_more.sql")
+        ]
+    );
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        cart.config,
+        pairs(&[
+            ("beta", "true"),
+            ("currency", "EUR"),
+            ("max_items", "50"),
+            ("tax", "0.2")
+        ])
+    );
+    assert_eq!(m.config_for(cart, None).unwrap(), cart.config);
+    assert_eq!(
+        m.config_for(cart, Some("production")).unwrap(),
+        pairs(&[
+            ("beta", "true"),
+            ("currency", "USD"),
+            ("max_items", "50"),
+            ("region", "us-east"),
+            ("tax", "0.2")
+        ])
+    );
+    let unknown = m.config_for(cart, Some("staging")).unwrap_err();
+    assert!(
+        unknown.contains("`staging` is not declared") && unknown.contains("production"),
+        "{unknown}"
+    );
+}
+
+#[test]
+fn data_key_errors_name_the_key() {
+    let with = |extra: &str| {
+        format!(
+            "[app]\nname = \"a\"\n[services.s]\ncomponent = \"s.wasm\"\nroutes = [\"/s\"]\n{extra}"
+        )
+    };
+    let (line, _, key, message) = err(&with("buckets = [\"default\"]"));
+    assert_eq!((line, key.as_str()), (6, "services.s.buckets"));
+    assert!(message.contains("always exists"), "{message}");
+    let (_, _, key, message) = err(&with("buckets = [\"Bad_Name\"]"));
+    assert_eq!(key, "services.s.buckets");
+    assert!(message.contains("invalid name"), "{message}");
+    let (line, _, key, message) = err(&with("[services.s.config]\n\"bad key\" = \"x\""));
+    assert_eq!((line, key.as_str()), (7, "services.s.config.bad key"));
+    assert!(message.contains("invalid key"), "{message}");
+    let (_, _, key, message) = err(&with("config = { nested = { a = 1 } }"));
+    assert_eq!(key, "services.s.config.nested");
+    assert!(
+        message.contains("expected a string, number or boolean"),
+        "{message}"
+    );
+    let (line, _, key, message) = err(&with("[environments.prod.nope]\na = \"b\""));
+    assert_eq!((line, key.as_str()), (6, "environments.prod.nope"));
+    assert!(message.contains("no service `nope`"), "{message}");
+    let (_, _, key, message) = err(&with("migrations = [\"a.sql\", \"a.sql\"]"));
+    assert_eq!(key, "services.s.migrations");
+    assert!(message.contains("twice"), "{message}");
+}

@@ -72,6 +72,13 @@ struct StoredConfig {
     timeout_ms: u64,
     outbound: Vec<String>,
     env: Vec<(String, String)>,
+    // Added after the first release: absent in older rows.
+    #[serde(default)]
+    config: Vec<(String, String)>,
+    #[serde(default)]
+    buckets: Vec<String>,
+    #[serde(default)]
+    migrations: Vec<String>,
 }
 
 fn config_json(config: &RevisionConfig) -> String {
@@ -81,6 +88,9 @@ fn config_json(config: &RevisionConfig) -> String {
         timeout_ms: config.timeout_ms,
         outbound: config.outbound.clone(),
         env: config.env.clone(),
+        config: config.config.clone(),
+        buckets: config.buckets.clone(),
+        migrations: config.migrations.clone(),
     };
     serde_json::to_string(&stored).expect("strings and integers always serialise to JSON")
 }
@@ -104,6 +114,9 @@ fn parse_config(
         timeout_ms: stored.timeout_ms,
         outbound: stored.outbound,
         env: stored.env,
+        config: stored.config,
+        buckets: stored.buckets,
+        migrations: stored.migrations,
     })
 }
 
@@ -596,4 +609,88 @@ fn check_routes(tx: &Transaction<'_>, app: &str, claimants: &[&str]) -> Result<(
         }
     }
     Ok(())
+}
+
+pub(crate) fn set_secret(
+    conn: &mut Connection,
+    app: &str,
+    service: &str,
+    name: &str,
+    value: &str,
+) -> Result<(), StoreError> {
+    let result = write(conn, |tx| {
+        tx.execute(
+            "INSERT INTO secrets (app, service, name, value, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (app, service, name) DO UPDATE SET value = ?4, updated_at = ?5",
+            rusqlite::params![app, service, name, value, now() as i64],
+        )?;
+        Ok(())
+    });
+    finish(result, || {
+        format!("set a secret of service `{service}` of app `{app}`")
+    })
+}
+
+pub(crate) fn delete_secret(
+    conn: &mut Connection,
+    app: &str,
+    service: &str,
+    name: &str,
+) -> Result<bool, StoreError> {
+    let result = write(conn, |tx| {
+        Ok(tx.execute(
+            "DELETE FROM secrets WHERE app = ?1 AND service = ?2 AND name = ?3",
+            [app, service, name],
+        )? > 0)
+    });
+    finish(result, || {
+        format!("remove a secret of service `{service}` of app `{app}`")
+    })
+}
+
+pub(crate) fn secret_names(
+    conn: &Connection,
+    app: &str,
+    service: &str,
+) -> Result<Vec<(String, u64)>, StoreError> {
+    let result = (|| {
+        let mut stmt = conn.prepare_cached(
+            "SELECT name, updated_at FROM secrets WHERE app = ?1 AND service = ?2 ORDER BY name",
+        )?;
+        let rows = stmt.query_map([app, service], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?.max(0) as u64,
+            ))
+        })?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(Failure::Db)
+    })();
+    finish(result, || {
+        format!("list the secrets of service `{service}` of app `{app}`")
+    })
+}
+
+pub(crate) fn secrets(
+    conn: &Connection,
+    app: &str,
+    service: &str,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let result = (|| {
+        let mut stmt = conn.prepare_cached(
+            "SELECT name, value FROM secrets WHERE app = ?1 AND service = ?2 ORDER BY name",
+        )?;
+        let rows = stmt.query_map([app, service], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(Failure::Db)
+    })();
+    finish(result, || {
+        format!("read the secrets of service `{service}` of app `{app}`")
+    })
+}
+
+pub(crate) fn purge_secrets(conn: &mut Connection, app: &str) -> Result<(), StoreError> {
+    let result = write(conn, |tx| {
+        tx.execute("DELETE FROM secrets WHERE app = ?1", [app])?;
+        Ok(())
+    });
+    finish(result, || format!("remove the secrets of app `{app}`"))
 }

@@ -41,6 +41,13 @@ pub struct RevisionConfig {
     pub outbound: Vec<String>,
     /// Environment variables granted to the guest.
     pub env: Vec<(String, String)>,
+    /// Configuration values served through `wasi:config/store`, sorted by key.
+    pub config: Vec<(String, String)>,
+    /// Key-value buckets the service may open besides `default`.
+    pub buckets: Vec<String>,
+    /// Names of the SQL migrations the deploy of this revision applied or found applied,
+    /// in order (for display: the service's database records what ran).
+    pub migrations: Vec<String>,
 }
 
 /// One service as a deploy asks for it.
@@ -169,6 +176,39 @@ impl ControlStore {
             conn: Mutex::new(conn),
             artifacts: artifacts::Artifacts::new(artifact_dir),
         })
+    }
+
+    /// Sets (or replaces) a secret of a service. The service need not be deployed yet, so
+    /// secrets can be in place before its first deploy.
+    pub fn set_secret(
+        &self,
+        app: &str,
+        service: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<(), StoreError> {
+        control::set_secret(&mut self.conn(), app, service, name, value)
+    }
+
+    /// Removes a secret; false if there was none.
+    pub fn delete_secret(&self, app: &str, service: &str, name: &str) -> Result<bool, StoreError> {
+        control::delete_secret(&mut self.conn(), app, service, name)
+    }
+
+    /// Names of a service's secrets and when each was last set, sorted by name. Never the
+    /// values.
+    pub fn secret_names(&self, app: &str, service: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        control::secret_names(&self.conn(), app, service)
+    }
+
+    /// A service's secrets with their values, for the host to hand to that service only.
+    pub fn secrets(&self, app: &str, service: &str) -> Result<Vec<(String, String)>, StoreError> {
+        control::secrets(&self.conn(), app, service)
+    }
+
+    /// Removes every secret of an app's services.
+    pub fn purge_secrets(&self, app: &str) -> Result<(), StoreError> {
+        control::purge_secrets(&mut self.conn(), app)
     }
 
     /// The data directory this store lives in.

@@ -17,7 +17,8 @@ use crate::StoreError;
 /// loudly instead of silently dropping the traffic row. `revision_counters` has no foreign
 /// key at all, because it must outlive the service it numbers so that a removed and
 /// redeployed app never reuses a revision id.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE apps (
     name TEXT NOT NULL PRIMARY KEY
 ) STRICT;
@@ -54,7 +55,21 @@ CREATE TABLE revision_counters (
     last_id INTEGER NOT NULL,
     PRIMARY KEY (app, service)
 ) STRICT;
-"#];
+"#,
+    r#"
+-- Secrets belong to a service by name and may exist before its first deploy, so they
+-- have no foreign key. Values are readable only through `secrets()`, which the node
+-- hands to the service's own instances.
+CREATE TABLE secrets (
+    app TEXT NOT NULL,
+    service TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (app, service, name)
+) STRICT;
+"#,
+];
 
 /// The schema version this build writes and understands.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -44,6 +44,19 @@ pub trait ControlState: Send + Sync {
         to: Option<u32>,
     ) -> Result<ServiceState, StoreError>;
     fn remove_app(&self, app: &str) -> Result<bool, StoreError>;
+    /// Secrets: per service, set and removed one at a time, listed by name only; values
+    /// are read only to hand them to the service's own instances.
+    fn set_secret(
+        &self,
+        app: &str,
+        service: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<(), StoreError>;
+    fn delete_secret(&self, app: &str, service: &str, name: &str) -> Result<bool, StoreError>;
+    fn secret_names(&self, app: &str, service: &str) -> Result<Vec<(String, u64)>, StoreError>;
+    fn secrets(&self, app: &str, service: &str) -> Result<Vec<(String, String)>, StoreError>;
+    fn purge_secrets(&self, app: &str) -> Result<(), StoreError>;
 }
 
 impl ArtifactStore for ControlStore {
@@ -91,5 +104,26 @@ impl ControlState for ControlStore {
     }
     fn remove_app(&self, app: &str) -> Result<bool, StoreError> {
         ControlStore::remove_app(self, app)
+    }
+    fn set_secret(
+        &self,
+        app: &str,
+        service: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<(), StoreError> {
+        ControlStore::set_secret(self, app, service, name, value)
+    }
+    fn delete_secret(&self, app: &str, service: &str, name: &str) -> Result<bool, StoreError> {
+        ControlStore::delete_secret(self, app, service, name)
+    }
+    fn secret_names(&self, app: &str, service: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        ControlStore::secret_names(self, app, service)
+    }
+    fn secrets(&self, app: &str, service: &str) -> Result<Vec<(String, String)>, StoreError> {
+        ControlStore::secrets(self, app, service)
+    }
+    fn purge_secrets(&self, app: &str) -> Result<(), StoreError> {
+        ControlStore::purge_secrets(self, app)
     }
 }

@@ -24,6 +24,9 @@ fn config(routes: &[&str]) -> RevisionConfig {
         timeout_ms: 30_000,
         outbound: Vec::new(),
         env: Vec::new(),
+        config: Vec::new(),
+        buckets: Vec::new(),
+        migrations: Vec::new(),
     }
 }
 
@@ -993,4 +996,66 @@ fn unreadable_stored_config_names_the_revision() {
             if app == "shop" && service == "web"),
         "{err:?}"
     );
+}
+
+#[test]
+fn secrets_are_per_service_listed_by_name_and_purged_with_the_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ControlStore::open(dir.path()).unwrap();
+    store
+        .set_secret("shop", "cart", "API_KEY", "s3cret")
+        .unwrap();
+    store.set_secret("shop", "cart", "TOKEN", "t1").unwrap();
+    store.set_secret("shop", "cart", "TOKEN", "t2").unwrap();
+    store
+        .set_secret("shop", "users", "API_KEY", "other")
+        .unwrap();
+    store.set_secret("blog", "cart", "API_KEY", "blog").unwrap();
+    let names: Vec<String> = store
+        .secret_names("shop", "cart")
+        .unwrap()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(names, ["API_KEY", "TOKEN"]);
+    assert_eq!(
+        store.secrets("shop", "cart").unwrap(),
+        vec![
+            ("API_KEY".into(), "s3cret".into()),
+            ("TOKEN".into(), "t2".into())
+        ]
+    );
+    assert!(store.delete_secret("shop", "cart", "TOKEN").unwrap());
+    assert!(!store.delete_secret("shop", "cart", "TOKEN").unwrap());
+    drop(store);
+    // Durable across reopening.
+    let store = ControlStore::open(dir.path()).unwrap();
+    assert_eq!(store.secrets("shop", "cart").unwrap().len(), 1);
+    store.purge_secrets("shop").unwrap();
+    assert!(store.secrets("shop", "cart").unwrap().is_empty());
+    assert!(store.secrets("shop", "users").unwrap().is_empty());
+    assert_eq!(store.secrets("blog", "cart").unwrap().len(), 1);
+}
+
+#[test]
+fn data_config_round_trips_through_a_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ControlStore::open(dir.path()).unwrap();
+    let sha = store.put_artifact(b"component").unwrap();
+    let mut cfg = config(&["/cart"]);
+    cfg.config = vec![("currency".into(), "EUR".into())];
+    cfg.buckets = vec!["sessions".into()];
+    cfg.migrations = vec!["0001_init.sql".into()];
+    let deploy = ServiceDeploy {
+        name: "cart".into(),
+        sha256: sha,
+        config: cfg.clone(),
+    };
+    store
+        .deploy("shop", &[deploy], &DeployOptions::default())
+        .unwrap();
+    drop(store);
+    let store = ControlStore::open(dir.path()).unwrap();
+    let app = store.app("shop").unwrap().unwrap();
+    assert_eq!(app.services[0].primary().unwrap().config, cfg);
 }
