@@ -37,6 +37,8 @@ impl From<NodeError> for ApiError {
         let message = error.to_string();
         let (status, code) = match &error {
             NodeError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            NodeError::Migration { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "migration_failed"),
+            NodeError::Data(_) => (StatusCode::INTERNAL_SERVER_ERROR, "data"),
             NodeError::Runtime(RuntimeError::Engine(_)) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }

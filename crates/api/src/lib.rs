@@ -9,7 +9,7 @@ mod wire;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use http::{StatusCode, header};
 use subtle::ConstantTimeEq;
-use tessera_node::{Node, NodeError};
+use tessera_node::{Node, NodeError, ServiceRelease};
 use tessera_store::DeployOptions;
 
 pub use error::ApiError;
@@ -56,6 +56,14 @@ pub fn router(node: Node, auth: Auth) -> Router {
             put(set_traffic),
         )
         .route("/v1/apps/{app}/services/{service}/rollback", post(rollback))
+        .route(
+            "/v1/apps/{app}/services/{service}/secrets",
+            get(list_secrets),
+        )
+        .route(
+            "/v1/apps/{app}/services/{service}/secrets/{name}",
+            put(set_secret).delete(delete_secret),
+        )
         .route(
             "/v1/artifacts/{sha256}",
             get(has_artifact)
@@ -142,9 +150,12 @@ async fn get_app(
 async fn remove_app(
     State(api): State<Api>,
     Path(app): Path<String>,
+    query: Result<Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Removed>, ApiError> {
+    let Query(query) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let name = app.clone();
-    if blocking(move || api.node.remove_app(&name)).await? {
+    if blocking(move || api.node.remove_app(&name, query.purge)).await? || query.purge {
         Ok(Json(Removed { removed: app }))
     } else {
         Err(no_app(&app))
@@ -188,7 +199,7 @@ async fn deploy(
             "traffic for a new revision must be between 1 and 99 percent",
         ));
     }
-    let services: Vec<_> = request.services.into_iter().map(Into::into).collect();
+    let services: Vec<ServiceRelease> = request.services.into_iter().map(Into::into).collect();
     let options = DeployOptions {
         only: request.only,
         traffic: request.traffic,
@@ -221,6 +232,45 @@ async fn rollback(
     let to = body.and_then(|Json(r)| r.to);
     let state = blocking(move || api.node.rollback(&app, &service, to)).await?;
     Ok(Json(ServiceView::from(&state)))
+}
+
+async fn list_secrets(
+    State(api): State<Api>,
+    Path((app, service)): Path<(String, String)>,
+) -> Result<Json<SecretList>, ApiError> {
+    let names = blocking(move || api.node.secret_names(&app, &service)).await?;
+    Ok(Json(SecretList {
+        secrets: names
+            .into_iter()
+            .map(|(name, updated_at)| SecretView { name, updated_at })
+            .collect(),
+    }))
+}
+
+async fn set_secret(
+    State(api): State<Api>,
+    Path((app, service, name)): Path<(String, String, String)>,
+    body: Result<Json<SecretValue>, axum::extract::rejection::JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Json(secret) = body.map_err(bad_json)?;
+    blocking(move || api.node.set_secret(&app, &service, &name, &secret.value)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_secret(
+    State(api): State<Api>,
+    Path((app, service, name)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let (service_name, secret) = (service.clone(), name.clone());
+    if blocking(move || api.node.delete_secret(&app, &service, &name)).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("service `{service_name}` has no secret `{secret}`"),
+        ))
+    }
 }
 
 async fn has_artifact(State(api): State<Api>, Path(sha256): Path<String>) -> StatusCode {

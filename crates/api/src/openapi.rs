@@ -44,7 +44,13 @@ pub fn document() -> Value {
                     "memory": { "type": "integer", "description": "bytes" },
                     "timeout_ms": { "type": "integer" },
                     "outbound": { "type": "array", "items": { "type": "string" } },
-                    "env": { "type": "array", "items": { "type": "array", "items": { "type": "string" }, "minItems": 2, "maxItems": 2 } } } },
+                    "env": { "type": "array", "items": { "type": "array", "items": { "type": "string" }, "minItems": 2, "maxItems": 2 } },
+                    "config": { "type": "array", "description": "configuration served through wasi:config/store, as [key, value] pairs", "items": { "type": "array", "items": { "type": "string" }, "minItems": 2, "maxItems": 2 } },
+                    "buckets": { "type": "array", "description": "key-value buckets besides `default`", "items": { "type": "string" } },
+                    "migrations": { "type": "array", "description": "SQL migrations applied once each, in order, before the revision takes traffic", "items": { "$ref": "#/components/schemas/Migration" } } } },
+                "Migration": { "type": "object", "required": ["name", "sql"], "properties": { "name": { "type": "string" }, "sql": { "type": "string" } } },
+                "SecretList": { "type": "object", "properties": { "secrets": { "type": "array", "items": { "type": "object", "properties": { "name": { "type": "string" }, "updated_at": { "type": "integer" } } } } } },
+                "SecretValue": { "type": "object", "required": ["value"], "properties": { "value": { "type": "string" } } },
                 "DeployRequest": { "type": "object", "required": ["services"], "properties": {
                     "services": { "type": "array", "items": { "$ref": "#/components/schemas/ServiceSpec" } },
                     "only": { "type": "array", "items": { "type": "string" }, "description": "deploy only these services" },
@@ -83,13 +89,15 @@ pub fn document() -> Value {
             "/v1/apps/{app}": {
                 "parameters": [app],
                 "get": { "summary": "one app", "responses": { "200": json_response("the app", "App"), "401": unauthorized, "404": not_found } },
-                "delete": { "summary": "remove an app (its artifacts stay)", "responses": { "200": json_response("removed", "Removed"), "401": unauthorized, "404": not_found } }
+                "delete": { "summary": "remove an app (its artifacts stay; its data and secrets stay unless `purge=true`)",
+                    "parameters": [ { "name": "purge", "in": "query", "required": false, "description": "also delete the app's key-value data, SQL databases and secrets", "schema": { "type": "boolean" } } ],
+                    "responses": { "200": json_response("removed", "Removed"), "401": unauthorized, "404": not_found } }
             },
             "/v1/apps/{app}/deploy": {
                 "parameters": [app],
                 "post": { "summary": "deploy services: a new immutable revision for each changed one, switched atomically",
                     "requestBody": json_body("DeployRequest"),
-                    "responses": { "200": json_response("what changed", "DeployResult"), "400": error_response("invalid request"), "401": unauthorized, "409": error_response("a route is claimed by another service"), "422": error_response("a component is missing or cannot be served") } }
+                    "responses": { "200": json_response("what changed", "DeployResult"), "400": error_response("invalid request"), "401": unauthorized, "409": error_response("a route is claimed by another service"), "422": error_response("a component is missing or cannot be served, or a migration failed") } }
             },
             "/v1/apps/{app}/services/{service}": {
                 "parameters": [app, service],
@@ -106,6 +114,17 @@ pub fn document() -> Value {
                 "post": { "summary": "send all traffic to an earlier revision (default: the one before the primary)",
                     "requestBody": { "required": false, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RollbackRequest" } } } },
                     "responses": { "200": json_response("the service", "Service"), "401": unauthorized, "404": not_found, "409": error_response("no earlier revision") } }
+            },
+            "/v1/apps/{app}/services/{service}/secrets": {
+                "parameters": [app, service],
+                "get": { "summary": "names of the service's secrets (never values)", "responses": { "200": json_response("the secret names", "SecretList"), "401": unauthorized } }
+            },
+            "/v1/apps/{app}/services/{service}/secrets/{name}": {
+                "parameters": [app, service, param("name", "secret name")],
+                "put": { "summary": "set a secret, readable only by this service through wasi:config/store; running revisions see it at once",
+                    "requestBody": json_body("SecretValue"),
+                    "responses": { "204": { "description": "set" }, "400": error_response("invalid name or body"), "401": unauthorized } },
+                "delete": { "summary": "remove a secret", "responses": { "204": { "description": "removed" }, "401": unauthorized, "404": error_response("no such secret") } }
             },
             "/v1/artifacts/{sha256}": {
                 "parameters": [sha],

@@ -1,6 +1,8 @@
 //! Wire types of the control API: what clients send and receive as JSON.
 
 use serde::{Deserialize, Serialize};
+use tessera_data::Migration;
+use tessera_node::ServiceRelease;
 use tessera_store::{
     AppState, DeployOutcome, Revision, RevisionConfig, ServiceDeploy, ServiceState,
 };
@@ -18,36 +20,106 @@ pub struct ServiceSpecJson {
     pub outbound: Vec<String>,
     #[serde(default)]
     pub env: Vec<(String, String)>,
+    /// Configuration served through `wasi:config/store`.
+    #[serde(default)]
+    pub config: Vec<(String, String)>,
+    /// Key-value buckets besides `default`.
+    #[serde(default)]
+    pub buckets: Vec<String>,
+    /// SQL migrations, in order, applied once each before the revision takes traffic.
+    #[serde(default)]
+    pub migrations: Vec<MigrationJson>,
 }
 
-impl From<ServiceSpecJson> for ServiceDeploy {
+/// One SQL migration: a name (the file name) and its statements.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationJson {
+    pub name: String,
+    pub sql: String,
+}
+
+impl From<ServiceSpecJson> for ServiceRelease {
     fn from(s: ServiceSpecJson) -> Self {
-        ServiceDeploy {
-            name: s.name,
-            sha256: s.sha256,
-            config: RevisionConfig {
-                routes: s.routes,
-                memory: s.memory,
-                timeout_ms: s.timeout_ms,
-                outbound: s.outbound,
-                env: s.env,
+        ServiceRelease {
+            service: ServiceDeploy {
+                name: s.name,
+                sha256: s.sha256,
+                config: RevisionConfig {
+                    routes: s.routes,
+                    memory: s.memory,
+                    timeout_ms: s.timeout_ms,
+                    outbound: s.outbound,
+                    env: s.env,
+                    config: s.config,
+                    buckets: s.buckets,
+                    migrations: Vec::new(),
+                },
             },
+            migrations: s
+                .migrations
+                .into_iter()
+                .map(|m| Migration {
+                    name: m.name,
+                    sql: m.sql,
+                })
+                .collect(),
         }
     }
 }
 
-impl From<ServiceDeploy> for ServiceSpecJson {
-    fn from(s: ServiceDeploy) -> Self {
+impl From<ServiceRelease> for ServiceSpecJson {
+    fn from(r: ServiceRelease) -> Self {
+        let config = r.service.config;
         ServiceSpecJson {
-            name: s.name,
-            sha256: s.sha256,
-            routes: s.config.routes,
-            memory: s.config.memory,
-            timeout_ms: s.config.timeout_ms,
-            outbound: s.config.outbound,
-            env: s.config.env,
+            name: r.service.name,
+            sha256: r.service.sha256,
+            routes: config.routes,
+            memory: config.memory,
+            timeout_ms: config.timeout_ms,
+            outbound: config.outbound,
+            env: config.env,
+            config: config.config,
+            buckets: config.buckets,
+            migrations: r
+                .migrations
+                .into_iter()
+                .map(|m| MigrationJson {
+                    name: m.name,
+                    sql: m.sql,
+                })
+                .collect(),
         }
     }
+}
+
+/// The secrets of a service: names and when each was set, never values.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretList {
+    pub secrets: Vec<SecretView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretView {
+    pub name: String,
+    /// Seconds since the Unix epoch.
+    pub updated_at: u64,
+}
+
+/// Body of a secret update.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretValue {
+    pub value: String,
+}
+
+/// Query of an app removal.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveQuery {
+    /// Also delete the app's data: key-value, SQL and secrets.
+    #[serde(default)]
+    pub purge: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -40,8 +40,11 @@ pub struct Manifest {
     /// Named environments (`[environments.NAME.SERVICE]`): per-service configuration
     /// values that replace or add to `[services.SERVICE.config]` when the app is deployed
     /// with that environment selected.
-    pub environments: BTreeMap<String, BTreeMap<String, Vec<(String, String)>>>,
+    pub environments: Environments,
 }
+
+/// Environment name → service name → configuration overrides.
+pub type Environments = BTreeMap<String, BTreeMap<String, Vec<(String, String)>>>;
 
 impl Manifest {
     /// The configuration a service sees: its `config` table with the overrides of the

@@ -182,7 +182,7 @@ fn parse_environments(
     cx: &Cx<'_>,
     value: &Value<'_>,
     services: &[ServiceSpec],
-) -> Result<BTreeMap<String, BTreeMap<String, Vec<(String, String)>>>, ManifestError> {
+) -> Result<crate::Environments, ManifestError> {
     let mut environments = BTreeMap::new();
     for (env, env_value) in cx.table(value, "environments")?.iter() {
         let env_name = env.get_ref().as_ref();

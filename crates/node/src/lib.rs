@@ -12,9 +12,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tessera_data::{DataBackend, DataError, EmbeddedData, Migration, SqlError};
 use tessera_gateway::{Backend, RouteTable, Routes, Target};
 use tessera_manifest::{Limits, Origin, RoutePrefix};
-use tessera_runtime::{Runtime, RuntimeConfig, RuntimeError, Service, ServiceConfig};
+use tessera_runtime::{
+    Runtime, RuntimeConfig, RuntimeError, Service, ServiceConfig, ServiceDataAccess,
+};
 use tessera_store::{
     AppState, ArtifactStore, ControlState, ControlStore, DeployOptions, DeployOutcome, Revision,
     RevisionConfig, ServiceDeploy, ServiceState, StoreError,
@@ -27,9 +30,30 @@ pub enum NodeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// A service's SQL migrations could not be applied; its revision was not created.
+    #[error("service `{service}`: {source}")]
+    Migration {
+        service: String,
+        #[source]
+        source: SqlError,
+    },
     /// The request itself is wrong (bad names, routes, limits): nothing changed.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Where the embedded backend keeps services' data inside the node's data directory.
+pub const SERVICE_DATA_DIR: &str = "services";
+
+/// One service of a deploy: its revision and the SQL migrations to apply before it
+/// takes traffic.
+#[derive(Debug, Clone)]
+pub struct ServiceRelease {
+    pub service: ServiceDeploy,
+    /// In order; each is applied once per service database, tracked by name.
+    pub migrations: Vec<Migration>,
 }
 
 /// Identity of a loaded revision.
@@ -44,6 +68,7 @@ pub struct Node {
 struct NodeInner {
     store: Arc<dyn ControlState>,
     artifacts: Arc<dyn ArtifactStore>,
+    data: Arc<dyn DataBackend>,
     runtime: Runtime,
     routes: Routes,
     /// Serialises control operations and holds the services loaded for serving
@@ -55,23 +80,26 @@ impl Node {
     /// Opens (or creates) the node's state in `data` and loads every serving revision.
     pub fn open(data: &Path, runtime: RuntimeConfig) -> Result<Node, NodeError> {
         let store = Arc::new(ControlStore::open(data)?);
+        let service_data = Arc::new(EmbeddedData::new(data.join(SERVICE_DATA_DIR)));
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: Some(data.join("compiled")),
             ..runtime
         })?;
-        Node::with_backends(store.clone(), store, runtime)
+        Node::with_backends(store.clone(), store, service_data, runtime)
     }
 
-    /// A node over any control-state and artifact backends.
+    /// A node over any control-state, artifact and service-data backends.
     pub fn with_backends(
         store: Arc<dyn ControlState>,
         artifacts: Arc<dyn ArtifactStore>,
+        data: Arc<dyn DataBackend>,
         runtime: Runtime,
     ) -> Result<Node, NodeError> {
         let node = Node {
             inner: Arc::new(NodeInner {
                 store,
                 artifacts,
+                data,
                 runtime,
                 routes: Routes::default(),
                 loaded: Mutex::new(HashMap::new()),
@@ -116,6 +144,7 @@ impl Node {
             limits: Limits::default(),
             outbound: Vec::new(),
             env: Vec::new(),
+            data: ServiceDataAccess::default(),
         };
         let (loaded, report) = self.inner.runtime.load_service(probe, origin, bytes)?;
         let how = match report.source {
@@ -126,17 +155,35 @@ impl Node {
         Ok(self.inner.artifacts.put_artifact(bytes)?)
     }
 
+    /// Deploys an app (or some of its services): loads every component, applies each
+    /// deployed service's pending migrations, then commits the new revisions and swaps the
+    /// routing table. A failed migration stops the deploy before anything is committed; the
+    /// migrations before it in the same service, each in its own transaction, stay applied.
     pub fn deploy(
         &self,
         app: &str,
-        services: &[ServiceDeploy],
+        releases: &[ServiceRelease],
         options: &DeployOptions,
     ) -> Result<DeployOutcome, NodeError> {
         check_name(app, "app")?;
-        for service in services {
+        let mut services = Vec::with_capacity(releases.len());
+        for release in releases {
+            let mut service = release.service.clone();
             check_name(&service.name, "service")?;
+            for bucket in &service.config.buckets {
+                check_name(bucket, "bucket")?;
+            }
+            for (key, _) in &service.config.config {
+                tessera_manifest::check_config_key(key).map_err(|m| {
+                    NodeError::Invalid(format!("service `{}`: config {m}", service.name))
+                })?;
+            }
+            // The revision records which migrations its deploy ran or found.
+            service.config.migrations = release.migrations.iter().map(|m| m.name.clone()).collect();
             validate_config(&service.name, &service.config)?;
+            services.push(service);
         }
+        let services = &services[..];
         for only in &options.only {
             if !services.iter().any(|s| &s.name == only) {
                 return Err(NodeError::Invalid(format!(
@@ -149,9 +196,28 @@ impl Node {
         // changes nothing.
         for service in services {
             let path = self.inner.artifacts.artifact_path(&service.sha256)?;
-            self.inner
-                .runtime
-                .load_service_file(runtime_config(&service.name, &service.config)?, &path)?;
+            self.inner.runtime.load_service_file(
+                runtime_config(&service.name, &service.config, ServiceDataAccess::default())?,
+                &path,
+            )?;
+        }
+        for release in releases {
+            let name = &release.service.name;
+            let deployed = options.only.is_empty() || options.only.contains(name);
+            if !deployed || release.migrations.is_empty() {
+                continue;
+            }
+            let data = self.inner.data.open_service(app, name)?;
+            let applied =
+                data.sql
+                    .migrate(&release.migrations)
+                    .map_err(|source| NodeError::Migration {
+                        service: name.clone(),
+                        source,
+                    })?;
+            for migration in applied {
+                tracing::info!(app, service = %name, migration = %migration, "migration applied");
+            }
         }
         let outcome = self.inner.store.deploy(app, services, options)?;
         self.rebuild(&mut loaded)?;
@@ -182,11 +248,52 @@ impl Node {
         Ok(state)
     }
 
-    pub fn remove_app(&self, app: &str) -> Result<bool, NodeError> {
+    /// Removes an app from serving. Its data (key-value, SQL, secrets) stays unless
+    /// `purge` is set, so removing and redeploying an app keeps its data. Returns whether
+    /// the app existed.
+    pub fn remove_app(&self, app: &str, purge: bool) -> Result<bool, NodeError> {
         let mut loaded = self.lock();
         let existed = self.inner.store.remove_app(app)?;
         self.rebuild(&mut loaded)?;
+        if purge {
+            self.inner.data.purge_app(app)?;
+            self.inner.store.purge_secrets(app)?;
+            tracing::info!(app, "app data purged");
+        }
         Ok(existed)
+    }
+
+    /// Sets a secret of a service and reloads the service's serving revisions so new
+    /// requests see it. The value is never logged or listed.
+    pub fn set_secret(
+        &self,
+        app: &str,
+        service: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<(), NodeError> {
+        check_name(app, "app")?;
+        check_name(service, "service")?;
+        tessera_manifest::check_config_key(name)
+            .map_err(|m| NodeError::Invalid(format!("secret name: {m}")))?;
+        let mut loaded = self.lock();
+        self.inner.store.set_secret(app, service, name, value)?;
+        loaded.retain(|(a, s, _), _| !(a == app && s == service));
+        self.rebuild(&mut loaded)
+    }
+
+    /// Removes a secret; false if the service had none of that name.
+    pub fn delete_secret(&self, app: &str, service: &str, name: &str) -> Result<bool, NodeError> {
+        let mut loaded = self.lock();
+        let existed = self.inner.store.delete_secret(app, service, name)?;
+        loaded.retain(|(a, s, _), _| !(a == app && s == service));
+        self.rebuild(&mut loaded)?;
+        Ok(existed)
+    }
+
+    /// Names of a service's secrets with when each was last set.
+    pub fn secret_names(&self, app: &str, service: &str) -> Result<Vec<(String, u64)>, NodeError> {
+        Ok(self.inner.store.secret_names(app, service)?)
     }
 
     pub fn apps(&self) -> Result<Vec<AppState>, NodeError> {
@@ -217,7 +324,7 @@ impl Node {
                     let key = (app.name.clone(), service.name.clone(), *id);
                     let loaded_service = match loaded.get(&key) {
                         Some(s) => s.clone(),
-                        None => match self.load_revision(&service.name, revision) {
+                        None => match self.load_revision(&app.name, &service.name, revision) {
                             Ok(s) => s,
                             Err(e) => {
                                 tracing::error!(app = %app.name, service = %service.name, revision = id, error = %e, "cannot load revision; it takes no traffic");
@@ -250,9 +357,24 @@ impl Node {
         Ok(())
     }
 
-    fn load_revision(&self, service: &str, revision: &Revision) -> Result<Service, NodeError> {
+    fn load_revision(
+        &self,
+        app: &str,
+        service: &str,
+        revision: &Revision,
+    ) -> Result<Service, NodeError> {
         let path = self.inner.artifacts.artifact_path(&revision.sha256)?;
-        let config = runtime_config(service, &revision.config)?;
+        let stores = self.inner.data.open_service(app, service)?;
+        // Secrets win over configuration of the same name.
+        let mut config: std::collections::BTreeMap<String, String> =
+            revision.config.config.iter().cloned().collect();
+        config.extend(self.inner.store.secrets(app, service)?);
+        let access = ServiceDataAccess {
+            stores: Some(stores),
+            buckets: revision.config.buckets.clone().into(),
+            config: config.into_iter().collect::<Vec<_>>().into(),
+        };
+        let config = runtime_config(service, &revision.config, access)?;
         let (loaded, report) = self.inner.runtime.load_service_file(config, &path)?;
         tracing::info!(service, revision = revision.id, elapsed = ?report.elapsed, source = ?report.source, "revision loaded");
         Ok(loaded)
@@ -271,11 +393,15 @@ fn validate_config(service: &str, config: &RevisionConfig) -> Result<(), NodeErr
     for route in &config.routes {
         RoutePrefix::new(route).map_err(invalid)?;
     }
-    runtime_config(service, config).map(|_| ())
+    runtime_config(service, config, ServiceDataAccess::default()).map(|_| ())
 }
 
 /// The runtime's view of a revision's configuration.
-fn runtime_config(service: &str, config: &RevisionConfig) -> Result<ServiceConfig, NodeError> {
+fn runtime_config(
+    service: &str,
+    config: &RevisionConfig,
+    data: ServiceDataAccess,
+) -> Result<ServiceConfig, NodeError> {
     let invalid = |m: String| NodeError::Invalid(format!("service `{service}`: {m}"));
     if !(1 << 20..=tessera_manifest::MAX_MEMORY).contains(&config.memory) {
         return Err(invalid("memory limit must be between 1MiB and 4GiB".into()));
@@ -298,5 +424,6 @@ fn runtime_config(service: &str, config: &RevisionConfig) -> Result<ServiceConfi
         },
         outbound,
         env: config.env.clone(),
+        data,
     })
 }

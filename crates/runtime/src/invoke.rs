@@ -17,6 +17,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
+use crate::data::DataState;
 use crate::outbound::OutboundPolicy;
 use crate::output::{GuestLogSink, GuestOutput, OutputStream};
 use crate::state::{InstanceState, MemoryLimiter};
@@ -99,6 +100,10 @@ impl ServiceInner {
                 allowed: self.outbound.clone(),
             },
             limiter: MemoryLimiter::new(self.config.limits.memory),
+            data: DataState {
+                access: self.config.data.clone(),
+                deadline: deadline.into_std(),
+            },
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limiter);

@@ -6,6 +6,7 @@
 //! or an [`InvokeError`] that says what went wrong.
 
 mod cache;
+mod data;
 mod engine;
 mod invoke;
 mod outbound;
@@ -21,6 +22,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use cache::content_hash;
+pub use data::ServiceDataAccess;
 pub use invoke::InvokeError;
 pub use output::{GuestLogSink, OutputStream as GuestStream, TerminalLog};
 pub use tessera_manifest::{Limits, Origin};
@@ -63,6 +65,8 @@ pub struct ServiceConfig {
     pub outbound: Vec<Origin>,
     /// Environment variables the guest sees; it sees none unless granted.
     pub env: Vec<(String, String)>,
+    /// The service's own stores and configuration.
+    pub data: ServiceDataAccess,
 }
 
 /// Errors from setting up the runtime or loading a service.

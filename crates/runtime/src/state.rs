@@ -7,6 +7,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::RuntimeError;
+use crate::data::DataState;
 use crate::outbound::OutboundPolicy;
 
 /// Everything one instance can reach. Built fresh for every request and dropped with it.
@@ -16,6 +17,7 @@ pub(crate) struct InstanceState {
     pub(crate) http: WasiHttpCtx,
     pub(crate) outbound: OutboundPolicy,
     pub(crate) limiter: MemoryLimiter,
+    pub(crate) data: DataState,
 }
 
 impl WasiView for InstanceState {
@@ -39,13 +41,15 @@ impl WasiHttpView for InstanceState {
 
 /// The linker for every service: all of WASI 0.2 (guests built the default way by Rust,
 /// componentize-py and jco import the CLI, filesystem and socket interfaces even when
-/// they only serve HTTP) plus `wasi:http`. What a guest may actually do is decided per
+/// they only serve HTTP), `wasi:http`, and the data interfaces (`wasi:keyvalue`,
+/// `wasi:config`, `tessera:sql`). What a guest may actually do is decided per
 /// request by the contexts, which deny everything not granted.
 pub(crate) fn linker(engine: &Engine) -> Result<Linker<InstanceState>, RuntimeError> {
     let mut linker = Linker::new(engine);
     let engine_error = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_error)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_error)?;
+    crate::data::add_to_linker(&mut linker).map_err(engine_error)?;
     Ok(linker)
 }
 

@@ -30,8 +30,10 @@ enum Command {
     Traffic(commands::control::TrafficArgs),
     /// Send all of a service's traffic back to an earlier revision.
     Rollback(commands::control::RollbackArgs),
-    /// Remove an app from a node.
+    /// Remove an app from a node (its data stays unless --purge).
     Rm(commands::control::RmArgs),
+    /// Manage a service's secrets: `secret set|ls|rm SERVICE [NAME]`.
+    Secret(commands::control::SecretArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,5 +58,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Traffic(args) => commands::control::traffic(args),
         Command::Rollback(args) => commands::control::rollback(args),
         Command::Rm(args) => commands::control::rm(args),
+        Command::Secret(args) => commands::control::secret(args),
     }
 }

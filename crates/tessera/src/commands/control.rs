@@ -8,10 +8,9 @@ use clap::Args;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tessera_api::{
-    AppList, AppView, DeployRequest, DeployResult, RollbackRequest, ServiceSpecJson, ServiceView,
-    TrafficRequest, TrafficShare,
+    AppList, AppView, DeployRequest, DeployResult, RollbackRequest, SecretList, SecretValue,
+    ServiceSpecJson, ServiceView, TrafficRequest, TrafficShare,
 };
-use tessera_store::ServiceDeploy;
 
 /// How to reach the node.
 #[derive(Args, Clone)]
@@ -40,6 +39,9 @@ pub struct DeployArgs {
     /// Revisions of history to keep per service.
     #[arg(long)]
     keep: Option<usize>,
+    /// Configuration environment: applies `[environments.NAME]` of the manifest.
+    #[arg(long = "env", value_name = "NAME")]
+    environment: Option<String>,
     #[command(flatten)]
     remote: Remote,
 }
@@ -91,6 +93,9 @@ pub struct RollbackArgs {
 pub struct RmArgs {
     /// The app to remove.
     app: String,
+    /// Also delete the app's data: key-value stores, SQL databases and secrets.
+    #[arg(long)]
+    purge: bool,
     #[command(flatten)]
     remote: Remote,
 }
@@ -217,11 +222,12 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         } else if !status.is_success() {
             bail!("{}", api_error(status, &body));
         }
-        services.push(ServiceSpecJson::from(ServiceDeploy {
-            name: spec.name.clone(),
+        services.push(ServiceSpecJson::from(super::release(
+            &manifest,
+            spec,
+            args.environment.as_deref(),
             sha256,
-            config: super::revision_config(spec),
-        }));
+        )?));
     }
     let request = DeployRequest {
         services,
@@ -377,9 +383,155 @@ pub fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
 
 pub fn rm(args: RmArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.remote)?;
-    let _: Value = client.call(Method::DELETE, &format!("/v1/apps/{}", args.app), None)?;
-    println!("removed {}", args.app);
+    let path = if args.purge {
+        format!("/v1/apps/{}?purge=true", args.app)
+    } else {
+        format!("/v1/apps/{}", args.app)
+    };
+    let _: Value = client.call(Method::DELETE, &path, None)?;
+    if args.purge {
+        println!("removed {} and deleted its data", args.app);
+    } else {
+        println!(
+            "removed {} (its data is kept; `rm --purge` deletes it)",
+            args.app
+        );
+    }
     Ok(())
+}
+
+#[derive(Args)]
+pub struct SecretArgs {
+    #[command(subcommand)]
+    command: SecretCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum SecretCommand {
+    /// Set a secret; the value is read from standard input unless --value is given.
+    Set {
+        service: String,
+        name: String,
+        /// The value (visible to other local users in the process list; prefer stdin).
+        #[arg(long)]
+        value: Option<String>,
+        #[arg(long)]
+        app: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List a service's secret names (never values).
+    Ls {
+        service: String,
+        #[arg(long)]
+        app: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Remove a secret.
+    Rm {
+        service: String,
+        name: String,
+        #[arg(long)]
+        app: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+pub fn secret(args: SecretArgs) -> anyhow::Result<()> {
+    match args.command {
+        SecretCommand::Set {
+            service,
+            name,
+            value,
+            app,
+            remote,
+        } => {
+            let client = Client::new(&remote)?;
+            let app = resolve_app(&client, &service, app)?;
+            let value = match value {
+                Some(value) => value,
+                None => read_secret(&name)?,
+            };
+            let body = serde_json::to_value(SecretValue { value })?;
+            let (status, response) = client.send(
+                Method::PUT,
+                &format!("/v1/apps/{app}/services/{service}/secrets/{name}"),
+                None,
+                Some(&body),
+            )?;
+            if !status.is_success() {
+                bail!("{}", api_error(status, &response));
+            }
+            println!("set {name} for {service}");
+        }
+        SecretCommand::Ls {
+            service,
+            app,
+            remote,
+        } => {
+            let client = Client::new(&remote)?;
+            let app = resolve_app(&client, &service, app)?;
+            let list: SecretList = client.call(
+                Method::GET,
+                &format!("/v1/apps/{app}/services/{service}/secrets"),
+                None,
+            )?;
+            if list.secrets.is_empty() {
+                println!("{service} has no secrets");
+            }
+            for secret in &list.secrets {
+                println!("{:<32} set {}", secret.name, format_time(secret.updated_at));
+            }
+        }
+        SecretCommand::Rm {
+            service,
+            name,
+            app,
+            remote,
+        } => {
+            let client = Client::new(&remote)?;
+            let app = resolve_app(&client, &service, app)?;
+            let (status, response) = client.send(
+                Method::DELETE,
+                &format!("/v1/apps/{app}/services/{service}/secrets/{name}"),
+                None,
+                None,
+            )?;
+            if !status.is_success() {
+                bail!("{}", api_error(status, &response));
+            }
+            println!("removed {name} from {service}");
+        }
+    }
+    Ok(())
+}
+
+/// Reads a secret's value from standard input: one line when typed at a terminal,
+/// everything (minus one trailing newline) when piped.
+fn read_secret(name: &str) -> anyhow::Result<String> {
+    use std::io::{IsTerminal, Read};
+    let stdin = std::io::stdin();
+    let mut value = String::new();
+    if stdin.is_terminal() {
+        eprint!("value for {name}: ");
+        stdin.read_line(&mut value).context("reading the secret")?;
+    } else {
+        stdin
+            .lock()
+            .read_to_string(&mut value)
+            .context("reading the secret from standard input")?;
+    }
+    let value = value
+        .strip_suffix('\n')
+        .map(|v| v.strip_suffix('\r').unwrap_or(v))
+        .unwrap_or(&value)
+        .to_string();
+    if value.is_empty() {
+        bail!("empty secret value for {name}");
+    }
+    Ok(value)
 }
 
 fn format_time(unix: u64) -> String {

@@ -4,20 +4,70 @@ pub mod control;
 pub mod serve;
 pub mod up;
 
-use tessera_manifest::ServiceSpec;
-use tessera_store::RevisionConfig;
+use anyhow::{Context, bail};
+use tessera_data::Migration;
+use tessera_manifest::{Manifest, ServiceSpec};
+use tessera_node::ServiceRelease;
+use tessera_store::{RevisionConfig, ServiceDeploy};
 use tracing_subscriber::EnvFilter;
 
-/// The revision configuration a manifest's service declares, as `up` deploys it and as
-/// `deploy` sends it to a node.
-pub fn revision_config(spec: &ServiceSpec) -> RevisionConfig {
-    RevisionConfig {
-        routes: spec.routes.iter().map(|r| r.to_string()).collect(),
-        memory: spec.limits.memory,
-        timeout_ms: u64::try_from(spec.limits.timeout.as_millis()).unwrap_or(u64::MAX),
-        outbound: spec.outbound.iter().map(|o| o.to_string()).collect(),
-        env: spec.env.clone(),
+/// What a deploy of a manifest's service carries: its revision configuration (with the
+/// chosen environment's configuration) and its migrations read from disk. `up` deploys
+/// it to its embedded node; `deploy` sends it to a node.
+pub fn release(
+    manifest: &Manifest,
+    spec: &ServiceSpec,
+    environment: Option<&str>,
+    sha256: String,
+) -> anyhow::Result<ServiceRelease> {
+    let config = manifest
+        .config_for(spec, environment)
+        .map_err(|m| anyhow::anyhow!(m))?;
+    let mut migrations = Vec::with_capacity(spec.migrations.len());
+    for path in &spec.migrations {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .with_context(|| {
+                format!(
+                    "service `{}`: migration {} has no file name",
+                    spec.name,
+                    path.display()
+                )
+            })?;
+        // The file name is what the database records as applied.
+        if migrations.iter().any(|m: &Migration| m.name == name) {
+            bail!(
+                "service `{}`: two migrations are named `{name}`; migration file names must be unique",
+                spec.name
+            );
+        }
+        let sql = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "service `{}`: cannot read migration {}",
+                spec.name,
+                path.display()
+            )
+        })?;
+        migrations.push(Migration { name, sql });
     }
+    Ok(ServiceRelease {
+        service: ServiceDeploy {
+            name: spec.name.clone(),
+            sha256,
+            config: RevisionConfig {
+                routes: spec.routes.iter().map(|r| r.to_string()).collect(),
+                memory: spec.limits.memory,
+                timeout_ms: u64::try_from(spec.limits.timeout.as_millis()).unwrap_or(u64::MAX),
+                outbound: spec.outbound.iter().map(|o| o.to_string()).collect(),
+                env: spec.env.clone(),
+                config,
+                buckets: spec.buckets.clone(),
+                migrations: Vec::new(),
+            },
+        },
+        migrations,
+    })
 }
 
 /// Platform logs go to stderr through `tracing`; `RUST_LOG` sets the level (default:

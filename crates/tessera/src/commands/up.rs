@@ -12,7 +12,7 @@ use tessera_api::Auth;
 use tessera_gateway::GatewayConfig;
 use tessera_node::Node;
 use tessera_runtime::RuntimeConfig;
-use tessera_store::{DeployOptions, ServiceDeploy};
+use tessera_store::DeployOptions;
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -29,6 +29,9 @@ pub struct UpArgs {
     /// Where the embedded node keeps its state; default: `.tessera` in the app directory.
     #[arg(long, env = "TESSERA_DATA")]
     data: Option<PathBuf>,
+    /// Configuration environment: applies `[environments.NAME]` of the manifest.
+    #[arg(long = "env", value_name = "NAME")]
+    environment: Option<String>,
     /// Most instances that may run at once across all services.
     #[arg(long, default_value_t = 1000)]
     max_instances: u32,
@@ -73,11 +76,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             )
         })?;
         let sha256 = node.upload_for(&spec.name, &spec.component, &bytes)?;
-        services.push(ServiceDeploy {
-            name: spec.name.clone(),
+        services.push(super::release(
+            &manifest,
+            spec,
+            args.environment.as_deref(),
             sha256,
-            config: super::revision_config(spec),
-        });
+        )?);
     }
     let outcome = node
         .deploy(&manifest.app, &services, &DeployOptions::default())

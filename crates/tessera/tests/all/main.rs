@@ -3,6 +3,7 @@
 //! `cargo xtask guests`.
 
 mod bad_input;
+mod data;
 mod deployments;
 mod gateway;
 mod isolation;

@@ -37,7 +37,15 @@ impl App {
     /// Writes `manifest` as the app's tessera.toml. `{guest:NAME}` placeholders become
     /// the absolute paths of test guests.
     pub fn new(manifest: &str) -> App {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let app = App {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        app.write_manifest(manifest);
+        app
+    }
+
+    /// Replaces the app's tessera.toml, expanding `{guest:NAME}` placeholders.
+    pub fn write_manifest(&self, manifest: &str) {
         let mut text = manifest.to_string();
         while let Some(start) = text.find("{guest:") {
             let end = start + text[start..].find('}').expect("closing brace");
@@ -45,8 +53,7 @@ impl App {
             let path = guest(name).display().to_string();
             text.replace_range(start..=end, &path);
         }
-        std::fs::write(dir.path().join("tessera.toml"), text).expect("write manifest");
-        App { dir }
+        std::fs::write(self.path().join("tessera.toml"), text).expect("write manifest");
     }
 
     pub fn path(&self) -> &Path {

@@ -1,12 +1,19 @@
 //! The `greeter` service: `GET /hello` and `GET /hello/<name>` answer with a
 //! greeting. A WebAssembly HTTP component (wasi:http/incoming-handler).
+//!
+//! The greeting comes from the service's configuration (`greeting` in
+//! `[services.greeter.config]`), and every greeting counts one more visit in
+//! the service's key-value store, sent back in the `x-visits` header.
 
+use tessera_guest::{config, kv};
 use wasip2::http::types::{
     Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 
 /// Longer names are refused, so a greeting stays a short line.
 const MAX_NAME_BYTES: usize = 64;
+/// The greeting when the configuration sets none.
+const DEFAULT_GREETING: &str = "Hello";
 
 struct Greeter;
 
@@ -32,10 +39,39 @@ impl wasip2::exports::http::incoming_handler::Guest for Greeter {
             }
             _ => return respond(response_out, 404, &text, "not found\n"),
         };
+        let (greeting, visits) = match greeting_and_visit() {
+            Ok(found) => found,
+            Err(message) => {
+                eprintln!("{message}");
+                return respond(response_out, 500, &text, &format!("{message}\n"));
+            }
+        };
         // Guest stdout ends up in the platform's logs, tagged with the request.
-        println!("greeted {name}");
-        respond(response_out, 200, &text, &format!("Hello, {name}!\n"));
+        println!("greeted {name} (visit {visits})");
+        let visits = visits.to_string();
+        let headers = [
+            ("content-type", "text/plain"),
+            ("x-visits", visits.as_str()),
+        ];
+        respond(
+            response_out,
+            200,
+            &headers,
+            &format!("{greeting}, {name}!\n"),
+        );
     }
+}
+
+/// Reads the configured greeting and counts this visit. The counter is one
+/// atomic increment, so concurrent requests never lose a visit.
+fn greeting_and_visit() -> Result<(String, i64), String> {
+    let greeting = config::get("greeting")
+        .map_err(|e| format!("reading the greeting: {}", e.message()))?
+        .unwrap_or_else(|| DEFAULT_GREETING.to_string());
+    let visits = kv::open("default")
+        .and_then(|bucket| kv::increment(&bucket, "visits", 1))
+        .map_err(|e| format!("counting the visit: {}", e.message()))?;
+    Ok((greeting, visits))
 }
 
 /// Decodes `%XX` escapes (so `/hello/Ada%20L` greets "Ada L"). Returns

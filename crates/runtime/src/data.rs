@@ -1,0 +1,490 @@
+//! The host side of a service's own data: `wasi:keyvalue` (store, atomics, batch),
+//! `wasi:config/store` and `tessera:sql`, bound to the backends the node opened for this
+//! service and nothing else. A guest names buckets, never services or files, so it cannot
+//! reach another service's data.
+//!
+//! Backends are synchronous (SQLite, or a blocking client of a remote store); each call
+//! runs on tokio's blocking pool so a slow disk never stalls the threads that run guests.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tessera_data::{KvError, SqlError, SqlValue};
+use wasmtime::component::{HasSelf, Linker, Resource};
+
+use crate::state::InstanceState;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "tessera:platform/data",
+        imports: { default: async | trappable },
+        require_store_data_send: true,
+        with: {
+            "wasi:keyvalue/store.bucket": super::Bucket,
+            "wasi:keyvalue/atomics.cas": super::Cas,
+        },
+    });
+}
+
+use bindings::tessera::sql::sql;
+use bindings::wasi::config::store as config;
+use bindings::wasi::keyvalue::{atomics, batch, store};
+
+/// An open bucket: just its name, checked against the service's declared buckets when
+/// it was opened.
+pub struct Bucket {
+    name: Arc<str>,
+}
+
+/// A compare-and-swap handle: the key and the value and version seen when it was made.
+pub struct Cas {
+    bucket: Arc<str>,
+    key: String,
+    seen: Option<(Vec<u8>, u64)>,
+}
+
+/// What one service may reach: its data handles, its buckets and its configuration.
+/// Shared by every instance of the service.
+#[derive(Clone)]
+pub struct ServiceDataAccess {
+    /// The service's stores; `None` for a component loaded only to be checked.
+    pub stores: Option<tessera_data::ServiceData>,
+    /// Buckets the service may open besides `default`.
+    pub buckets: Arc<[String]>,
+    /// Configuration and secrets, sorted by key; secrets win over config of the same name.
+    pub config: Arc<[(String, String)]>,
+}
+
+impl std::fmt::Debug for ServiceDataAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Configuration may hold secrets: list keys only.
+        let keys: Vec<&str> = self.config.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("ServiceDataAccess")
+            .field("stores", &self.stores.is_some())
+            .field("buckets", &self.buckets)
+            .field("config_keys", &keys)
+            .finish()
+    }
+}
+
+impl Default for ServiceDataAccess {
+    fn default() -> Self {
+        ServiceDataAccess {
+            stores: None,
+            buckets: Arc::from(Vec::new()),
+            config: Arc::from(Vec::new()),
+        }
+    }
+}
+
+/// Per-instance data state: the service's access plus the request's deadline, which
+/// bounds every SQL call.
+pub(crate) struct DataState {
+    pub(crate) access: ServiceDataAccess,
+    pub(crate) deadline: Instant,
+}
+
+pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
+    bindings::Data::add_to_linker::<InstanceState, HasSelf<InstanceState>>(linker, |s| s)
+}
+
+/// Runs a backend call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> wasmtime::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| wasmtime::Error::msg(format!("data operation failed: {e}")))
+}
+
+fn kv_error(error: KvError) -> store::Error {
+    store::Error::Other(error.to_string())
+}
+
+const NO_STORES: &str = "this component was loaded without data stores";
+
+impl InstanceState {
+    fn kv(&self) -> Result<Arc<dyn tessera_data::KvStore>, store::Error> {
+        self.data
+            .access
+            .stores
+            .as_ref()
+            .map(|s| s.kv.clone())
+            .ok_or_else(|| store::Error::Other(NO_STORES.into()))
+    }
+
+    fn bucket(&self, bucket: &Resource<Bucket>) -> wasmtime::Result<Arc<str>> {
+        Ok(self.table.get(bucket)?.name.clone())
+    }
+}
+
+impl store::Host for InstanceState {
+    async fn open(
+        &mut self,
+        identifier: String,
+    ) -> wasmtime::Result<Result<Resource<Bucket>, store::Error>> {
+        if self.data.access.stores.is_none() {
+            return Ok(Err(store::Error::Other(NO_STORES.into())));
+        }
+        let declared = identifier == "default" || self.data.access.buckets.contains(&identifier);
+        if !declared {
+            return Ok(Err(store::Error::NoSuchStore));
+        }
+        let bucket = self.table.push(Bucket {
+            name: identifier.into(),
+        })?;
+        Ok(Ok(bucket))
+    }
+}
+
+impl store::HostBucket for InstanceState {
+    async fn get(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
+        let name = self.bucket(&bucket)?;
+        let kv = match self.kv() {
+            Ok(kv) => kv,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(blocking(move || kv.get(&name, &key))
+            .await?
+            .map_err(kv_error))
+    }
+
+    async fn set(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), store::Error>> {
+        let name = self.bucket(&bucket)?;
+        let kv = match self.kv() {
+            Ok(kv) => kv,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(blocking(move || kv.set(&name, &key, &value))
+            .await?
+            .map_err(kv_error))
+    }
+
+    async fn delete(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), store::Error>> {
+        let name = self.bucket(&bucket)?;
+        let kv = match self.kv() {
+            Ok(kv) => kv,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(blocking(move || kv.delete(&name, &key))
+            .await?
+            .map_err(kv_error))
+    }
+
+    async fn exists(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, store::Error>> {
+        let name = self.bucket(&bucket)?;
+        let kv = match self.kv() {
+            Ok(kv) => kv,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(blocking(move || kv.exists(&name, &key))
+            .await?
+            .map_err(kv_error))
+    }
+
+    async fn list_keys(
+        &mut self,
+        bucket: Resource<Bucket>,
+        cursor: Option<String>,
+    ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
+        let name = self.bucket(&bucket)?;
+        let kv = match self.kv() {
+            Ok(kv) => kv,
+            Err(e) => return Ok(Err(e)),
+        };
+        let page = blocking(move || kv.list_keys(&name, cursor.as_deref())).await?;
+        Ok(page
+            .map(|(keys, cursor)| store::KeyResponse { keys, cursor })
+            .map_err(kv_error))
+    }
+
+    async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
+        self.table.delete(bucket)?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for InstanceState {
+    async fn increment(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        delta: i64,
+    ) -> wasmtime::Result<Result<i64, store::Error>> {
+        let name = self.bucket(&bucket)?;
+        let kv = match self.kv() {
+            Ok(kv) => kv,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(blocking(move || kv.increment(&name, &key, delta))
+            .await?
+            .map_err(kv_error))
+    }
+
+    async fn swap(
+        &mut self,
+        cas: Resource<Cas>,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), atomics::CasError>> {
+        let kv = match self.kv() {
+            Ok(kv) => kv,
+            Err(e) => return Ok(Err(atomics::CasError::StoreError(e))),
+        };
+        let handle = self.table.get(&cas)?;
+        let (bucket, key) = (handle.bucket.clone(), handle.key.clone());
+        let expected = handle.seen.as_ref().map(|(_, version)| *version);
+        let swapped =
+            blocking(move || kv.compare_and_swap(&bucket, &key, expected, &value)).await?;
+        match swapped {
+            Ok(true) => {
+                self.table.delete(cas)?;
+                Ok(Ok(()))
+            }
+            // The guest gets its handle back to read the value it lost to.
+            Ok(false) => Ok(Err(atomics::CasError::CasFailed(cas))),
+            Err(e) => {
+                self.table.delete(cas)?;
+                Ok(Err(atomics::CasError::StoreError(kv_error(e))))
+            }
+        }
+    }
+}
+
+impl atomics::HostCas for InstanceState {
+    async fn new(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<Resource<Cas>, store::Error>> {
+        let name = self.bucket(&bucket)?;
+        let kv = match self.kv() {
+            Ok(kv) => kv,
+            Err(e) => return Ok(Err(e)),
+        };
+        let (bucket_name, key_name) = (name.clone(), key.clone());
+        let seen = blocking(move || kv.get_versioned(&bucket_name, &key_name)).await?;
+        match seen {
+            Ok(seen) => Ok(Ok(self.table.push(Cas {
+                bucket: name,
+                key,
+                seen,
+            })?)),
+            Err(e) => Ok(Err(kv_error(e))),
+        }
+    }
+
+    async fn current(
+        &mut self,
+        cas: Resource<Cas>,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
+        let handle = self.table.get(&cas)?;
+        Ok(Ok(handle.seen.as_ref().map(|(value, _)| value.clone())))
+    }
+
+    async fn drop(&mut self, cas: Resource<Cas>) -> wasmtime::Result<()> {
+        self.table.delete(cas)?;
+        Ok(())
+    }
+}
+
+impl batch::Host for InstanceState {
+    async fn get_many(
+        &mut self,
+        bucket: Resource<Bucket>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<Vec<Option<(String, Vec<u8>)>>, store::Error>> {
+        let name = self.bucket(&bucket)?;
+        let kv = match self.kv() {
+            Ok(kv) => kv,
+            Err(e) => return Ok(Err(e)),
+        };
+        let found = blocking(move || {
+            let values = kv.get_many(&name, &keys)?;
+            Ok(keys
+                .into_iter()
+                .zip(values)
+                .map(|(key, value)| value.map(|v| (key, v)))
+                .collect())
+        })
+        .await?;
+        Ok(found.map_err(kv_error))
+    }
+
+    async fn set_many(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> wasmtime::Result<Result<(), store::Error>> {
+        let name = self.bucket(&bucket)?;
+        let kv = match self.kv() {
+            Ok(kv) => kv,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(blocking(move || kv.set_many(&name, &key_values))
+            .await?
+            .map_err(kv_error))
+    }
+
+    async fn delete_many(
+        &mut self,
+        bucket: Resource<Bucket>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<(), store::Error>> {
+        let name = self.bucket(&bucket)?;
+        let kv = match self.kv() {
+            Ok(kv) => kv,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(blocking(move || kv.delete_many(&name, &keys))
+            .await?
+            .map_err(kv_error))
+    }
+}
+
+impl config::Host for InstanceState {
+    async fn get(
+        &mut self,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<String>, config::Error>> {
+        let config = &self.data.access.config;
+        Ok(Ok(config
+            .binary_search_by(|(k, _)| k.as_str().cmp(&key))
+            .ok()
+            .map(|i| config[i].1.clone())))
+    }
+
+    async fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, config::Error>> {
+        Ok(Ok(self.data.access.config.to_vec()))
+    }
+}
+
+impl InstanceState {
+    fn sql(&self) -> Result<Arc<dyn tessera_data::SqlDatabase>, sql::Error> {
+        self.data
+            .access
+            .stores
+            .as_ref()
+            .map(|s| s.sql.clone())
+            .ok_or_else(|| sql::Error::Io(NO_STORES.into()))
+    }
+}
+
+fn to_value(value: sql::Value) -> SqlValue {
+    match value {
+        sql::Value::Null => SqlValue::Null,
+        sql::Value::Integer(i) => SqlValue::Integer(i),
+        sql::Value::Real(r) => SqlValue::Real(r),
+        sql::Value::Text(t) => SqlValue::Text(t),
+        sql::Value::Blob(b) => SqlValue::Blob(b),
+    }
+}
+
+fn from_value(value: SqlValue) -> sql::Value {
+    match value {
+        SqlValue::Null => sql::Value::Null,
+        SqlValue::Integer(i) => sql::Value::Integer(i),
+        SqlValue::Real(r) => sql::Value::Real(r),
+        SqlValue::Text(t) => sql::Value::Text(t),
+        SqlValue::Blob(b) => sql::Value::Blob(b),
+    }
+}
+
+fn sql_error(error: SqlError) -> sql::Error {
+    let message = error.to_string();
+    match error {
+        SqlError::InvalidStatement(_) => sql::Error::InvalidStatement(message),
+        SqlError::Constraint(_) => sql::Error::ConstraintViolation(message),
+        SqlError::NotPermitted(_) => sql::Error::NotPermitted(message),
+        SqlError::TooLarge(_) => sql::Error::TooLarge(message),
+        SqlError::Timeout(_) => sql::Error::Timeout(message),
+        _ => sql::Error::Io(message),
+    }
+}
+
+fn changes(c: tessera_data::Changes) -> sql::Changes {
+    sql::Changes {
+        rows_affected: c.rows_affected,
+        last_insert_id: c.last_insert_id,
+    }
+}
+
+impl sql::Host for InstanceState {
+    async fn query(
+        &mut self,
+        statement: String,
+        params: Vec<sql::Value>,
+    ) -> wasmtime::Result<Result<sql::Rows, sql::Error>> {
+        let db = match self.sql() {
+            Ok(db) => db,
+            Err(e) => return Ok(Err(e)),
+        };
+        let deadline = self.data.deadline;
+        let params: Vec<SqlValue> = params.into_iter().map(to_value).collect();
+        let rows = blocking(move || db.query(&statement, &params, deadline)).await?;
+        Ok(rows
+            .map(|rows| sql::Rows {
+                columns: rows.columns,
+                rows: rows
+                    .rows
+                    .into_iter()
+                    .map(|row| row.into_iter().map(from_value).collect())
+                    .collect(),
+            })
+            .map_err(sql_error))
+    }
+
+    async fn execute(
+        &mut self,
+        statement: String,
+        params: Vec<sql::Value>,
+    ) -> wasmtime::Result<Result<sql::Changes, sql::Error>> {
+        let db = match self.sql() {
+            Ok(db) => db,
+            Err(e) => return Ok(Err(e)),
+        };
+        let deadline = self.data.deadline;
+        let params: Vec<SqlValue> = params.into_iter().map(to_value).collect();
+        let done = blocking(move || db.execute(&statement, &params, deadline)).await?;
+        Ok(done.map(changes).map_err(sql_error))
+    }
+
+    async fn batch(
+        &mut self,
+        statements: Vec<sql::Statement>,
+    ) -> wasmtime::Result<Result<Vec<sql::Changes>, sql::Error>> {
+        let db = match self.sql() {
+            Ok(db) => db,
+            Err(e) => return Ok(Err(e)),
+        };
+        let deadline = self.data.deadline;
+        let statements: Vec<tessera_data::Statement> = statements
+            .into_iter()
+            .map(|s| tessera_data::Statement {
+                sql: s.sql,
+                params: s.params.into_iter().map(to_value).collect(),
+            })
+            .collect();
+        let done = blocking(move || db.batch(&statements, deadline)).await?;
+        Ok(done
+            .map(|all| all.into_iter().map(changes).collect())
+            .map_err(sql_error))
+    }
+}
