@@ -39,6 +39,7 @@ impl From<NodeError> for ApiError {
             NodeError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             NodeError::Migration { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "migration_failed"),
             NodeError::Data(_) => (StatusCode::INTERNAL_SERVER_ERROR, "data"),
+            NodeError::Events(_) => (StatusCode::SERVICE_UNAVAILABLE, "events"),
             NodeError::Runtime(RuntimeError::Engine(_)) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }

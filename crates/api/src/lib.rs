@@ -65,6 +65,18 @@ pub fn router(node: Node, auth: Auth) -> Router {
             put(set_secret).delete(delete_secret),
         )
         .route(
+            "/v1/apps/{app}/topics/{topic}",
+            post(publish).layer(DefaultBodyLimit::max(tessera_runtime::MAX_MESSAGE_BYTES)),
+        )
+        .route(
+            "/v1/apps/{app}/services/{service}/invocations/{id}",
+            get(invocation),
+        )
+        .route("/v1/events", get(event_stats))
+        .route("/v1/dead-letters", get(list_dead_letters))
+        .route("/v1/dead-letters/{id}", get(show_dead_letter))
+        .route("/v1/dead-letters/redrive", post(redrive))
+        .route(
             "/v1/artifacts/{sha256}",
             get(has_artifact)
                 .head(has_artifact)
@@ -271,6 +283,131 @@ async fn delete_secret(
             format!("service `{service_name}` has no secret `{secret}`"),
         ))
     }
+}
+
+async fn publish(
+    State(api): State<Api>,
+    Path((app, topic)): Path<(String, String)>,
+    headers: http::HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<PublishResult>), ApiError> {
+    let data = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "a message may be at most {} bytes: {e}",
+                tessera_runtime::MAX_MESSAGE_BYTES
+            ),
+        )
+    })?;
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let content_type = text("content-type");
+    // A client retrying a publish sends the same `ce-id`; it is published once.
+    let id = text("ce-id");
+    let published = blocking(move || {
+        api.node
+            .publish(&app, &topic, data.to_vec(), content_type, id)
+    })
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(PublishResult {
+            id: published.id,
+            new: published.new,
+        }),
+    ))
+}
+
+async fn event_stats(State(api): State<Api>) -> Result<Json<EventStats>, ApiError> {
+    let stats = blocking(move || api.node.event_stats()).await?;
+    Ok(Json(EventStats {
+        subscriptions: stats.into_iter().map(Into::into).collect(),
+    }))
+}
+
+async fn list_dead_letters(
+    State(api): State<Api>,
+    query: Result<Query<DeadLetterQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<DeadLetterList>, ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
+    let subscription = query.subscription.clone();
+    let limit = query.limit.unwrap_or(100).min(10_000);
+    let letters = blocking(move || api.node.dead_letters(&query.subscription, limit)).await?;
+    Ok(Json(DeadLetterList {
+        subscription,
+        dead_letters: letters.into_iter().map(Into::into).collect(),
+    }))
+}
+
+async fn show_dead_letter(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    query: Result<Query<DeadLetterQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<DeadLetterView>, ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
+    let (subscription, message) = (query.subscription.clone(), id.clone());
+    match blocking(move || api.node.dead_letter(&query.subscription, &id)).await? {
+        Some(letter) => Ok(Json(letter.into())),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no dead letter `{message}` on subscription `{subscription}`"),
+        )),
+    }
+}
+
+async fn redrive(
+    State(api): State<Api>,
+    body: Result<Json<RedriveRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Redriven>, ApiError> {
+    let Json(request) = body.map_err(bad_json)?;
+    let redriven = blocking(move || {
+        api.node
+            .redrive(&request.subscription, request.ids.as_deref())
+    })
+    .await?;
+    Ok(Json(Redriven { redriven }))
+}
+
+async fn invocation(
+    State(api): State<Api>,
+    Path((app, service, id)): Path<(String, String, String)>,
+) -> Result<Json<InvocationView>, ApiError> {
+    let invocation = id.clone();
+    let status = blocking(move || api.node.invocation(&app, &service, &id)).await?;
+    let Some(status) = status else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no invocation `{invocation}` (unknown, or its result has expired)"),
+        ));
+    };
+    let last = status.last;
+    Ok(Json(InvocationView {
+        id: invocation,
+        state: status.state.as_str().to_string(),
+        attempts: status.attempts,
+        status: last.as_ref().map(|o| o.status),
+        body: last
+            .as_ref()
+            .map(|o| String::from_utf8_lossy(&o.body).into_owned()),
+        error: last.and_then(|o| o.error),
+        updated: humantime::format_rfc3339_millis(status.updated).to_string(),
+    }))
+}
+
+fn bad_query(rejection: axum::extract::rejection::QueryRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+        rejection.body_text(),
+    )
 }
 
 async fn has_artifact(State(api): State<Api>, Path(sha256): Path<String>) -> StatusCode {

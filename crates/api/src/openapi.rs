@@ -51,6 +51,16 @@ pub fn document() -> Value {
                 "Migration": { "type": "object", "required": ["name", "sql"], "properties": { "name": { "type": "string" }, "sql": { "type": "string" } } },
                 "SecretList": { "type": "object", "properties": { "secrets": { "type": "array", "items": { "type": "object", "properties": { "name": { "type": "string" }, "updated_at": { "type": "integer" } } } } } },
                 "SecretValue": { "type": "object", "required": ["value"], "properties": { "value": { "type": "string" } } },
+                "PublishResult": { "type": "object", "properties": { "id": { "type": "string", "description": "message id, the subscribers' ce-id" }, "new": { "type": "boolean", "description": "false when this id had already been published" } } },
+                "EventStats": { "type": "object", "properties": { "subscriptions": { "type": "array", "items": { "type": "object", "properties": {
+                    "id": { "type": "string" }, "active": { "type": "boolean" }, "ready": { "type": "integer" }, "in_flight": { "type": "integer" },
+                    "retrying": { "type": "integer" }, "dead": { "type": "integer" }, "delivered": { "type": "integer" }, "retries": { "type": "integer" } } } } } },
+                "Message": { "type": "object", "properties": { "id": { "type": "string" }, "topic": { "type": "string" }, "source": { "type": "string" }, "type": { "type": "string" }, "time": { "type": "string" }, "content_type": { "type": "string", "nullable": true }, "data": { "type": "string" }, "size": { "type": "integer" } } },
+                "DeadLetter": { "type": "object", "properties": { "message": { "$ref": "#/components/schemas/Message" }, "attempts": { "type": "integer" }, "last_status": { "type": "integer" }, "last_error": { "type": "string" }, "failed_at": { "type": "string" } } },
+                "DeadLetterList": { "type": "object", "properties": { "subscription": { "type": "string" }, "dead_letters": { "type": "array", "items": { "$ref": "#/components/schemas/DeadLetter" } } } },
+                "RedriveRequest": { "type": "object", "required": ["subscription"], "properties": { "subscription": { "type": "string" }, "ids": { "type": "array", "items": { "type": "string" } } } },
+                "Redriven": { "type": "object", "properties": { "redriven": { "type": "integer" } } },
+                "Invocation": { "type": "object", "properties": { "id": { "type": "string" }, "state": { "type": "string", "enum": ["pending", "running", "succeeded", "failed"] }, "attempts": { "type": "integer" }, "status": { "type": "integer", "nullable": true }, "body": { "type": "string", "nullable": true }, "error": { "type": "string", "nullable": true }, "updated": { "type": "string" } } },
                 "DeployRequest": { "type": "object", "required": ["services"], "properties": {
                     "services": { "type": "array", "items": { "$ref": "#/components/schemas/ServiceSpec" } },
                     "only": { "type": "array", "items": { "type": "string" }, "description": "deploy only these services" },
@@ -125,6 +135,35 @@ pub fn document() -> Value {
                     "requestBody": json_body("SecretValue"),
                     "responses": { "204": { "description": "set" }, "400": error_response("invalid name or body"), "401": unauthorized } },
                 "delete": { "summary": "remove a secret", "responses": { "204": { "description": "removed" }, "401": unauthorized, "404": error_response("no such secret") } }
+            },
+            "/v1/apps/{app}/topics/{topic}": {
+                "parameters": [app, param("topic", "topic name")],
+                "post": { "summary": "publish the request body to a topic of the app; every subscription gets it at least once (`ce-id` header: your own message id, published once)",
+                    "requestBody": { "required": true, "content": { "*/*": { "schema": { "type": "string", "format": "binary" } } } },
+                    "responses": { "202": json_response("durably stored", "PublishResult"), "400": error_response("invalid topic"), "401": unauthorized, "404": not_found, "413": error_response("too large") } }
+            },
+            "/v1/apps/{app}/services/{service}/invocations/{id}": {
+                "parameters": [app, service, param("id", "invocation id from the 202 answer")],
+                "get": { "summary": "an async invocation's state and result", "responses": { "200": json_response("the invocation", "Invocation"), "401": unauthorized, "404": error_response("unknown or expired") } }
+            },
+            "/v1/events": {
+                "get": { "summary": "delivery counts of every subscription", "responses": { "200": json_response("the counts", "EventStats"), "401": unauthorized } }
+            },
+            "/v1/dead-letters": {
+                "get": { "summary": "a subscription's dead letters",
+                    "parameters": [ { "name": "subscription", "in": "query", "required": true, "schema": { "type": "string" } }, { "name": "limit", "in": "query", "required": false, "schema": { "type": "integer" } } ],
+                    "responses": { "200": json_response("the dead letters", "DeadLetterList"), "400": error_response("missing subscription"), "401": unauthorized } }
+            },
+            "/v1/dead-letters/{id}": {
+                "parameters": [param("id", "message id")],
+                "get": { "summary": "one dead letter",
+                    "parameters": [ { "name": "subscription", "in": "query", "required": true, "schema": { "type": "string" } } ],
+                    "responses": { "200": json_response("the dead letter", "DeadLetter"), "400": error_response("missing subscription"), "401": unauthorized, "404": error_response("no such dead letter") } }
+            },
+            "/v1/dead-letters/redrive": {
+                "post": { "summary": "deliver dead letters again, attempts reset (all of the subscription's unless ids are given)",
+                    "requestBody": json_body("RedriveRequest"),
+                    "responses": { "200": json_response("how many", "Redriven"), "401": unauthorized } }
             },
             "/v1/artifacts/{sha256}": {
                 "parameters": [sha],

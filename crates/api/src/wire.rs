@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 use tessera_data::Migration;
 use tessera_node::ServiceRelease;
 use tessera_store::{
-    AppState, DeployOutcome, Revision, RevisionConfig, ServiceDeploy, ServiceState,
+    AppState, CronConfig, DeployOutcome, Revision, RevisionConfig, ServiceDeploy, ServiceState,
+    SubscriptionConfig,
 };
 
 /// One service of a deploy request: its component (already uploaded) and configuration.
@@ -29,6 +30,35 @@ pub struct ServiceSpecJson {
     /// SQL migrations, in order, applied once each before the revision takes traffic.
     #[serde(default)]
     pub migrations: Vec<MigrationJson>,
+    /// Schedules whose ticks are POSTed to a route.
+    #[serde(default)]
+    pub cron: Vec<CronJson>,
+    /// Topics whose messages are POSTed to a route.
+    #[serde(default)]
+    pub subscribe: Vec<SubscriptionJson>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CronJson {
+    pub schedule: String,
+    pub path: String,
+    #[serde(default)]
+    pub run_missed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionJson {
+    pub topic: String,
+    pub path: String,
+    #[serde(default)]
+    pub queue: Option<String>,
+    pub max_attempts: u32,
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub concurrency: u32,
+    pub batch: u32,
 }
 
 /// One SQL migration: a name (the file name) and its statements.
@@ -54,6 +84,29 @@ impl From<ServiceSpecJson> for ServiceRelease {
                     config: s.config,
                     buckets: s.buckets,
                     migrations: Vec::new(),
+                    cron: s
+                        .cron
+                        .into_iter()
+                        .map(|c| CronConfig {
+                            schedule: c.schedule,
+                            path: c.path,
+                            run_missed: c.run_missed,
+                        })
+                        .collect(),
+                    subscriptions: s
+                        .subscribe
+                        .into_iter()
+                        .map(|s| SubscriptionConfig {
+                            topic: s.topic,
+                            path: s.path,
+                            queue: s.queue,
+                            max_attempts: s.max_attempts,
+                            backoff_ms: s.backoff_ms,
+                            max_backoff_ms: s.max_backoff_ms,
+                            concurrency: s.concurrency,
+                            batch: s.batch,
+                        })
+                        .collect(),
                 },
             },
             migrations: s
@@ -81,6 +134,29 @@ impl From<ServiceRelease> for ServiceSpecJson {
             env: config.env,
             config: config.config,
             buckets: config.buckets,
+            cron: config
+                .cron
+                .into_iter()
+                .map(|c| CronJson {
+                    schedule: c.schedule,
+                    path: c.path,
+                    run_missed: c.run_missed,
+                })
+                .collect(),
+            subscribe: config
+                .subscriptions
+                .into_iter()
+                .map(|s| SubscriptionJson {
+                    topic: s.topic,
+                    path: s.path,
+                    queue: s.queue,
+                    max_attempts: s.max_attempts,
+                    backoff_ms: s.backoff_ms,
+                    max_backoff_ms: s.max_backoff_ms,
+                    concurrency: s.concurrency,
+                    batch: s.batch,
+                })
+                .collect(),
             migrations: r
                 .migrations
                 .into_iter()
@@ -275,4 +351,145 @@ pub struct Removed {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Uploaded {
     pub sha256: String,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublishResult {
+    /// The message id (`ce-id` for subscribers).
+    pub id: String,
+    /// False when a message with this id had already been published (nothing was sent).
+    pub new: bool,
+}
+
+/// Delivery counts of every subscription of the node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventStats {
+    pub subscriptions: Vec<SubscriptionStatsView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubscriptionStatsView {
+    pub id: String,
+    pub active: bool,
+    pub ready: u64,
+    pub in_flight: u64,
+    pub retrying: u64,
+    pub dead: u64,
+    pub delivered: u64,
+    pub retries: u64,
+}
+
+impl From<tessera_events::SubscriptionStats> for SubscriptionStatsView {
+    fn from(s: tessera_events::SubscriptionStats) -> Self {
+        SubscriptionStatsView {
+            id: s.id,
+            active: s.active,
+            ready: s.ready,
+            in_flight: s.in_flight,
+            retrying: s.retrying,
+            dead: s.dead,
+            delivered: s.delivered,
+            retries: s.retries,
+        }
+    }
+}
+
+/// A message as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageView {
+    pub id: String,
+    pub topic: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// RFC 3339.
+    pub time: String,
+    pub content_type: Option<String>,
+    /// The payload as text (invalid UTF-8 replaced).
+    pub data: String,
+    pub size: usize,
+}
+
+impl From<tessera_events::Message> for MessageView {
+    fn from(m: tessera_events::Message) -> Self {
+        MessageView {
+            id: m.id,
+            topic: m.topic,
+            source: m.source,
+            kind: m.kind,
+            time: humantime::format_rfc3339_millis(m.time).to_string(),
+            content_type: m.content_type,
+            size: m.data.len(),
+            data: String::from_utf8_lossy(&m.data).into_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetterView {
+    pub message: MessageView,
+    pub attempts: u32,
+    pub last_status: u16,
+    pub last_error: String,
+    /// RFC 3339.
+    pub failed_at: String,
+}
+
+impl From<tessera_events::DeadLetter> for DeadLetterView {
+    fn from(d: tessera_events::DeadLetter) -> Self {
+        DeadLetterView {
+            message: d.message.into(),
+            attempts: d.attempts,
+            last_status: d.last_status,
+            last_error: d.last_error,
+            failed_at: humantime::format_rfc3339_millis(d.failed_at).to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetterList {
+    pub subscription: String,
+    pub dead_letters: Vec<DeadLetterView>,
+}
+
+/// Which dead letters to list or show.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterQuery {
+    pub subscription: String,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// Body of a re-drive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveRequest {
+    pub subscription: String,
+    /// Only these messages; all of the subscription's dead letters when absent.
+    #[serde(default)]
+    pub ids: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Redriven {
+    pub redriven: u64,
+}
+
+/// An async invocation's state and, once it ran, its result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvocationView {
+    pub id: String,
+    /// `pending`, `running`, `succeeded` or `failed` (dead-lettered after its attempts).
+    pub state: String,
+    pub attempts: u32,
+    /// The last attempt's HTTP status (0 when it got no response).
+    pub status: Option<u16>,
+    /// The last attempt's response body as text.
+    pub body: Option<String>,
+    pub error: Option<String>,
+    /// RFC 3339.
+    pub updated: String,
 }

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,7 +21,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 pub use errors::{invoke_error_response, json_error};
-pub use routes::{Backend, RouteTable, Routes, Target};
+pub use routes::{AsyncAccepted, AsyncRequest, AsyncSink, Backend, RouteTable, Routes, Target};
 pub use tessera_runtime::ResponseBody;
 
 /// The header carrying a request's id, in both directions.
@@ -131,6 +132,7 @@ async fn handle(
             &format!("no service answers {}", request.uri().path()),
             &request_id,
         ),
+        Some(target) if wants_async(&request) => enqueue(target, request, &request_id).await,
         Some(target) => match choose(target, &request) {
             Ok(backend) => forward(backend, request, &request_id, start).await,
             Err(message) => json_error(
@@ -143,6 +145,127 @@ async fn handle(
     };
     response.headers_mut().insert(REQUEST_ID, id_header);
     Ok(response)
+}
+
+/// Header asking to run a request later: `x-tessera-async: 1`.
+const ASYNC: &str = "x-tessera-async";
+/// Header naming where to `POST` an async invocation's result.
+const CALLBACK: &str = "x-tessera-callback";
+/// Largest body of an async request, which is stored until it runs.
+pub const MAX_ASYNC_BODY: usize = 1 << 20;
+
+fn wants_async<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(ASYNC)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| matches!(v.trim(), "1" | "true"))
+}
+
+/// Queues an async invocation: `202 Accepted` with its id once it is durable.
+async fn enqueue(
+    target: &Target,
+    request: Request<Incoming>,
+    request_id: &str,
+) -> Response<ResponseBody> {
+    let Some(sink) = target.async_sink().cloned() else {
+        return json_error(
+            StatusCode::NOT_IMPLEMENTED,
+            "async_unavailable",
+            &format!(
+                "service `{}` cannot be invoked asynchronously here",
+                target.service
+            ),
+            request_id,
+        );
+    };
+    let (parts, body) = request.into_parts();
+    let body = match http_body_util::Limited::new(body, MAX_ASYNC_BODY)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                &format!("an async request body may be at most {MAX_ASYNC_BODY} bytes: {e}"),
+                request_id,
+            );
+        }
+    };
+    let callback = parts
+        .headers
+        .get(CALLBACK)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(url) = &callback
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_callback",
+            &format!("{CALLBACK} must be an http:// or https:// URL, not `{url}`"),
+            request_id,
+        );
+    }
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| {
+            let name = name.as_str();
+            !name.starts_with("x-tessera-")
+                && !matches!(
+                    name,
+                    "host"
+                        | "connection"
+                        | "keep-alive"
+                        | "transfer-encoding"
+                        | "te"
+                        | "upgrade"
+                        | "content-length"
+                )
+        })
+        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
+        .collect();
+    let async_request = AsyncRequest {
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_string(), |p| p.to_string()),
+        headers,
+        body,
+        callback,
+    };
+    match tokio::task::spawn_blocking(move || sink.enqueue(async_request)).await {
+        Ok(Ok(accepted)) => {
+            let body = serde_json::json!({ "id": accepted.id, "status": accepted.status_path });
+            let mut response = Response::new(errors::full(body.to_string()));
+            *response.status_mut() = StatusCode::ACCEPTED;
+            let headers = response.headers_mut();
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if let Ok(value) = HeaderValue::from_str(&accepted.id) {
+                headers.insert("x-tessera-invocation", value);
+            }
+            response
+        }
+        Ok(Err(message)) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "async_unavailable",
+            &format!("cannot queue the invocation: {message}"),
+            request_id,
+        ),
+        Err(e) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &format!("cannot queue the invocation: {e}"),
+            request_id,
+        ),
+    }
 }
 
 /// The backend for a request: the pinned revision if the request names one, else the

@@ -20,6 +20,36 @@ pub struct Target {
     schedule: Vec<u16>,
     /// Request counter walking the schedule.
     counter: AtomicU32,
+    /// Where `x-tessera-async: 1` requests are queued; `None` answers them 501.
+    async_sink: Option<Arc<dyn AsyncSink>>,
+}
+
+/// A request to run later, as the gateway hands it over.
+#[derive(Debug, Clone)]
+pub struct AsyncRequest {
+    pub method: String,
+    /// Path and query, as received.
+    pub path: String,
+    /// The request's headers, without hop-by-hop and `x-tessera-*` ones.
+    pub headers: Vec<(String, String)>,
+    pub body: bytes::Bytes,
+    /// Where to `POST` the result when the invocation ends.
+    pub callback: Option<String>,
+}
+
+/// What the gateway answers an accepted async request with.
+#[derive(Debug, Clone)]
+pub struct AsyncAccepted {
+    /// The invocation id.
+    pub id: String,
+    /// Where its status can be read (a path on the admin listener).
+    pub status_path: String,
+}
+
+/// Queues async invocations durably (the node's event journal). Called on the blocking
+/// pool; Ok means the invocation will run at least once.
+pub trait AsyncSink: Send + Sync {
+    fn enqueue(&self, request: AsyncRequest) -> Result<AsyncAccepted, String>;
 }
 
 /// One revision of a service with its share of the traffic.
@@ -56,7 +86,18 @@ impl Target {
             schedule: schedule(&weights),
             backends,
             counter: AtomicU32::new(0),
+            async_sink: None,
         }
+    }
+
+    /// Lets the target take async invocations through `sink`.
+    pub fn with_async(mut self, sink: Arc<dyn AsyncSink>) -> Self {
+        self.async_sink = Some(sink);
+        self
+    }
+
+    pub fn async_sink(&self) -> Option<&Arc<dyn AsyncSink>> {
+        self.async_sink.as_ref()
     }
 
     pub fn backends(&self) -> &[Backend] {

@@ -1,5 +1,6 @@
 //! Bindings for Tessera guests: each service's own key-value store ([`kv`]), SQL database
-//! ([`sql`]) and configuration ([`config`]), generated from `wit/` with a few helpers on top.
+//! ([`sql`]) and configuration ([`config`]), and publishing events ([`messaging`]),
+//! generated from `wit/` with a few helpers on top.
 //!
 //! A guest still gets `wasi:http` (its request handler, outgoing requests, clocks) from the
 //! `wasip2` crate; this crate covers only what Tessera adds, the `tessera:platform/data`
@@ -45,4 +46,5 @@ mod bindings {
 
 pub mod config;
 pub mod kv;
+pub mod messaging;
 pub mod sql;

@@ -98,7 +98,59 @@ pub struct ServiceSpec {
     pub buckets: Vec<String>,
     /// SQL files applied once each, in this order, to the service's database at deploy.
     pub migrations: Vec<PathBuf>,
+    /// Schedules (`[[services.NAME.cron]]`) whose ticks are delivered to a route.
+    pub cron: Vec<CronTrigger>,
+    /// Topics (`[[services.NAME.subscribe]]`) whose messages are delivered to a route.
+    pub subscribe: Vec<Subscription>,
 }
+
+/// A schedule: each tick is POSTed to `path` as a CloudEvent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronTrigger {
+    /// Five-field cron (UTC) or `@every 30s` style; checked by the events crate.
+    pub schedule: String,
+    pub path: String,
+    /// What to do about ticks missed while the node was down.
+    pub missed: MissedTicks,
+}
+
+/// Ticks missed while the node was down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MissedTicks {
+    /// Forget them; wait for the next tick.
+    #[default]
+    Skip,
+    /// Fire one tick at once for all that were missed.
+    RunOnce,
+}
+
+/// A subscription of a service to a topic of its app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub topic: String,
+    /// The route each message is POSTed to.
+    pub path: String,
+    /// Work sharing: every service subscribing to the topic with the same queue name
+    /// shares its messages (each goes to one of them); without one, the service gets
+    /// every message.
+    pub queue: Option<String>,
+    /// Attempts before the message goes to the dead-letter queue.
+    pub max_attempts: u32,
+    /// First retry delay; it doubles with each failed attempt, with jitter.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// Most deliveries of this subscription in flight at once.
+    pub concurrency: u32,
+    /// Most deliveries fetched from the journal at once.
+    pub batch: u32,
+}
+
+/// Defaults of a subscription's delivery settings.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(300);
+pub const DEFAULT_CONCURRENCY: u32 = 16;
+pub const DEFAULT_BATCH: u32 = 64;
 
 /// Per-service resource limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +296,37 @@ pub fn check_config_key(key: &str) -> Result<(), String> {
             "invalid key `{key}`: use 1-128 ASCII letters, digits, `_`, `-` and `.`"
         ))
     }
+}
+
+/// Longest topic name, in bytes.
+pub const MAX_TOPIC_BYTES: usize = 256;
+
+/// Topic names: letters, digits, `.`, `-` and `_`, with no empty `.`-separated part —
+/// what both the embedded journal and NATS subjects accept.
+pub fn check_topic(topic: &str) -> Result<(), String> {
+    if topic.is_empty() || topic.len() > MAX_TOPIC_BYTES {
+        return Err(format!(
+            "topic must be 1-{MAX_TOPIC_BYTES} bytes long, not {}",
+            topic.len()
+        ));
+    }
+    if let Some(c) = topic
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(format!(
+            "topic `{topic}` has the character {c:?}; use letters, digits, `.`, `-` and `_`"
+        ));
+    }
+    if topic.starts_with('.') || topic.ends_with('.') || topic.contains("..") {
+        return Err(format!("topic `{topic}` has an empty `.`-separated part"));
+    }
+    Ok(())
+}
+
+/// Checks a cron schedule (five fields, UTC, or `@every 30s`, `@hourly` ...).
+pub fn check_schedule(schedule: &str) -> Result<(), String> {
+    tessera_events::Schedule::parse(schedule).map(|_| ())
 }
 
 /// Host names in routes: lowercase DNS names (letters, digits, `-`, `.`), no port.

@@ -7,9 +7,11 @@ use std::path::Path;
 use toml::Spanned;
 use toml::de::{DeArray, DeTable, DeValue};
 
+use std::time::Duration;
+
 use crate::{
-    Limits, MAX_MEMORY, MAX_TIMEOUT, Manifest, ManifestError, Origin, RoutePrefix, ServiceSpec,
-    check_name, parse_duration, parse_size,
+    CronTrigger, Limits, MAX_MEMORY, MAX_TIMEOUT, Manifest, ManifestError, MissedTicks, Origin,
+    RoutePrefix, ServiceSpec, Subscription, check_name, parse_duration, parse_size,
 };
 
 /// Smallest memory limit that still fits a useful guest (one 64 KiB page is not enough for
@@ -116,6 +118,19 @@ const SERVICE_KEYS: &[&str] = &[
     "config",
     "buckets",
     "migrations",
+    "cron",
+    "subscribe",
+];
+const CRON_KEYS: &[&str] = &["schedule", "path", "missed"];
+const SUBSCRIBE_KEYS: &[&str] = &[
+    "topic",
+    "path",
+    "queue",
+    "max_attempts",
+    "backoff",
+    "max_backoff",
+    "concurrency",
+    "batch",
 ];
 
 pub(crate) fn parse(text: &str, file: &Path) -> Result<Manifest, ManifestError> {
@@ -286,6 +301,8 @@ fn parse_service(
     let mut config = Vec::new();
     let mut buckets: Vec<String> = Vec::new();
     let mut migrations = Vec::new();
+    let mut cron = Vec::new();
+    let mut subscribe: Vec<Subscription> = Vec::new();
     for (key, value) in table.iter() {
         let key_name = key.get_ref().as_ref();
         let path = format!("{base}.{key_name}");
@@ -411,6 +428,28 @@ fn parse_service(
                     migrations.push(file);
                 }
             }
+            "cron" => {
+                for (index, item) in cx.array(value, &path)?.iter().enumerate() {
+                    cron.push(parse_cron(cx, item, &format!("{path}[{index}]"))?);
+                }
+            }
+            "subscribe" => {
+                for (index, item) in cx.array(value, &path)?.iter().enumerate() {
+                    let item_path = format!("{path}[{index}]");
+                    let sub = parse_subscription(cx, item, &item_path)?;
+                    if subscribe
+                        .iter()
+                        .any(|s| s.topic == sub.topic && s.queue == sub.queue)
+                    {
+                        return Err(cx.error(
+                            item.span(),
+                            &item_path,
+                            format!("the service already subscribes to `{}`", sub.topic),
+                        ));
+                    }
+                    subscribe.push(sub);
+                }
+            }
             other => {
                 return Err(cx.unknown_key(key.span(), &format!("{base}.{other}"), SERVICE_KEYS));
             }
@@ -441,5 +480,158 @@ fn parse_service(
         config,
         buckets,
         migrations,
+        cron,
+        subscribe,
     })
+}
+
+/// A trigger's `path`: the route of the service it is delivered to.
+fn trigger_path(cx: &Cx<'_>, value: &Value<'_>, key: &str) -> Result<String, ManifestError> {
+    let text = cx.str(value, key)?;
+    if !text.starts_with('/') || text.chars().any(|c| c.is_whitespace() || c == '#') {
+        return Err(cx.error(
+            value.span(),
+            key,
+            format!("`{text}` is not a path: it must start with `/` and have no spaces"),
+        ));
+    }
+    Ok(text.to_string())
+}
+
+fn positive(cx: &Cx<'_>, value: &Value<'_>, key: &str, max: u32) -> Result<u32, ManifestError> {
+    let DeValue::Integer(i) = value.get_ref() else {
+        return Err(cx.error(
+            value.span(),
+            key,
+            format!("expected an integer, found {}", value.get_ref().type_str()),
+        ));
+    };
+    match i.as_str().parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(cx.error(
+            value.span(),
+            key,
+            format!("must be between 1 and {max}, not {}", i.as_str()),
+        )),
+    }
+}
+
+fn duration(cx: &Cx<'_>, value: &Value<'_>, key: &str) -> Result<Duration, ManifestError> {
+    let text = cx.str(value, key)?;
+    let d = parse_duration(text).map_err(|m| cx.error(value.span(), key, m))?;
+    if d.is_zero() || d > Duration::from_secs(24 * 3600) {
+        return Err(cx.error(value.span(), key, "must be more than 0 and at most 24h"));
+    }
+    Ok(d)
+}
+
+fn parse_cron(cx: &Cx<'_>, value: &Value<'_>, base: &str) -> Result<CronTrigger, ManifestError> {
+    let table = cx.table(value, base)?;
+    let (mut schedule, mut path, mut missed) = (None, None, MissedTicks::Skip);
+    for (key, item) in table.iter() {
+        let name = key.get_ref().as_ref();
+        let key_path = format!("{base}.{name}");
+        match name {
+            "schedule" => {
+                let text = cx.str(item, &key_path)?;
+                crate::check_schedule(text).map_err(|m| cx.error(item.span(), &key_path, m))?;
+                schedule = Some(text.to_string());
+            }
+            "path" => path = Some(trigger_path(cx, item, &key_path)?),
+            "missed" => {
+                missed = match cx.str(item, &key_path)? {
+                    "skip" => MissedTicks::Skip,
+                    "once" => MissedTicks::RunOnce,
+                    other => {
+                        return Err(cx.error(
+                            item.span(),
+                            &key_path,
+                            format!("`{other}` is not a policy; use \"skip\" or \"once\""),
+                        ));
+                    }
+                }
+            }
+            other => return Err(cx.unknown_key(key.span(), &format!("{base}.{other}"), CRON_KEYS)),
+        }
+    }
+    Ok(CronTrigger {
+        schedule: schedule.ok_or_else(|| {
+            cx.error(
+                value.span(),
+                &format!("{base}.schedule"),
+                "missing schedule, e.g. \"*/5 * * * *\" or \"@every 30s\"",
+            )
+        })?,
+        path: path.ok_or_else(|| {
+            cx.error(
+                value.span(),
+                &format!("{base}.path"),
+                "missing path: the route each tick is POSTed to",
+            )
+        })?,
+        missed,
+    })
+}
+
+fn parse_subscription(
+    cx: &Cx<'_>,
+    value: &Value<'_>,
+    base: &str,
+) -> Result<Subscription, ManifestError> {
+    let table = cx.table(value, base)?;
+    let (mut topic, mut path, mut queue) = (None, None, None);
+    let mut sub = Subscription {
+        topic: String::new(),
+        path: String::new(),
+        queue: None,
+        max_attempts: crate::DEFAULT_MAX_ATTEMPTS,
+        backoff: crate::DEFAULT_BACKOFF,
+        max_backoff: crate::DEFAULT_MAX_BACKOFF,
+        concurrency: crate::DEFAULT_CONCURRENCY,
+        batch: crate::DEFAULT_BATCH,
+    };
+    for (key, item) in table.iter() {
+        let name = key.get_ref().as_ref();
+        let key_path = format!("{base}.{name}");
+        match name {
+            "topic" => {
+                let text = cx.str(item, &key_path)?;
+                crate::check_topic(text).map_err(|m| cx.error(item.span(), &key_path, m))?;
+                topic = Some(text.to_string());
+            }
+            "path" => path = Some(trigger_path(cx, item, &key_path)?),
+            "queue" => {
+                let text = cx.str(item, &key_path)?;
+                check_name(text).map_err(|m| cx.error(item.span(), &key_path, m))?;
+                queue = Some(text.to_string());
+            }
+            "max_attempts" => sub.max_attempts = positive(cx, item, &key_path, 100)?,
+            "backoff" => sub.backoff = duration(cx, item, &key_path)?,
+            "max_backoff" => sub.max_backoff = duration(cx, item, &key_path)?,
+            "concurrency" => sub.concurrency = positive(cx, item, &key_path, 10_000)?,
+            "batch" => sub.batch = positive(cx, item, &key_path, 1000)?,
+            other => {
+                return Err(cx.unknown_key(key.span(), &format!("{base}.{other}"), SUBSCRIBE_KEYS));
+            }
+        }
+    }
+    if sub.max_backoff < sub.backoff {
+        sub.max_backoff = sub.backoff;
+    }
+    sub.topic = topic.ok_or_else(|| {
+        cx.error(
+            value.span(),
+            &format!("{base}.topic"),
+            "missing topic, e.g. \"orders.created\"",
+        )
+    })?;
+    sub.path = path.ok_or_else(|| {
+        cx.error(
+            value.span(),
+            &format!("{base}.path"),
+            "missing path: the route each message is POSTed to",
+        )
+    })?;
+    sub.queue = queue;
+    Ok(sub)
 }

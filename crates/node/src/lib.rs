@@ -12,7 +12,15 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+mod events;
+
+pub use events::{MAX_RESULT_BODY, async_subscription};
+
 use tessera_data::{DataBackend, DataError, EmbeddedData, Migration, SqlError};
+use tessera_events::{
+    DeadLetter, DeliveryStatus, EmbeddedJournal, EventError, Journal, NewMessage, Published,
+    SubscriptionStats,
+};
 use tessera_gateway::{Backend, RouteTable, Routes, Target};
 use tessera_manifest::{Limits, Origin, RoutePrefix};
 use tessera_runtime::{
@@ -32,6 +40,8 @@ pub enum NodeError {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Data(#[from] DataError),
+    #[error(transparent)]
+    Events(#[from] EventError),
     /// A service's SQL migrations could not be applied; its revision was not created.
     #[error("service `{service}`: {source}")]
     Migration {
@@ -46,6 +56,8 @@ pub enum NodeError {
 
 /// Where the embedded backend keeps services' data inside the node's data directory.
 pub const SERVICE_DATA_DIR: &str = "services";
+/// The embedded event journal inside the node's data directory.
+pub const EVENTS_FILE: &str = "events.db";
 
 /// One service of a deploy: its revision and the SQL migrations to apply before it
 /// takes traffic.
@@ -69,6 +81,7 @@ struct NodeInner {
     store: Arc<dyn ControlState>,
     artifacts: Arc<dyn ArtifactStore>,
     data: Arc<dyn DataBackend>,
+    events: Arc<events::Events>,
     runtime: Runtime,
     routes: Routes,
     /// Serialises control operations and holds the services loaded for serving
@@ -81,18 +94,20 @@ impl Node {
     pub fn open(data: &Path, runtime: RuntimeConfig) -> Result<Node, NodeError> {
         let store = Arc::new(ControlStore::open(data)?);
         let service_data = Arc::new(EmbeddedData::new(data.join(SERVICE_DATA_DIR)));
+        let journal = Arc::new(EmbeddedJournal::open(&data.join(EVENTS_FILE))?);
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: Some(data.join("compiled")),
             ..runtime
         })?;
-        Node::with_backends(store.clone(), store, service_data, runtime)
+        Node::with_backends(store.clone(), store, service_data, journal, runtime)
     }
 
-    /// A node over any control-state, artifact and service-data backends.
+    /// A node over any control-state, artifact, service-data and event backends.
     pub fn with_backends(
         store: Arc<dyn ControlState>,
         artifacts: Arc<dyn ArtifactStore>,
         data: Arc<dyn DataBackend>,
+        journal: Arc<dyn Journal>,
         runtime: Runtime,
     ) -> Result<Node, NodeError> {
         let node = Node {
@@ -100,6 +115,7 @@ impl Node {
                 store,
                 artifacts,
                 data,
+                events: Arc::new(events::Events::new(journal)),
                 runtime,
                 routes: Routes::default(),
                 loaded: Mutex::new(HashMap::new()),
@@ -291,6 +307,103 @@ impl Node {
         Ok(existed)
     }
 
+    /// Starts delivering events and firing schedules (inside a tokio runtime; the node's
+    /// listeners call it).
+    pub fn start_events(&self) {
+        self.inner.events.start();
+    }
+
+    /// Stops delivering events; deliveries in flight finish (bounded).
+    pub async fn stop_events(&self) {
+        self.inner.events.shutdown().await;
+    }
+
+    /// Publishes a message to a topic of an app; durable when it returns. A message whose
+    /// id was already published is not published again (`new` is false).
+    pub fn publish(
+        &self,
+        app: &str,
+        topic: &str,
+        data: Vec<u8>,
+        content_type: Option<String>,
+        id: Option<String>,
+    ) -> Result<Published, NodeError> {
+        tessera_manifest::check_topic(topic).map_err(NodeError::Invalid)?;
+        if data.len() > tessera_runtime::MAX_MESSAGE_BYTES {
+            return Err(NodeError::Invalid(format!(
+                "a message may be at most {} bytes, not {}",
+                tessera_runtime::MAX_MESSAGE_BYTES,
+                data.len()
+            )));
+        }
+        if self.inner.store.app(app)?.is_none() {
+            return Err(StoreError::NoSuchApp(app.to_string()).into());
+        }
+        let message = NewMessage {
+            id,
+            topic: topic.to_string(),
+            source: format!("/apps/{app}"),
+            kind: "dev.tessera.message".into(),
+            content_type,
+            data,
+            attributes: Vec::new(),
+        };
+        let mut published = self.inner.events.publish(app, vec![message])?;
+        published
+            .pop()
+            .ok_or_else(|| NodeError::Invalid("the journal returned no message id".into()))
+    }
+
+    /// Counts per subscription: ready, in flight, retrying, dead-lettered, delivered.
+    pub fn event_stats(&self) -> Result<Vec<SubscriptionStats>, NodeError> {
+        Ok(self.inner.events.journal.stats()?)
+    }
+
+    pub fn dead_letters(
+        &self,
+        subscription: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, NodeError> {
+        Ok(self
+            .inner
+            .events
+            .journal
+            .dead_letters(subscription, limit)?)
+    }
+
+    pub fn dead_letter(
+        &self,
+        subscription: &str,
+        id: &str,
+    ) -> Result<Option<DeadLetter>, NodeError> {
+        Ok(self.inner.events.journal.dead_letter(subscription, id)?)
+    }
+
+    /// Makes dead letters deliverable again (all of the subscription's when `ids` is
+    /// None); returns how many.
+    pub fn redrive(&self, subscription: &str, ids: Option<&[String]>) -> Result<u64, NodeError> {
+        let count = self.inner.events.journal.redrive(subscription, ids)?;
+        if let Some((app, _)) = subscription.split_once('/') {
+            // Wake every worker of the app: the subscription's topic is not at hand.
+            self.inner.events.notify_app(app);
+        }
+        Ok(count)
+    }
+
+    /// The state of an async invocation of a service.
+    pub fn invocation(
+        &self,
+        app: &str,
+        service: &str,
+        id: &str,
+    ) -> Result<Option<DeliveryStatus>, NodeError> {
+        Ok(self
+            .inner
+            .events
+            .journal
+            .status(&events::async_subscription(app, service), id)?)
+    }
+
     /// Names of a service's secrets with when each was last set.
     pub fn secret_names(&self, app: &str, service: &str) -> Result<Vec<(String, u64)>, NodeError> {
         Ok(self.inner.store.secret_names(app, service)?)
@@ -311,6 +424,7 @@ impl Node {
         let apps = self.inner.store.apps()?;
         let mut keep = HashMap::new();
         let mut entries = Vec::new();
+        let mut targets = HashMap::new();
         for app in &apps {
             for service in &app.services {
                 let Some(primary) = service.primary() else {
@@ -343,7 +457,14 @@ impl Node {
                     continue;
                 }
                 // Routes belong to the service as its primary revision declares them.
-                let target = Arc::new(Target::weighted(service.name.clone(), backends));
+                let sink = Arc::new(AsyncQueue {
+                    events: self.inner.events.clone(),
+                    app: app.name.clone(),
+                    service: service.name.clone(),
+                });
+                let target =
+                    Arc::new(Target::weighted(service.name.clone(), backends).with_async(sink));
+                targets.insert((app.name.clone(), service.name.clone()), target.clone());
                 for route in &primary.config.routes {
                     match RoutePrefix::new(route) {
                         Ok(prefix) => entries.push((prefix, target.clone())),
@@ -354,6 +475,9 @@ impl Node {
         }
         *loaded = keep;
         self.inner.routes.swap(RouteTable::new(entries));
+        if let Err(error) = self.inner.events.update(&apps, targets) {
+            tracing::error!(%error, "cannot install the event triggers");
+        }
         Ok(())
     }
 
@@ -373,6 +497,7 @@ impl Node {
             stores: Some(stores),
             buckets: revision.config.buckets.clone().into(),
             config: config.into_iter().collect::<Vec<_>>().into(),
+            publisher: Some(self.inner.events.publisher(app)),
         };
         let config = runtime_config(service, &revision.config, access)?;
         let (loaded, report) = self.inner.runtime.load_service_file(config, &path)?;
@@ -426,4 +551,59 @@ fn runtime_config(
         env: config.env.clone(),
         data,
     })
+}
+
+/// Queues a service's async invocations in the event journal.
+struct AsyncQueue {
+    events: Arc<events::Events>,
+    app: String,
+    service: String,
+}
+
+impl tessera_gateway::AsyncSink for AsyncQueue {
+    fn enqueue(
+        &self,
+        request: tessera_gateway::AsyncRequest,
+    ) -> Result<tessera_gateway::AsyncAccepted, String> {
+        let mut attributes = vec![
+            (events::ATTR_METHOD.to_string(), request.method),
+            (events::ATTR_PATH.to_string(), request.path),
+        ];
+        if let Some(callback) = request.callback {
+            attributes.push((events::ATTR_CALLBACK.to_string(), callback));
+        }
+        let mut content_type = None;
+        for (name, value) in request.headers {
+            if name == "content-type" {
+                content_type = Some(value);
+            } else {
+                attributes.push((format!("{}{name}", events::ATTR_HEADER_PREFIX), value));
+            }
+        }
+        let message = NewMessage {
+            id: None,
+            topic: events::async_topic(&self.service),
+            source: format!("/apps/{}/services/{}", self.app, self.service),
+            kind: "dev.tessera.invocation".into(),
+            content_type,
+            data: request.body.to_vec(),
+            attributes,
+        };
+        let published = self
+            .events
+            .publish(&self.app, vec![message])
+            .map_err(|e| e.to_string())?;
+        let id = published
+            .into_iter()
+            .next()
+            .map(|p| p.id)
+            .ok_or("the journal returned no id")?;
+        Ok(tessera_gateway::AsyncAccepted {
+            status_path: format!(
+                "/v1/apps/{}/services/{}/invocations/{id}",
+                self.app, self.service
+            ),
+            id,
+        })
+    }
 }

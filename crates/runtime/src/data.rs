@@ -14,7 +14,7 @@ use wasmtime::component::{HasSelf, Linker, Resource};
 
 use crate::state::InstanceState;
 
-mod bindings {
+pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "tessera:platform/data",
@@ -54,6 +54,8 @@ pub struct ServiceDataAccess {
     pub buckets: Arc<[String]>,
     /// Configuration and secrets, sorted by key; secrets win over config of the same name.
     pub config: Arc<[(String, String)]>,
+    /// Where messages the service publishes go; `None` refuses publishing.
+    pub publisher: Option<Arc<dyn crate::Publisher>>,
 }
 
 impl std::fmt::Debug for ServiceDataAccess {
@@ -64,6 +66,7 @@ impl std::fmt::Debug for ServiceDataAccess {
             .field("stores", &self.stores.is_some())
             .field("buckets", &self.buckets)
             .field("config_keys", &keys)
+            .field("publisher", &self.publisher.is_some())
             .finish()
     }
 }
@@ -74,6 +77,7 @@ impl Default for ServiceDataAccess {
             stores: None,
             buckets: Arc::from(Vec::new()),
             config: Arc::from(Vec::new()),
+            publisher: None,
         }
     }
 }
@@ -83,6 +87,8 @@ impl Default for ServiceDataAccess {
 pub(crate) struct DataState {
     pub(crate) access: ServiceDataAccess,
     pub(crate) deadline: Instant,
+    /// Messages published during this request, committed only if it completes.
+    pub(crate) outbox: crate::messaging::Outbox,
 }
 
 pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {

@@ -2,7 +2,7 @@
 //! component, the deadline and memory limit applied, and the outcome classified.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
 use crate::data::DataState;
+use crate::messaging::{OutgoingMessage, Publisher};
 use crate::outbound::OutboundPolicy;
 use crate::output::{GuestLogSink, GuestOutput, OutputStream};
 use crate::state::{InstanceState, MemoryLimiter};
@@ -103,6 +104,7 @@ impl ServiceInner {
             data: DataState {
                 access: self.config.data.clone(),
                 deadline: deadline.into_std(),
+                outbox: Default::default(),
             },
         };
         let mut store = Store::new(self.pre.engine(), state);
@@ -154,12 +156,32 @@ impl ServiceInner {
     }
 }
 
-/// The guest's run as seen from its task: the call's result (or a deadline miss) and
-/// whether the memory limit was hit on the way.
+/// The guest's run as seen from its task: the call's result (or a deadline miss),
+/// whether the memory limit was hit on the way, and whether what it published after its
+/// response head was committed.
 struct Outcome {
     result: Result<wasmtime::Result<()>, tokio::time::error::Elapsed>,
     memory_hit: bool,
+    publish_error: Option<String>,
 }
+
+/// A request served to the end (see [`Service::handle_to_completion`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    pub status: u16,
+    /// The response body, cut at the limit the caller gave.
+    pub body: Vec<u8>,
+}
+
+/// A request in progress: the response head (once the guest sets it) and the guest's
+/// task, which ends when the handler returns and its late publishes are committed.
+struct Running {
+    response: hyper::Response<HyperOutgoingBody>,
+    task: tokio::task::JoinHandle<Outcome>,
+    deadline: Instant,
+}
+
+type HeadSender = oneshot::Sender<Result<hyper::Response<HyperOutgoingBody>, ErrorCode>>;
 
 impl Service {
     /// Serves one request in a fresh instance. The response's body keeps streaming from
@@ -167,9 +189,84 @@ impl Service {
     /// short and is logged.
     pub async fn handle<B>(
         &self,
-        mut request: hyper::Request<B>,
+        request: hyper::Request<B>,
         request_id: &str,
     ) -> Result<hyper::Response<HyperOutgoingBody>, InvokeError>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        Ok(self.start(request, request_id).await?.response)
+    }
+
+    /// Serves one request to its end: the whole body is read (keeping at most `max_body`
+    /// bytes), the handler has returned, and everything it published is durable. Event
+    /// deliveries use this, so a delivery is acknowledged only after its own publishes.
+    pub async fn handle_to_completion<B>(
+        &self,
+        request: hyper::Request<B>,
+        request_id: &str,
+        max_body: usize,
+    ) -> Result<Completed, InvokeError>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let inner = self.inner.clone();
+        let running = self.start(request, request_id).await?;
+        let status = running.response.status().as_u16();
+        let mut body = running.response.into_body();
+        let mut kept = Vec::new();
+        let read = tokio::time::timeout_at(running.deadline, async {
+            while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                let Ok(frame) = frame else { break };
+                if let Ok(data) = frame.into_data() {
+                    let room = max_body.saturating_sub(kept.len());
+                    kept.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+        })
+        .await;
+        if read.is_err() {
+            return Err(InvokeError::Timeout {
+                service: inner.config.name.clone(),
+                timeout: inner.config.limits.timeout,
+            });
+        }
+        match running.task.await {
+            Ok(Outcome {
+                result: Ok(Ok(())),
+                publish_error: None,
+                ..
+            }) => Ok(Completed { status, body: kept }),
+            Ok(Outcome {
+                publish_error: Some(message),
+                ..
+            }) => Err(InvokeError::Internal {
+                service: inner.config.name.clone(),
+                message: format!("could not publish the request's messages: {message}"),
+            }),
+            Ok(Outcome {
+                result: Ok(Err(error)),
+                memory_hit,
+                ..
+            }) => Err(inner.classify(error, memory_hit)),
+            Ok(Outcome { result: Err(_), .. }) => Err(InvokeError::Timeout {
+                service: inner.config.name.clone(),
+                timeout: inner.config.limits.timeout,
+            }),
+            Err(join) => Err(InvokeError::Internal {
+                service: inner.config.name.clone(),
+                message: format!("guest task failed: {join}"),
+            }),
+        }
+    }
+
+    async fn start<B>(
+        &self,
+        mut request: hyper::Request<B>,
+        request_id: &str,
+    ) -> Result<Running, InvokeError>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
@@ -194,9 +291,17 @@ impl Service {
         }
 
         let mut store = inner.new_store(request_id, deadline);
+        let outbox = store.data().data.outbox.clone();
+        let publisher = inner.config.data.publisher.clone();
         let (sender, receiver) = oneshot::channel();
         let responded = Arc::new(AtomicBool::new(false));
         let responded_flag = responded.clone();
+        // 0 until the guest sets a response head; its status after.
+        let status = Arc::new(AtomicU16::new(0));
+        let status_cell = status.clone();
+        let callback_outbox = outbox.clone();
+        let callback_publisher = publisher.clone();
+        let service_name = inner.config.name.clone();
         let incoming = store
             .data_mut()
             .http()
@@ -207,7 +312,27 @@ impl Service {
             .http()
             .new_response_outparam_from_callback(move |response| {
                 responded_flag.store(true, Ordering::Release);
-                let _ = sender.send(response);
+                let code = response.as_ref().map_or(0, |r| r.status().as_u16());
+                status_cell.store(code, Ordering::Release);
+                let early = callback_outbox.take();
+                match (callback_publisher, early.is_empty(), code) {
+                    (Some(publisher), false, 1..500) => {
+                        // Published before answering: durable before the client hears.
+                        tokio::spawn(commit_then_answer(
+                            publisher,
+                            service_name,
+                            early,
+                            response,
+                            sender,
+                        ));
+                    }
+                    _ => {
+                        if !early.is_empty() {
+                            tracing::debug!(service = %service_name, discarded = early.len(), "failed request: its messages are not published");
+                        }
+                        let _ = sender.send(response);
+                    }
+                }
             })
             .map_err(internal)?;
 
@@ -223,9 +348,25 @@ impl Service {
                     .await
             })
             .await;
+            let code = status.load(Ordering::Acquire);
+            let late = outbox.take();
+            let mut publish_error = None;
+            if !late.is_empty() {
+                match (&publisher, &result, code) {
+                    (Some(publisher), Ok(Ok(())), 1..500) => {
+                        publish_error = publish(publisher.clone(), &task_inner.config.name, late)
+                            .await
+                            .err();
+                    }
+                    _ => {
+                        tracing::debug!(service = %task_inner.config.name, request_id = %request_id_owned, discarded = late.len(), "failed request: its messages are not published")
+                    }
+                }
+            }
             let outcome = Outcome {
                 result,
                 memory_hit: store.data().limiter.hit,
+                publish_error,
             };
             // Once the head is out, nobody awaits this task: report late failures here.
             if responded.load(Ordering::Acquire) {
@@ -243,6 +384,9 @@ impl Service {
                         "deadline reached while the guest was still streaming its response body"
                     ),
                 }
+                if let Some(error) = &outcome.publish_error {
+                    tracing::error!(service = %task_inner.config.name, request_id = %request_id_owned, %error, "messages published after the response head were not published");
+                }
             }
             outcome
         });
@@ -252,7 +396,11 @@ impl Service {
             timeout,
         };
         match tokio::time::timeout_at(deadline, receiver).await {
-            Ok(Ok(Ok(response))) => Ok(response),
+            Ok(Ok(Ok(response))) => Ok(Running {
+                response,
+                task,
+                deadline,
+            }),
             Ok(Ok(Err(code))) => Err(InvokeError::GuestError {
                 service: inner.config.name.clone(),
                 code: error_code_text(&code),
@@ -267,6 +415,7 @@ impl Service {
                 Ok(Outcome {
                     result: Ok(Err(error)),
                     memory_hit,
+                    ..
                 }) => {
                     tracing::debug!(service = %inner.config.name, request_id, error = %format!("{error:?}"), "guest failed");
                     Err(inner.classify(error, memory_hit))
@@ -283,6 +432,38 @@ impl Service {
             }
         }
     }
+}
+
+/// Commits messages published before the response head, then lets the head go; if the
+/// commit fails the client gets an error instead of a success that lost its messages.
+async fn commit_then_answer(
+    publisher: Arc<dyn Publisher>,
+    service: String,
+    messages: Vec<OutgoingMessage>,
+    response: Result<hyper::Response<HyperOutgoingBody>, ErrorCode>,
+    sender: HeadSender,
+) {
+    let answer = match publish(publisher, &service, messages).await {
+        Ok(()) => response,
+        Err(message) => {
+            tracing::error!(service = %service, error = %message, "cannot publish the request's messages; answering with an error");
+            Err(ErrorCode::InternalError(Some(format!(
+                "could not publish the request's messages: {message}"
+            ))))
+        }
+    };
+    let _ = sender.send(answer);
+}
+
+async fn publish(
+    publisher: Arc<dyn Publisher>,
+    service: &str,
+    messages: Vec<OutgoingMessage>,
+) -> Result<(), String> {
+    let service = service.to_string();
+    tokio::task::spawn_blocking(move || publisher.publish(&service, messages))
+        .await
+        .map_err(|e| format!("publishing task failed: {e}"))?
 }
 
 fn error_code_text(code: &ErrorCode) -> String {

@@ -9,6 +9,7 @@ mod cache;
 mod data;
 mod engine;
 mod invoke;
+mod messaging;
 mod outbound;
 mod output;
 mod state;
@@ -23,7 +24,8 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use cache::content_hash;
 pub use data::ServiceDataAccess;
-pub use invoke::InvokeError;
+pub use invoke::{Completed, InvokeError};
+pub use messaging::{MAX_MESSAGE_BYTES, OutgoingMessage, Publisher};
 pub use output::{GuestLogSink, OutputStream as GuestStream, TerminalLog};
 pub use tessera_manifest::{Limits, Origin};
 pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody as ResponseBody;

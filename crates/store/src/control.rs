@@ -8,8 +8,8 @@ use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AppState, DEFAULT_KEEP, DeployOptions, DeployOutcome, Revision, RevisionConfig, ServiceDeploy,
-    ServiceState, StoreError,
+    AppState, CronConfig, DEFAULT_KEEP, DeployOptions, DeployOutcome, Revision, RevisionConfig,
+    ServiceDeploy, ServiceState, StoreError, SubscriptionConfig,
 };
 
 /// An error inside an operation. Database failures are given their context (which
@@ -79,6 +79,29 @@ struct StoredConfig {
     buckets: Vec<String>,
     #[serde(default)]
     migrations: Vec<String>,
+    #[serde(default)]
+    cron: Vec<StoredCron>,
+    #[serde(default)]
+    subscriptions: Vec<StoredSubscription>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredCron {
+    schedule: String,
+    path: String,
+    run_missed: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSubscription {
+    topic: String,
+    path: String,
+    queue: Option<String>,
+    max_attempts: u32,
+    backoff_ms: u64,
+    max_backoff_ms: u64,
+    concurrency: u32,
+    batch: u32,
 }
 
 fn config_json(config: &RevisionConfig) -> String {
@@ -91,6 +114,29 @@ fn config_json(config: &RevisionConfig) -> String {
         config: config.config.clone(),
         buckets: config.buckets.clone(),
         migrations: config.migrations.clone(),
+        cron: config
+            .cron
+            .iter()
+            .map(|c| StoredCron {
+                schedule: c.schedule.clone(),
+                path: c.path.clone(),
+                run_missed: c.run_missed,
+            })
+            .collect(),
+        subscriptions: config
+            .subscriptions
+            .iter()
+            .map(|s| StoredSubscription {
+                topic: s.topic.clone(),
+                path: s.path.clone(),
+                queue: s.queue.clone(),
+                max_attempts: s.max_attempts,
+                backoff_ms: s.backoff_ms,
+                max_backoff_ms: s.max_backoff_ms,
+                concurrency: s.concurrency,
+                batch: s.batch,
+            })
+            .collect(),
     };
     serde_json::to_string(&stored).expect("strings and integers always serialise to JSON")
 }
@@ -117,6 +163,29 @@ fn parse_config(
         config: stored.config,
         buckets: stored.buckets,
         migrations: stored.migrations,
+        cron: stored
+            .cron
+            .into_iter()
+            .map(|c| CronConfig {
+                schedule: c.schedule,
+                path: c.path,
+                run_missed: c.run_missed,
+            })
+            .collect(),
+        subscriptions: stored
+            .subscriptions
+            .into_iter()
+            .map(|s| SubscriptionConfig {
+                topic: s.topic,
+                path: s.path,
+                queue: s.queue,
+                max_attempts: s.max_attempts,
+                backoff_ms: s.backoff_ms,
+                max_backoff_ms: s.max_backoff_ms,
+                concurrency: s.concurrency,
+                batch: s.batch,
+            })
+            .collect(),
     })
 }
 

@@ -48,6 +48,33 @@ pub struct RevisionConfig {
     /// Names of the SQL migrations the deploy of this revision applied or found applied,
     /// in order (for display: the service's database records what ran).
     pub migrations: Vec<String>,
+    /// Schedules whose ticks are delivered to a route of the service.
+    pub cron: Vec<CronConfig>,
+    /// Topics whose messages are delivered to a route of the service.
+    pub subscriptions: Vec<SubscriptionConfig>,
+}
+
+/// A schedule of a revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronConfig {
+    pub schedule: String,
+    pub path: String,
+    /// Fire one tick for ticks missed while the node was down (otherwise skip them).
+    pub run_missed: bool,
+}
+
+/// A subscription of a revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionConfig {
+    pub topic: String,
+    pub path: String,
+    /// Work-sharing group shared with other services of the app.
+    pub queue: Option<String>,
+    pub max_attempts: u32,
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub concurrency: u32,
+    pub batch: u32,
 }
 
 /// One service as a deploy asks for it.

@@ -27,6 +27,8 @@ fn config(routes: &[&str]) -> RevisionConfig {
         config: Vec::new(),
         buckets: Vec::new(),
         migrations: Vec::new(),
+        cron: Vec::new(),
+        subscriptions: Vec::new(),
     }
 }
 
@@ -1046,6 +1048,21 @@ fn data_config_round_trips_through_a_revision() {
     cfg.config = vec![("currency".into(), "EUR".into())];
     cfg.buckets = vec!["sessions".into()];
     cfg.migrations = vec!["0001_init.sql".into()];
+    cfg.cron = vec![crate::CronConfig {
+        schedule: "@every 2s".into(),
+        path: "/tick".into(),
+        run_missed: true,
+    }];
+    cfg.subscriptions = vec![crate::SubscriptionConfig {
+        topic: "orders.created".into(),
+        path: "/on-order".into(),
+        queue: Some("workers".into()),
+        max_attempts: 3,
+        backoff_ms: 1000,
+        max_backoff_ms: 60_000,
+        concurrency: 4,
+        batch: 8,
+    }];
     let deploy = ServiceDeploy {
         name: "cart".into(),
         sha256: sha,

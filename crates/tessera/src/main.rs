@@ -34,6 +34,14 @@ enum Command {
     Rm(commands::control::RmArgs),
     /// Manage a service's secrets: `secret set|ls|rm SERVICE [NAME]`.
     Secret(commands::control::SecretArgs),
+    /// Publish a message to a topic of an app: `publish orders.created '{"id":1}'`.
+    Publish(commands::control::PublishArgs),
+    /// Show every subscription's queue depth, in-flight, retried and dead-lettered counts.
+    Events(commands::control::EventsArgs),
+    /// Dead-letter queues: `dlq ls|show|redrive SUBSCRIPTION [ID...]`.
+    Dlq(commands::control::DlqArgs),
+    /// Show an async invocation's state and result.
+    Invocation(commands::control::InvocationArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,5 +67,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback(args) => commands::control::rollback(args),
         Command::Rm(args) => commands::control::rm(args),
         Command::Secret(args) => commands::control::secret(args),
+        Command::Publish(args) => commands::control::publish(args),
+        Command::Events(args) => commands::control::events(args),
+        Command::Dlq(args) => commands::control::dlq(args),
+        Command::Invocation(args) => commands::control::invocation(args),
     }
 }

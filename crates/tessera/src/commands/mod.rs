@@ -6,9 +6,9 @@ pub mod up;
 
 use anyhow::{Context, bail};
 use tessera_data::Migration;
-use tessera_manifest::{Manifest, ServiceSpec};
+use tessera_manifest::{Manifest, MissedTicks, ServiceSpec};
 use tessera_node::ServiceRelease;
-use tessera_store::{RevisionConfig, ServiceDeploy};
+use tessera_store::{CronConfig, RevisionConfig, ServiceDeploy, SubscriptionConfig};
 use tracing_subscriber::EnvFilter;
 
 /// What a deploy of a manifest's service carries: its revision configuration (with the
@@ -58,16 +58,43 @@ pub fn release(
             config: RevisionConfig {
                 routes: spec.routes.iter().map(|r| r.to_string()).collect(),
                 memory: spec.limits.memory,
-                timeout_ms: u64::try_from(spec.limits.timeout.as_millis()).unwrap_or(u64::MAX),
+                timeout_ms: millis(spec.limits.timeout),
                 outbound: spec.outbound.iter().map(|o| o.to_string()).collect(),
                 env: spec.env.clone(),
                 config,
                 buckets: spec.buckets.clone(),
                 migrations: Vec::new(),
+                cron: spec
+                    .cron
+                    .iter()
+                    .map(|c| CronConfig {
+                        schedule: c.schedule.clone(),
+                        path: c.path.clone(),
+                        run_missed: c.missed == MissedTicks::RunOnce,
+                    })
+                    .collect(),
+                subscriptions: spec
+                    .subscribe
+                    .iter()
+                    .map(|s| SubscriptionConfig {
+                        topic: s.topic.clone(),
+                        path: s.path.clone(),
+                        queue: s.queue.clone(),
+                        max_attempts: s.max_attempts,
+                        backoff_ms: millis(s.backoff),
+                        max_backoff_ms: millis(s.max_backoff),
+                        concurrency: s.concurrency,
+                        batch: s.batch,
+                    })
+                    .collect(),
             },
         },
         migrations,
     })
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Platform logs go to stderr through `tracing`; `RUST_LOG` sets the level (default:

@@ -87,6 +87,7 @@ pub fn run_node(
         for (route, target) in node.routes().current().entries() {
             tracing::info!(route = %route, service = %target.service, "route");
         }
+        node.start_events();
         tracing::info!("gateway listening on http://{}", gateway.local_addr()?);
 
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -101,6 +102,9 @@ pub fn run_node(
             .with_graceful_shutdown(wait(stopped.clone()));
         let public = tessera_gateway::serve(gateway, node.routes(), gateway_config, wait(stopped));
         let (api, public) = tokio::join!(api, public);
+        // Deliveries still in flight finish (bounded); unfinished ones are retried after
+        // the next start, since they were never acknowledged.
+        node.stop_events().await;
         api.context("control API failed")?;
         public.context("gateway failed")?;
         anyhow::Ok(())

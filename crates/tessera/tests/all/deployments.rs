@@ -349,7 +349,9 @@ async fn every_path_in_the_openapi_document_is_served() {
             .replace("{app}", "shop")
             .replace("{service}", "front")
             .replace("{sha256}", &hello_sha)
-            .replace("{name}", "API_KEY");
+            .replace("{name}", "API_KEY")
+            .replace("{topic}", "orders")
+            .replace("{id}", "0000");
         let methods = item
             .as_object()
             .unwrap()

@@ -5,6 +5,7 @@
 mod bad_input;
 mod data;
 mod deployments;
+mod events;
 mod gateway;
 mod isolation;
 mod lifecycle;

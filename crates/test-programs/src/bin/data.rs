@@ -11,6 +11,12 @@
 //! - `GET /config`, `GET /config/{key}` (text)
 //! - `POST /sql/query`, `/sql/execute` with `{"sql":..,"params":[..]}`, `/sql/batch` with a list
 //! - `GET /bench/{kv-get,kv-set,sql-query,sql-insert}?n=N`
+//! - `POST /on/{name}`: an event handler. It counts deliveries in the `default` bucket
+//!   (`count:{name}`, and `seen:{name}:{ce-id}` per message), keeps the last delivery's
+//!   CloudEvents headers and body as JSON in `last:{name}`, answers 500 while the key
+//!   `fail:{name}` is set (counting `failed:{name}`), and waits `?sleep_ms=N` first
+//! - `POST /publish/{topic}?status=N`: publishes the body to `topic`, then answers `N`
+//!   (default 200) with `{"id":..}`
 //!
 //! Failures are `{"error":KIND,"message":..}`, KIND being the WIT case name: 404 for
 //! `no-such-store` and `not-found`, 409 for `cas-failed`, 400 otherwise.
@@ -18,7 +24,7 @@
 use serde_json::{Map, Value as Json, json};
 use tessera_guest::kv::{self, Cas, CasError};
 use tessera_guest::sql::{self, Changes, Statement, Value};
-use tessera_guest::{config, params};
+use tessera_guest::{config, messaging, params};
 use test_programs::{percent_decode, query_param, read_body, respond};
 use wasip2::clocks::monotonic_clock;
 use wasip2::http::types::{IncomingRequest, Method, ResponseOutparam};
@@ -131,7 +137,7 @@ fn route(request: &IncomingRequest) -> Result<Reply> {
     // The service may be routed under any prefix (`/a/kv/...`): skip to the protocol.
     let start = segments
         .iter()
-        .position(|s| matches!(*s, "kv" | "config" | "sql" | "bench"))
+        .position(|s| matches!(*s, "kv" | "config" | "sql" | "bench" | "on" | "publish"))
         .unwrap_or(segments.len());
     match (&method, &segments[start..]) {
         (Method::Get, ["kv", bucket]) => kv_list(request, bucket),
@@ -212,6 +218,19 @@ fn route(request: &IncomingRequest) -> Result<Reply> {
             Ok(Reply::ok(&changes.iter().map(changes_to_json).collect()))
         }
         (Method::Get, ["bench", op]) => bench(request, op),
+        (Method::Post, ["on", name]) => on_event(request, name),
+        (Method::Post, ["publish", topic]) => {
+            let status = match query_param(request, "status") {
+                Some(s) => s
+                    .parse()
+                    .map_err(|_| Reply::bad_request(format!("`status` is not a number: {s}")))?,
+                None => 200,
+            };
+            let content_type = header(request, "content-type");
+            let id = messaging::publish(topic, &read_body(request), content_type.as_deref())
+                .map_err(|e| Reply::error(400, e.kind(), e.message()))?;
+            Ok(Reply::json(status, &json!({ "id": id })))
+        }
         _ => Err(Reply::error(
             404,
             "not-found",
@@ -479,4 +498,52 @@ fn summary(op: &str, mut durations: Vec<u64>) -> Json {
 }
 
 // A bin target needs `main`; the host only ever calls the exported handler.
+/// The first value of a request header, as text.
+fn header(request: &IncomingRequest, name: &str) -> Option<String> {
+    request
+        .headers()
+        .get(name)
+        .first()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+fn on_event(request: &IncomingRequest, name: &str) -> Result<Reply> {
+    if let Some(ms) = query_param(request, "sleep_ms").and_then(|v| v.parse::<u64>().ok()) {
+        monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+    }
+    let bucket = kv::open("default")?;
+    let id = header(request, "ce-id").unwrap_or_default();
+    kv::increment(&bucket, &format!("count:{name}"), 1)?;
+    kv::increment(&bucket, &format!("seen:{name}:{id}"), 1)?;
+    let body = read_body(request);
+    let mut last = Map::new();
+    for field in [
+        "ce-specversion",
+        "ce-id",
+        "ce-source",
+        "ce-type",
+        "ce-time",
+        "content-type",
+        "x-tessera-attempt",
+    ] {
+        last.insert(
+            field.into(),
+            header(request, field).map_or(Json::Null, Json::String),
+        );
+    }
+    last.insert(
+        "body".into(),
+        Json::String(String::from_utf8_lossy(&body).into_owned()),
+    );
+    bucket.set(
+        &format!("last:{name}"),
+        Json::Object(last).to_string().as_bytes(),
+    )?;
+    if bucket.exists(&format!("fail:{name}"))? {
+        kv::increment(&bucket, &format!("failed:{name}"), 1)?;
+        return Err(Reply::error(500, "failing", "told to fail"));
+    }
+    Ok(Reply::json(200, &json!({ "handled": name })))
+}
+
 fn main() {}

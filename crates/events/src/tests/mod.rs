@@ -1,0 +1,164 @@
+//! Tests of the journal, the dispatcher and the cron scheduler against real SQLite files
+//! in temporary directories.
+
+mod cron;
+mod dispatcher;
+mod journal;
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::{
+    Consumer, Delivery, EmbeddedJournal, Invoker, JournalConfig, NewMessage, Outcome,
+    SubscriptionSpec,
+};
+
+/// A subscription of app `shop` to `topic` with one consumer, three attempts and short
+/// delays.
+fn spec(id: &str, topic: &str) -> SubscriptionSpec {
+    SubscriptionSpec {
+        id: id.into(),
+        app: "shop".into(),
+        topic: topic.into(),
+        consumers: vec![consumer("worker")],
+        max_attempts: 3,
+        backoff: Duration::from_millis(40),
+        max_backoff: Duration::from_millis(200),
+        concurrency: 8,
+        batch: 16,
+        timeout: Duration::from_secs(30),
+    }
+}
+
+fn consumer(service: &str) -> Consumer {
+    Consumer {
+        service: service.into(),
+        path: "/events".into(),
+    }
+}
+
+fn message(topic: &str, data: &str) -> NewMessage {
+    NewMessage {
+        id: None,
+        topic: topic.into(),
+        source: "/shop/api".into(),
+        kind: "com.example.order.created".into(),
+        content_type: Some("text/plain".into()),
+        data: data.as_bytes().to_vec(),
+        attributes: Vec::new(),
+    }
+}
+
+fn message_with_id(topic: &str, id: &str) -> NewMessage {
+    NewMessage {
+        id: Some(id.into()),
+        ..message(topic, id)
+    }
+}
+
+fn open(dir: &Path) -> EmbeddedJournal {
+    EmbeddedJournal::open(&dir.join("events.db")).unwrap()
+}
+
+fn open_with(dir: &Path, config: JournalConfig) -> EmbeddedJournal {
+    EmbeddedJournal::open_with(&dir.join("events.db"), config).unwrap()
+}
+
+/// Polls `condition` every 10 ms until it holds, failing the test after `limit`.
+async fn eventually(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One call an invoker received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Call {
+    subscription: String,
+    service: String,
+    message: String,
+    attempt: u32,
+}
+
+type Behaviour = Box<dyn Fn(&Delivery) -> Outcome + Send>;
+
+/// An invoker that records its calls, answers as told after a delay, and measures how
+/// many calls ran at once.
+#[derive(Clone)]
+struct TestInvoker(Arc<InvokerState>);
+
+struct InvokerState {
+    calls: Mutex<Vec<Call>>,
+    behaviour: Mutex<Behaviour>,
+    delay: Duration,
+    running: AtomicUsize,
+    most_running: AtomicUsize,
+}
+
+impl TestInvoker {
+    fn new(delay: Duration, behaviour: impl Fn(&Delivery) -> Outcome + Send + 'static) -> Self {
+        TestInvoker(Arc::new(InvokerState {
+            calls: Mutex::new(Vec::new()),
+            behaviour: Mutex::new(Box::new(behaviour)),
+            delay,
+            running: AtomicUsize::new(0),
+            most_running: AtomicUsize::new(0),
+        }))
+    }
+
+    fn succeeding() -> Self {
+        Self::new(Duration::ZERO, |_| Outcome::response(200, b"done".to_vec()))
+    }
+
+    fn answer(&self, behaviour: impl Fn(&Delivery) -> Outcome + Send + 'static) {
+        *self.0.behaviour.lock().unwrap() = Box::new(behaviour);
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.0.calls.lock().unwrap().clone()
+    }
+
+    fn call_count(&self) -> usize {
+        self.0.calls.lock().unwrap().len()
+    }
+
+    fn most_running(&self) -> usize {
+        self.0.most_running.load(Ordering::SeqCst)
+    }
+}
+
+impl Invoker for TestInvoker {
+    fn invoke(
+        &self,
+        subscription: &SubscriptionSpec,
+        consumer: &Consumer,
+        delivery: Delivery,
+    ) -> Pin<Box<dyn Future<Output = Outcome> + Send>> {
+        let state = self.0.clone();
+        let running = state.running.fetch_add(1, Ordering::SeqCst) + 1;
+        state.most_running.fetch_max(running, Ordering::SeqCst);
+        state.calls.lock().unwrap().push(Call {
+            subscription: subscription.id.clone(),
+            service: consumer.service.clone(),
+            message: delivery.message.id.clone(),
+            attempt: delivery.attempt,
+        });
+        let outcome = (state.behaviour.lock().unwrap())(&delivery);
+        Box::pin(async move {
+            if !state.delay.is_zero() {
+                tokio::time::sleep(state.delay).await;
+            }
+            state.running.fetch_sub(1, Ordering::SeqCst);
+            outcome
+        })
+    }
+}

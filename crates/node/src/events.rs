@@ -1,0 +1,505 @@
+//! Events on a node: the journal, the dispatcher and the cron scheduler, fed from the
+//! triggers of the serving revisions, and the invoker that hands each delivery to its
+//! service as a CloudEvents HTTP `POST` (binary mode) through the same services the
+//! gateway routes to.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::Full;
+use tessera_events::{
+    Consumer, CronScheduler, CronSpec, Delivery, Dispatcher, Invoker, Journal, MissedTicks,
+    NewMessage, Outcome, Schedule, SubscriptionSpec,
+};
+use tessera_gateway::Target;
+use tessera_runtime::{InvokeError, OutgoingMessage, Publisher};
+use tessera_store::AppState;
+
+/// Largest response body kept as an event's result (async invocation status).
+pub const MAX_RESULT_BODY: usize = 1 << 20;
+/// Delivery settings of cron ticks and async invocations (subscriptions set their own).
+const TICK_ATTEMPTS: u32 = 3;
+const ASYNC_ATTEMPTS: u32 = 3;
+const INTERNAL_BACKOFF: Duration = Duration::from_secs(1);
+const INTERNAL_MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Extra lease time beyond a service's request timeout, so a delivery that is still
+/// being handled is not handed out twice.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// Attribute names an async invocation carries in its message.
+pub const ATTR_METHOD: &str = "method";
+pub const ATTR_PATH: &str = "path";
+pub const ATTR_CALLBACK: &str = "callback";
+pub const ATTR_HEADER_PREFIX: &str = "header:";
+
+/// Services that can take deliveries, by (app, service).
+pub(crate) type TargetMap = HashMap<(String, String), Arc<Target>>;
+
+/// The subscription id of a service's async invocations.
+pub fn async_subscription(app: &str, service: &str) -> String {
+    format!("{app}/{service}/$async")
+}
+
+/// The internal topic of a service's async invocations.
+pub fn async_topic(service: &str) -> String {
+    format!("$async/{service}")
+}
+
+/// The node's event machinery. The journal exists from the start (publishing works before
+/// anything is delivered); the dispatcher and scheduler start with the node's listeners.
+pub(crate) struct Events {
+    pub(crate) journal: Arc<dyn Journal>,
+    targets: Arc<ArcSwap<TargetMap>>,
+    running: Mutex<Option<Running>>,
+    /// The latest triggers, applied when the machinery starts and on every rebuild.
+    specs: Mutex<(Vec<SubscriptionSpec>, Vec<CronSpec>)>,
+}
+
+struct Running {
+    dispatcher: Arc<Dispatcher>,
+    cron: CronScheduler,
+    /// The subscriptions the dispatcher should run; its updater task applies the latest.
+    wanted: tokio::sync::watch::Sender<Vec<SubscriptionSpec>>,
+    updater: tokio::task::JoinHandle<()>,
+}
+
+impl Events {
+    pub(crate) fn new(journal: Arc<dyn Journal>) -> Events {
+        Events {
+            journal,
+            targets: Arc::new(ArcSwap::from_pointee(HashMap::new())),
+            running: Mutex::new(None),
+            specs: Mutex::new((Vec::new(), Vec::new())),
+        }
+    }
+
+    /// Starts delivering (call inside a tokio runtime). Idempotent.
+    pub(crate) fn start(&self) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if running.is_some() {
+            return;
+        }
+        let invoker = Arc::new(NodeInvoker {
+            targets: self.targets.clone(),
+            callbacks: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+        });
+        let dispatcher = Arc::new(Dispatcher::start(self.journal.clone(), invoker));
+        let notify = dispatcher.clone();
+        let cron = CronScheduler::start(
+            self.journal.clone(),
+            Arc::new(move |app: &str, topic: &str| notify.notify(app, topic)),
+        );
+        let (subs, crons) = self.specs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        cron.set(crons);
+        // Rebuilds happen on threads outside the runtime; one task applies their
+        // subscriptions in order, always the latest.
+        let (wanted, mut latest) = tokio::sync::watch::channel(subs);
+        latest.mark_changed();
+        let target = dispatcher.clone();
+        let updater = tokio::spawn(async move {
+            while latest.changed().await.is_ok() {
+                let subs = latest.borrow_and_update().clone();
+                if let Err(error) = target.set_subscriptions(subs).await {
+                    tracing::error!(%error, "cannot install the event subscriptions");
+                }
+            }
+        });
+        *running = Some(Running {
+            dispatcher,
+            cron,
+            wanted,
+            updater,
+        });
+    }
+
+    /// Stops leasing and firing; waits (bounded) for deliveries in flight.
+    pub(crate) async fn shutdown(&self) {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(Running {
+            dispatcher,
+            cron,
+            wanted,
+            updater,
+        }) = running
+        {
+            drop(wanted);
+            let _ = updater.await;
+            cron.shutdown().await;
+            if let Ok(dispatcher) = Arc::try_unwrap(dispatcher) {
+                dispatcher.shutdown().await;
+            }
+        }
+    }
+
+    /// Wakes the subscribers of a topic after a publish.
+    pub(crate) fn notify(&self, app: &str, topic: &str) {
+        if let Some(running) = &*self.running.lock().unwrap_or_else(|e| e.into_inner()) {
+            running.dispatcher.notify(app, topic);
+        }
+    }
+
+    /// Wakes every subscription of an app (after a redrive).
+    pub(crate) fn notify_app(&self, app: &str) {
+        let specs = self.specs.lock().unwrap_or_else(|e| e.into_inner());
+        let topics: Vec<String> = specs
+            .0
+            .iter()
+            .filter(|s| s.app == app)
+            .map(|s| s.topic.clone())
+            .collect();
+        drop(specs);
+        for topic in topics {
+            self.notify(app, &topic);
+        }
+    }
+
+    /// Installs the triggers and targets of the serving revisions. The journal learns the
+    /// subscriptions at once, so a publish right after a deploy already fans out to them.
+    pub(crate) fn update(&self, apps: &[AppState], targets: TargetMap) -> Result<(), String> {
+        self.targets.store(Arc::new(targets));
+        let (subs, crons) = triggers(apps)?;
+        self.journal
+            .set_subscriptions(&subs)
+            .map_err(|e| e.to_string())?;
+        if let Some(running) = &*self.running.lock().unwrap_or_else(|e| e.into_inner()) {
+            running.wanted.send_replace(subs.clone());
+            running.cron.set(crons.clone());
+        }
+        *self.specs.lock().unwrap_or_else(|e| e.into_inner()) = (subs, crons);
+        Ok(())
+    }
+
+    /// A publisher for the guests of one service: messages go to topics of its app.
+    pub(crate) fn publisher(self: &Arc<Self>, app: &str) -> Arc<dyn Publisher> {
+        Arc::new(AppPublisher {
+            events: self.clone(),
+            app: app.to_string(),
+        })
+    }
+
+    /// Publishes messages to an app's topics and wakes their subscribers; durable when it
+    /// returns.
+    pub(crate) fn publish(
+        &self,
+        app: &str,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<tessera_events::Published>, tessera_events::EventError> {
+        let topics: Vec<String> = messages.iter().map(|m| m.topic.clone()).collect();
+        let published = self.journal.publish(app, messages)?;
+        for topic in topics {
+            self.notify(app, &topic);
+        }
+        Ok(published)
+    }
+}
+
+/// Subscriptions and schedules of every serving service, from its primary revision.
+fn triggers(apps: &[AppState]) -> Result<(Vec<SubscriptionSpec>, Vec<CronSpec>), String> {
+    let mut subs = Vec::new();
+    let mut crons = Vec::new();
+    for app in apps {
+        // Queue groups gather consumers across services: (topic, queue) → spec.
+        let mut queues: BTreeMap<(String, String), SubscriptionSpec> = BTreeMap::new();
+        for service in &app.services {
+            let Some(primary) = service.primary() else {
+                continue;
+            };
+            let config = &primary.config;
+            let timeout = Duration::from_millis(config.timeout_ms) + LEASE_MARGIN;
+            for sub in &config.subscriptions {
+                let consumer = Consumer {
+                    service: service.name.clone(),
+                    path: sub.path.clone(),
+                };
+                let spec = SubscriptionSpec {
+                    id: match &sub.queue {
+                        Some(queue) => format!("{}/queue:{queue}/{}", app.name, sub.topic),
+                        None => format!("{}/{}/{}", app.name, service.name, sub.topic),
+                    },
+                    app: app.name.clone(),
+                    topic: sub.topic.clone(),
+                    consumers: vec![consumer.clone()],
+                    max_attempts: sub.max_attempts,
+                    backoff: Duration::from_millis(sub.backoff_ms),
+                    max_backoff: Duration::from_millis(sub.max_backoff_ms),
+                    concurrency: sub.concurrency,
+                    batch: sub.batch,
+                    timeout,
+                };
+                match &sub.queue {
+                    // The first service (by name) sets the group's delivery settings.
+                    Some(queue) => queues
+                        .entry((sub.topic.clone(), queue.clone()))
+                        .and_modify(|group| {
+                            group.consumers.push(consumer.clone());
+                            group.timeout = group.timeout.max(timeout);
+                        })
+                        .or_insert(spec),
+                    None => {
+                        subs.push(spec);
+                        continue;
+                    }
+                };
+            }
+            for (index, cron) in config.cron.iter().enumerate() {
+                let id = format!("{}/{}/cron:{index}", app.name, service.name);
+                let topic = format!("$cron/{}/{index}", service.name);
+                let schedule = Schedule::parse(&cron.schedule)
+                    .map_err(|m| format!("service `{}`: schedule: {m}", service.name))?;
+                subs.push(SubscriptionSpec {
+                    id: id.clone(),
+                    app: app.name.clone(),
+                    topic: topic.clone(),
+                    consumers: vec![Consumer {
+                        service: service.name.clone(),
+                        path: cron.path.clone(),
+                    }],
+                    max_attempts: TICK_ATTEMPTS,
+                    backoff: INTERNAL_BACKOFF,
+                    max_backoff: INTERNAL_MAX_BACKOFF,
+                    concurrency: 1,
+                    batch: 16,
+                    timeout,
+                });
+                crons.push(CronSpec {
+                    id,
+                    app: app.name.clone(),
+                    topic,
+                    schedule,
+                    missed: if cron.run_missed {
+                        MissedTicks::RunOnce
+                    } else {
+                        MissedTicks::Skip
+                    },
+                });
+            }
+            // Every service takes async invocations on any of its routes.
+            subs.push(SubscriptionSpec {
+                id: async_subscription(&app.name, &service.name),
+                app: app.name.clone(),
+                topic: async_topic(&service.name),
+                consumers: vec![Consumer {
+                    service: service.name.clone(),
+                    path: "/".into(),
+                }],
+                max_attempts: ASYNC_ATTEMPTS,
+                backoff: INTERNAL_BACKOFF,
+                max_backoff: INTERNAL_MAX_BACKOFF,
+                concurrency: 64,
+                batch: 64,
+                timeout,
+            });
+        }
+        subs.extend(queues.into_values());
+    }
+    Ok((subs, crons))
+}
+
+struct AppPublisher {
+    events: Arc<Events>,
+    app: String,
+}
+
+impl Publisher for AppPublisher {
+    fn publish(&self, service: &str, messages: Vec<OutgoingMessage>) -> Result<(), String> {
+        let messages = messages
+            .into_iter()
+            .map(|m| NewMessage {
+                id: Some(m.id),
+                topic: m.topic,
+                source: format!("/apps/{}/services/{service}", self.app),
+                kind: "dev.tessera.message".into(),
+                content_type: m.content_type,
+                data: m.data,
+                attributes: Vec::new(),
+            })
+            .collect();
+        self.events
+            .publish(&self.app, messages)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+struct NodeInvoker {
+    targets: Arc<ArcSwap<TargetMap>>,
+    callbacks: reqwest::Client,
+}
+
+impl Invoker for NodeInvoker {
+    fn invoke(
+        &self,
+        subscription: &SubscriptionSpec,
+        consumer: &Consumer,
+        delivery: Delivery,
+    ) -> Pin<Box<dyn Future<Output = Outcome> + Send>> {
+        let target = self
+            .targets
+            .load()
+            .get(&(subscription.app.clone(), consumer.service.clone()))
+            .cloned();
+        let consumer = consumer.clone();
+        let app = subscription.app.clone();
+        let final_attempt = delivery.attempt >= subscription.max_attempts;
+        let callbacks = self.callbacks.clone();
+        Box::pin(async move {
+            let callback = attribute(&delivery, ATTR_CALLBACK).map(str::to_string);
+            let message_id = delivery.message.id.clone();
+            let outcome = deliver(target, &app, &consumer, delivery).await;
+            let succeeded = outcome.error.is_none() && (200..300).contains(&outcome.status);
+            if let Some(url) = callback
+                && (succeeded || final_attempt)
+            {
+                tokio::spawn(call_back(
+                    callbacks,
+                    url,
+                    message_id,
+                    outcome.clone(),
+                    succeeded,
+                ));
+            }
+            outcome
+        })
+    }
+}
+
+fn attribute<'d>(delivery: &'d Delivery, name: &str) -> Option<&'d str> {
+    delivery
+        .message
+        .attributes
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+async fn deliver(
+    target: Option<Arc<Target>>,
+    app: &str,
+    consumer: &Consumer,
+    delivery: Delivery,
+) -> Outcome {
+    let failed = |status: u16, error: String| Outcome {
+        status,
+        body: Vec::new(),
+        error: Some(error),
+    };
+    let Some(target) = target else {
+        return failed(
+            503,
+            format!(
+                "service `{}` of app `{app}` is not serving",
+                consumer.service
+            ),
+        );
+    };
+    let Some(backend) = target.pick() else {
+        return failed(
+            503,
+            format!(
+                "service `{}` has no revision taking traffic",
+                consumer.service
+            ),
+        );
+    };
+    let request = match cloud_event_request(consumer, &delivery) {
+        Ok(request) => request,
+        Err(e) => return failed(400, format!("cannot build the request: {e}")),
+    };
+    let request_id = uuid::Uuid::now_v7().to_string();
+    match backend
+        .service
+        .handle_to_completion(request, &request_id, MAX_RESULT_BODY)
+        .await
+    {
+        Ok(done) => Outcome {
+            status: done.status,
+            body: done.body,
+            error: None,
+        },
+        Err(error) => {
+            let status = match &error {
+                InvokeError::Timeout { .. } => 504,
+                InvokeError::Capacity => 503,
+                InvokeError::GuestError { .. } => 502,
+                _ => 500,
+            };
+            failed(status, error.to_string())
+        }
+    }
+}
+
+/// The CloudEvents HTTP binding, binary mode: attributes as `ce-*` headers, the data as
+/// the body. Async invocations carry their original method, path and headers instead.
+fn cloud_event_request(
+    consumer: &Consumer,
+    delivery: &Delivery,
+) -> Result<hyper::Request<Full<Bytes>>, http::Error> {
+    let message = &delivery.message;
+    let method = attribute(delivery, ATTR_METHOD).unwrap_or("POST");
+    let path = attribute(delivery, ATTR_PATH).unwrap_or(&consumer.path);
+    let time = humantime::format_rfc3339_millis(message.time).to_string();
+    let mut builder = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, format!("{}.internal", consumer.service));
+    for (name, value) in &message.attributes {
+        if let Some(header) = name.strip_prefix(ATTR_HEADER_PREFIX) {
+            builder = builder.header(header, value);
+        }
+    }
+    builder = builder
+        .header("ce-specversion", "1.0")
+        .header("ce-id", &message.id)
+        .header("ce-source", &message.source)
+        .header("ce-type", &message.kind)
+        .header("ce-time", time)
+        .header("x-tessera-attempt", delivery.attempt.to_string());
+    if attribute(delivery, ATTR_METHOD).is_none() {
+        builder = builder.header("ce-subject", &message.topic);
+    }
+    if let Some(content_type) = &message.content_type {
+        builder = builder.header(http::header::CONTENT_TYPE, content_type);
+    }
+    builder.body(Full::new(Bytes::from(message.data.clone())))
+}
+
+/// Tells an async invocation's caller how it ended: a JSON `POST` to its callback URL.
+/// Best effort, a few tries; the result also stays queryable by id.
+async fn call_back(
+    client: reqwest::Client,
+    url: String,
+    id: String,
+    outcome: Outcome,
+    succeeded: bool,
+) {
+    let body = serde_json::json!({
+        "id": id,
+        "state": if succeeded { "succeeded" } else { "failed" },
+        "status": outcome.status,
+        "body": String::from_utf8_lossy(&outcome.body),
+        "error": outcome.error,
+        "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+    });
+    for attempt in 1..=3u32 {
+        match client.post(&url).json(&body).send().await {
+            Ok(response) if response.status().is_success() => return,
+            Ok(response) => {
+                tracing::warn!(%url, invocation = %id, status = %response.status(), "callback refused")
+            }
+            Err(error) => tracing::warn!(%url, invocation = %id, %error, "callback failed"),
+        }
+        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+    }
+}
