@@ -156,6 +156,7 @@ impl Node {
         bytes: &[u8],
     ) -> Result<String, NodeError> {
         let probe = ServiceConfig {
+            app: String::new(),
             name: service.into(),
             limits: Limits::default(),
             outbound: Vec::new(),
@@ -499,7 +500,8 @@ impl Node {
             config: config.into_iter().collect::<Vec<_>>().into(),
             publisher: Some(self.inner.events.publisher(app)),
         };
-        let config = runtime_config(service, &revision.config, access)?;
+        let mut config = runtime_config(service, &revision.config, access)?;
+        config.app = app.to_string();
         let (loaded, report) = self.inner.runtime.load_service_file(config, &path)?;
         tracing::info!(service, revision = revision.id, elapsed = ?report.elapsed, source = ?report.source, "revision loaded");
         Ok(loaded)
@@ -542,6 +544,7 @@ fn runtime_config(
         .collect::<Result<Vec<_>, _>>()
         .map_err(invalid)?;
     Ok(ServiceConfig {
+        app: String::new(),
         name: service.to_string(),
         limits: Limits {
             memory: config.memory,

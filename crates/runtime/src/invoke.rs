@@ -48,8 +48,11 @@ pub(crate) struct ServiceInner {
     pub(crate) hash: String,
     pre: ProxyPre<InstanceState>,
     sink: Arc<dyn GuestLogSink>,
+    app: Arc<str>,
     name: Arc<str>,
     outbound: Arc<[Origin]>,
+    /// Size of the compiled code mapped for this service, in bytes.
+    pub(crate) code_size: usize,
 }
 
 impl ServiceInner {
@@ -58,8 +61,11 @@ impl ServiceInner {
         hash: String,
         pre: ProxyPre<InstanceState>,
         sink: Arc<dyn GuestLogSink>,
+        code_size: usize,
     ) -> Self {
         ServiceInner {
+            app: config.app.as_str().into(),
+            code_size,
             name: config.name.as_str().into(),
             outbound: config.outbound.clone().into(),
             config,
@@ -76,12 +82,14 @@ impl ServiceInner {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(GuestOutput::new(
             self.sink.clone(),
+            self.app.clone(),
             self.name.clone(),
             request_id.clone(),
             OutputStream::Stdout,
         ))
         .stderr(GuestOutput::new(
             self.sink.clone(),
+            self.app.clone(),
             self.name.clone(),
             request_id,
             OutputStream::Stderr,

@@ -61,6 +61,8 @@ impl Default for RuntimeConfig {
 /// What the runtime needs to know about one service.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
+    /// The app the service belongs to (for logs).
+    pub app: String,
     pub name: String,
     pub limits: Limits,
     /// Origins the guest may call; everything else is denied.
@@ -230,12 +232,17 @@ impl Runtime {
                 "it does not export `wasi:http/incoming-handler@0.2.x` ({e:#})"
             ))
         })?;
+        let code_size = {
+            let range = component.image_range();
+            (range.end as usize).saturating_sub(range.start as usize)
+        };
         let service = Service {
             inner: Arc::new(invoke::ServiceInner::new(
                 config,
                 hash,
                 pre,
                 inner.config.log_sink.clone(),
+                code_size,
             )),
         };
         Ok((
@@ -272,5 +279,10 @@ impl Service {
 
     pub fn config(&self) -> &ServiceConfig {
         &self.inner.config
+    }
+
+    /// Bytes of compiled code mapped for this service: what unloading it gives back.
+    pub fn code_size(&self) -> usize {
+        self.inner.code_size
     }
 }

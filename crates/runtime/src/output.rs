@@ -24,7 +24,9 @@ pub enum OutputStream {
 
 /// Receives complete lines written by guests.
 pub trait GuestLogSink: Send + Sync + 'static {
-    fn line(&self, service: &str, request_id: &str, stream: OutputStream, line: &str);
+    /// One complete line (without its newline) a guest of `app`'s `service` wrote while
+    /// serving `request_id`.
+    fn line(&self, app: &str, service: &str, request_id: &str, stream: OutputStream, line: &str);
 }
 
 /// Prints guest lines to the terminal prefixed with service and request id: stdout lines
@@ -32,7 +34,7 @@ pub trait GuestLogSink: Send + Sync + 'static {
 pub struct TerminalLog;
 
 impl GuestLogSink for TerminalLog {
-    fn line(&self, service: &str, request_id: &str, stream: OutputStream, line: &str) {
+    fn line(&self, _app: &str, service: &str, request_id: &str, stream: OutputStream, line: &str) {
         use std::io::Write;
         // Errors writing our own terminal cannot be reported anywhere useful.
         let _ = match stream {
@@ -54,6 +56,7 @@ pub(crate) struct GuestOutput {
 
 struct LineBuffer {
     sink: Arc<dyn GuestLogSink>,
+    app: Arc<str>,
     service: Arc<str>,
     request_id: Arc<str>,
     stream: OutputStream,
@@ -63,6 +66,7 @@ struct LineBuffer {
 impl GuestOutput {
     pub(crate) fn new(
         sink: Arc<dyn GuestLogSink>,
+        app: Arc<str>,
         service: Arc<str>,
         request_id: Arc<str>,
         stream: OutputStream,
@@ -70,6 +74,7 @@ impl GuestOutput {
         GuestOutput {
             shared: Arc::new(Mutex::new(LineBuffer {
                 sink,
+                app,
                 service,
                 request_id,
                 stream,
@@ -102,8 +107,13 @@ impl LineBuffer {
     fn emit(&mut self) {
         let line = String::from_utf8_lossy(&self.pending);
         let line = line.strip_suffix('\r').unwrap_or(&line);
-        self.sink
-            .line(&self.service, &self.request_id, self.stream, line);
+        self.sink.line(
+            &self.app,
+            &self.service,
+            &self.request_id,
+            self.stream,
+            line,
+        );
         self.pending.clear();
     }
 }
@@ -180,7 +190,7 @@ mod tests {
     struct Collect(Mutex<Vec<String>>);
 
     impl GuestLogSink for Collect {
-        fn line(&self, service: &str, request_id: &str, _: OutputStream, line: &str) {
+        fn line(&self, _: &str, service: &str, request_id: &str, _: OutputStream, line: &str) {
             self.0
                 .lock()
                 .unwrap()
@@ -193,6 +203,7 @@ mod tests {
         let sink = Arc::new(Collect::default());
         let out = GuestOutput::new(
             sink.clone(),
+            "app".into(),
             "svc".into(),
             "r1".into(),
             OutputStream::Stdout,
@@ -210,7 +221,13 @@ mod tests {
     #[test]
     fn endless_line_is_cut() {
         let sink = Arc::new(Collect::default());
-        let out = GuestOutput::new(sink.clone(), "s".into(), "r".into(), OutputStream::Stderr);
+        let out = GuestOutput::new(
+            sink.clone(),
+            "a".into(),
+            "s".into(),
+            "r".into(),
+            OutputStream::Stderr,
+        );
         out.push(&vec![b'x'; MAX_LINE * 2 + 10]);
         drop(out);
         let lines = sink.0.lock().unwrap();
