@@ -53,6 +53,8 @@ pub(crate) struct ServiceInner {
     outbound: Arc<[Origin]>,
     /// Size of the compiled code mapped for this service, in bytes.
     pub(crate) code_size: usize,
+    /// Peak linear memory of the most recently finished instance, in bytes.
+    pub(crate) last_memory: std::sync::atomic::AtomicU64,
 }
 
 impl ServiceInner {
@@ -66,6 +68,7 @@ impl ServiceInner {
         ServiceInner {
             app: config.app.as_str().into(),
             code_size,
+            last_memory: std::sync::atomic::AtomicU64::new(0),
             name: config.name.as_str().into(),
             outbound: config.outbound.clone().into(),
             config,
@@ -371,9 +374,13 @@ impl Service {
                     }
                 }
             }
+            let limiter = &store.data().limiter;
+            task_inner
+                .last_memory
+                .store(limiter.peak as u64, Ordering::Relaxed);
             let outcome = Outcome {
                 result,
-                memory_hit: store.data().limiter.hit,
+                memory_hit: limiter.hit,
                 publish_error,
             };
             // Once the head is out, nobody awaits this task: report late failures here.

@@ -281,6 +281,14 @@ impl Service {
         &self.inner.config
     }
 
+    /// Peak linear memory, in bytes, of the instance that most recently finished a
+    /// request (0 before the first).
+    pub fn last_instance_memory(&self) -> u64 {
+        self.inner
+            .last_memory
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Bytes of compiled code mapped for this service: what unloading it gives back.
     pub fn code_size(&self) -> usize {
         self.inner.code_size

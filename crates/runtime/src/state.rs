@@ -58,6 +58,8 @@ pub(crate) fn linker(engine: &Engine) -> Result<Linker<InstanceState>, RuntimeEr
 pub(crate) struct MemoryLimiter {
     limit: usize,
     pub(crate) hit: bool,
+    /// The largest linear memory the instance grew to, in bytes.
+    pub(crate) peak: usize,
 }
 
 impl MemoryLimiter {
@@ -65,6 +67,7 @@ impl MemoryLimiter {
         MemoryLimiter {
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
             hit: false,
+            peak: 0,
         }
     }
 }
@@ -84,6 +87,7 @@ impl ResourceLimiter for MemoryLimiter {
             self.hit = true;
             return Ok(false);
         }
+        self.peak = self.peak.max(desired);
         Ok(true)
     }
 
