@@ -3,6 +3,7 @@
 //! A harness, not a test: it prints a table and records it in BENCHMARKS.md. Servers run as
 //! child processes on free loopback ports and are always killed when the harness ends.
 
+pub mod data;
 mod probe;
 mod report;
 mod servers;
@@ -51,39 +52,50 @@ impl Options {
             duration: Duration::from_secs(8),
             connections: 32,
         };
-        let mut iter = args.iter();
-        while let Some(arg) = iter.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((flag, value)) => (flag, Some(value)),
-                None => (arg.as_str(), None),
-            };
-            let mut value = || -> Result<&str> {
-                inline
-                    .or_else(|| iter.next().map(String::as_str))
-                    .with_context(|| format!("{flag} needs a value"))
-            };
+        parse_flags(args, |flag, value| {
             match flag {
                 "--duration" => {
-                    let secs: u64 = value()?.parse().context("--duration takes whole seconds")?;
+                    let secs: u64 = value.parse().context("--duration takes whole seconds")?;
                     if secs == 0 {
                         bail!("--duration must be at least 1 second");
                     }
                     options.duration = Duration::from_secs(secs);
                 }
                 "--connections" => {
-                    options.connections =
-                        value()?.parse().context("--connections takes a number")?;
+                    options.connections = value.parse().context("--connections takes a number")?;
                     if options.connections == 0 {
                         bail!("--connections must be at least 1");
                     }
                 }
                 _ => bail!(
-                    "unknown bench option {arg:?}; usage: cargo xtask bench [--duration SECS] [--connections N]"
+                    "unknown bench option {flag:?}; usage: cargo xtask bench [--duration SECS] [--connections N]"
                 ),
             }
-        }
+            Ok(())
+        })?;
         Ok(options)
     }
+}
+
+/// Walks options given as `--flag VALUE` or `--flag=VALUE`, handing each to `apply`.
+fn parse_flags(args: &[String], mut apply: impl FnMut(&str, &str) -> Result<()>) -> Result<()> {
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if !arg.starts_with("--") {
+            bail!("unexpected argument {arg:?}: options are --flag VALUE or --flag=VALUE");
+        }
+        let (flag, value) = match arg.split_once('=') {
+            Some((flag, value)) => (flag, value),
+            None => {
+                let value = iter
+                    .next()
+                    .with_context(|| format!("{arg} needs a value"))?;
+                (arg.as_str(), value.as_str())
+            }
+        };
+        apply(flag, value)?;
+    }
+    Ok(())
 }
 
 /// A server that is up, with how its start looked.
@@ -107,11 +119,14 @@ pub fn run(args: &[String]) -> Result<()> {
         notes.push(note);
     }
 
-    let (tessera, hello) = build()?;
+    let tessera = build()?;
+    let hello = guest_component("hello")?;
 
     // Declared before the servers so it outlives them (locals drop in reverse order).
     let scratch = ScratchDir::create()?;
     let app_dir = scratch.path().join("app");
+    // Shared by both starts of tessera, so the second finds the first one's compile cache.
+    let data_dir = scratch.path().join("data");
     write_app(&app_dir, &hello)?;
 
     // Taken now, after the builds, so the load average reflects the machine we measure on.
@@ -120,6 +135,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut running = vec![start_tessera(
         &tessera,
         &app_dir,
+        &data_dir,
         scratch.path(),
         "tessera-1",
     )?];
@@ -129,12 +145,12 @@ pub fn run(args: &[String]) -> Result<()> {
         cmd.args(["serve", "-Scli", "--addr"])
             .arg(format!("127.0.0.1:{port}"))
             .arg(&hello);
-        running.push(start(WASMTIME, cmd, port, scratch.path(), "wasmtime")?);
+        running.push(start(WASMTIME, cmd, port, "/", scratch.path(), "wasmtime")?);
     }
     let port = free_port()?;
     let mut cmd = Command::new(target_dir().join("release").join("xtask"));
     cmd.args(["bench-native-server", &port.to_string()]);
-    running.push(start(NATIVE, cmd, port, scratch.path(), "native")?);
+    running.push(start(NATIVE, cmd, port, "/", scratch.path(), "native")?);
 
     for r in &running {
         if r.startup.body != native::BODY {
@@ -149,9 +165,10 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
 
-    // Same app dir, so whatever tessera cached on its first start is reused.
+    // Same data dir, so whatever tessera cached on its first start is reused.
     println!("==> restarting tessera to time a start with a warm compile cache");
-    let warm_startup = start_tessera(&tessera, &app_dir, scratch.path(), "tessera-2")?.startup;
+    let warm_startup =
+        start_tessera(&tessera, &app_dir, &data_dir, scratch.path(), "tessera-2")?.startup;
 
     let mut results = Vec::new();
     for r in &mut running {
@@ -230,28 +247,33 @@ pub fn run(args: &[String]) -> Result<()> {
     }
 
     let path = repo_root().join("BENCHMARKS.md");
-    report::update_benchmarks_md(&path, &report.markdown())?;
+    report::update_benchmarks_md(&path, report::SECTION_HEADING, &report.markdown())?;
     println!("\nupdated {}", path.display());
     // `running` and then `scratch` drop here: servers are killed, the scratch dir removed.
     Ok(())
 }
 
-/// Builds the guests, tessera and a release xtask (for the native server: this process is
-/// usually an unoptimised debug build, which would handicap the baseline).
-fn build() -> Result<(PathBuf, PathBuf)> {
+/// Builds the guests, tessera and a release xtask (for the native baselines: this process
+/// is usually an unoptimised debug build, which would handicap them); returns tessera.
+fn build() -> Result<PathBuf> {
     guests::build()?;
     cargo_step(&["build", "--release", "-p", "tessera", "-p", "xtask"])?;
-    let hello = target_dir()
+    Ok(tessera_release_binary())
+}
+
+/// The built component of the `NAME` bin of crates/test-programs.
+fn guest_component(name: &str) -> Result<PathBuf> {
+    let path = target_dir()
         .join(WASM_TARGET)
         .join("release")
-        .join("hello.wasm");
-    if !hello.is_file() {
+        .join(format!("{name}.wasm"));
+    if !path.is_file() {
         bail!(
-            "{} was not built; the bench needs the `hello` bin of crates/test-programs",
-            hello.display()
+            "{} was not built; the bench needs the `{name}` bin of crates/test-programs",
+            path.display()
         );
     }
-    Ok((tessera_release_binary(), hello))
+    Ok(path)
 }
 
 /// A warm-up, then the measured wrk run against one server.
@@ -305,9 +327,21 @@ fn toml_string(s: &str) -> String {
     out
 }
 
-/// Starts `tessera up APP` on a fresh port and waits for it to serve.
-fn start_tessera(tessera: &Path, app_dir: &Path, logs: &Path, log_name: &str) -> Result<Running> {
+/// Starts `tessera up APP` on a fresh port and waits for it to serve `GET /`.
+fn start_tessera(
+    tessera: &Path,
+    app_dir: &Path,
+    data_dir: &Path,
+    logs: &Path,
+    log_name: &str,
+) -> Result<Running> {
     let port = free_port()?;
+    let cmd = tessera_command(tessera, app_dir, data_dir, port);
+    start(TESSERA, cmd, port, "/", logs, log_name)
+}
+
+/// `tessera up APP_DIR` serving on `port`, with its node state in `data_dir`.
+fn tessera_command(tessera: &Path, app_dir: &Path, data_dir: &Path, port: u16) -> Command {
     let mut cmd = Command::new(tessera);
     cmd.arg("up")
         .arg(app_dir)
@@ -315,19 +349,29 @@ fn start_tessera(tessera: &Path, app_dir: &Path, logs: &Path, log_name: &str) ->
         .arg(format!("127.0.0.1:{port}"))
         // Any free port: the control API is not under test and must not collide.
         .args(["--admin", "127.0.0.1:0"])
+        .arg("--data")
+        .arg(data_dir)
         // Per-request logging would dominate a hello world.
         .env("RUST_LOG", "warn")
         .current_dir(repo_root());
-    start(TESSERA, cmd, port, logs, log_name)
+    cmd
 }
 
-/// Spawns a server that will listen on `port` and waits until it serves `GET /`.
-fn start(name: &str, cmd: Command, port: u16, logs: &Path, log_name: &str) -> Result<Running> {
+/// Spawns a server that will listen on `port` and waits until it answers `GET ready_path`
+/// with 200.
+fn start(
+    name: &str,
+    cmd: Command,
+    port: u16,
+    ready_path: &str,
+    logs: &Path,
+    log_name: &str,
+) -> Result<Running> {
     let log = logs.join(format!("{log_name}.log"));
     let mut server = Server::spawn(name, cmd, port, log)?;
-    let startup = probe::startup(&mut server, READY_TIMEOUT)?;
+    let startup = probe::startup(&mut server, ready_path, READY_TIMEOUT)?;
     println!(
-        "    {name} on 127.0.0.1:{port}: listening after {}, first GET / {}, then median {}",
+        "    {name} on 127.0.0.1:{port}: listening after {}, first GET {ready_path} {}, then median {}",
         report::format_duration(startup.listening),
         report::format_duration(startup.first_request),
         report::format_duration(startup.median_after)
@@ -369,6 +413,7 @@ mod tests {
         assert!(Options::parse(&args(&["--duration"])).is_err());
         assert!(Options::parse(&args(&["--duration", "0"])).is_err());
         assert!(Options::parse(&args(&["--threads", "2"])).is_err());
+        assert!(Options::parse(&args(&["8"])).is_err());
     }
 
     #[test]

@@ -22,6 +22,9 @@ commands:
   bench [--duration SECS] [--connections N]
                           compare tessera, `wasmtime serve` and native hyper on a
                           hello world and update BENCHMARKS.md (default: 8 s, 32)
+  bench-data [--ops N]    time N key-value gets and sets and SQL queries and inserts
+                          inside a guest and natively on the same SQLite file, and
+                          update BENCHMARKS.md (default: 5000)
   help                    print this message";
 
 fn main() -> ExitCode {
@@ -52,6 +55,10 @@ fn run() -> Result<()> {
             checks::run()
         }
         "bench" => bench::run(&rest),
+        "bench-data" => bench::data::run(&rest),
+        // Hidden: `bench-data` runs its native half from the release build of xtask, so the
+        // baseline is optimised code like tessera.
+        "bench-data-native" => bench::data::native::run(&rest),
         // Hidden: `bench` starts the native baseline as a separate process so that it is
         // measured exactly like the other two servers.
         "bench-native-server" => {

@@ -1,4 +1,5 @@
-//! Plain-TCP HTTP/1.1 probes: readiness polling and first-request (cold start) timing.
+//! Plain-TCP HTTP/1.1 probes: readiness polling, first-request (cold start) timing, and the
+//! single requests `bench-data` sends to the guest's benchmark endpoints.
 //!
 //! Deliberately not an HTTP client library: every server is measured with the same minimal
 //! request, one fresh connection each (`Connection: close`), so the numbers are comparable.
@@ -27,7 +28,7 @@ pub struct Reply {
 pub struct Startup {
     /// From spawning the process to the port accepting connections.
     pub listening: Duration,
-    /// The first successful `GET /`: connect + request + complete response.
+    /// The first successful request: connect + request + complete response.
     pub first_request: Duration,
     /// From spawning the process to that first 200 being complete.
     pub ready: Duration,
@@ -37,8 +38,8 @@ pub struct Startup {
     pub body: String,
 }
 
-/// One `GET /` on a fresh connection, read until the server closes it.
-pub fn get(port: u16, timeout: Duration) -> io::Result<Reply> {
+/// One `GET PATH` on a fresh connection, read until the server closes it.
+pub fn get(port: u16, path: &str, timeout: Duration) -> io::Result<Reply> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_nodelay(true)?;
@@ -46,16 +47,16 @@ pub fn get(port: u16, timeout: Duration) -> io::Result<Reply> {
     stream.set_write_timeout(Some(timeout))?;
     write!(
         stream,
-        "GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: xtask-bench\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: xtask-bench\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     parse_response(&raw).map_err(|msg| io::Error::new(io::ErrorKind::InvalidData, msg))
 }
 
-/// Waits (up to `timeout` after the spawn) until `server` answers `GET /` with 200, timing the
-/// steps on the way, then times [`SEQUENTIAL_REQUESTS`] more requests.
-pub fn startup(server: &mut Server, timeout: Duration) -> Result<Startup> {
+/// Waits (up to `timeout` after the spawn) until `server` answers `GET PATH` with 200, timing
+/// the steps on the way, then times [`SEQUENTIAL_REQUESTS`] more requests.
+pub fn startup(server: &mut Server, path: &str, timeout: Duration) -> Result<Startup> {
     let deadline = server.spawned_at() + timeout;
     let port = server.port();
 
@@ -76,20 +77,20 @@ pub fn startup(server: &mut Server, timeout: Duration) -> Result<Startup> {
         thread::sleep(Duration::from_millis(10));
     };
 
-    // Phase 2: GET / until it is a 200. Normally the first attempt succeeds; a server that
+    // Phase 2: GET PATH until it is a 200. Normally the first attempt succeeds; a server that
     // listens before it can serve gets retried, and the attempt that succeeds is timed.
     let (first_request, body) = loop {
         server.ensure_running()?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             bail!(
-                "{} did not answer GET / with 200 within {timeout:?}\n{}",
+                "{} did not answer GET {path} with 200 within {timeout:?}\n{}",
                 server.name(),
                 server.log_tail()
             );
         }
         let started = Instant::now();
-        match get(port, remaining) {
+        match get(port, path, remaining) {
             Ok(reply) if reply.status == 200 => {
                 break (
                     started.elapsed(),
@@ -104,7 +105,7 @@ pub fn startup(server: &mut Server, timeout: Duration) -> Result<Startup> {
     let mut times = Vec::with_capacity(SEQUENTIAL_REQUESTS);
     for i in 0..SEQUENTIAL_REQUESTS {
         let started = Instant::now();
-        let reply = get(port, Duration::from_secs(10));
+        let reply = get(port, path, Duration::from_secs(10));
         let elapsed = started.elapsed();
         match reply {
             Ok(reply) if reply.status == 200 => times.push(elapsed),

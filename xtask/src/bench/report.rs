@@ -61,35 +61,8 @@ impl Report {
                 ],
             });
         }
-        let widths: Vec<usize> = (0..5)
-            .map(|col| cells.iter().map(|row| row[col].len()).max().unwrap_or(0))
-            .collect();
-        let mut out = String::new();
-        for (i, row) in cells.iter().enumerate() {
-            out.push('|');
-            for (col, cell) in row.iter().enumerate() {
-                // Numbers right-aligned, names and error lists left-aligned.
-                if col == 0 || col == 4 {
-                    let _ = write!(out, " {cell:<w$} |", w = widths[col]);
-                } else {
-                    let _ = write!(out, " {cell:>w$} |", w = widths[col]);
-                }
-            }
-            out.push('\n');
-            if i == 0 {
-                out.push('|');
-                for (col, width) in widths.iter().enumerate() {
-                    let dashes = "-".repeat(*width);
-                    if col == 0 || col == 4 {
-                        let _ = write!(out, " {dashes} |");
-                    } else {
-                        let _ = write!(out, " {}: |", &dashes[1..]);
-                    }
-                }
-                out.push('\n');
-            }
-        }
-        out
+        // Numbers right-aligned, names and error lists left-aligned.
+        render_table(&cells, &[0, 4])
     }
 
     /// "tessera / X: ..." lines comparing tessera with every other measured server.
@@ -188,18 +161,62 @@ impl Report {
     }
 }
 
-/// Writes `section` into `path`, replacing the old copy of the section if there is one.
-pub fn update_benchmarks_md(path: &Path, section: &str) -> Result<()> {
+/// A markdown table whose first row is the header, padded so it also reads well as plain
+/// text. Columns listed in `left_aligned` are left-aligned, all others (numbers) right.
+pub fn render_table<R: AsRef<[String]>>(cells: &[R], left_aligned: &[usize]) -> String {
+    let columns = cells.first().map_or(0, |row| row.as_ref().len());
+    let widths: Vec<usize> = (0..columns)
+        .map(|col| {
+            cells
+                .iter()
+                .map(|row| row.as_ref()[col].chars().count())
+                .max()
+                .unwrap_or(0)
+                // The separator of a right-aligned column needs room for `-:`.
+                .max(2)
+        })
+        .collect();
+    let mut out = String::new();
+    for (i, row) in cells.iter().enumerate() {
+        out.push('|');
+        for (col, cell) in row.as_ref().iter().enumerate() {
+            let w = widths[col];
+            if left_aligned.contains(&col) {
+                let _ = write!(out, " {cell:<w$} |");
+            } else {
+                let _ = write!(out, " {cell:>w$} |");
+            }
+        }
+        out.push('\n');
+        if i == 0 {
+            out.push('|');
+            for (col, width) in widths.iter().enumerate() {
+                let dashes = "-".repeat(*width);
+                if left_aligned.contains(&col) {
+                    let _ = write!(out, " {dashes} |");
+                } else {
+                    let _ = write!(out, " {}: |", &dashes[1..]);
+                }
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Writes `section` into `path`, replacing the old copy of the section under `heading` if
+/// there is one.
+pub fn update_benchmarks_md(path: &Path, heading: &str, section: &str) -> Result<()> {
     let existing = match std::fs::read_to_string(path) {
         Ok(text) => Some(text),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
         Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
     };
     let updated = match existing {
-        Some(text) => replace_section(&text, SECTION_HEADING, section),
+        Some(text) => replace_section(&text, heading, section),
         None => format!(
-            "# Benchmarks\n\nProduced by `cargo xtask bench`; numbers are only comparable \
-             within one run on one machine.\n\n{section}"
+            "# Benchmarks\n\nProduced by `cargo xtask bench` and `cargo xtask bench-data`; numbers \
+             are only comparable within one run on one machine.\n\n{section}"
         ),
     };
     std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
@@ -240,10 +257,13 @@ fn replace_section(text: &str, heading: &str, section: &str) -> String {
     out
 }
 
-/// Human-scale durations: µs below a millisecond, ms below a second, else s.
+/// Human-scale durations: µs below a millisecond (with a decimal below 100 µs, where key-value
+/// reads live), ms below a second, else s.
 pub fn format_duration(d: Duration) -> String {
     let micros = d.as_secs_f64() * 1e6;
-    if micros < 1_000.0 {
+    if micros < 100.0 {
+        format!("{micros:.1} µs")
+    } else if micros < 1_000.0 {
         format!("{micros:.0} µs")
     } else if micros < 1_000_000.0 {
         format!("{:.2} ms", micros / 1e3)
@@ -344,11 +364,24 @@ mod tests {
     }
 
     #[test]
+    fn renders_aligned_markdown_tables() {
+        let cells = [
+            vec!["op".to_owned(), "ops/s".to_owned()],
+            vec!["kv-get".to_owned(), "7".to_owned()],
+        ];
+        assert_eq!(
+            render_table(&cells, &[0]),
+            "| op     | ops/s |\n| ------ | ----: |\n| kv-get |     7 |\n"
+        );
+    }
+
+    #[test]
     fn formats_dates_and_durations() {
         assert_eq!(format_utc(0), "1970-01-01 00:00 UTC");
         assert_eq!(format_utc(951_782_400 + 3_661), "2000-02-29 01:01 UTC");
         assert_eq!(format_utc(1_764_401_400), "2025-11-29 07:30 UTC");
         assert_eq!(format_duration(Duration::from_micros(350)), "350 µs");
+        assert_eq!(format_duration(Duration::from_nanos(4_560)), "4.6 µs");
         assert_eq!(format_duration(Duration::from_micros(1210)), "1.21 ms");
         assert_eq!(format_duration(Duration::from_millis(2500)), "2.50 s");
     }

@@ -3,8 +3,8 @@
 use std::fs::File;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -63,6 +63,40 @@ impl Server {
                 self.log_tail()
             ),
             Err(err) => Err(err).with_context(|| format!("checking on {}", self.name)),
+        }
+    }
+
+    /// Asks the server to stop with SIGTERM, as an operator would, and waits up to `grace`
+    /// for it to exit, killing it after that. Unlike dropping the server, this lets it close
+    /// its files properly, for a harness that reads them afterwards.
+    pub fn terminate(&mut self, grace: Duration) -> Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        // std can only send SIGKILL; kill(1) is everywhere the harness runs and spares
+        // xtask a libc dependency.
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("running kill -TERM")?;
+        if !sent.success() {
+            bail!("kill -TERM {} failed ({sent})", self.child.id());
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "{} did not exit within {grace:?} of SIGTERM and was killed\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
