@@ -1,9 +1,11 @@
 //! The control REST API of a node, under `/v1` on the admin listener: artifacts, deploys,
-//! traffic, rollback, listing and removal, plus the OpenAPI document describing them.
+//! traffic, rollback, listing and removal, services' logs, plus the OpenAPI document
+//! describing them; and the node's Prometheus metrics at `/metrics`, behind the same auth.
 //!
 //! Only this crate derives serde for wire types; the node and store speak plain Rust.
 
 mod error;
+mod logs;
 mod openapi;
 mod wire;
 
@@ -19,6 +21,7 @@ use http::{StatusCode, header};
 use subtle::ConstantTimeEq;
 use tessera_node::{Node, NodeError, ServiceRelease};
 use tessera_store::DeployOptions;
+use tessera_telemetry::Telemetry;
 
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
@@ -39,13 +42,19 @@ pub enum Auth {
 #[derive(Clone)]
 struct Api {
     node: Node,
+    telemetry: Telemetry,
     auth: Auth,
 }
 
-/// The `/v1` router.
-pub fn router(node: Node, auth: Auth) -> Router {
-    let api = Api { node, auth };
+/// The admin listener's router: `/v1` and `/metrics`.
+pub fn router(node: Node, telemetry: Telemetry, auth: Auth) -> Router {
+    let api = Api {
+        node,
+        telemetry,
+        auth,
+    };
     Router::new()
+        .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi_json))
         .route("/v1/apps", get(list_apps))
         .route("/v1/apps/{app}", get(get_app).delete(remove_app))
@@ -56,6 +65,7 @@ pub fn router(node: Node, auth: Auth) -> Router {
             put(set_traffic),
         )
         .route("/v1/apps/{app}/services/{service}/rollback", post(rollback))
+        .route("/v1/apps/{app}/services/{service}/logs", get(logs::logs))
         .route(
             "/v1/apps/{app}/services/{service}/secrets",
             get(list_secrets),
@@ -131,6 +141,27 @@ async fn blocking<T: Send + 'static>(
 
 async fn openapi_json() -> Json<serde_json::Value> {
     Json(openapi::document())
+}
+
+/// Prometheus scrapes: every metric, with the event subscriptions' depths read just now.
+async fn metrics(State(api): State<Api>) -> Response {
+    let node = api.node.clone();
+    // A scrape still answers when the journal cannot be read; the event gauges then keep
+    // their last values.
+    match blocking(move || node.event_stats()).await {
+        Ok(stats) => {
+            for s in &stats {
+                api.telemetry
+                    .event_stats(&s.id, s.ready, s.in_flight, s.dead);
+            }
+        }
+        Err(e) => tracing::warn!("metrics: cannot read event subscriptions: {}", e.message),
+    }
+    (
+        [(header::CONTENT_TYPE, tessera_telemetry::CONTENT_TYPE)],
+        api.telemetry.render(),
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {

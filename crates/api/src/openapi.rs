@@ -27,12 +27,37 @@ pub fn document() -> Value {
     let sha = param("sha256", "lowercase hex sha256 of the component");
     let unauthorized = error_response("missing or wrong bearer token");
     let not_found = error_response("no such app, service or revision");
+    // Kept out of the document's literal below, which is at the macro's recursion limit.
+    let log_line = json!({ "type": "object", "properties": {
+        "seq": { "type": "integer", "description": "increases with every line the node logs" },
+        "time": { "type": "string", "description": "RFC 3339" },
+        "app": { "type": "string" }, "service": { "type": "string" },
+        "stream": { "type": "string", "enum": ["stdout", "stderr", "platform"] },
+        "request_id": { "type": "string", "nullable": true, "description": "the request the guest was serving" },
+        "line": { "type": "string" } } });
+    let logs = json!({
+        "parameters": [app, service],
+        "get": { "summary": "the service's recent log lines (guest stdout and stderr, platform events), oldest first; kept in memory, a bounded number per service",
+            "parameters": [
+                { "name": "since", "in": "query", "required": false, "description": "only lines from this RFC 3339 time (UTC), or this long ago, e.g. `5m`", "schema": { "type": "string" } },
+                { "name": "limit", "in": "query", "required": false, "description": "at most this many of the newest lines (default 100)", "schema": { "type": "integer" } },
+                { "name": "follow", "in": "query", "required": false, "description": "keep the response open: newline-delimited JSON, first the matching lines, then new ones as they are logged (a blank line every 15 s when idle)", "schema": { "type": "boolean" } } ],
+            "responses": {
+                "200": { "description": "the lines: `{\"logs\": [...]}`, or with `follow=true` a stream of one LogLine per line", "content": {
+                    "application/json": { "schema": { "$ref": "#/components/schemas/LogList" } },
+                    "application/x-ndjson": { "schema": { "$ref": "#/components/schemas/LogLine" } } } },
+                "400": error_response("invalid `since` or query"), "401": unauthorized, "404": not_found } }
+    });
+    let metrics = json!({
+        "get": { "summary": "the node's metrics for Prometheus (OpenMetrics text, same bearer token): requests, latency, rejections, faults, cold starts and memory per service revision; the compiled-code cache; event subscriptions",
+            "responses": { "200": { "description": "the metrics", "content": { "application/openmetrics-text": { "schema": { "type": "string" } } } }, "401": unauthorized } }
+    });
     json!({
         "openapi": "3.0.3",
         "info": {
             "title": "Tessera control API",
             "version": "1",
-            "description": "Deploy, version, split traffic between and roll back the services of apps on a Tessera node. Every request needs `Authorization: Bearer <token>` unless the node runs with `--dev` on a loopback admin address. Errors are JSON: `{\"error\": {\"code\", \"message\"}}`."
+            "description": "Deploy, version, split traffic between and roll back the services of apps on a Tessera node. Every request needs `Authorization: Bearer <token>` unless the node runs with `--dev` on a loopback admin address. Errors are JSON: `{\"error\": {\"code\", \"message\"}}`. Prometheus metrics are served at `/metrics` with the same bearer token."
         },
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
@@ -89,11 +114,14 @@ pub fn document() -> Value {
                 "App": { "type": "object", "properties": { "name": { "type": "string" }, "services": { "type": "array", "items": { "$ref": "#/components/schemas/Service" } } } },
                 "AppList": { "type": "object", "properties": { "apps": { "type": "array", "items": { "$ref": "#/components/schemas/App" } } } },
                 "Removed": { "type": "object", "properties": { "removed": { "type": "string" } } },
-                "Uploaded": { "type": "object", "properties": { "sha256": { "type": "string" } } }
+                "Uploaded": { "type": "object", "properties": { "sha256": { "type": "string" } } },
+                "LogLine": log_line,
+                "LogList": { "type": "object", "properties": { "logs": { "type": "array", "items": { "$ref": "#/components/schemas/LogLine" } } } }
             }
         },
         "security": [ { "bearer": [] } ],
         "paths": {
+            "/metrics": metrics,
             "/v1/openapi.json": { "get": { "summary": "this document", "responses": { "200": { "description": "the OpenAPI document" } } } },
             "/v1/apps": { "get": { "summary": "list apps with their services, revisions and traffic", "responses": { "200": json_response("the apps", "AppList"), "401": unauthorized } } },
             "/v1/apps/{app}": {
@@ -125,6 +153,7 @@ pub fn document() -> Value {
                     "requestBody": { "required": false, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RollbackRequest" } } } },
                     "responses": { "200": json_response("the service", "Service"), "401": unauthorized, "404": not_found, "409": error_response("no earlier revision") } }
             },
+            "/v1/apps/{app}/services/{service}/logs": logs,
             "/v1/apps/{app}/services/{service}/secrets": {
                 "parameters": [app, service],
                 "get": { "summary": "names of the service's secrets (never values)", "responses": { "200": json_response("the secret names", "SecretList"), "401": unauthorized } }

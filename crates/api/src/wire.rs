@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 use tessera_data::Migration;
 use tessera_node::ServiceRelease;
 use tessera_store::{
-    AppState, CronConfig, DeployOutcome, Revision, RevisionConfig, ServiceDeploy, ServiceState,
-    SubscriptionConfig,
+    AppState, CronConfig, DeployOutcome, Revision, RevisionConfig, ScalingConfig, ServiceDeploy,
+    ServiceState, SubscriptionConfig,
 };
 
 /// One service of a deploy request: its component (already uploaded) and configuration.
@@ -36,6 +36,34 @@ pub struct ServiceSpecJson {
     /// Topics whose messages are POSTed to a route.
     #[serde(default)]
     pub subscribe: Vec<SubscriptionJson>,
+    /// Requests of the service running at once on the node (default 100).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Requests waiting for a slot beyond those; more are answered 429 (default 100).
+    #[serde(default = "default_queue")]
+    pub queue: u32,
+    /// Longest wait in the queue before a 503 (default 10 s).
+    #[serde(default = "default_queue_timeout_ms")]
+    pub queue_timeout_ms: u64,
+    /// Unload a revision after this long without requests (default 5 min); `null`: never.
+    #[serde(default = "default_idle_ms")]
+    pub idle_ms: Option<u64>,
+}
+
+fn default_concurrency() -> u32 {
+    ScalingConfig::default().concurrency
+}
+
+fn default_queue() -> u32 {
+    ScalingConfig::default().queue
+}
+
+fn default_queue_timeout_ms() -> u64 {
+    ScalingConfig::default().queue_timeout_ms
+}
+
+fn default_idle_ms() -> Option<u64> {
+    ScalingConfig::default().idle_ms
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,6 +135,12 @@ impl From<ServiceSpecJson> for ServiceRelease {
                             batch: s.batch,
                         })
                         .collect(),
+                    scaling: ScalingConfig {
+                        concurrency: s.concurrency,
+                        queue: s.queue,
+                        queue_timeout_ms: s.queue_timeout_ms,
+                        idle_ms: s.idle_ms,
+                    },
                 },
             },
             migrations: s
@@ -157,6 +191,10 @@ impl From<ServiceRelease> for ServiceSpecJson {
                     batch: s.batch,
                 })
                 .collect(),
+            concurrency: config.scaling.concurrency,
+            queue: config.scaling.queue,
+            queue_timeout_ms: config.scaling.queue_timeout_ms,
+            idle_ms: config.scaling.idle_ms,
             migrations: r
                 .migrations
                 .into_iter()
@@ -492,4 +530,52 @@ pub struct InvocationView {
     pub error: Option<String>,
     /// RFC 3339.
     pub updated: String,
+}
+
+/// Which log lines of a service to return (`GET .../logs`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// RFC 3339 time, or a duration back from now such as `5m` or `1h 30m`.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// At most this many of the newest matching lines (default 100).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Keep the response open and stream new lines as newline-delimited JSON.
+    #[serde(default)]
+    pub follow: Option<bool>,
+}
+
+/// One log line of a service: guest output (`stdout`, `stderr`) or a platform event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogView {
+    pub seq: u64,
+    /// RFC 3339.
+    pub time: String,
+    pub app: String,
+    pub service: String,
+    /// `stdout`, `stderr` or `platform`.
+    pub stream: String,
+    pub request_id: Option<String>,
+    pub line: String,
+}
+
+impl From<tessera_telemetry::LogEntry> for LogView {
+    fn from(e: tessera_telemetry::LogEntry) -> Self {
+        LogView {
+            seq: e.seq,
+            time: humantime::format_rfc3339_millis(e.time).to_string(),
+            app: e.app,
+            service: e.service,
+            stream: e.stream.as_str().to_string(),
+            request_id: e.request_id,
+            line: e.line,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogList {
+    pub logs: Vec<LogView>,
 }

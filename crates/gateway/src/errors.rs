@@ -6,6 +6,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use tessera_runtime::{InvokeError, ResponseBody};
 
+use crate::dispatch::Failure;
+
 /// Builds a JSON error response: `{"error": {"code", "message", "request_id"}}`.
 pub fn json_error(
     status: StatusCode,
@@ -32,18 +34,17 @@ pub(crate) fn full(text: String) -> ResponseBody {
 }
 
 /// The status and code a failed invocation is answered with.
-pub fn invoke_error_response(error: &InvokeError, request_id: &str) -> Response<ResponseBody> {
-    let (status, code) = match error {
-        InvokeError::Trap { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "guest_trap"),
-        InvokeError::MemoryLimit { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "memory_limit"),
-        InvokeError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-        InvokeError::NoResponse { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "no_response"),
-        InvokeError::GuestError { .. } => (StatusCode::BAD_GATEWAY, "guest_error"),
-        InvokeError::Capacity => (StatusCode::SERVICE_UNAVAILABLE, "capacity"),
-        InvokeError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-    };
-    let mut response = json_error(status, code, &error.to_string(), request_id);
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+pub fn invoke_error_response(error: InvokeError, request_id: &str) -> Response<ResponseBody> {
+    failure_response(&Failure::Invoke(error), request_id)
+}
+
+/// The answer to a request that got none from its guest: `429` when the service is over
+/// its own limit, `503` when it could not be served in time or the node is full (both
+/// with `Retry-After`), else what the guest's failure means.
+pub fn failure_response(failure: &Failure, request_id: &str) -> Response<ResponseBody> {
+    let (status, code) = failure.status_and_code();
+    let mut response = json_error(status, code, &failure.to_string(), request_id);
+    if failure.is_transient() {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -3,7 +3,11 @@
 //!
 //! The gateway owns no services: it reads the current [`RouteTable`] from a [`Routes`]
 //! handle for each request, so whoever owns the handle can swap the table at any time.
+//! Each service's [`Target`] admits its requests under the service's limits
+//! ([`Limiter`]) and asks its revision's [`ServiceSlot`] for the loaded code.
 
+mod admission;
+mod dispatch;
 mod errors;
 mod routes;
 
@@ -20,8 +24,13 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-pub use errors::{invoke_error_response, json_error};
-pub use routes::{AsyncAccepted, AsyncRequest, AsyncSink, Backend, RouteTable, Routes, Target};
+pub use admission::{Admission, Limiter, Permit, Rejection};
+pub use dispatch::{Failure, dispatch};
+pub use errors::{failure_response, invoke_error_response, json_error};
+pub use routes::{
+    AsyncAccepted, AsyncRequest, AsyncSink, Backend, Lease, LoadError, Loaded, RouteTable, Routes,
+    ServiceSlot, Target,
+};
 pub use tessera_runtime::ResponseBody;
 
 /// The header carrying a request's id, in both directions.
@@ -122,6 +131,12 @@ async fn handle(
     let request_id = request_id(&request);
     let id_header = HeaderValue::from_str(&request_id).expect("request ids are visible ASCII");
     request.headers_mut().insert(REQUEST_ID, id_header.clone());
+    // Only the platform says who is calling and how deep: a client cannot pose as
+    // another service of the app.
+    request.headers_mut().remove(tessera_runtime::CALLER_HEADER);
+    request
+        .headers_mut()
+        .remove(tessera_runtime::CALL_DEPTH_HEADER);
 
     let table = routes.current();
     let host = request_host(&request);
@@ -134,7 +149,7 @@ async fn handle(
         ),
         Some(target) if wants_async(&request) => enqueue(target, request, &request_id).await,
         Some(target) => match choose(target, &request) {
-            Ok(backend) => forward(backend, request, &request_id, start).await,
+            Ok(backend) => forward(target, backend, request, &request_id, start).await,
             Err(message) => json_error(
                 StatusCode::NOT_FOUND,
                 "no_such_revision",
@@ -290,22 +305,25 @@ fn choose<'t, B>(target: &'t Target, request: &Request<B>) -> Result<&'t Backend
 }
 
 async fn forward(
+    target: &Target,
     backend: &Backend,
     request: Request<Incoming>,
     request_id: &str,
     start: Instant,
 ) -> Response<ResponseBody> {
-    let service = backend.service.clone();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let mut response = match service.handle(request, request_id).await {
+    let service = &target.service;
+    let mut response = match dispatch(target, backend, request, request_id).await {
         Ok(response) => {
-            tracing::debug!(service = service.name(), %method, %path, status = response.status().as_u16(), elapsed = ?start.elapsed(), request_id, "request");
+            tracing::debug!(service, %method, %path, status = response.status().as_u16(), elapsed = ?start.elapsed(), request_id, "request");
             response
         }
-        Err(error) => {
-            tracing::warn!(service = service.name(), %method, %path, elapsed = ?start.elapsed(), request_id, "{error}");
-            invoke_error_response(&error, request_id)
+        // Refusals under load are counted and reported in bursts, not logged one by one.
+        Err(failure @ Failure::Rejected(_)) => failure_response(&failure, request_id),
+        Err(failure) => {
+            tracing::warn!(service, %method, %path, elapsed = ?start.elapsed(), request_id, "{failure}");
+            failure_response(&failure, request_id)
         }
     };
     if let Some(revision) = backend.revision {

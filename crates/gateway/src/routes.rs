@@ -1,20 +1,30 @@
 //! The routing table: path prefixes to targets, longest prefix first. Built whole and
 //! swapped atomically, so a request always sees one consistent table.
 
+use std::any::Any;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use arc_swap::ArcSwap;
 use tessera_manifest::RoutePrefix;
 use tessera_runtime::Service;
+use tessera_telemetry::{LogStream, ServiceLabels, Telemetry};
+
+use crate::admission::{Admission, Limiter, Permit, Rejection};
 
 /// What a route leads to: one service, served by one or more revisions with traffic
-/// weights.
+/// weights, behind the service's admission limits.
 pub struct Target {
     /// Name of the service, for logs and errors.
     pub service: String,
     backends: Vec<Backend>,
+    /// Shared with the targets of earlier and later tables for the same service.
+    limiter: Arc<Limiter>,
+    /// Where requests, rejections and faults are counted; `None` counts nothing.
+    telemetry: Option<Telemetry>,
     /// Backend indexes in the order requests are given to them, one round of the
     /// weights long (see [`schedule`]).
     schedule: Vec<u16>,
@@ -55,30 +65,94 @@ pub trait AsyncSink: Send + Sync {
 /// One revision of a service with its share of the traffic.
 #[derive(Clone)]
 pub struct Backend {
-    /// The revision id, when the service is versioned (`tessera serve`); `None` for an
-    /// app served straight from its manifest (`tessera up`).
+    /// The revision id, when the service is versioned; `None` for a service built
+    /// without one.
     pub revision: Option<u32>,
     /// Share of the traffic, relative to the other backends of the target (percent, in
     /// practice).
     pub weight: u32,
-    pub service: Service,
+    /// Names the revision in metrics.
+    pub labels: ServiceLabels,
+    /// The revision's code, loaded when a request needs it.
+    pub service: Arc<dyn ServiceSlot>,
+}
+
+/// Where a revision's loaded code comes from. The node keeps a revision's code loaded
+/// only while it is used, so the gateway asks for it per request; implementations load
+/// once however many requests ask at the same time.
+pub trait ServiceSlot: Send + Sync {
+    /// The loaded service, loading it first if needed.
+    fn get(&self) -> Pin<Box<dyn Future<Output = Result<Lease, LoadError>> + Send + '_>>;
+}
+
+/// A loaded service, lent to one request. While a lease exists, its slot counts the
+/// revision as busy (it is not unloaded for idleness); the service itself stays alive as
+/// long as the lease does, even if the slot unloads it meanwhile.
+pub struct Lease {
+    service: Service,
+    _hold: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl Lease {
+    /// Lends `service`, keeping `hold` (a guard of the slot's choosing) until the lease
+    /// is dropped.
+    pub fn new(service: Service, hold: impl Any + Send + Sync) -> Lease {
+        Lease {
+            service,
+            _hold: Some(Box::new(hold)),
+        }
+    }
+
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+}
+
+impl std::ops::Deref for Lease {
+    type Target = Service;
+
+    fn deref(&self) -> &Service {
+        &self.service
+    }
+}
+
+/// A revision's code could not be loaded.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("service `{service}`: cannot load its code: {message}")]
+pub struct LoadError {
+    pub service: String,
+    pub message: String,
+}
+
+/// A service that is always loaded.
+pub struct Loaded(pub Service);
+
+impl ServiceSlot for Loaded {
+    fn get(&self) -> Pin<Box<dyn Future<Output = Result<Lease, LoadError>> + Send + '_>> {
+        let lease = Lease {
+            service: self.0.clone(),
+            _hold: None,
+        };
+        Box::pin(std::future::ready(Ok(lease)))
+    }
 }
 
 impl Target {
-    /// A target served by a single, unversioned service.
-    pub fn single(service: Service) -> Self {
+    /// A target served by a single, always loaded, unversioned service.
+    pub fn single(app: &str, service: Service) -> Self {
         Target::weighted(
             service.name().to_string(),
             vec![Backend {
                 revision: None,
                 weight: 1,
-                service,
+                labels: ServiceLabels::new(app, service.name(), None),
+                service: Arc::new(Loaded(service)),
             }],
         )
     }
 
-    /// A target split across revisions by weight. Backends with weight 0 are kept, so a
-    /// request can still be pinned to them.
+    /// A target split across revisions by weight, with the default admission limits.
+    /// Backends with weight 0 are kept, so a request can still be pinned to them.
     pub fn weighted(service: String, backends: Vec<Backend>) -> Self {
         let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
         Target {
@@ -87,7 +161,63 @@ impl Target {
             backends,
             counter: AtomicU32::new(0),
             async_sink: None,
+            limiter: Arc::new(Limiter::new(Admission::default())),
+            telemetry: None,
         }
+    }
+
+    /// Admits requests through `limiter`, which the caller keeps across routing tables.
+    pub fn with_limiter(mut self, limiter: Arc<Limiter>) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// Counts the target's requests, rejections and faults in `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Option<Telemetry>) -> Self {
+        self.telemetry = telemetry;
+        self
+    }
+
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
+    pub fn telemetry(&self) -> Option<&Telemetry> {
+        self.telemetry.as_ref()
+    }
+
+    /// Takes one of the service's running slots for a request that will run on
+    /// `backend`: at once, after a bounded wait in the queue, or not at once (429) or
+    /// not in time (503). Every path into a guest (gateway, events, internal calls)
+    /// goes through here, so the service's limit holds for all of them together.
+    pub async fn admit(&self, backend: &Backend) -> Result<Permit, Rejection> {
+        let telemetry = self.telemetry.as_ref();
+        let result = self
+            .limiter
+            .admit(&self.service, || {
+                telemetry.map(|t| t.queued(&backend.labels))
+            })
+            .await;
+        if let Err(rejection) = &result {
+            if let Some(telemetry) = telemetry {
+                telemetry.rejected(&backend.labels, rejection.reason());
+            }
+            if let Some(count) = self.limiter.note_rejection() {
+                let line =
+                    format!("rejecting requests: {rejection} ({count} since the last report)");
+                tracing::warn!(app = %backend.labels.app, service = %self.service, reason = %rejection.reason(), count, "rejecting requests");
+                if let Some(telemetry) = telemetry {
+                    telemetry.log(
+                        &backend.labels.app,
+                        &self.service,
+                        LogStream::Platform,
+                        None,
+                        &line,
+                    );
+                }
+            }
+        }
+        result
     }
 
     /// Lets the target take async invocations through `sink`.

@@ -26,6 +26,25 @@ pub const MAX_MEMORY: u64 = 4 * 1024 * 1024 * 1024;
 /// Longest per-request deadline accepted.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// Default of `concurrency`: requests of one service running at once on a node.
+pub const DEFAULT_SERVICE_CONCURRENCY: u32 = 100;
+/// Default of `queue`: requests of one service waiting for a free slot.
+pub const DEFAULT_QUEUE: u32 = 100;
+/// Default of `queue_timeout`: longest wait in the queue.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `idle`: how long a service stays loaded without requests.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
+/// Largest `concurrency` accepted.
+pub const MAX_SERVICE_CONCURRENCY: u32 = 10_000;
+/// Largest `queue` accepted.
+pub const MAX_QUEUE: u32 = 100_000;
+/// Longest `queue_timeout` accepted.
+pub const MAX_QUEUE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Shortest `idle` accepted: the node looks for idle services once a second.
+pub const MIN_IDLE: Duration = Duration::from_secs(1);
+/// Longest `idle` accepted (`"never"` keeps a service loaded for good).
+pub const MAX_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// A validated app manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
@@ -88,6 +107,8 @@ pub struct ServiceSpec {
     /// Path prefixes this service answers.
     pub routes: Vec<RoutePrefix>,
     pub limits: Limits,
+    /// How many requests may run and wait, and when the service is unloaded.
+    pub scaling: Scaling,
     /// Origins the service may call through `wasi:http/outgoing-handler`.
     pub outbound: Vec<Origin>,
     /// Environment variables granted to the guest; none unless listed.
@@ -166,6 +187,32 @@ impl Default for Limits {
         Limits {
             memory: DEFAULT_MEMORY,
             timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// Admission control and scale-to-zero of one service on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scaling {
+    /// Requests of the service running at once, across its revisions.
+    pub concurrency: u32,
+    /// Requests waiting for one of those slots (first come, first served); one more is
+    /// refused at once with `429`.
+    pub queue: u32,
+    /// Longest wait in the queue, after which the request is answered `503`.
+    pub queue_timeout: Duration,
+    /// How long the service stays loaded without requests; `None` (`"never"`) keeps it
+    /// loaded until the node's memory budget needs the room.
+    pub idle: Option<Duration>,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Scaling {
+            concurrency: DEFAULT_SERVICE_CONCURRENCY,
+            queue: DEFAULT_QUEUE,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            idle: Some(DEFAULT_IDLE),
         }
     }
 }

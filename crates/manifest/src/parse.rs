@@ -10,8 +10,9 @@ use toml::de::{DeArray, DeTable, DeValue};
 use std::time::Duration;
 
 use crate::{
-    CronTrigger, Limits, MAX_MEMORY, MAX_TIMEOUT, Manifest, ManifestError, MissedTicks, Origin,
-    RoutePrefix, ServiceSpec, Subscription, check_name, parse_duration, parse_size,
+    CronTrigger, Limits, MAX_IDLE, MAX_MEMORY, MAX_QUEUE, MAX_QUEUE_TIMEOUT,
+    MAX_SERVICE_CONCURRENCY, MAX_TIMEOUT, MIN_IDLE, Manifest, ManifestError, MissedTicks, Origin,
+    RoutePrefix, Scaling, ServiceSpec, Subscription, check_name, parse_duration, parse_size,
 };
 
 /// Smallest memory limit that still fits a useful guest (one 64 KiB page is not enough for
@@ -113,6 +114,10 @@ const SERVICE_KEYS: &[&str] = &[
     "routes",
     "memory",
     "timeout",
+    "concurrency",
+    "queue",
+    "queue_timeout",
+    "idle",
     "outbound",
     "env",
     "config",
@@ -296,6 +301,7 @@ fn parse_service(
     let mut component = None;
     let mut routes = None;
     let mut limits = Limits::default();
+    let mut scaling = Scaling::default();
     let mut outbound = Vec::new();
     let mut env = Vec::new();
     let mut config = Vec::new();
@@ -375,6 +381,39 @@ fn parse_service(
                     ));
                 }
                 limits.timeout = timeout;
+            }
+            "concurrency" => {
+                scaling.concurrency = positive(cx, value, &path, MAX_SERVICE_CONCURRENCY)?;
+            }
+            "queue" => scaling.queue = count(cx, value, &path, MAX_QUEUE)?,
+            "queue_timeout" => {
+                let text = cx.str(value, &path)?;
+                let timeout = parse_duration(text).map_err(|m| cx.error(value.span(), &path, m))?;
+                if timeout.is_zero() || timeout > MAX_QUEUE_TIMEOUT {
+                    return Err(cx.error(
+                        value.span(),
+                        &path,
+                        "queue timeout must be more than 0 and at most 1h",
+                    ));
+                }
+                scaling.queue_timeout = timeout;
+            }
+            "idle" => {
+                let text = cx.str(value, &path)?;
+                scaling.idle = if text.trim() == "never" {
+                    None
+                } else {
+                    let idle = parse_duration(text)
+                        .map_err(|m| cx.error(value.span(), &path, format!("{m}, or \"never\"")))?;
+                    if !(MIN_IDLE..=MAX_IDLE).contains(&idle) {
+                        return Err(cx.error(
+                            value.span(),
+                            &path,
+                            "idle must be between 1s and 7 days, or \"never\"",
+                        ));
+                    }
+                    Some(idle)
+                };
             }
             "outbound" => {
                 for (text, span) in cx.strings(value, &path)? {
@@ -475,6 +514,7 @@ fn parse_service(
         component,
         routes,
         limits,
+        scaling,
         outbound,
         env,
         config,
@@ -512,6 +552,25 @@ fn positive(cx: &Cx<'_>, value: &Value<'_>, key: &str, max: u32) -> Result<u32, 
             value.span(),
             key,
             format!("must be between 1 and {max}, not {}", i.as_str()),
+        )),
+    }
+}
+
+/// A count that may be 0, such as a queue length.
+fn count(cx: &Cx<'_>, value: &Value<'_>, key: &str, max: u32) -> Result<u32, ManifestError> {
+    let DeValue::Integer(i) = value.get_ref() else {
+        return Err(cx.error(
+            value.span(),
+            key,
+            format!("expected an integer, found {}", value.get_ref().type_str()),
+        ));
+    };
+    match i.as_str().parse::<u32>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(cx.error(
+            value.span(),
+            key,
+            format!("must be between 0 and {max}, not {}", i.as_str()),
         )),
     }
 }

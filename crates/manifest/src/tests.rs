@@ -306,3 +306,57 @@ fn data_key_errors_name_the_key() {
     assert_eq!(key, "services.s.migrations");
     assert!(message.contains("twice"), "{message}");
 }
+
+#[test]
+fn scaling_keys_parse_with_defaults() {
+    let m = ok(GOOD);
+    assert_eq!(m.services[0].scaling, crate::Scaling::default());
+    assert_eq!(
+        crate::Scaling::default(),
+        crate::Scaling {
+            concurrency: 100,
+            queue: 100,
+            queue_timeout: Duration::from_secs(10),
+            idle: Some(Duration::from_secs(300)),
+        }
+    );
+    let m = ok(&GOOD.replace(
+        "timeout = \"5s\"",
+        "timeout = \"5s\"\nconcurrency = 8\nqueue = 0\nqueue_timeout = \"250ms\"\nidle = \"never\"",
+    ));
+    assert_eq!(
+        m.services[0].scaling,
+        crate::Scaling {
+            concurrency: 8,
+            queue: 0,
+            queue_timeout: Duration::from_millis(250),
+            idle: None,
+        }
+    );
+    let m = ok(&GOOD.replace("timeout = \"5s\"", "idle = \"90s\""));
+    assert_eq!(m.services[0].scaling.idle, Some(Duration::from_secs(90)));
+}
+
+#[test]
+fn scaling_errors_name_the_key_and_line() {
+    let with = |extra: &str| GOOD.replace("timeout = \"5s\"", extra);
+    let (line, column, key, message) = err(&with("concurrency = 0"));
+    assert_eq!((line, column), (9, 15));
+    assert_eq!(key, "services.greeter.concurrency");
+    assert!(message.contains("between 1 and 10000"), "{message}");
+    let (line, _, key, message) = err(&with("queue = -1"));
+    assert_eq!((line, key.as_str()), (9, "services.greeter.queue"));
+    assert!(message.contains("between 0 and 100000"), "{message}");
+    let (_, _, key, message) = err(&with("queue = \"16\""));
+    assert_eq!(key, "services.greeter.queue");
+    assert!(message.contains("expected an integer"), "{message}");
+    let (_, _, key, message) = err(&with("queue_timeout = \"0s\""));
+    assert_eq!(key, "services.greeter.queue_timeout");
+    assert!(message.contains("more than 0"), "{message}");
+    let (_, _, key, message) = err(&with("idle = \"0s\""));
+    assert_eq!(key, "services.greeter.idle");
+    assert!(message.contains("\"never\""), "{message}");
+    let (_, _, key, message) = err(&with("idle = \"forever\""));
+    assert_eq!(key, "services.greeter.idle");
+    assert!(message.contains("not a duration"), "{message}");
+}

@@ -16,7 +16,7 @@ use tessera_events::{
     Consumer, CronScheduler, CronSpec, Delivery, Dispatcher, Invoker, Journal, MissedTicks,
     NewMessage, Outcome, Schedule, SubscriptionSpec,
 };
-use tessera_gateway::Target;
+use tessera_gateway::{Rejection, Target};
 use tessera_runtime::{InvokeError, OutgoingMessage, Publisher};
 use tessera_store::AppState;
 
@@ -76,6 +76,11 @@ impl Events {
             running: Mutex::new(None),
             specs: Mutex::new((Vec::new(), Vec::new())),
         }
+    }
+
+    /// The serving targets by (app, service), kept current by every rebuild.
+    pub(crate) fn targets(&self) -> Arc<ArcSwap<TargetMap>> {
+        self.targets.clone()
     }
 
     /// Starts delivering (call inside a tokio runtime). Idempotent.
@@ -217,7 +222,10 @@ fn triggers(apps: &[AppState]) -> Result<(Vec<SubscriptionSpec>, Vec<CronSpec>),
                 continue;
             };
             let config = &primary.config;
-            let timeout = Duration::from_millis(config.timeout_ms) + LEASE_MARGIN;
+            // A delivery may wait in the service's queue before it runs.
+            let timeout = Duration::from_millis(config.timeout_ms)
+                + Duration::from_millis(config.scaling.queue_timeout_ms)
+                + LEASE_MARGIN;
             for sub in &config.subscriptions {
                 let consumer = Consumer {
                     service: service.name.clone(),
@@ -417,9 +425,24 @@ async fn deliver(
         Ok(request) => request,
         Err(e) => return failed(400, format!("cannot build the request: {e}")),
     };
+    // Deliveries count against the service's limits like any request; a refusal is a
+    // failed attempt, retried with backoff.
+    let _permit = match target.admit(backend).await {
+        Ok(permit) => permit,
+        Err(rejection) => {
+            let status = match rejection {
+                Rejection::Overloaded { .. } => 429,
+                Rejection::QueueTimeout { .. } => 503,
+            };
+            return failed(status, rejection.to_string());
+        }
+    };
+    let service = match backend.service.get().await {
+        Ok(service) => service,
+        Err(error) => return failed(500, error.to_string()),
+    };
     let request_id = uuid::Uuid::now_v7().to_string();
-    match backend
-        .service
+    match service
         .handle_to_completion(request, &request_id, MAX_RESULT_BODY)
         .await
     {

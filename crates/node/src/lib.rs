@@ -2,10 +2,12 @@
 //! the services loaded for the revisions that take traffic, and the gateway's routing
 //! table, kept in step.
 //!
-//! Every control operation is validated and prepared (components loaded) before the
+//! Every control operation is validated and prepared (components compiled) before the
 //! control state changes, then the state is committed in one transaction, then a new
 //! routing table is built and swapped in whole. Requests in flight keep the table they
-//! started with, so no operation ever fails a request.
+//! started with, so no operation ever fails a request. A serving revision's code is loaded
+//! on its first request and unloaded when idle or when the memory budget needs the room
+//! (`scaling.rs`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,23 +15,29 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 mod events;
+mod internal;
+mod scaling;
 
 pub use events::{MAX_RESULT_BODY, async_subscription};
+pub use scaling::{DEFAULT_MEMORY_BUDGET, MEMORY_BUDGET_ENV};
 
+use arc_swap::ArcSwapOption;
 use tessera_data::{DataBackend, DataError, EmbeddedData, Migration, SqlError};
 use tessera_events::{
     DeadLetter, DeliveryStatus, EmbeddedJournal, EventError, Journal, NewMessage, Published,
     SubscriptionStats,
 };
-use tessera_gateway::{Backend, RouteTable, Routes, Target};
+use tessera_gateway::{Admission, Backend, Limiter, RouteTable, Routes, Target};
 use tessera_manifest::{Limits, Origin, RoutePrefix};
 use tessera_runtime::{
-    Runtime, RuntimeConfig, RuntimeError, Service, ServiceConfig, ServiceDataAccess,
+    CodeSource, LoadReport, Runtime, RuntimeConfig, RuntimeError, Service, ServiceConfig,
+    ServiceDataAccess,
 };
 use tessera_store::{
     AppState, ArtifactStore, ControlState, ControlStore, DeployOptions, DeployOutcome, Revision,
     RevisionConfig, ServiceDeploy, ServiceState, StoreError,
 };
+use tessera_telemetry::Telemetry;
 
 /// Errors of control operations.
 #[derive(Debug, thiserror::Error)]
@@ -84,22 +92,49 @@ struct NodeInner {
     events: Arc<events::Events>,
     runtime: Runtime,
     routes: Routes,
-    /// Serialises control operations and holds the services loaded for serving
-    /// revisions, so each is compiled or mapped once.
-    loaded: Mutex<HashMap<RevisionKey, Service>>,
+    /// Serialises control operations and holds what routing tables share across rebuilds.
+    serving: Mutex<Serving>,
+    /// Serving revisions' slots: which are loaded, and the budget for their code.
+    residency: scaling::Residency,
+    telemetry: ArcSwapOption<Telemetry>,
+    /// The task unloading idle revisions, once started.
+    reaper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// What successive routing tables share.
+#[derive(Default)]
+struct Serving {
+    /// Each service's admission limiter with the settings it was made for, kept while the
+    /// settings stay the same so requests in flight count against the new table's limit.
+    limiters: HashMap<(String, String), Arc<Limiter>>,
 }
 
 impl Node {
-    /// Opens (or creates) the node's state in `data` and loads every serving revision.
+    /// Opens (or creates) the node's state in `data`. Serving revisions are loaded when
+    /// their first request comes. The budget for loaded code is taken from
+    /// `TESSERA_MEMORY_BUDGET` (`512MiB`, `2GiB`, bytes) when it is set.
     pub fn open(data: &Path, runtime: RuntimeConfig) -> Result<Node, NodeError> {
+        let budget = match std::env::var(MEMORY_BUDGET_ENV) {
+            Ok(text) if !text.trim().is_empty() => tessera_manifest::parse_size(&text)
+                .map_err(|m| NodeError::Invalid(format!("{MEMORY_BUDGET_ENV}: {m}")))?,
+            _ => DEFAULT_MEMORY_BUDGET,
+        };
         let store = Arc::new(ControlStore::open(data)?);
         let service_data = Arc::new(EmbeddedData::new(data.join(SERVICE_DATA_DIR)));
         let journal = Arc::new(EmbeddedJournal::open(&data.join(EVENTS_FILE))?);
+        // Calls to `http://<service>.internal` are routed by this node; the router learns
+        // the node's serving targets once the node exists.
+        let targets = Arc::new(std::sync::OnceLock::new());
+        let router = Arc::new(internal::Router::new(targets.clone()));
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: Some(data.join("compiled")),
+            internal: Some(runtime.internal.unwrap_or(router)),
             ..runtime
         })?;
-        Node::with_backends(store.clone(), store, service_data, journal, runtime)
+        let node = Node::with_backends(store.clone(), store, service_data, journal, runtime)?;
+        let _ = targets.set(node.inner.events.targets());
+        node.set_memory_budget(budget);
+        Ok(node)
     }
 
     /// A node over any control-state, artifact, service-data and event backends.
@@ -118,13 +153,49 @@ impl Node {
                 events: Arc::new(events::Events::new(journal)),
                 runtime,
                 routes: Routes::default(),
-                loaded: Mutex::new(HashMap::new()),
+                serving: Mutex::new(Serving::default()),
+                residency: scaling::Residency::new(DEFAULT_MEMORY_BUDGET),
+                telemetry: ArcSwapOption::empty(),
+                reaper: Mutex::new(None),
             }),
         };
-        let mut loaded = node.lock();
-        node.rebuild(&mut loaded)?;
-        drop(loaded);
+        let mut serving = node.lock();
+        node.rebuild(&mut serving, None)?;
+        drop(serving);
         Ok(node)
+    }
+
+    /// Counts requests, loads and faults in `telemetry` and logs platform events there.
+    pub fn set_telemetry(&self, telemetry: Telemetry) {
+        let mut serving = self.lock();
+        self.inner.telemetry.store(Some(Arc::new(telemetry)));
+        // Routing tables carry the handle to the gateway: build one that has it.
+        if let Err(error) = self.rebuild(&mut serving, None) {
+            tracing::error!(%error, "cannot rebuild the routing table");
+        }
+    }
+
+    /// Sets the budget, in bytes, for the compiled code of loaded revisions (default
+    /// [`DEFAULT_MEMORY_BUDGET`]), unloading the least recently used idle ones at once if
+    /// they no longer fit. A single revision larger than the budget still loads.
+    pub fn set_memory_budget(&self, bytes: u64) {
+        self.inner.residency.set_budget(bytes);
+        let telemetry = self.inner.telemetry.load_full();
+        let cx = scaling::Cx {
+            telemetry: telemetry.as_deref(),
+        };
+        self.inner.residency.fit_budget(None, &cx);
+        tracing::debug!(budget = bytes, "memory budget for loaded code set");
+    }
+
+    /// The budget for loaded code, in bytes.
+    pub fn memory_budget(&self) -> u64 {
+        self.inner.residency.budget()
+    }
+
+    /// Bytes of compiled code loaded now, across every serving revision.
+    pub fn loaded_code_bytes(&self) -> u64 {
+        self.inner.residency.used()
     }
 
     /// The routing table handle the gateway serves from.
@@ -137,8 +208,14 @@ impl Node {
         self.inner.artifacts.has_artifact(sha256)
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<RevisionKey, Service>> {
-        self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Serving> {
+        self.inner.serving.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn compile_cache(&self, report: &LoadReport) {
+        if let Some(telemetry) = self.inner.telemetry.load().as_deref() {
+            telemetry.compile_cache(report.source == CodeSource::Cache);
+        }
     }
 
     /// Stores a component after checking that it is a component this node can serve as
@@ -164,6 +241,7 @@ impl Node {
             data: ServiceDataAccess::default(),
         };
         let (loaded, report) = self.inner.runtime.load_service(probe, origin, bytes)?;
+        self.compile_cache(&report);
         let how = match report.source {
             tessera_runtime::CodeSource::Compiled => "compiled",
             tessera_runtime::CodeSource::Cache => "loaded from cache",
@@ -208,15 +286,17 @@ impl Node {
                 )));
             }
         }
-        let mut loaded = self.lock();
+        let mut serving = self.lock();
         // Load every new component before committing, so a deploy that cannot be served
-        // changes nothing.
+        // changes nothing; this also leaves its compiled code in the cache, so the
+        // revision's first request only maps it.
         for service in services {
             let path = self.inner.artifacts.artifact_path(&service.sha256)?;
-            self.inner.runtime.load_service_file(
+            let (_, report) = self.inner.runtime.load_service_file(
                 runtime_config(&service.name, &service.config, ServiceDataAccess::default())?,
                 &path,
             )?;
+            self.compile_cache(&report);
         }
         for release in releases {
             let name = &release.service.name;
@@ -237,7 +317,7 @@ impl Node {
             }
         }
         let outcome = self.inner.store.deploy(app, services, options)?;
-        self.rebuild(&mut loaded)?;
+        self.rebuild(&mut serving, None)?;
         Ok(outcome)
     }
 
@@ -247,9 +327,9 @@ impl Node {
         service: &str,
         weights: &[(u32, u8)],
     ) -> Result<ServiceState, NodeError> {
-        let mut loaded = self.lock();
+        let mut serving = self.lock();
         let state = self.inner.store.set_traffic(app, service, weights)?;
-        self.rebuild(&mut loaded)?;
+        self.rebuild(&mut serving, None)?;
         Ok(state)
     }
 
@@ -259,9 +339,9 @@ impl Node {
         service: &str,
         to: Option<u32>,
     ) -> Result<ServiceState, NodeError> {
-        let mut loaded = self.lock();
+        let mut serving = self.lock();
         let state = self.inner.store.rollback(app, service, to)?;
-        self.rebuild(&mut loaded)?;
+        self.rebuild(&mut serving, None)?;
         Ok(state)
     }
 
@@ -269,9 +349,9 @@ impl Node {
     /// `purge` is set, so removing and redeploying an app keeps its data. Returns whether
     /// the app existed.
     pub fn remove_app(&self, app: &str, purge: bool) -> Result<bool, NodeError> {
-        let mut loaded = self.lock();
+        let mut serving = self.lock();
         let existed = self.inner.store.remove_app(app)?;
-        self.rebuild(&mut loaded)?;
+        self.rebuild(&mut serving, None)?;
         if purge {
             self.inner.data.purge_app(app)?;
             self.inner.store.purge_secrets(app)?;
@@ -280,8 +360,9 @@ impl Node {
         Ok(existed)
     }
 
-    /// Sets a secret of a service and reloads the service's serving revisions so new
-    /// requests see it. The value is never logged or listed.
+    /// Sets a secret of a service and unloads the service's serving revisions so new
+    /// requests see it (they load again, from the compiled cache, on their next request).
+    /// The value is never logged or listed.
     pub fn set_secret(
         &self,
         app: &str,
@@ -293,30 +374,67 @@ impl Node {
         check_name(service, "service")?;
         tessera_manifest::check_config_key(name)
             .map_err(|m| NodeError::Invalid(format!("secret name: {m}")))?;
-        let mut loaded = self.lock();
+        let mut serving = self.lock();
         self.inner.store.set_secret(app, service, name, value)?;
-        loaded.retain(|(a, s, _), _| !(a == app && s == service));
-        self.rebuild(&mut loaded)
+        self.rebuild(&mut serving, Some((app, service)))
     }
 
     /// Removes a secret; false if the service had none of that name.
     pub fn delete_secret(&self, app: &str, service: &str, name: &str) -> Result<bool, NodeError> {
-        let mut loaded = self.lock();
+        let mut serving = self.lock();
         let existed = self.inner.store.delete_secret(app, service, name)?;
-        loaded.retain(|(a, s, _), _| !(a == app && s == service));
-        self.rebuild(&mut loaded)?;
+        self.rebuild(&mut serving, Some((app, service)))?;
         Ok(existed)
     }
 
-    /// Starts delivering events and firing schedules (inside a tokio runtime; the node's
-    /// listeners call it).
+    /// Starts delivering events and firing schedules, and the task that unloads idle
+    /// revisions (inside a tokio runtime; the node's listeners call it).
     pub fn start_events(&self) {
         self.inner.events.start();
+        self.start_reaper();
     }
 
     /// Stops delivering events; deliveries in flight finish (bounded).
     pub async fn stop_events(&self) {
         self.inner.events.shutdown().await;
+        let reaper = self
+            .inner
+            .reaper
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(reaper) = reaper {
+            reaper.abort();
+        }
+    }
+
+    /// Looks for idle revisions every second and unloads them. Idempotent.
+    fn start_reaper(&self) {
+        let mut reaper = self.inner.reaper.lock().unwrap_or_else(|e| e.into_inner());
+        if reaper.is_some() {
+            return;
+        }
+        let node = Arc::downgrade(&self.inner);
+        *reaper = Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(scaling::REAP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(node) = node.upgrade() else { break };
+                // Dropping unloaded code unmaps it: keep that off the async workers.
+                let reaped = tokio::task::spawn_blocking(move || {
+                    let telemetry = node.telemetry.load_full();
+                    let cx = scaling::Cx {
+                        telemetry: telemetry.as_deref(),
+                    };
+                    node.residency.reap(&cx);
+                })
+                .await;
+                if let Err(error) = reaped {
+                    tracing::error!(%error, "looking for idle revisions failed");
+                }
+            }
+        }));
     }
 
     /// Publishes a message to a topic of an app; durable when it returns. A message whose
@@ -418,12 +536,17 @@ impl Node {
         Ok(self.inner.store.app(name)?)
     }
 
-    /// Builds the routing table from the control state and swaps it in. A revision that
-    /// cannot be loaded is logged and its service left unrouted, so one broken service
-    /// never keeps the rest of the node from serving.
-    fn rebuild(&self, loaded: &mut HashMap<RevisionKey, Service>) -> Result<(), NodeError> {
+    /// Builds the routing table from the control state and swaps it in. Revisions that
+    /// kept serving keep their slot (and their loaded code) unless `renew` names their
+    /// service, whose revisions get fresh slots that load again on their next request.
+    /// A revision whose component is missing is logged and left unrouted, so one broken
+    /// service never keeps the rest of the node from serving.
+    fn rebuild(&self, serving: &mut Serving, renew: Option<(&str, &str)>) -> Result<(), NodeError> {
         let apps = self.inner.store.apps()?;
-        let mut keep = HashMap::new();
+        let telemetry = self.inner.telemetry.load_full();
+        let residency = &self.inner.residency;
+        let mut slots = HashMap::new();
+        let mut limiters = HashMap::new();
         let mut entries = Vec::new();
         let mut targets = HashMap::new();
         for app in &apps {
@@ -431,41 +554,66 @@ impl Node {
                 let Some(primary) = service.primary() else {
                     continue;
                 };
+                let renewed = renew == Some((app.name.as_str(), service.name.as_str()));
                 let mut backends = Vec::new();
                 for (id, weight) in &service.traffic {
                     let Some(revision) = service.revision(*id) else {
                         continue;
                     };
                     let key = (app.name.clone(), service.name.clone(), *id);
-                    let loaded_service = match loaded.get(&key) {
-                        Some(s) => s.clone(),
-                        None => match self.load_revision(&app.name, &service.name, revision) {
-                            Ok(s) => s,
-                            Err(e) => {
-                                tracing::error!(app = %app.name, service = %service.name, revision = id, error = %e, "cannot load revision; it takes no traffic");
+                    let existing = residency.existing(&key).filter(|_| !renewed);
+                    let slot = match existing {
+                        Some(slot) => slot,
+                        None => {
+                            if let Err(e) = self.inner.artifacts.artifact_path(&revision.sha256) {
+                                tracing::error!(app = %app.name, service = %service.name, revision = id, error = %e, "cannot serve revision; it takes no traffic");
                                 continue;
                             }
-                        },
+                            Arc::new(scaling::Slot::new(
+                                key.clone(),
+                                revision.clone(),
+                                Arc::downgrade(&self.inner),
+                                residency,
+                            ))
+                        }
                     };
-                    keep.insert(key, loaded_service.clone());
+                    slots.insert(key, slot.clone());
                     backends.push(Backend {
                         revision: Some(*id),
                         weight: u32::from(*weight),
-                        service: loaded_service,
+                        labels: slot.labels().clone(),
+                        service: Arc::new(scaling::SlotRef(slot)),
                     });
                 }
                 if backends.is_empty() {
                     continue;
                 }
-                // Routes belong to the service as its primary revision declares them.
+                // Limits, like routes, belong to the service as its primary revision
+                // declares them.
+                let scaling = &primary.config.scaling;
+                let admission = Admission {
+                    concurrency: scaling.concurrency,
+                    queue: scaling.queue,
+                    queue_timeout: Duration::from_millis(scaling.queue_timeout_ms),
+                };
+                let name = (app.name.clone(), service.name.clone());
+                let limiter = match serving.limiters.get(&name) {
+                    Some(limiter) if limiter.config() == admission => limiter.clone(),
+                    _ => Arc::new(Limiter::new(admission)),
+                };
+                limiters.insert(name.clone(), limiter.clone());
                 let sink = Arc::new(AsyncQueue {
                     events: self.inner.events.clone(),
                     app: app.name.clone(),
                     service: service.name.clone(),
                 });
-                let target =
-                    Arc::new(Target::weighted(service.name.clone(), backends).with_async(sink));
-                targets.insert((app.name.clone(), service.name.clone()), target.clone());
+                let target = Arc::new(
+                    Target::weighted(service.name.clone(), backends)
+                        .with_async(sink)
+                        .with_limiter(limiter)
+                        .with_telemetry(telemetry.as_deref().cloned()),
+                );
+                targets.insert(name, target.clone());
                 for route in &primary.config.routes {
                     match RoutePrefix::new(route) {
                         Ok(prefix) => entries.push((prefix, target.clone())),
@@ -474,37 +622,45 @@ impl Node {
                 }
             }
         }
-        *loaded = keep;
+        serving.limiters = limiters;
         self.inner.routes.swap(RouteTable::new(entries));
+        residency.replace(
+            slots,
+            &scaling::Cx {
+                telemetry: telemetry.as_deref(),
+            },
+        );
         if let Err(error) = self.inner.events.update(&apps, targets) {
             tracing::error!(%error, "cannot install the event triggers");
         }
         Ok(())
     }
+}
 
+impl NodeInner {
+    /// Loads a revision's code bound to its service's data, configuration and secrets.
+    /// Blocking: reads the component, maps (or compiles) its code, opens its data.
     fn load_revision(
         &self,
         app: &str,
         service: &str,
         revision: &Revision,
-    ) -> Result<Service, NodeError> {
-        let path = self.inner.artifacts.artifact_path(&revision.sha256)?;
-        let stores = self.inner.data.open_service(app, service)?;
+    ) -> Result<(Service, LoadReport), NodeError> {
+        let path = self.artifacts.artifact_path(&revision.sha256)?;
+        let stores = self.data.open_service(app, service)?;
         // Secrets win over configuration of the same name.
         let mut config: std::collections::BTreeMap<String, String> =
             revision.config.config.iter().cloned().collect();
-        config.extend(self.inner.store.secrets(app, service)?);
+        config.extend(self.store.secrets(app, service)?);
         let access = ServiceDataAccess {
             stores: Some(stores),
             buckets: revision.config.buckets.clone().into(),
             config: config.into_iter().collect::<Vec<_>>().into(),
-            publisher: Some(self.inner.events.publisher(app)),
+            publisher: Some(self.events.publisher(app)),
         };
         let mut config = runtime_config(service, &revision.config, access)?;
         config.app = app.to_string();
-        let (loaded, report) = self.inner.runtime.load_service_file(config, &path)?;
-        tracing::info!(service, revision = revision.id, elapsed = ?report.elapsed, source = ?report.source, "revision loaded");
-        Ok(loaded)
+        Ok(self.runtime.load_service_file(config, &path)?)
     }
 }
 
@@ -520,7 +676,37 @@ fn validate_config(service: &str, config: &RevisionConfig) -> Result<(), NodeErr
     for route in &config.routes {
         RoutePrefix::new(route).map_err(invalid)?;
     }
+    validate_scaling(&config.scaling).map_err(invalid)?;
     runtime_config(service, config, ServiceDataAccess::default()).map(|_| ())
+}
+
+/// The same bounds the manifest enforces, for deploys that come through the API.
+fn validate_scaling(scaling: &tessera_store::ScalingConfig) -> Result<(), String> {
+    use tessera_manifest::{
+        MAX_IDLE, MAX_QUEUE, MAX_QUEUE_TIMEOUT, MAX_SERVICE_CONCURRENCY, MIN_IDLE,
+    };
+    if !(1..=MAX_SERVICE_CONCURRENCY).contains(&scaling.concurrency) {
+        return Err(format!(
+            "concurrency must be between 1 and {MAX_SERVICE_CONCURRENCY}, not {}",
+            scaling.concurrency
+        ));
+    }
+    if scaling.queue > MAX_QUEUE {
+        return Err(format!(
+            "queue must be between 0 and {MAX_QUEUE}, not {}",
+            scaling.queue
+        ));
+    }
+    let queue_timeout = Duration::from_millis(scaling.queue_timeout_ms);
+    if queue_timeout.is_zero() || queue_timeout > MAX_QUEUE_TIMEOUT {
+        return Err("queue timeout must be more than 0 and at most 1h".into());
+    }
+    if let Some(idle) = scaling.idle_ms.map(Duration::from_millis)
+        && !(MIN_IDLE..=MAX_IDLE).contains(&idle)
+    {
+        return Err("idle must be between 1s and 7 days, or never".into());
+    }
+    Ok(())
 }
 
 /// The runtime's view of a revision's configuration.

@@ -95,6 +95,14 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
     bindings::Data::add_to_linker::<InstanceState, HasSelf<InstanceState>>(linker, |s| s)
 }
 
+/// Runs a key-value read on the calling worker. Reads are served from SQLite's page cache
+/// or a small file read in a few microseconds, far less than the ~15-30 µs a hop to the
+/// blocking pool costs (measured in BENCHMARKS.md); writes, which wait for an fsync, and
+/// SQL, which may run until the request's deadline, always go to the blocking pool.
+fn read_inline<T>(f: impl FnOnce() -> T) -> wasmtime::Result<T> {
+    Ok(f())
+}
+
 /// Runs a backend call on the blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
@@ -216,7 +224,7 @@ impl store::HostBucket for InstanceState {
             Ok(kv) => kv,
             Err(e) => return Ok(Err(e)),
         };
-        let page = blocking(move || kv.list_keys(&name, cursor.as_deref())).await?;
+        let page = read_inline(|| kv.list_keys(&name, cursor.as_deref()))?;
         Ok(page
             .map(|(keys, cursor)| store::KeyResponse { keys, cursor })
             .map_err(kv_error))
@@ -286,7 +294,7 @@ impl atomics::HostCas for InstanceState {
             Err(e) => return Ok(Err(e)),
         };
         let (bucket_name, key_name) = (name.clone(), key.clone());
-        let seen = blocking(move || kv.get_versioned(&bucket_name, &key_name)).await?;
+        let seen = read_inline(|| kv.get_versioned(&bucket_name, &key_name))?;
         match seen {
             Ok(seen) => Ok(Ok(self.table.push(Cas {
                 bucket: name,
@@ -322,15 +330,14 @@ impl batch::Host for InstanceState {
             Ok(kv) => kv,
             Err(e) => return Ok(Err(e)),
         };
-        let found = blocking(move || {
+        let found = read_inline(|| {
             let values = kv.get_many(&name, &keys)?;
             Ok(keys
                 .into_iter()
                 .zip(values)
                 .map(|(key, value)| value.map(|v| (key, v)))
                 .collect())
-        })
-        .await?;
+        })?;
         Ok(found.map_err(kv_error))
     }
 

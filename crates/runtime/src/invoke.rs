@@ -18,6 +18,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
 use crate::data::DataState;
+use crate::internal::{CALL_DEPTH_HEADER, Caller, InternalRouter, MAX_CALL_DEPTH};
 use crate::messaging::{OutgoingMessage, Publisher};
 use crate::outbound::OutboundPolicy;
 use crate::output::{GuestLogSink, GuestOutput, OutputStream};
@@ -48,6 +49,7 @@ pub(crate) struct ServiceInner {
     pub(crate) hash: String,
     pre: ProxyPre<InstanceState>,
     sink: Arc<dyn GuestLogSink>,
+    internal: Option<Arc<dyn InternalRouter>>,
     app: Arc<str>,
     name: Arc<str>,
     outbound: Arc<[Origin]>,
@@ -63,9 +65,11 @@ impl ServiceInner {
         hash: String,
         pre: ProxyPre<InstanceState>,
         sink: Arc<dyn GuestLogSink>,
+        internal: Option<Arc<dyn InternalRouter>>,
         code_size: usize,
     ) -> Self {
         ServiceInner {
+            internal,
             app: config.app.as_str().into(),
             code_size,
             last_memory: std::sync::atomic::AtomicU64::new(0),
@@ -80,8 +84,14 @@ impl ServiceInner {
 
     /// A store holding only what this service is granted: no preopened directories, no
     /// sockets, only the environment the manifest lists, output captured per request.
-    fn new_store(&self, request_id: &str, deadline: Instant) -> Store<InstanceState> {
+    fn new_store(&self, request_id: &str, deadline: Instant, depth: u32) -> Store<InstanceState> {
         let request_id: Arc<str> = request_id.into();
+        let caller = Caller {
+            app: self.app.clone(),
+            service: self.name.clone(),
+            request_id: request_id.clone(),
+            depth,
+        };
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(GuestOutput::new(
             self.sink.clone(),
@@ -110,6 +120,8 @@ impl ServiceInner {
             outbound: OutboundPolicy {
                 service: self.name.clone(),
                 allowed: self.outbound.clone(),
+                caller,
+                internal: self.internal.clone(),
             },
             limiter: MemoryLimiter::new(self.config.limits.memory),
             data: DataState {
@@ -301,7 +313,15 @@ impl Service {
             );
         }
 
-        let mut store = inner.new_store(request_id, deadline);
+        // How deep in a chain of internal calls this request is (0 from outside).
+        let depth = request
+            .headers()
+            .get(CALL_DEPTH_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+            .min(MAX_CALL_DEPTH + 1);
+        let mut store = inner.new_store(request_id, deadline, depth);
         let outbox = store.data().data.outbox.clone();
         let publisher = inner.config.data.publisher.clone();
         let (sender, receiver) = oneshot::channel();

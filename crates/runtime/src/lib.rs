@@ -8,6 +8,7 @@
 mod cache;
 mod data;
 mod engine;
+mod internal;
 mod invoke;
 mod messaging;
 mod outbound;
@@ -24,6 +25,10 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use cache::content_hash;
 pub use data::ServiceDataAccess;
+pub use internal::{
+    CALL_DEPTH_HEADER, CALLER_HEADER, CallFuture, Caller, INTERNAL_SUFFIX, InternalRouter,
+    MAX_CALL_DEPTH, platform_response,
+};
 pub use invoke::{Completed, InvokeError};
 pub use messaging::{MAX_MESSAGE_BYTES, OutgoingMessage, Publisher};
 pub use output::{GuestLogSink, OutputStream as GuestStream, TerminalLog};
@@ -45,6 +50,8 @@ pub struct RuntimeConfig {
     pub max_memory: u64,
     /// Where guest stdout and stderr lines go.
     pub log_sink: Arc<dyn GuestLogSink>,
+    /// Serves calls to `http://<service>.internal`; without one they are denied.
+    pub internal: Option<Arc<dyn InternalRouter>>,
 }
 
 impl Default for RuntimeConfig {
@@ -54,6 +61,7 @@ impl Default for RuntimeConfig {
             max_instances: 1000,
             max_memory: tessera_manifest::MAX_MEMORY,
             log_sink: Arc::new(TerminalLog),
+            internal: None,
         }
     }
 }
@@ -242,6 +250,7 @@ impl Runtime {
                 hash,
                 pre,
                 inner.config.log_sink.clone(),
+                inner.config.internal.clone(),
                 code_size,
             )),
         };

@@ -5,6 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_manifest::{Origin, Scheme};
+
+use crate::internal::{
+    CALL_DEPTH_HEADER, CALLER_HEADER, Caller, InternalRouter, MAX_CALL_DEPTH, platform_response,
+};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// Bounds on one outgoing request, so a slow peer ties up a guest no longer than this
@@ -16,6 +20,9 @@ const BETWEEN_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct OutboundPolicy {
     pub(crate) service: Arc<str>,
     pub(crate) allowed: Arc<[Origin]>,
+    /// Who this instance is, for internal calls: app, service, request id, call depth.
+    pub(crate) caller: Caller,
+    pub(crate) internal: Option<Arc<dyn InternalRouter>>,
 }
 
 impl OutboundPolicy {
@@ -32,6 +39,44 @@ impl OutboundPolicy {
             Scheme::Https => 443,
         });
         self.allowed.iter().any(|o| o.allows(scheme, host, port))
+    }
+}
+
+impl OutboundPolicy {
+    /// Hands a granted call to `http://<service>.internal` to the node, in-process.
+    fn call_internal(&self, callee: String, mut request: http::Request<WasiBody>) -> SendFuture {
+        let done = || Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>;
+        let caller = self.caller.clone();
+        let depth = caller.depth + 1;
+        if depth > MAX_CALL_DEPTH {
+            tracing::warn!(app = %caller.app, service = %caller.service, callee, request_id = %caller.request_id, "internal call loop cut off");
+            let response = platform_response(
+                508,
+                "loop_detected",
+                &format!(
+                    "call from `{}` to `{callee}` would be {depth} internal calls deep; the limit is {MAX_CALL_DEPTH}",
+                    caller.service
+                ),
+            );
+            return Box::new(async move { Ok((response, done())) });
+        }
+        let Some(router) = self.internal.clone() else {
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        };
+        let headers = request.headers_mut();
+        for (name, value) in [
+            (CALL_DEPTH_HEADER, depth.to_string()),
+            ("x-request-id", caller.request_id.to_string()),
+            (CALLER_HEADER, format!("{}/{}", caller.app, caller.service)),
+        ] {
+            if let Ok(value) = http::HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
+        Box::new(async move {
+            let response = router.call(caller, &callee, request).await?;
+            Ok((response, done()))
+        })
     }
 }
 
@@ -57,6 +102,9 @@ impl WasiHttpHooks for OutboundPolicy {
         if !self.permits(request.uri()) {
             tracing::info!(service = %self.service, uri = %request.uri(), "outbound request denied: origin not granted in the manifest");
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        if let Some(callee) = request.uri().host().and_then(crate::internal::callee) {
+            return self.call_internal(callee.to_string(), request);
         }
         let options = options.unwrap_or_default();
         let options = RequestOptions {

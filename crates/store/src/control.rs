@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     AppState, CronConfig, DEFAULT_KEEP, DeployOptions, DeployOutcome, Revision, RevisionConfig,
-    ServiceDeploy, ServiceState, StoreError, SubscriptionConfig,
+    ScalingConfig, ServiceDeploy, ServiceState, StoreError, SubscriptionConfig,
 };
 
 /// An error inside an operation. Database failures are given their context (which
@@ -83,6 +83,31 @@ struct StoredConfig {
     cron: Vec<StoredCron>,
     #[serde(default)]
     subscriptions: Vec<StoredSubscription>,
+    #[serde(default = "default_concurrency")]
+    concurrency: u32,
+    #[serde(default = "default_queue")]
+    queue: u32,
+    #[serde(default = "default_queue_timeout_ms")]
+    queue_timeout_ms: u64,
+    /// `null` means never; absent (an older row) means the default.
+    #[serde(default = "default_idle_ms")]
+    idle_ms: Option<u64>,
+}
+
+fn default_concurrency() -> u32 {
+    ScalingConfig::default().concurrency
+}
+
+fn default_queue() -> u32 {
+    ScalingConfig::default().queue
+}
+
+fn default_queue_timeout_ms() -> u64 {
+    ScalingConfig::default().queue_timeout_ms
+}
+
+fn default_idle_ms() -> Option<u64> {
+    ScalingConfig::default().idle_ms
 }
 
 #[derive(Serialize, Deserialize)]
@@ -137,6 +162,10 @@ fn config_json(config: &RevisionConfig) -> String {
                 batch: s.batch,
             })
             .collect(),
+        concurrency: config.scaling.concurrency,
+        queue: config.scaling.queue,
+        queue_timeout_ms: config.scaling.queue_timeout_ms,
+        idle_ms: config.scaling.idle_ms,
     };
     serde_json::to_string(&stored).expect("strings and integers always serialise to JSON")
 }
@@ -186,6 +215,12 @@ fn parse_config(
                 batch: s.batch,
             })
             .collect(),
+        scaling: ScalingConfig {
+            concurrency: stored.concurrency,
+            queue: stored.queue,
+            queue_timeout_ms: stored.queue_timeout_ms,
+            idle_ms: stored.idle_ms,
+        },
     })
 }
 

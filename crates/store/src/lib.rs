@@ -52,6 +52,36 @@ pub struct RevisionConfig {
     pub cron: Vec<CronConfig>,
     /// Topics whose messages are delivered to a route of the service.
     pub subscriptions: Vec<SubscriptionConfig>,
+    /// Admission control and scale-to-zero. The primary revision's setting applies to the
+    /// whole service.
+    pub scaling: ScalingConfig,
+}
+
+/// How many requests of a service may run and wait on a node, and when an idle revision is
+/// unloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScalingConfig {
+    /// Requests running at once across the service's revisions.
+    pub concurrency: u32,
+    /// Requests waiting for a slot; beyond that they are refused at once.
+    pub queue: u32,
+    /// Longest wait in the queue, in milliseconds.
+    pub queue_timeout_ms: u64,
+    /// Milliseconds without requests after which a revision is unloaded; `None`: never.
+    pub idle_ms: Option<u64>,
+}
+
+impl Default for ScalingConfig {
+    /// The manifest's defaults (`tessera_manifest::Scaling::default()`); revisions stored
+    /// before these settings existed get them too.
+    fn default() -> Self {
+        ScalingConfig {
+            concurrency: 100,
+            queue: 100,
+            queue_timeout_ms: 10_000,
+            idle_ms: Some(300_000),
+        }
+    }
 }
 
 /// A schedule of a revision.

@@ -8,7 +8,7 @@ use tempfile::TempDir;
 use crate::schema::SCHEMA_VERSION;
 use crate::{
     ARTIFACTS_DIR, AppState, ControlStore, DATABASE_FILE, DeployOptions, DeployOutcome,
-    RevisionConfig, ServiceDeploy, ServiceState, StoreError,
+    RevisionConfig, ScalingConfig, ServiceDeploy, ServiceState, StoreError,
 };
 
 fn store() -> (TempDir, ControlStore) {
@@ -29,6 +29,7 @@ fn config(routes: &[&str]) -> RevisionConfig {
         migrations: Vec::new(),
         cron: Vec::new(),
         subscriptions: Vec::new(),
+        scaling: ScalingConfig::default(),
     }
 }
 
@@ -1075,4 +1076,36 @@ fn data_config_round_trips_through_a_revision() {
     let store = ControlStore::open(dir.path()).unwrap();
     let app = store.app("shop").unwrap().unwrap();
     assert_eq!(app.services[0].primary().unwrap().config, cfg);
+}
+
+#[test]
+fn scaling_settings_round_trip_and_older_revisions_get_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ControlStore::open(dir.path()).unwrap();
+    let sha = artifact(&store, "scaling");
+    let mut web = svc("web", &sha, &["/"]);
+    web.config.scaling = ScalingConfig {
+        concurrency: 8,
+        queue: 0,
+        queue_timeout_ms: 250,
+        idle_ms: None,
+    };
+    let mut api = svc("api", &sha, &["/api"]);
+    api.config.scaling.idle_ms = Some(1000);
+    deploy(&store, "shop", &[web.clone(), api]);
+    assert_eq!(
+        service(&store, "shop", "web").revisions[0].config,
+        web.config
+    );
+
+    // A revision written before these settings existed has none of the keys.
+    let conn = rusqlite::Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+    let old = r#"{"routes":["/api"],"memory":1048576,"timeout_ms":1000,"outbound":[],"env":[]}"#;
+    conn.execute(
+        "UPDATE revisions SET config = ?1 WHERE service = 'api'",
+        [old],
+    )
+    .unwrap();
+    let api = service(&store, "shop", "api");
+    assert_eq!(api.revisions[0].config.scaling, ScalingConfig::default());
 }

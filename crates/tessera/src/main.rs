@@ -42,6 +42,8 @@ enum Command {
     Dlq(commands::control::DlqArgs),
     /// Show an async invocation's state and result.
     Invocation(commands::control::InvocationArgs),
+    /// Show a service's recent log lines (guest output, platform events); -f follows them.
+    Logs(commands::control::LogsArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,5 +73,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(args) => commands::control::events(args),
         Command::Dlq(args) => commands::control::dlq(args),
         Command::Invocation(args) => commands::control::invocation(args),
+        Command::Logs(args) => commands::control::logs(args),
     }
 }

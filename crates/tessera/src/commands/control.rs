@@ -1,5 +1,6 @@
-//! The CLI side of the control API: `deploy`, `ls`, `revisions`, `traffic`, `rollback`
-//! and `rm`. They talk to a node only through its REST API.
+//! The CLI side of the control API: `deploy`, `ls`, `revisions`, `traffic`, `rollback`,
+//! `rm`, `secret`, the event commands and `logs`. They talk to a node only through its
+//! REST API.
 
 use std::path::PathBuf;
 
@@ -9,8 +10,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tessera_api::{
     AppList, AppView, DeadLetterList, DeadLetterView, DeployRequest, DeployResult, EventStats,
-    InvocationView, PublishResult, RedriveRequest, Redriven, RollbackRequest, SecretList,
-    SecretValue, ServiceSpecJson, ServiceView, TrafficRequest, TrafficShare,
+    InvocationView, LogList, LogView, PublishResult, RedriveRequest, Redriven, RollbackRequest,
+    SecretList, SecretValue, ServiceSpecJson, ServiceView, TrafficRequest, TrafficShare,
 };
 
 /// How to reach the node.
@@ -179,6 +180,48 @@ impl Client {
             let status = response.status();
             let bytes = response.bytes().await?.to_vec();
             Ok((status, bytes))
+        })
+    }
+
+    /// Sends a GET whose answer is a stream of newline-delimited lines and hands each
+    /// non-empty line to `each` as it arrives, until the node ends the stream.
+    fn stream_lines(
+        &self,
+        path: &str,
+        mut each: impl FnMut(&[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.get(&url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        self.tokio.block_on(async {
+            let mut response = request
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the node at {}", self.base))?;
+            let status = response.status();
+            if !status.is_success() {
+                let body = response.bytes().await?;
+                bail!("{}", api_error(status, &body));
+            }
+            let mut pending = Vec::new();
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .context("the node closed the stream")?
+            {
+                pending.extend_from_slice(&chunk);
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    let line = line.trim_ascii();
+                    // Blank lines are the node's keep-alives.
+                    if !line.is_empty() {
+                        each(line)?;
+                    }
+                }
+            }
+            Ok(())
         })
     }
 
@@ -816,4 +859,69 @@ fn encode(text: &str) -> String {
         }
     }
     out
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// The service.
+    service: String,
+    #[arg(long)]
+    app: Option<String>,
+    /// Keep printing new lines as they are logged, until interrupted.
+    #[arg(short, long)]
+    follow: bool,
+    /// Only lines from this long ago (`5m`, `1h 30m`) or from this RFC 3339 time (UTC).
+    #[arg(long)]
+    since: Option<String>,
+    /// At most this many of the newest lines.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.remote)?;
+    let app = resolve_app(&client, &args.service, args.app)?;
+    let mut path = format!(
+        "/v1/apps/{app}/services/{}/logs?limit={}",
+        args.service, args.limit
+    );
+    if let Some(since) = &args.since {
+        path.push_str(&format!("&since={}", encode(since)));
+    }
+    if !args.follow {
+        let list: LogList = client.call(Method::GET, &path, None)?;
+        for line in &list.logs {
+            print_log(line)?;
+        }
+        return Ok(());
+    }
+    path.push_str("&follow=true");
+    client.stream_lines(&path, |line| {
+        let line: LogView =
+            serde_json::from_slice(line).context("the node sent an unexpected log line")?;
+        print_log(&line)
+    })
+}
+
+/// `TIME STREAM [request-id] line`; a closed pipe (`| head`) ends the command quietly.
+fn print_log(line: &LogView) -> anyhow::Result<()> {
+    use std::io::Write;
+    let request = line
+        .request_id
+        .as_deref()
+        .map(|id| format!("[{id}] "))
+        .unwrap_or_default();
+    let written = writeln!(
+        std::io::stdout().lock(),
+        "{} {:<8} {request}{}",
+        line.time,
+        line.stream,
+        line.line
+    );
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => Ok(other?),
+    }
 }

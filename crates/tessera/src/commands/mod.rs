@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use tessera_data::Migration;
 use tessera_manifest::{Manifest, MissedTicks, ServiceSpec};
 use tessera_node::ServiceRelease;
-use tessera_store::{CronConfig, RevisionConfig, ServiceDeploy, SubscriptionConfig};
+use tessera_store::{CronConfig, RevisionConfig, ScalingConfig, ServiceDeploy, SubscriptionConfig};
 use tracing_subscriber::EnvFilter;
 
 /// What a deploy of a manifest's service carries: its revision configuration (with the
@@ -87,6 +87,7 @@ pub fn release(
                         batch: s.batch,
                     })
                     .collect(),
+                scaling: scaling_config(&spec.scaling),
             },
         },
         migrations,
@@ -95,6 +96,15 @@ pub fn release(
 
 fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn scaling_config(scaling: &tessera_manifest::Scaling) -> ScalingConfig {
+    ScalingConfig {
+        concurrency: scaling.concurrency,
+        queue: scaling.queue,
+        queue_timeout_ms: millis(scaling.queue_timeout),
+        idle_ms: scaling.idle.map(millis),
+    }
 }
 
 /// Platform logs go to stderr through `tracing`; `RUST_LOG` sets the level (default:
@@ -137,5 +147,18 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("received SIGINT; shutting down"),
         () = term => tracing::info!("received SIGTERM; shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Revisions stored before the scaling settings existed, and API clients that leave
+    /// them out, get what a manifest without them gets.
+    #[test]
+    fn stored_scaling_defaults_are_the_manifest_defaults() {
+        assert_eq!(
+            super::scaling_config(&tessera_manifest::Scaling::default()),
+            tessera_store::ScalingConfig::default()
+        );
     }
 }

@@ -3,13 +3,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use tessera_api::Auth;
 use tessera_gateway::GatewayConfig;
 use tessera_node::Node;
-use tessera_runtime::RuntimeConfig;
+use tessera_runtime::{RuntimeConfig, TerminalLog};
+use tessera_telemetry::{Telemetry, TelemetryConfig};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -48,17 +50,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             )
         }
     };
+    let telemetry = Telemetry::new(TelemetryConfig::default());
     let node = Node::open(
         &args.data,
         RuntimeConfig {
             max_instances: args.max_instances,
+            // Guest output is kept for `tessera logs` and still printed as it comes.
+            log_sink: telemetry.guest_sink(Some(Arc::new(TerminalLog))),
             ..RuntimeConfig::default()
         },
     )
     .with_context(|| format!("cannot open node state in {}", args.data.display()))?;
+    // Before the first deploy, so its loads are counted and logged too.
+    node.set_telemetry(telemetry.clone());
 
     run_node(
         node,
+        telemetry,
         args.listen,
         args.admin,
         auth,
@@ -69,6 +77,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// Serves a node's gateway and control API until SIGINT/SIGTERM, then drains both.
 pub fn run_node(
     node: Node,
+    telemetry: Telemetry,
     listen: SocketAddr,
     admin: SocketAddr,
     auth: Auth,
@@ -91,14 +100,17 @@ pub fn run_node(
         tracing::info!("gateway listening on http://{}", gateway.local_addr()?);
 
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let closing = telemetry.clone();
         tokio::spawn(async move {
             super::shutdown_signal().await;
+            // Open `logs -f` streams would hold the admin listener's drain forever.
+            closing.close_followers();
             let _ = stop.send(true);
         });
         let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let api = axum::serve(admin, tessera_api::router(node.clone(), auth))
+        let api = axum::serve(admin, tessera_api::router(node.clone(), telemetry, auth))
             .with_graceful_shutdown(wait(stopped.clone()));
         let public = tessera_gateway::serve(gateway, node.routes(), gateway_config, wait(stopped));
         let (api, public) = tokio::join!(api, public);

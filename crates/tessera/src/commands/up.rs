@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -11,8 +12,9 @@ use clap::Args;
 use tessera_api::Auth;
 use tessera_gateway::GatewayConfig;
 use tessera_node::Node;
-use tessera_runtime::RuntimeConfig;
+use tessera_runtime::{RuntimeConfig, TerminalLog};
 use tessera_store::DeployOptions;
+use tessera_telemetry::{Telemetry, TelemetryConfig};
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -57,14 +59,19 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
     let data = args.data.unwrap_or_else(|| app_dir.join(".tessera"));
+    let telemetry = Telemetry::new(TelemetryConfig::default());
     let node = Node::open(
         &data,
         RuntimeConfig {
             max_instances: args.max_instances,
+            // Guest output is kept for `tessera logs` and still printed as it comes.
+            log_sink: telemetry.guest_sink(Some(Arc::new(TerminalLog))),
             ..RuntimeConfig::default()
         },
     )
     .with_context(|| format!("cannot open node state in {}", data.display()))?;
+    // Before the first deploy, so its loads are counted and logged too.
+    node.set_telemetry(telemetry.clone());
 
     let mut services = Vec::with_capacity(manifest.services.len());
     for spec in &manifest.services {
@@ -99,6 +106,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     tracing::info!(app = %manifest.app, "serving");
     super::serve::run_node(
         node,
+        telemetry,
         args.listen,
         args.admin,
         auth,

@@ -317,9 +317,11 @@ async fn deployed_state_survives_a_restart_of_the_node() {
     assert!(listing.contains("r1=75% r2=25%"), "{listing}");
     let r = client().get(node.url("/front")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    // Compiled code comes from the cache on restart.
+    // Compiled code comes from the cache on restart (loaded by the first request).
     assert!(
-        node.stderr.contains("source=Cache"),
+        node.stderr
+            .wait_for("source=cache", Duration::from_secs(5))
+            .is_some(),
         "{}",
         node.stderr.text()
     );

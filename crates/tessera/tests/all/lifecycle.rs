@@ -47,14 +47,22 @@ fn compiled_code_is_cached_so_a_restart_does_not_recompile() {
         "{}",
         node.stderr.text()
     );
-    // The deployed revision is recompiled when the node reloads its state at start.
+    // The component is recompiled when `up` checks it at start, so the revision's first
+    // request maps fresh code from the cache.
     assert!(
-        node.stderr.contains("source=Compiled"),
+        node.stderr.contains("compiled service=slow"),
         "{}",
         node.stderr.text()
     );
     let (status, body) = crate::util::get(node.addr, "/slow?ms=1");
     assert_eq!((status, body.as_str()), (200, "slept 1 ms\n"));
+    assert!(
+        node.stderr
+            .wait_for("source=cache", Duration::from_secs(5))
+            .is_some(),
+        "{}",
+        node.stderr.text()
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -1,5 +1,7 @@
 //! `fetch`: makes the outbound request given by `?url=...`, to check what the
 //! host's outgoing-handler allows. A denied request is an answer, not a panic.
+//! `?loop=HOST` calls `http://HOST` with the same path and query again, so a service
+//! that names itself calls itself until the platform cuts the chain off.
 
 use test_programs::{query_param, read_to_end, respond};
 use wasip2::http::outgoing_handler;
@@ -14,7 +16,11 @@ wasip2::http::proxy::export!(Fetch);
 
 impl wasip2::exports::http::incoming_handler::Guest for Fetch {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
-        let Some(url) = query_param(&request, "url") else {
+        let looped = query_param(&request, "loop").map(|host| {
+            let path = request.path_with_query().unwrap_or_default();
+            format!("http://{host}{path}")
+        });
+        let Some(url) = looped.or_else(|| query_param(&request, "url")) else {
             return respond(response_out, 400, "text/plain", b"missing ?url=\n");
         };
         let Some(outgoing) = build_request(&url) else {
