@@ -4,6 +4,7 @@
 //! child processes on free loopback ports and are always killed when the harness ends.
 
 pub mod data;
+pub mod events;
 mod probe;
 mod report;
 mod servers;

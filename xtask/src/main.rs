@@ -1,4 +1,4 @@
-//! `cargo xtask`: project automation (guest builds, the demo, every CI check, the benchmark).
+//! `cargo xtask`: project automation (guest builds, the demo, every CI check, the benchmarks).
 
 mod bench;
 mod checks;
@@ -25,6 +25,10 @@ commands:
   bench-data [--ops N]    time N key-value gets and sets and SQL queries and inserts
                           inside a guest and natively on the same SQLite file, and
                           update BENCHMARKS.md (default: 5000)
+  bench-events [--messages N] [--publishers P] [--concurrency C] [--batch B]
+                          publish N messages from P threads to a subscribed hello
+                          component on an in-process node, time publish to durable
+                          ack, and update BENCHMARKS.md (default: 20000, 32, 128, 64)
   help                    print this message";
 
 fn main() -> ExitCode {
@@ -59,6 +63,10 @@ fn run() -> Result<()> {
         // Hidden: `bench-data` runs its native half from the release build of xtask, so the
         // baseline is optimised code like tessera.
         "bench-data-native" => bench::data::native::run(&rest),
+        "bench-events" => bench::events::run(&rest),
+        // Hidden: `bench-events` runs the node in-process in the release build of xtask, so
+        // what is measured is optimised code like tessera.
+        "bench-events-node" => bench::events::node::run(&rest),
         // Hidden: `bench` starts the native baseline as a separate process so that it is
         // measured exactly like the other two servers.
         "bench-native-server" => {

@@ -97,15 +97,11 @@ impl Summary {
         durations.sort_unstable();
         let n = durations.len();
         let total_ns: u64 = durations.iter().sum();
-        let percentile = |p: usize| match n {
-            0 => 0,
-            n => durations[(p * n).div_ceil(100).clamp(1, n) - 1],
-        };
         Summary {
             n: n as u64,
             total_ns,
-            p50_ns: percentile(50),
-            p99_ns: percentile(99),
+            p50_ns: report::nearest_rank(&durations, 50),
+            p99_ns: report::nearest_rank(&durations, 99),
             ops_per_sec: n as f64 * 1e9 / total_ns.max(1) as f64,
         }
     }

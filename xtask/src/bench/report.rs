@@ -215,8 +215,9 @@ pub fn update_benchmarks_md(path: &Path, heading: &str, section: &str) -> Result
     let updated = match existing {
         Some(text) => replace_section(&text, heading, section),
         None => format!(
-            "# Benchmarks\n\nProduced by `cargo xtask bench` and `cargo xtask bench-data`; numbers \
-             are only comparable within one run on one machine.\n\n{section}"
+            "# Benchmarks\n\nProduced by `cargo xtask bench`, `cargo xtask bench-data` and \
+             `cargo xtask bench-events`; numbers are only comparable within one run on one \
+             machine.\n\n{section}"
         ),
     };
     std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
@@ -255,6 +256,14 @@ fn replace_section(text: &str, heading: &str, section: &str) -> String {
         }
     }
     out
+}
+
+/// The nearest-rank `percent`th percentile of sorted values (0 for none).
+pub fn nearest_rank(sorted: &[u64], percent: usize) -> u64 {
+    match sorted.len() {
+        0 => 0,
+        n => sorted[(percent * n).div_ceil(100).clamp(1, n) - 1],
+    }
 }
 
 /// Human-scale durations: µs below a millisecond (with a decimal below 100 µs, where key-value
@@ -373,6 +382,15 @@ mod tests {
             render_table(&cells, &[0]),
             "| op     | ops/s |\n| ------ | ----: |\n| kv-get |     7 |\n"
         );
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let values: Vec<u64> = (1..=100).collect();
+        assert_eq!(nearest_rank(&values, 50), 50);
+        assert_eq!(nearest_rank(&values, 99), 99);
+        assert_eq!(nearest_rank(&[7], 99), 7);
+        assert_eq!(nearest_rank(&[], 50), 0);
     }
 
     #[test]

@@ -1,0 +1,674 @@
+//! `xtask bench-events-node DATA_DIR COMPONENT MESSAGES PUBLISHERS CONCURRENCY BATCH`: the
+//! measuring half of `bench-events`, run from a release build with the node in-process.
+//!
+//! It opens a node the way `Node::open` does, except that the event journal is wrapped
+//! (`Watched`) so the bench learns the moment each acknowledgement is durable without
+//! adding anything to the node's API. Four phases, each printed as one JSON line on stdout
+//! for `bench-events` to read (progress goes to stderr):
+//!
+//! 1. **publish**: a fresh node with an app that subscribes to nothing; MESSAGES publishes
+//!    from PUBLISHERS threads. Latency is the publish call (until its group commit).
+//! 2. **handled**: a fresh node with the `hello` component subscribed to the topic; after an
+//!    unreported warm-up, MESSAGES publishes flat out, and the phase ends when the last of
+//!    them is acknowledged. Latency is publish start to durable ack, per message.
+//! 3. **paced**: the same, with the publishers held to half the rate phase 2 reached, so
+//!    latency is a message's own and not the backlog's.
+//! 4. **handler**: on the same node, MESSAGES CloudEvents requests straight to the service,
+//!    CONCURRENCY at a time, with no journal: what the WebAssembly part alone sustains.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::Full;
+use tessera_data::EmbeddedData;
+use tessera_events::{
+    DeadLetter, Delivery, DeliveryStatus, EmbeddedJournal, EventError, Journal, NewMessage,
+    Outcome, Published, SubscriptionSpec, SubscriptionStats,
+};
+use tessera_node::{EVENTS_FILE, Node, SERVICE_DATA_DIR, ServiceRelease};
+use tessera_runtime::{Runtime, RuntimeConfig};
+use tessera_store::{
+    ControlStore, DeployOptions, RevisionConfig, ServiceDeploy, SubscriptionConfig,
+};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::cpu::{self, ThreadTimes};
+use super::{
+    APP, CONTENT_TYPE, JournalCalls, PHASE_HANDLED, PHASE_HANDLER, PHASE_PACED, PHASE_PUBLISH,
+    Phase, SERVICE, Settings, TOPIC, WARMUP_MESSAGES, payload,
+};
+use crate::bench::report::nearest_rank;
+
+/// Names of the threads the bench starts, so their CPU time can be told apart.
+pub const TOKIO_THREAD: &str = "bench-tokio";
+const PUBLISHER_THREAD: &str = "bench-publish";
+
+/// The app of the publish-only phase: deployed (publishing needs an app) but subscribing
+/// to nothing.
+const QUIET_APP: &str = "benchquiet";
+/// Give up when no acknowledgement arrives for this long: something is broken.
+const STALL: Duration = Duration::from_secs(60);
+
+pub fn run(args: &[String]) -> Result<()> {
+    let [data, component, messages, publishers, concurrency, batch] = args else {
+        bail!(
+            "usage: xtask bench-events-node DATA_DIR COMPONENT MESSAGES PUBLISHERS CONCURRENCY BATCH"
+        );
+    };
+    let number = |name: &str, value: &str| -> Result<u32> {
+        value
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .with_context(|| format!("{name} must be a positive number, not {value:?}"))
+    };
+    let settings = Settings {
+        messages: number("MESSAGES", messages)?,
+        publishers: number("PUBLISHERS", publishers)?,
+        concurrency: number("CONCURRENCY", concurrency)?,
+        batch: number("BATCH", batch)?,
+    };
+    let data = PathBuf::from(data);
+    let component =
+        std::fs::read(component).with_context(|| format!("reading the component {component}"))?;
+    // Like `tessera serve`: a multi-thread runtime with one worker per core. Named threads
+    // let the CPU breakdown tell them from the journal writer and the publishers.
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(TOKIO_THREAD)
+        .build()
+        .context("starting the tokio runtime")?;
+
+    let publish = publish_only(&tokio, &data.join("publish"), &component, &settings)?;
+    print_phase(&publish);
+    handled(&tokio, &data.join("handled"), &component, &settings)?;
+    Ok(())
+}
+
+fn print_phase(phase: &Phase) {
+    eprintln!("    {}", phase.summary_line());
+    println!("{}", phase.to_json());
+}
+
+/// Opens a node as `Node::open` does (control store, service data, the journal file, the
+/// compile cache in `dir`), with the journal handed in.
+fn open_node(dir: &Path, journal: Arc<dyn Journal>) -> Result<Node> {
+    let store = Arc::new(ControlStore::open(dir).context("opening the control store")?);
+    let data = Arc::new(EmbeddedData::new(dir.join(SERVICE_DATA_DIR)));
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(dir.join("compiled")),
+        max_instances: 1000,
+        ..RuntimeConfig::default()
+    })
+    .context("starting the WebAssembly runtime")?;
+    Node::with_backends(store.clone(), store, data, journal, runtime).context("opening the node")
+}
+
+/// Deploys `component` as the app's only service on `/`, with the given subscriptions.
+fn deploy(
+    node: &Node,
+    app: &str,
+    component: &[u8],
+    subscriptions: Vec<SubscriptionConfig>,
+) -> Result<()> {
+    let sha256 = node.upload(component).context("uploading the component")?;
+    let config = RevisionConfig {
+        routes: vec!["/".into()],
+        memory: 64 << 20,
+        timeout_ms: 30_000,
+        outbound: Vec::new(),
+        env: Vec::new(),
+        config: Vec::new(),
+        buckets: Vec::new(),
+        migrations: Vec::new(),
+        cron: Vec::new(),
+        subscriptions,
+    };
+    let release = ServiceRelease {
+        service: ServiceDeploy {
+            name: SERVICE.into(),
+            sha256,
+            config,
+        },
+        migrations: Vec::new(),
+    };
+    node.deploy(app, &[release], &DeployOptions::default())
+        .with_context(|| format!("deploying app {app}"))?;
+    Ok(())
+}
+
+fn publish_only(
+    tokio: &tokio::runtime::Runtime,
+    dir: &Path,
+    component: &[u8],
+    settings: &Settings,
+) -> Result<Phase> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let journal = Arc::new(EmbeddedJournal::open(&dir.join(EVENTS_FILE))?);
+    let node = open_node(dir, journal)?;
+    let _entered = tokio.enter();
+    // Started as a node starts them, although nothing subscribes to the topic.
+    node.start_events();
+    deploy(&node, QUIET_APP, component, Vec::new())?;
+    eprintln!(
+        "==> publish only: warm-up, {WARMUP_MESSAGES} messages, then {} from {} threads",
+        settings.messages, settings.publishers
+    );
+    publish_all(&node, QUIET_APP, WARMUP_MESSAGES, settings.publishers, None)?;
+    let before = cpu::snapshot()?;
+    let (sent, publishers) = publish_all(
+        &node,
+        QUIET_APP,
+        settings.messages,
+        settings.publishers,
+        None,
+    )?;
+    let cpu = cpu::snapshot()?.since(&before).with_publishers(publishers);
+    let started = first_start(&sent)?;
+    let finished = sent.iter().map(|s| s.returned).max().unwrap_or(started);
+    let mut latencies: Vec<u64> = sent.iter().map(|s| nanos(s.returned - s.started)).collect();
+    latencies.sort_unstable();
+    tokio.block_on(node.stop_events());
+    Ok(Phase {
+        name: PHASE_PUBLISH.into(),
+        messages: sent.len() as u64,
+        wall_ns: nanos(finished - started),
+        p50_ns: nearest_rank(&latencies, 50),
+        p99_ns: nearest_rank(&latencies, 99),
+        cpu,
+        paced: None,
+        journal: None,
+    })
+}
+
+/// The phases on a node with the subscribed component; prints each as it ends.
+fn handled(
+    tokio: &tokio::runtime::Runtime,
+    dir: &Path,
+    component: &[u8],
+    settings: &Settings,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let subscription = format!("{APP}/{SERVICE}/{TOPIC}");
+    let journal = Arc::new(Watched::new(
+        EmbeddedJournal::open(&dir.join(EVENTS_FILE))?,
+        subscription.clone(),
+    ));
+    let node = open_node(dir, journal.clone())?;
+    let _entered = tokio.enter();
+    node.start_events();
+    deploy(
+        &node,
+        APP,
+        component,
+        vec![SubscriptionConfig {
+            topic: TOPIC.into(),
+            path: "/".into(),
+            queue: None,
+            max_attempts: 3,
+            backoff_ms: 1000,
+            max_backoff_ms: 60_000,
+            concurrency: settings.concurrency,
+            batch: settings.batch,
+        }],
+    )?;
+    let run = Delivering {
+        node: &node,
+        journal: &journal,
+        subscription: &subscription,
+        publishers: settings.publishers,
+    };
+
+    eprintln!("==> publish → handled: warm-up, {WARMUP_MESSAGES} messages");
+    run.measure(PHASE_HANDLED, WARMUP_MESSAGES, None)?;
+    eprintln!(
+        "==> publish → handled: {} messages from {} threads, subscription concurrency {}, batch {}",
+        settings.messages, settings.publishers, settings.concurrency, settings.batch
+    );
+    let handled = run.measure(PHASE_HANDLED, settings.messages, None)?;
+    print_phase(&handled);
+
+    // Flat out, publishers outrun deliveries and latency is mostly the backlog; at half
+    // the rate just measured it is what one message takes.
+    let rate = paced_rate(handled.per_sec());
+    eprintln!(
+        "==> publish → handled, paced: {} messages at {rate} msgs/s",
+        settings.messages
+    );
+    let paced = run.measure(PHASE_PACED, settings.messages, Some(rate))?;
+    print_phase(&paced);
+
+    eprintln!(
+        "==> handler only: {} requests straight to the service, {} at a time",
+        settings.messages, settings.concurrency
+    );
+    // On a worker, like the dispatcher's tasks.
+    let handler = tokio.block_on(tokio::spawn(handler_only(node.clone(), *settings)))??;
+    print_phase(&handler);
+    tokio.block_on(node.stop_events());
+    Ok(())
+}
+
+/// Half of `measured` messages per second, rounded down to a hundred (at least 100).
+pub fn paced_rate(measured: f64) -> u32 {
+    ((measured / 2.0 / 100.0).floor() as u32).max(1) * 100
+}
+
+/// The node with the subscribed component, and the journal watching its acks.
+struct Delivering<'a> {
+    node: &'a Node,
+    journal: &'a Watched,
+    subscription: &'a str,
+    publishers: u32,
+}
+
+impl Delivering<'_> {
+    /// Publishes `count` messages (flat out, or `pace` per second) and waits until every
+    /// one is acknowledged; checks the journal's own counts afterwards.
+    fn measure(&self, name: &str, count: u32, pace: Option<u32>) -> Result<Phase> {
+        let delivered_before = self.delivered()?;
+        self.journal.reset();
+        let before = cpu::snapshot()?;
+        let (sent, publishers) = publish_all(self.node, APP, count, self.publishers, pace)?;
+        let acks = self.journal.wait_for_acks(sent.len())?;
+        let cpu = cpu::snapshot()?.since(&before).with_publishers(publishers);
+        let calls = self.journal.calls();
+
+        let started = first_start(&sent)?;
+        let mut finished = started;
+        let mut latencies = Vec::with_capacity(sent.len());
+        for s in &sent {
+            let acked = acks
+                .get(&s.id)
+                .with_context(|| format!("message {} was never acknowledged", s.id))?;
+            finished = finished.max(*acked);
+            latencies.push(nanos(acked.saturating_duration_since(s.started)));
+        }
+        latencies.sort_unstable();
+        let mut publish_calls: Vec<u64> =
+            sent.iter().map(|s| nanos(s.returned - s.started)).collect();
+        publish_calls.sort_unstable();
+
+        // The journal's own counts must agree: each message delivered once, nothing left.
+        let stats = self.stats()?;
+        let expected = delivered_before + sent.len() as u64;
+        if stats.delivered != expected || stats.ready + stats.in_flight + stats.dead != 0 {
+            bail!(
+                "after the run the journal reports {stats:?}; expected {expected} delivered and nothing left"
+            );
+        }
+        Ok(Phase {
+            name: name.into(),
+            messages: sent.len() as u64,
+            wall_ns: nanos(finished - started),
+            p50_ns: nearest_rank(&latencies, 50),
+            p99_ns: nearest_rank(&latencies, 99),
+            cpu,
+            paced: pace,
+            journal: Some(JournalCalls {
+                publish_p50_ns: nearest_rank(&publish_calls, 50),
+                publish_p99_ns: nearest_rank(&publish_calls, 99),
+                ack_p50_ns: calls.ack_p50_ns,
+                ack_p99_ns: calls.ack_p99_ns,
+                leases: calls.leases,
+                leased: calls.leased,
+                retries: stats.retries,
+            }),
+        })
+    }
+
+    fn stats(&self) -> Result<SubscriptionStats> {
+        self.node
+            .event_stats()?
+            .into_iter()
+            .find(|s| s.id == self.subscription)
+            .with_context(|| format!("the journal has no statistics for {}", self.subscription))
+    }
+
+    fn delivered(&self) -> Result<u64> {
+        Ok(self.stats()?.delivered)
+    }
+}
+
+/// One publish call.
+struct Sent {
+    id: String,
+    started: Instant,
+    returned: Instant,
+}
+
+fn first_start(sent: &[Sent]) -> Result<Instant> {
+    sent.iter()
+        .map(|s| s.started)
+        .min()
+        .context("nothing was published")
+}
+
+/// Publishes `count` messages from `publishers` threads that take the next message number
+/// as they go. Each call returns once its message is durable.
+/// Flat out each thread publishes again as soon as its call returns; with a `pace`, message
+/// n is not published before n / pace seconds after the start. Returns the calls and the
+/// CPU the publisher threads used.
+fn publish_all(
+    node: &Node,
+    app: &str,
+    count: u32,
+    publishers: u32,
+    pace: Option<u32>,
+) -> Result<(Vec<Sent>, ThreadTimes)> {
+    let next = AtomicUsize::new(0);
+    let count = count as usize;
+    // Leaves the threads time to start; the schedule is the same for all of them.
+    let schedule_start = Instant::now() + Duration::from_millis(10);
+    let due = |n: usize| {
+        pace.map(|rate| schedule_start + Duration::from_secs_f64(n as f64 / f64::from(rate)))
+    };
+    std::thread::scope(|scope| {
+        let threads = (0..publishers)
+            .map(|_| {
+                std::thread::Builder::new()
+                    .name(PUBLISHER_THREAD.into())
+                    .spawn_scoped(scope, || -> Result<(Vec<Sent>, ThreadTimes)> {
+                        let mut sent = Vec::with_capacity(count / publishers as usize + 1);
+                        let cpu = cpu::this_thread();
+                        loop {
+                            let n = next.fetch_add(1, Ordering::Relaxed);
+                            if n >= count {
+                                return Ok((sent, cpu::this_thread().since(cpu)));
+                            }
+                            let data = payload(n);
+                            if let Some(due) = due(n) {
+                                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                            }
+                            let started = Instant::now();
+                            let published = node
+                                .publish(app, TOPIC, data, Some(CONTENT_TYPE.into()), None)
+                                .with_context(|| format!("publishing message {n}"))?;
+                            let returned = Instant::now();
+                            sent.push(Sent {
+                                id: published.id,
+                                started,
+                                returned,
+                            });
+                        }
+                    })
+                    .context("starting a publisher thread")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut all = Vec::with_capacity(count);
+        let mut used = ThreadTimes::default();
+        for thread in threads {
+            let (sent, cpu) = thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("a publisher thread panicked"))??;
+            all.extend(sent);
+            used.run_ns += cpu.run_ns;
+        }
+        Ok((all, used))
+    })
+}
+
+/// CloudEvents requests as the node's invoker builds them, straight to the service's
+/// target, `concurrency` at a time: the WebAssembly side of a delivery without the journal.
+async fn handler_only(node: Node, settings: Settings) -> Result<Phase> {
+    let target = node
+        .routes()
+        .current()
+        .route(None, "/")
+        .cloned()
+        .context("the bench app has no route for /")?;
+    let before = cpu::snapshot()?;
+    let permits = Arc::new(Semaphore::new(settings.concurrency as usize));
+    let mut tasks = JoinSet::new();
+    let started = Instant::now();
+    for n in 0..settings.messages as usize {
+        let permit = permits.clone().acquire_owned().await?;
+        let target = target.clone();
+        tasks.spawn(async move {
+            let begun = Instant::now();
+            let backend = target.pick().context("the service has no backend")?;
+            let id = format!("handler-{n}");
+            let done = backend
+                .service
+                .handle_to_completion(cloud_event(&id, n)?, &id, 1 << 20)
+                .await?;
+            drop(permit);
+            if done.status != 200 {
+                bail!("the handler answered {}", done.status);
+            }
+            Ok::<_, anyhow::Error>(nanos(begun.elapsed()))
+        });
+    }
+    let mut latencies = Vec::with_capacity(settings.messages as usize);
+    while let Some(done) = tasks.join_next().await {
+        latencies.push(done??);
+    }
+    let wall = started.elapsed();
+    let cpu = cpu::snapshot()?.since(&before);
+    latencies.sort_unstable();
+    Ok(Phase {
+        name: PHASE_HANDLER.into(),
+        messages: latencies.len() as u64,
+        wall_ns: nanos(wall),
+        p50_ns: nearest_rank(&latencies, 50),
+        p99_ns: nearest_rank(&latencies, 99),
+        cpu,
+        paced: None,
+        journal: None,
+    })
+}
+
+/// The request a delivery of message `n` becomes (see `cloud_event_request` in
+/// crates/node/src/events.rs).
+fn cloud_event(id: &str, n: usize) -> Result<hyper::Request<Full<Bytes>>> {
+    Ok(hyper::Request::builder()
+        .method("POST")
+        .uri("/")
+        .header("host", format!("{SERVICE}.internal"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-source", format!("/apps/{APP}"))
+        .header("ce-type", "dev.tessera.message")
+        .header("ce-time", "2026-01-01T00:00:00.000Z")
+        .header("x-tessera-attempt", "1")
+        .header("ce-subject", TOPIC)
+        .header("content-type", CONTENT_TYPE)
+        .body(Full::new(Bytes::from(payload(n))))?)
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The node's journal, unchanged, plus a record of when each acknowledgement of the bench
+/// subscription became durable (its `ack` call returned) and how long journal calls took.
+struct Watched {
+    inner: EmbeddedJournal,
+    subscription: String,
+    log: Mutex<AckLog>,
+    acked: Condvar,
+    leases: AtomicU64,
+    leased: AtomicU64,
+}
+
+#[derive(Default)]
+struct AckLog {
+    /// Message id → when its ack returned.
+    acks: HashMap<String, Instant>,
+    /// How long each ack call took (waiting for its group commit included).
+    ack_calls: Vec<u64>,
+    /// How many acks the waiting thread needs; it is woken only then, not on every ack,
+    /// so waiting costs the measured run no CPU.
+    wanted: usize,
+}
+
+/// What the journal wrapper saw since its last reset.
+struct CallStats {
+    ack_p50_ns: u64,
+    ack_p99_ns: u64,
+    leases: u64,
+    leased: u64,
+}
+
+impl Watched {
+    fn new(inner: EmbeddedJournal, subscription: String) -> Watched {
+        Watched {
+            inner,
+            subscription,
+            log: Mutex::new(AckLog::default()),
+            acked: Condvar::new(),
+            leases: AtomicU64::new(0),
+            leased: AtomicU64::new(0),
+        }
+    }
+
+    fn log(&self) -> MutexGuard<'_, AckLog> {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets everything recorded so far (after the warm-up).
+    fn reset(&self) {
+        *self.log() = AckLog::default();
+        self.leases.store(0, Ordering::Relaxed);
+        self.leased.store(0, Ordering::Relaxed);
+    }
+
+    /// Waits until `count` distinct messages are acknowledged; fails when acknowledgements
+    /// stop coming. Returns when each was acknowledged.
+    fn wait_for_acks(&self, count: usize) -> Result<HashMap<String, Instant>> {
+        let mut log = self.log();
+        log.wanted = count;
+        let mut seen = log.acks.len();
+        while log.acks.len() < count {
+            let (next, timeout) = self
+                .acked
+                .wait_timeout(log, STALL)
+                .unwrap_or_else(PoisonError::into_inner);
+            log = next;
+            if timeout.timed_out() && log.acks.len() == seen {
+                bail!(
+                    "no delivery was acknowledged for {STALL:?}; {} of {count} were",
+                    log.acks.len()
+                );
+            }
+            seen = log.acks.len();
+        }
+        Ok(log.acks.clone())
+    }
+
+    fn calls(&self) -> CallStats {
+        let mut ack_calls = self.log().ack_calls.clone();
+        ack_calls.sort_unstable();
+        CallStats {
+            ack_p50_ns: nearest_rank(&ack_calls, 50),
+            ack_p99_ns: nearest_rank(&ack_calls, 99),
+            leases: self.leases.load(Ordering::Relaxed),
+            leased: self.leased.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Journal for Watched {
+    fn set_subscriptions(&self, subs: &[SubscriptionSpec]) -> Result<(), EventError> {
+        self.inner.set_subscriptions(subs)
+    }
+
+    fn publish(&self, app: &str, messages: Vec<NewMessage>) -> Result<Vec<Published>, EventError> {
+        self.inner.publish(app, messages)
+    }
+
+    fn lease(&self, subscription: &str, max: usize) -> Result<Vec<Delivery>, EventError> {
+        let leased = self.inner.lease(subscription, max)?;
+        if subscription == self.subscription {
+            self.leases.fetch_add(1, Ordering::Relaxed);
+            self.leased
+                .fetch_add(leased.len() as u64, Ordering::Relaxed);
+        }
+        Ok(leased)
+    }
+
+    fn ack(
+        &self,
+        subscription: &str,
+        message_id: &str,
+        outcome: &Outcome,
+    ) -> Result<(), EventError> {
+        let called = Instant::now();
+        self.inner.ack(subscription, message_id, outcome)?;
+        let acked = Instant::now();
+        if subscription == self.subscription {
+            let mut log = self.log();
+            log.acks.entry(message_id.to_owned()).or_insert(acked);
+            log.ack_calls.push(nanos(acked - called));
+            if log.acks.len() == log.wanted {
+                self.acked.notify_all();
+            }
+        }
+        Ok(())
+    }
+
+    fn fail(
+        &self,
+        subscription: &str,
+        message_id: &str,
+        outcome: &Outcome,
+    ) -> Result<(), EventError> {
+        self.inner.fail(subscription, message_id, outcome)
+    }
+
+    fn dead_letters(
+        &self,
+        subscription: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, EventError> {
+        self.inner.dead_letters(subscription, limit)
+    }
+
+    fn dead_letter(
+        &self,
+        subscription: &str,
+        message_id: &str,
+    ) -> Result<Option<DeadLetter>, EventError> {
+        self.inner.dead_letter(subscription, message_id)
+    }
+
+    fn redrive(&self, subscription: &str, ids: Option<&[String]>) -> Result<u64, EventError> {
+        self.inner.redrive(subscription, ids)
+    }
+
+    fn stats(&self) -> Result<Vec<SubscriptionStats>, EventError> {
+        self.inner.stats()
+    }
+
+    fn next_ready(&self, subscription: &str) -> Result<Option<SystemTime>, EventError> {
+        self.inner.next_ready(subscription)
+    }
+
+    fn status(
+        &self,
+        subscription: &str,
+        message_id: &str,
+    ) -> Result<Option<DeliveryStatus>, EventError> {
+        self.inner.status(subscription, message_id)
+    }
+
+    fn cron_last_tick(&self, schedule: &str) -> Result<Option<SystemTime>, EventError> {
+        self.inner.cron_last_tick(schedule)
+    }
+
+    fn cron_fire(
+        &self,
+        app: &str,
+        schedule: &str,
+        tick: SystemTime,
+        message: NewMessage,
+    ) -> Result<bool, EventError> {
+        self.inner.cron_fire(app, schedule, tick, message)
+    }
+}
