@@ -78,6 +78,11 @@ impl Events {
         }
     }
 
+    /// Whether any service of the app is serving.
+    pub(crate) fn serves_app(&self, app: &str) -> bool {
+        self.targets.load().keys().any(|(a, _)| a == app)
+    }
+
     /// The serving targets by (app, service), kept current by every rebuild.
     pub(crate) fn targets(&self) -> Arc<ArcSwap<TargetMap>> {
         self.targets.clone()

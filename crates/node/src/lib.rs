@@ -455,7 +455,9 @@ impl Node {
                 data.len()
             )));
         }
-        if self.inner.store.app(app)?.is_none() {
+        // The serving apps are known from the last rebuild; only an app not among them
+        // (for example one whose services all failed to load) costs a store read.
+        if !self.inner.events.serves_app(app) && self.inner.store.app(app)?.is_none() {
             return Err(StoreError::NoSuchApp(app.to_string()).into());
         }
         let message = NewMessage {

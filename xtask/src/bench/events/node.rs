@@ -129,6 +129,11 @@ fn deploy(
         migrations: Vec::new(),
         cron: Vec::new(),
         subscriptions,
+        scaling: tessera_store::ScalingConfig {
+            concurrency: 10_000,
+            queue: 100_000,
+            ..Default::default()
+        },
     };
     let release = ServiceRelease {
         service: ServiceDeploy {
@@ -434,8 +439,9 @@ async fn handler_only(node: Node, settings: Settings) -> Result<Phase> {
             let begun = Instant::now();
             let backend = target.pick().context("the service has no backend")?;
             let id = format!("handler-{n}");
-            let done = backend
-                .service
+            let lease = backend.service.get().await?;
+            let done = lease
+                .service()
                 .handle_to_completion(cloud_event(&id, n)?, &id, 1 << 20)
                 .await?;
             drop(permit);
