@@ -3,10 +3,12 @@
 //! A harness, not a test: it prints a table and records it in BENCHMARKS.md. Servers run as
 //! child processes on free loopback ports and are always killed when the harness ends.
 
+mod client;
 pub mod data;
 pub mod events;
 mod probe;
 mod report;
+pub mod scale;
 mod servers;
 mod wrk;
 

@@ -29,6 +29,12 @@ commands:
                           publish N messages from P threads to a subscribed hello
                           component on an in-process node, time publish to durable
                           ack, and update BENCHMARKS.md (default: 20000, 32, 128, 64)
+  bench-scale [--services N] [--per-app N] [--touch N] [--cold N] [--requests N]
+                          cold vs warm requests of a service that scales to zero, N
+                          services on one node (deployed per-app at a time, then a
+                          request to --touch of them), and internal calls vs direct
+                          requests; update BENCHMARKS.md (default: 10000, 1000, 1000,
+                          100 cold and 1000 warm requests)
   help                    print this message";
 
 fn main() -> ExitCode {
@@ -60,6 +66,7 @@ fn run() -> Result<()> {
         }
         "bench" => bench::run(&rest),
         "bench-data" => bench::data::run(&rest),
+        "bench-scale" => bench::scale::run(&rest),
         // Hidden: `bench-data` runs its native half from the release build of xtask, so the
         // baseline is optimised code like tessera.
         "bench-data-native" => bench::data::native::run(&rest),

@@ -215,9 +215,8 @@ pub fn update_benchmarks_md(path: &Path, heading: &str, section: &str) -> Result
     let updated = match existing {
         Some(text) => replace_section(&text, heading, section),
         None => format!(
-            "# Benchmarks\n\nProduced by `cargo xtask bench`, `cargo xtask bench-data` and \
-             `cargo xtask bench-events`; numbers are only comparable within one run on one \
-             machine.\n\n{section}"
+            "# Benchmarks\n\nProduced by `cargo xtask bench`, `bench-data`, `bench-events` and \
+             `bench-scale`; numbers are only comparable within one run on one machine.\n\n{section}"
         ),
     };
     std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))

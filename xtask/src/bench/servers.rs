@@ -49,6 +49,11 @@ impl Server {
         self.port
     }
 
+    /// The process id, to read the server's memory from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn spawned_at(&self) -> Instant {
         self.spawned_at
     }
