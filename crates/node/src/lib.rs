@@ -662,7 +662,11 @@ impl NodeInner {
         };
         let mut config = runtime_config(service, &revision.config, access)?;
         config.app = app.to_string();
-        Ok(self.runtime.load_service_file(config, &path)?)
+        // The revision records its component's digest: a cached load maps the compiled
+        // code without reading and hashing the component again.
+        Ok(self
+            .runtime
+            .load_service_known(config, &path, &revision.sha256)?)
     }
 }
 

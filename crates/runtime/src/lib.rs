@@ -226,6 +226,45 @@ impl Runtime {
                 (component, CodeSource::Compiled)
             }
         };
+        self.finish(config, origin, hash, component, source, start)
+    }
+
+    /// Loads a service whose component's sha256 is already known (a stored revision):
+    /// when the compile cache has it, the code is mapped straight away, without reading
+    /// or hashing the component; otherwise this is [`Runtime::load_service_file`].
+    pub fn load_service_known(
+        &self,
+        config: ServiceConfig,
+        path: &Path,
+        sha256: &str,
+    ) -> Result<(Service, LoadReport), RuntimeError> {
+        let start = Instant::now();
+        if config.limits.memory <= self.inner.config.max_memory
+            && let Some(component) = self.inner.cache.as_ref().and_then(|c| c.load(sha256))
+        {
+            return self.finish(
+                config,
+                path,
+                sha256.to_string(),
+                component,
+                CodeSource::Cache,
+                start,
+            );
+        }
+        self.load_service_file(config, path)
+    }
+
+    /// Pre-instantiates a compiled component as an HTTP service.
+    fn finish(
+        &self,
+        config: ServiceConfig,
+        origin: &Path,
+        hash: String,
+        component: Component,
+        source: CodeSource,
+        start: Instant,
+    ) -> Result<(Service, LoadReport), RuntimeError> {
+        let inner = &self.inner;
         let not_http = |reason: String| RuntimeError::NotAnHttpComponent {
             service: config.name.clone(),
             path: origin.to_path_buf(),
