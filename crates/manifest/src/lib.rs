@@ -123,6 +123,21 @@ pub struct ServiceSpec {
     pub cron: Vec<CronTrigger>,
     /// Topics (`[[services.NAME.subscribe]]`) whose messages are delivered to a route.
     pub subscribe: Vec<Subscription>,
+    /// How `tessera build` makes the component from its sources (`[services.NAME.build]`).
+    pub build: Option<BuildSpec>,
+}
+
+/// A service's build: a shell command that writes the component, and the sources it reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildSpec {
+    /// Run with `sh -c` in `workdir`.
+    pub command: String,
+    /// Where the command runs, resolved against the manifest's directory (default: that
+    /// directory itself).
+    pub workdir: PathBuf,
+    /// Globs of the sources, relative to `workdir` (`*`, `?`, and `**` for any depth). When
+    /// none of the matched files changed, the build is skipped; without any, it always runs.
+    pub watch: Vec<String>,
 }
 
 /// A schedule: each tick is POSTed to `path` as a CloudEvent.
@@ -377,6 +392,29 @@ pub fn check_schedule(schedule: &str) -> Result<(), String> {
 }
 
 /// Host names in routes: lowercase DNS names (letters, digits, `-`, `.`), no port.
+/// Checks a `watch` glob: relative, inside the work directory, `**` only as a whole segment.
+pub fn check_glob(glob: &str) -> Result<(), String> {
+    if glob.trim().is_empty() {
+        return Err("a watch glob is empty".to_string());
+    }
+    if glob.starts_with('/') || glob.contains('\\') {
+        return Err(format!(
+            "`{glob}` must be a relative path with `/` separators"
+        ));
+    }
+    for segment in glob.split('/') {
+        if segment == ".." {
+            return Err(format!("`{glob}` leaves the work directory"));
+        }
+        if segment.contains("**") && segment != "**" {
+            return Err(format!(
+                "`{glob}`: `**` must be a whole path segment, as in `src/**/*.py`"
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn check_host(host: &str) -> Result<(), String> {
     let valid = !host.is_empty()
         && host.len() <= 253

@@ -10,7 +10,7 @@ use toml::de::{DeArray, DeTable, DeValue};
 use std::time::Duration;
 
 use crate::{
-    CronTrigger, Limits, MAX_IDLE, MAX_MEMORY, MAX_QUEUE, MAX_QUEUE_TIMEOUT,
+    BuildSpec, CronTrigger, Limits, MAX_IDLE, MAX_MEMORY, MAX_QUEUE, MAX_QUEUE_TIMEOUT,
     MAX_SERVICE_CONCURRENCY, MAX_TIMEOUT, MIN_IDLE, Manifest, ManifestError, MissedTicks, Origin,
     RoutePrefix, Scaling, ServiceSpec, Subscription, check_name, parse_duration, parse_size,
 };
@@ -125,7 +125,9 @@ const SERVICE_KEYS: &[&str] = &[
     "migrations",
     "cron",
     "subscribe",
+    "build",
 ];
+const BUILD_KEYS: &[&str] = &["command", "workdir", "watch"];
 const CRON_KEYS: &[&str] = &["schedule", "path", "missed"];
 const SUBSCRIBE_KEYS: &[&str] = &[
     "topic",
@@ -309,6 +311,7 @@ fn parse_service(
     let mut migrations = Vec::new();
     let mut cron = Vec::new();
     let mut subscribe: Vec<Subscription> = Vec::new();
+    let mut build = None;
     for (key, value) in table.iter() {
         let key_name = key.get_ref().as_ref();
         let path = format!("{base}.{key_name}");
@@ -489,6 +492,7 @@ fn parse_service(
                     subscribe.push(sub);
                 }
             }
+            "build" => build = Some(parse_build(cx, dir, value, &path)?),
             other => {
                 return Err(cx.unknown_key(key.span(), &format!("{base}.{other}"), SERVICE_KEYS));
             }
@@ -522,6 +526,71 @@ fn parse_service(
         migrations,
         cron,
         subscribe,
+        build,
+    })
+}
+
+/// `build = "command"`, or a table with `command`, `workdir` and `watch`.
+fn parse_build(
+    cx: &Cx<'_>,
+    dir: &Path,
+    value: &Value<'_>,
+    base: &str,
+) -> Result<BuildSpec, ManifestError> {
+    let command_text = |item: &Value<'_>, key: &str| -> Result<String, ManifestError> {
+        let text = cx.str(item, key)?;
+        if text.trim().is_empty() {
+            return Err(cx.error(item.span(), key, "the build command is empty"));
+        }
+        Ok(text.to_string())
+    };
+    if value.get_ref().as_str().is_some() {
+        return Ok(BuildSpec {
+            command: command_text(value, base)?,
+            workdir: dir.to_path_buf(),
+            watch: Vec::new(),
+        });
+    }
+    let table = cx.table(value, base)?;
+    let (mut command, mut workdir, mut watch) = (None, dir.to_path_buf(), Vec::new());
+    for (key, item) in table.iter() {
+        let name = key.get_ref().as_ref();
+        let key_path = format!("{base}.{name}");
+        match name {
+            "command" => command = Some(command_text(item, &key_path)?),
+            "workdir" => {
+                let text = cx.str(item, &key_path)?;
+                if text.trim().is_empty() || Path::new(text).is_absolute() {
+                    return Err(cx.error(
+                        item.span(),
+                        &key_path,
+                        "workdir must be a directory relative to the manifest",
+                    ));
+                }
+                workdir = dir.join(text);
+            }
+            "watch" => {
+                for (text, span) in cx.strings(item, &key_path)? {
+                    crate::check_glob(text).map_err(|m| cx.error(span, &key_path, m))?;
+                    watch.push(text.to_string());
+                }
+            }
+            other => {
+                return Err(cx.unknown_key(key.span(), &format!("{base}.{other}"), BUILD_KEYS));
+            }
+        }
+    }
+    let command = command.ok_or_else(|| {
+        cx.error(
+            value.span(),
+            &format!("{base}.command"),
+            "missing command: the shell command that writes the component",
+        )
+    })?;
+    Ok(BuildSpec {
+        command,
+        workdir,
+        watch,
     })
 }
 

@@ -360,3 +360,84 @@ fn scaling_errors_name_the_key_and_line() {
     assert_eq!(key, "services.greeter.idle");
     assert!(message.contains("not a duration"), "{message}");
 }
+
+#[test]
+fn build_table_and_shorthand_parse() {
+    let manifest = ok(r#"
+[app]
+name = "shop"
+
+[services.cart]
+component = "cart/cart.wasm"
+routes = ["/cart"]
+[services.cart.build]
+command = "jco componentize app.js -o cart.wasm"
+workdir = "cart"
+watch = ["*.js", "wit/**/*.wit"]
+
+[services.stats]
+component = "stats.wasm"
+routes = ["/stats"]
+build = "make"
+"#);
+    let cart = manifest.services.iter().find(|s| s.name == "cart").unwrap();
+    let build = cart.build.as_ref().expect("cart has a build");
+    assert_eq!(build.command, "jco componentize app.js -o cart.wasm");
+    assert_eq!(build.workdir, Path::new("/apps/demo/cart"));
+    assert_eq!(build.watch, ["*.js", "wit/**/*.wit"]);
+    let stats = manifest
+        .services
+        .iter()
+        .find(|s| s.name == "stats")
+        .unwrap();
+    let build = stats.build.as_ref().expect("stats has a build");
+    assert_eq!(
+        (build.command.as_str(), build.workdir.as_path()),
+        ("make", Path::new("/apps/demo"))
+    );
+    assert!(build.watch.is_empty());
+}
+
+#[test]
+fn bad_build_tables_name_the_key() {
+    let base =
+        "[app]\nname = \"shop\"\n[services.cart]\ncomponent = \"c.wasm\"\nroutes = [\"/cart\"]\n";
+    let cases = [
+        (
+            "[services.cart.build]\nworkdir = \"cart\"\n",
+            "services.cart.build.command",
+            "missing command",
+        ),
+        (
+            "[services.cart.build]\ncommand = \" \"\n",
+            "services.cart.build.command",
+            "empty",
+        ),
+        (
+            "[services.cart.build]\ncommand = \"make\"\nwatch = [\"../x\"]\n",
+            "services.cart.build.watch",
+            "leaves the work directory",
+        ),
+        (
+            "[services.cart.build]\ncommand = \"make\"\nwatch = [\"src**/x\"]\n",
+            "services.cart.build.watch",
+            "whole path segment",
+        ),
+        (
+            "[services.cart.build]\ncommand = \"make\"\nworkdir = \"/abs\"\n",
+            "services.cart.build.workdir",
+            "relative",
+        ),
+        (
+            "[services.cart.build]\ncommand = \"make\"\nflags = 1\n",
+            "services.cart.build.flags",
+            "unknown key",
+        ),
+    ];
+    for (extra, key, message) in cases {
+        let (line, _, got_key, got) = err(&format!("{base}{extra}"));
+        assert_eq!(got_key, key, "{extra}");
+        assert!(got.contains(message), "{extra}: {got}");
+        assert!(line >= 6, "{extra}: line {line}");
+    }
+}
