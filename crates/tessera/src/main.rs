@@ -16,6 +16,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start a service from a language template (rust, python, js, c, go) in an app.
+    New(commands::source::NewArgs),
+    /// Build the app's services from their sources, skipping the unchanged ones.
+    Build(commands::source::BuildArgs),
     /// Serve every service of an app behind one gateway address.
     Up(commands::up::UpArgs),
     /// Run a long-lived node that apps are deployed to.
@@ -60,6 +64,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     commands::init_logging();
     match cli.command {
+        Command::New(args) => commands::source::new(args),
+        Command::Build(args) => commands::source::build(&args),
         Command::Up(args) => commands::up::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Deploy(args) => commands::control::deploy(args),

@@ -2,6 +2,7 @@
 
 pub mod control;
 pub mod serve;
+pub mod source;
 pub mod up;
 
 use anyhow::{Context, bail};

@@ -34,12 +34,24 @@ pub struct UpArgs {
     /// Configuration environment: applies `[environments.NAME]` of the manifest.
     #[arg(long = "env", value_name = "NAME")]
     environment: Option<String>,
+    /// Run `tessera build` first (only services whose sources changed are rebuilt).
+    #[arg(long)]
+    build: bool,
     /// Most instances that may run at once across all services.
     #[arg(long, default_value_t = 1000)]
     max_instances: u32,
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
+    if args.build {
+        super::source::build(&super::source::BuildArgs {
+            dir: args.dir.clone(),
+            services: Vec::new(),
+            force: false,
+            no_cache: false,
+            verbose: false,
+        })?;
+    }
     // Everything that can be wrong with the app is checked before a socket is bound.
     let manifest = tessera_manifest::load(&args.dir)?;
     let token = std::env::var("TESSERA_TOKEN")
