@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::guests::{self, WASM_TARGET};
 use crate::process::{cargo, cargo_step};
+use crate::toolchains;
 
 const HELLO_MANIFEST: &str = "examples/hello/Cargo.toml";
 
@@ -14,6 +15,9 @@ pub fn run() -> Result<()> {
     // Host tests load the compiled guests, so they must exist (and be current) first.
     println!("==> cargo xtask guests");
     guests::build()?;
+    // The polyglot tests build Python, JavaScript, C and Go guests with these.
+    println!("==> cargo xtask toolchains");
+    toolchains::install()?;
 
     cargo_step(&["fmt", "--all", "--", "--check"])?;
     // The example's manifest is a virtual workspace, which cargo fmt only formats with --all.
@@ -56,6 +60,8 @@ pub fn run() -> Result<()> {
 fn cargo_test() -> Result<(u64, u64)> {
     println!("==> cargo test");
     let mut child = cargo(&["test"])
+        .env("PATH", toolchains::path_var())
+        .env("TESSERA_BUILD_CACHE", toolchains::build_cache())
         .stdout(Stdio::piped())
         .spawn()
         .context("step `cargo test`: could not start cargo")?;

@@ -6,6 +6,7 @@ mod demo;
 mod guests;
 mod native;
 mod process;
+mod toolchains;
 
 use std::process::ExitCode;
 
@@ -18,7 +19,11 @@ commands:
   guests                  build every guest component for wasm32-wasip2
   demo [ARGS...]          build everything, then serve examples/hello on 127.0.0.1:3000
                           (ARGS are passed on to `tessera up`)
-  test                    run every check CI runs (guests, fmt, clippy, tests)
+  toolchains              install the guest toolchains of the Python, JavaScript, C
+                          and Go templates into target/toolchains and print the PATH
+                          that puts them first
+  test                    run every check CI runs (guests, toolchains, fmt, clippy,
+                          tests)
   bench [--duration SECS] [--connections N]
                           compare tessera, `wasmtime serve` and native hyper on a
                           hello world and update BENCHMARKS.md (default: 8 s, 32)
@@ -60,6 +65,16 @@ fn run() -> Result<()> {
             guests::build()
         }
         "demo" => demo::run(&rest),
+        "toolchains" => {
+            no_args(&command, &rest)?;
+            toolchains::install()?;
+            println!("export PATH={}", toolchains::path_var().to_string_lossy());
+            println!(
+                "export TESSERA_BUILD_CACHE={}",
+                toolchains::build_cache().display()
+            );
+            Ok(())
+        }
         "test" => {
             no_args(&command, &rest)?;
             checks::run()
