@@ -187,11 +187,13 @@ fn run(
         state_dir.display()
     )))?;
     let log = state_dir.join(format!("{}.log", service.name));
+    let adapter = write_adapter(state_dir)?;
     let mut command = Command::new("sh");
     command
         .arg("-c")
         .arg(&spec.command)
         .current_dir(&spec.workdir)
+        .env(ADAPTER_ENV, &adapter)
         .stdin(Stdio::null());
     if !verbose {
         let file = fs::File::create(&log)
@@ -232,6 +234,23 @@ fn run(
         output,
         log,
     })
+}
+
+/// The variable naming the WASI preview1 adapter for `wasi:http/proxy` components, for
+/// toolchains that emit preview1 core modules (C, Go): `wasm-tools component new
+/// core.wasm --adapt wasi_snapshot_preview1="$TESSERA_WASI_PROXY_ADAPTER"`.
+pub const ADAPTER_ENV: &str = "TESSERA_WASI_PROXY_ADAPTER";
+
+/// Writes the adapter matching this platform's Wasmtime into the build state directory
+/// (unless it is already there) and returns its path.
+fn write_adapter(state_dir: &Path) -> Result<PathBuf, DevkitError> {
+    let bytes = wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_PROXY_ADAPTER;
+    let path = state_dir.join("wasi_snapshot_preview1.proxy.wasm");
+    if fs::read(&path).ok().as_deref() != Some(bytes) {
+        fs::write(&path, bytes)
+            .map_err(DevkitError::io(format!("cannot write {}", path.display())))?;
+    }
+    Ok(path)
 }
 
 /// The digest of the build: its command, where it runs, and every watched file's path and
@@ -453,6 +472,22 @@ mod tests {
         fs::write(second.path().join("svc/src/main.txt"), "changed").unwrap();
         assert!(matches!(
             outcome(&manifest, &options).unwrap(),
+            BuildOutcome::Built { .. }
+        ));
+    }
+
+    #[test]
+    fn build_commands_are_given_the_preview1_adapter() {
+        let (dir, manifest) = app(&format!(
+            "cmp \"${ADAPTER_ENV}\" adapter.expected && {COMPONENT}"
+        ));
+        fs::write(
+            dir.path().join("svc/adapter.expected"),
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_PROXY_ADAPTER,
+        )
+        .unwrap();
+        assert!(matches!(
+            outcome(&manifest, &BuildOptions::default()).unwrap(),
             BuildOutcome::Built { .. }
         ));
     }

@@ -9,7 +9,9 @@ mod scaffold;
 
 use std::path::PathBuf;
 
-pub use builder::{BuildOptions, BuildOutcome, ServiceBuild, build, default_cache_dir};
+pub use builder::{
+    ADAPTER_ENV, BuildOptions, BuildOutcome, ServiceBuild, build, default_cache_dir,
+};
 pub use glob::matches as glob_matches;
 pub use scaffold::{NewService, Template, languages, new_service, template};
 

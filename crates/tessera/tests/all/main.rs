@@ -10,6 +10,7 @@ mod gateway;
 mod internal;
 mod isolation;
 mod lifecycle;
+mod polyglot;
 mod scaling;
 mod telemetry;
 mod util;
