@@ -25,14 +25,7 @@ struct Spec {
     component: String,
     build: String,
     watch: Vec<String>,
-    /// `"proxy"`: the service needs the WASI preview1 adapter for `wasi:http/proxy` beside
-    /// its sources (languages whose compilers emit preview1 core modules).
-    #[serde(default)]
-    adapter: Option<String>,
 }
-
-/// The file the preview1 adapter is written to, in the service directory.
-const ADAPTER_FILE: &str = "wasi_snapshot_preview1.proxy.wasm";
 
 /// The languages there are templates for, sorted.
 pub fn languages() -> Vec<&'static str> {
@@ -106,7 +99,7 @@ pub fn new_service(app_dir: &Path, language: &str, name: &str) -> Result<NewServ
         return Err(DevkitError::DirectoryExists { dir });
     }
 
-    let result = write_service(template, &spec, app_dir, &dir, name).and_then(|files| {
+    let result = write_service(template, app_dir, &dir, name).and_then(|files| {
         let text = manifest_text(previous.as_deref(), app_dir, name, language, &spec);
         fs::write(&manifest_path, &text).map_err(DevkitError::io(format!(
             "cannot write {}",
@@ -136,7 +129,6 @@ pub fn new_service(app_dir: &Path, language: &str, name: &str) -> Result<NewServ
 
 fn write_service(
     template: &Template,
-    spec: &Spec,
     app_dir: &Path,
     dir: &Path,
     name: &str,
@@ -160,18 +152,7 @@ fn write_service(
         fs::write(&path, contents)
             .map_err(DevkitError::io(format!("cannot write {}", path.display())))?;
     }
-    let mut files = template.files.len();
-    if let Some(adapter) = &spec.adapter {
-        assert_eq!(adapter, "proxy", "checked by a unit test");
-        let path = dir.join(ADAPTER_FILE);
-        fs::write(
-            &path,
-            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_PROXY_ADAPTER,
-        )
-        .map_err(DevkitError::io(format!("cannot write {}", path.display())))?;
-        files += 1;
-    }
-    Ok(files)
+    Ok(template.files.len())
 }
 
 /// The Rust template carries the `tessera-guest` crate beside the service, so its
@@ -263,7 +244,6 @@ mod tests {
         for template in TEMPLATES {
             let spec: Spec = toml::from_str(template.spec)
                 .unwrap_or_else(|e| panic!("templates/{}/template.toml: {e}", template.language));
-            assert!(spec.adapter.as_deref().is_none_or(|a| a == "proxy"));
             assert!(
                 !spec.watch.is_empty(),
                 "{}: no watch globs",
