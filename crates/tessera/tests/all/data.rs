@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::util::{App, Node, client, tessera};
+use crate::util::{App, Node, client, ok, tessera};
 
 const TOKEN: &str = "data-token-0123456789";
 
@@ -256,15 +256,6 @@ routes = ["/b"]
 
 fn deploy(node: &Node, app: &Path) -> std::process::Output {
     node.cli(TOKEN, &["deploy", app.to_str().unwrap()])
-}
-
-fn ok(output: std::process::Output) -> String {
-    assert!(
-        output.status.success(),
-        "command failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 async fn query(node: &Node, service: &str, sql: &str, params: Value) -> (u16, Value) {

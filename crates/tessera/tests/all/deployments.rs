@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::util::{App, Node, client, guest};
+use crate::util::{App, Node, client, guest, ok};
 
 const TOKEN: &str = "test-token-0123456789";
 
@@ -29,19 +29,10 @@ routes = ["/info"]
     ))
 }
 
-fn stdout(output: &std::process::Output) -> String {
-    assert!(
-        output.status.success(),
-        "command failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 fn deploy(node: &Node, app: &Path, extra: &[&str]) -> String {
     let mut args = vec!["deploy", app.to_str().unwrap()];
     args.extend_from_slice(extra);
-    stdout(&node.cli(TOKEN, &args))
+    ok(node.cli(TOKEN, &args))
 }
 
 #[tokio::test]
@@ -58,8 +49,8 @@ async fn deploy_creates_revisions_only_for_changed_services_and_rollback_is_inst
 
     // Same components and config: nothing new, nothing uploaded again.
     let again = node.cli(TOKEN, &["deploy", v1.path().to_str().unwrap()]);
-    assert_eq!(stdout(&again), "front unchanged\ninfo unchanged\n");
     assert!(!String::from_utf8_lossy(&again.stderr).contains("uploaded"));
+    assert_eq!(ok(again), "front unchanged\ninfo unchanged\n");
 
     // A change to one service makes a revision of that service only.
     let v2 = hello_app("6s");
@@ -67,29 +58,29 @@ async fn deploy_creates_revisions_only_for_changed_services_and_rollback_is_inst
     let r = http.get(node.url("/front")).send().await.unwrap();
     assert_eq!(r.headers()["x-tessera-revision"], "r2");
 
-    let listing = stdout(&node.cli(TOKEN, &["ls"]));
+    let listing = ok(node.cli(TOKEN, &["ls"]));
     assert!(
         listing.contains("shop") && listing.contains("front") && listing.contains("r2=100%"),
         "{listing}"
     );
-    let history = stdout(&node.cli(TOKEN, &["revisions", "front"]));
+    let history = ok(node.cli(TOKEN, &["revisions", "front"]));
     assert!(
         history.contains("r2") && history.contains("r1"),
         "{history}"
     );
 
     assert_eq!(
-        stdout(&node.cli(TOKEN, &["rollback", "front"])),
+        ok(node.cli(TOKEN, &["rollback", "front"])),
         "front r1=100%\n"
     );
     let r = http.get(node.url("/front")).send().await.unwrap();
     assert_eq!(r.headers()["x-tessera-revision"], "r1");
     assert_eq!(
-        stdout(&node.cli(TOKEN, &["rollback", "front", "--to", "r2"])),
+        ok(node.cli(TOKEN, &["rollback", "front", "--to", "r2"])),
         "front r2=100%\n"
     );
 
-    let removed = stdout(&node.cli(TOKEN, &["rm", "shop"]));
+    let removed = ok(node.cli(TOKEN, &["rm", "shop"]));
     assert!(removed.starts_with("removed shop"), "{removed}");
     let r = http.get(node.url("/front")).send().await.unwrap();
     assert_eq!(r.status(), 404);
@@ -147,7 +138,7 @@ async fn a_canary_split_is_honoured_within_two_percent_over_ten_thousand_request
     }
     // Promote: all traffic to the canary.
     assert_eq!(
-        stdout(&node.cli(TOKEN, &["traffic", "front", "r2=100"])),
+        ok(node.cli(TOKEN, &["traffic", "front", "r2=100"])),
         "front r2=100%\n"
     );
     let r = http.get(node.url("/front")).send().await.unwrap();
@@ -161,12 +152,16 @@ async fn repeated_deploys_traffic_changes_and_rollbacks_drop_no_request() {
     deploy(&node, hello_app("5s").path(), &[]);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
+    let succeeded = Arc::new(AtomicUsize::new(0));
     let http = client();
     let load: Vec<_> = (0..4)
         .map(|_| {
-            let (http, url, stop, ok) =
-                (http.clone(), node.url("/front"), stop.clone(), ok.clone());
+            let (http, url, stop, succeeded) = (
+                http.clone(),
+                node.url("/front"),
+                stop.clone(),
+                succeeded.clone(),
+            );
             tokio::spawn(async move {
                 let mut failures = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
@@ -174,7 +169,7 @@ async fn repeated_deploys_traffic_changes_and_rollbacks_drop_no_request() {
                         Ok(r) if r.status() == 200 => {
                             let body = r.text().await.unwrap_or_default();
                             if body == "hello from tessera\n" {
-                                ok.fetch_add(1, Ordering::Relaxed);
+                                succeeded.fetch_add(1, Ordering::Relaxed);
                             } else {
                                 failures.push(format!("body {body:?}"));
                             }
@@ -196,11 +191,11 @@ async fn repeated_deploys_traffic_changes_and_rollbacks_drop_no_request() {
         deploy(&node, app.path(), &[]);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stdout(&node.cli(TOKEN, &["traffic", "front", "r3=50", "r5=50"]));
+    ok(node.cli(TOKEN, &["traffic", "front", "r3=50", "r5=50"]));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    stdout(&node.cli(TOKEN, &["rollback", "front", "--to", "r2"]));
+    ok(node.cli(TOKEN, &["rollback", "front", "--to", "r2"]));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    stdout(&node.cli(TOKEN, &["rollback", "front", "--to", "r5"]));
+    ok(node.cli(TOKEN, &["rollback", "front", "--to", "r5"]));
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
 
@@ -210,7 +205,7 @@ async fn repeated_deploys_traffic_changes_and_rollbacks_drop_no_request() {
     }
     assert!(failures.is_empty(), "failed requests: {failures:?}");
     assert!(
-        ok.load(Ordering::Relaxed) > 100,
+        succeeded.load(Ordering::Relaxed) > 100,
         "too little traffic to prove anything"
     );
 }
@@ -313,7 +308,7 @@ async fn deployed_state_survives_a_restart_of_the_node() {
         deploy(&node, hello_app("6s").path(), &["--traffic", "25"]);
     }
     let node = Node::serve(data.path(), TOKEN);
-    let listing = stdout(&node.cli(TOKEN, &["ls"]));
+    let listing = ok(node.cli(TOKEN, &["ls"]));
     assert!(listing.contains("r1=75% r2=25%"), "{listing}");
     let r = client().get(node.url("/front")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -584,7 +579,7 @@ routes = ["/"]
         ),
         "{stderr}"
     );
-    let listing = stdout(&node.cli(TOKEN, &["ls"]));
+    let listing = ok(node.cli(TOKEN, &["ls"]));
     assert!(!listing.contains("rival"), "{listing}");
     assert!(listing.contains("shop.localhost/"), "{listing}");
 }

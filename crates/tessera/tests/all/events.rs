@@ -13,19 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{App, Node, client};
+use crate::util::{App, Node, client, eventually, ok};
 
 const TOKEN: &str = "events-token-0123456789";
-
-fn ok(output: std::process::Output) -> String {
-    assert!(
-        output.status.success(),
-        "command failed: {}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 async fn kv(node: &Node, service: &str, key: &str) -> Option<String> {
     let r = client()
@@ -44,22 +34,6 @@ async fn count(node: &Node, service: &str, name: &str) -> u64 {
     kv(node, service, &format!("count:{name}"))
         .await
         .map_or(0, |v| v.parse().unwrap())
-}
-
-/// Polls until `check` holds, for at most `limit`.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out after {limit:?} waiting for {what}");
 }
 
 fn deploy(node: &Node, app: &Path) {

@@ -13,19 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{App, Node, client};
+use crate::util::{App, Node, client, ok};
 
 const TOKEN: &str = "telemetry-token-0123456789";
-
-fn ok(output: std::process::Output) -> String {
-    assert!(
-        output.status.success(),
-        "command failed: {}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 fn shop() -> App {
     App::new(
