@@ -1,4 +1,6 @@
-//! `cargo xtask demo`: builds everything and serves examples/hello in the foreground.
+//! `cargo xtask demo` and `cargo xtask shop`: build everything and serve an example app
+//! in the foreground: examples/hello (Rust), or examples/shop (Python, JavaScript, Go and
+//! C, built from source by `tessera build` with the toolchains of `cargo xtask toolchains`).
 
 use std::process::Command;
 
@@ -6,6 +8,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::guests;
 use crate::process::{cargo_step, repo_root, tessera_release_binary};
+use crate::toolchains;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
 
@@ -13,10 +16,36 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
 pub fn run(extra: &[String]) -> Result<()> {
     guests::build()?;
     cargo_step(&["build", "--release", "-p", "tessera"])?;
+    let cmd = Command::new(tessera_release_binary());
+    serve(
+        cmd,
+        "examples/hello",
+        &["/hello", "/hello/Ada", "/users/42"],
+        extra,
+    )
+}
 
-    let listen = listen_override(extra);
+/// The polyglot shop: its services are built from source by `tessera up --build`.
+pub fn shop(extra: &[String]) -> Result<()> {
+    guests::ensure_wasm_target()?;
+    toolchains::install()?;
+    cargo_step(&["build", "--release", "-p", "tessera"])?;
     let mut cmd = Command::new(tessera_release_binary());
-    cmd.current_dir(repo_root()).args(["up", "examples/hello"]);
+    cmd.env("PATH", toolchains::path_var())
+        .env("TESSERA_BUILD_CACHE", toolchains::build_cache());
+    let mut args = vec!["--build".to_string()];
+    args.extend_from_slice(extra);
+    serve(
+        cmd,
+        "examples/shop",
+        &["/catalog", "/cart/c1", "/stats"],
+        &args,
+    )
+}
+
+fn serve(mut cmd: Command, app: &str, paths: &[&str], extra: &[String]) -> Result<()> {
+    let listen = listen_override(extra);
+    cmd.current_dir(repo_root()).args(["up", app]);
     // clap rejects a repeated `--listen`, so only add ours when the caller gave none.
     if listen.is_none() {
         cmd.args(["--listen", DEFAULT_LISTEN]);
@@ -25,8 +54,8 @@ pub fn run(extra: &[String]) -> Result<()> {
     let addr = listen.unwrap_or(DEFAULT_LISTEN);
 
     println!();
-    println!("Serving examples/hello on http://{addr} (Ctrl-C to stop). Try:");
-    for path in ["/hello", "/hello/Ada", "/users/42"] {
+    println!("Serving {app} on http://{addr} (Ctrl-C to stop). Try:");
+    for path in paths {
         println!("  curl http://{addr}{path}");
     }
     println!();
@@ -35,7 +64,7 @@ pub fn run(extra: &[String]) -> Result<()> {
         .status()
         .with_context(|| format!("could not start {}", tessera_release_binary().display()))?;
     if !status.success() {
-        bail!("`tessera up examples/hello` exited with {status}");
+        bail!("`tessera up {app}` exited with {status}");
     }
     Ok(())
 }

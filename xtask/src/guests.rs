@@ -34,7 +34,7 @@ pub fn build() -> Result<()> {
 }
 
 /// Installs the wasm target through rustup when it is missing, so a fresh checkout just works.
-fn ensure_wasm_target() -> Result<()> {
+pub fn ensure_wasm_target() -> Result<()> {
     let output = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output();

@@ -22,6 +22,8 @@ commands:
   toolchains              install the guest toolchains of the Python, JavaScript, C
                           and Go templates into target/toolchains and print the PATH
                           that puts them first
+  shop [ARGS...]          install the guest toolchains, build examples/shop (Python,
+                          JavaScript, Go and C services) and serve it on 127.0.0.1:3000
   test                    run every check CI runs (guests, toolchains, fmt, clippy,
                           tests)
   bench [--duration SECS] [--connections N]
@@ -65,6 +67,7 @@ fn run() -> Result<()> {
             guests::build()
         }
         "demo" => demo::run(&rest),
+        "shop" => demo::shop(&rest),
         "toolchains" => {
             no_args(&command, &rest)?;
             toolchains::install()?;
