@@ -8,7 +8,7 @@
 // the rest must run while a request is being handled.
 
 import { open as openBucket } from 'wasi:keyvalue/store@0.2.0-draft2';
-import { increment as atomicIncrement } from 'wasi:keyvalue/atomics@0.2.0-draft2';
+import { Cas, increment as atomicIncrement, swap } from 'wasi:keyvalue/atomics@0.2.0-draft2';
 import { getMany, setMany, deleteMany } from 'wasi:keyvalue/batch@0.2.0-draft2';
 import { get as configGet, getAll as configGetAll } from 'wasi:config/store@0.2.0-draft';
 import * as db from 'tessera:sql/sql@0.1.0';
@@ -103,7 +103,7 @@ async function respond(fn, request) {
     return toResponse(await fn(request, { url: new URL(request.url), params: {} }));
   } catch (e) {
     if (e instanceof HttpError) return json({ error: e.message }, { status: e.status, headers: e.headers });
-    console.error(e instanceof Error ? `${e.stack ? `${e}\n${e.stack}` : e}` : e);
+    console.error(e instanceof Error && e.stack ? `${e}\n${e.stack.trimEnd()}` : e);
     return json({ error: 'internal error' }, 500);
   }
 }
@@ -205,7 +205,15 @@ export class Bucket {
     this.name = name;
   }
   get #bucket() {
-    return (this.#handle ??= guard(KvError, () => openBucket(this.name)));
+    if (!this.#handle) {
+      try {
+        this.#handle = guard(KvError, () => openBucket(this.name));
+      } catch (e) {
+        if (e.kind === 'no-such-store') throw new KvError(e.kind, `bucket "${this.name}" is not declared in the manifest's buckets`);
+        throw e;
+      }
+    }
+    return this.#handle;
   }
   /** The value as a string, or null if absent. */
   get(key) {
@@ -251,6 +259,34 @@ export class Bucket {
   increment(key, delta = 1) {
     const v = guard(KvError, () => atomicIncrement(this.#bucket, key, BigInt(delta)));
     return Number.isSafeInteger(Number(v)) ? Number(v) : v;
+  }
+  /**
+   * Read-modify-write without lost updates: calls `fn(current)` with the value as a string
+   * (null if absent) and stores what it returns (string or bytes); if another request
+   * changed the key in between, reads again and retries (up to `attempts` times).
+   * Returns the stored value.
+   */
+  update(key, fn, attempts = 10) {
+    for (let i = 0; i < attempts; i++) {
+      const cas = guard(KvError, () => Cas.new(this.#bucket, key));
+      const current = guard(KvError, () => cas.current());
+      const next = fn(current === undefined ? null : decoder.decode(current));
+      try {
+        swap(cas, toBytes(next));
+        return next;
+      } catch (e) {
+        const p = e && e.payload;
+        if (p && p.tag === 'cas-failed') continue;
+        if (p && p.tag === 'store-error') throw new KvError(p.val.tag, p.val.val);
+        throw e;
+      }
+    }
+    throw new KvError('cas-failed', `${key} kept changing (${attempts} attempts)`);
+  }
+  /** `update` for JSON values: `fn(currentOrNull)` returns the new value. */
+  updateJson(key, fn, attempts = 10) {
+    const next = this.update(key, (v) => JSON.stringify(fn(v === null ? null : JSON.parse(v))), attempts);
+    return JSON.parse(next);
   }
   /** Several keys in one call: a Map of the present keys to their string values. */
   getMany(keys) {
