@@ -3,6 +3,7 @@ package tessera
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 
@@ -40,7 +41,7 @@ func Post(url, contentType string, body []byte) (*Response, error) {
 
 // PostJSON sends a POST request whose body is v encoded as JSON.
 func PostJSON(url string, v any) (*Response, error) {
-	data, err := json.Marshal(v)
+	data, err := marshalJSON(v)
 	if err != nil {
 		return nil, err
 	}
@@ -98,17 +99,18 @@ func Fetch(method, rawURL string, header Header, body []byte) (*Response, error)
 	future := sent.Ok()
 	defer future.Drop()
 
-	stream := outBody.Write().Ok()
-	werr := writeAll(stream, body)
-	stream.Drop()
-	fin := wasi_http_types.OutgoingBodyFinish(outBody, witTypes.None[*wasi_http_types.Fields]())
-	if werr != nil {
-		return fail("sending body: %v", werr)
+	var sendErr error
+	if len(body) > 0 {
+		stream := outBody.Write().Ok()
+		sendErr = writeAll(stream, body)
+		stream.Drop()
 	}
-	if fin.IsErr() {
-		return fail("%s", errorCodeString(fin.Err()))
+	if fin := wasi_http_types.OutgoingBodyFinish(outBody, witTypes.None[*wasi_http_types.Fields]()); fin.IsErr() && sendErr == nil {
+		sendErr = errors.New(errorCodeString(fin.Err()))
 	}
 
+	// The response (or the reason there is none, such as a denied origin) comes through
+	// the future even when sending the body failed.
 	pollable := future.Subscribe()
 	pollable.Block()
 	pollable.Drop()
@@ -118,6 +120,10 @@ func Fetch(method, rawURL string, header Header, body []byte) (*Response, error)
 	}
 	if got.Some().Ok().IsErr() {
 		return fail("%s", errorCodeString(got.Some().Ok().Err()))
+	}
+	if sendErr != nil {
+		got.Some().Ok().Ok().Drop()
+		return fail("sending body: %v", sendErr)
 	}
 	in := got.Some().Ok().Ok()
 	defer in.Drop()

@@ -96,7 +96,7 @@ func HandleFunc(f func(w ResponseWriter, r *Request)) { handler = HandlerFunc(f)
 
 // JSON answers with status and v encoded as JSON (content-type application/json).
 func JSON(w ResponseWriter, status int, v any) {
-	data, err := json.Marshal(v)
+	data, err := marshalJSON(v)
 	if err != nil {
 		Error(w, 500, "cannot encode response: "+err.Error())
 		return
@@ -108,10 +108,21 @@ func JSON(w ResponseWriter, status int, v any) {
 
 // Error answers with status and the JSON body {"error": message}.
 func Error(w ResponseWriter, status int, message string) {
-	data, _ := json.Marshal(map[string]string{"error": message})
+	data, _ := marshalJSON(map[string]string{"error": message})
 	w.Header().Set("content-type", "application/json")
 	w.WriteHeader(status)
 	w.Write(data)
+}
+
+// marshalJSON is json.Marshal without escaping <, > and & for HTML.
+func marshalJSON(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
 // response is the ResponseWriter handlers get: everything is buffered until they return.

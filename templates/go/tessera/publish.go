@@ -1,8 +1,6 @@
 package tessera
 
 import (
-	"encoding/json"
-
 	"tessera/internal/wit/imports/tessera_messaging_producer"
 	witTypes "tessera/internal/wit/types"
 )
@@ -42,7 +40,7 @@ func Publish(topic string, data []byte, contentType string) (string, error) {
 
 // PublishJSON publishes v encoded as JSON, with content type application/json.
 func PublishJSON(topic string, v any) (string, error) {
-	data, err := json.Marshal(v)
+	data, err := marshalJSON(v)
 	if err != nil {
 		return "", err
 	}

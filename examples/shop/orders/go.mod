@@ -1,0 +1,7 @@
+module orders
+
+go 1.24
+
+require tessera v0.0.0
+
+replace tessera => ./tessera
