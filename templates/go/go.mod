@@ -1,4 +1,4 @@
-module {{ident}}
+module service/{{ident}}
 
 go 1.24
 

@@ -1,4 +1,4 @@
-module orders
+module service/orders
 
 go 1.24
 
