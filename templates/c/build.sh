@@ -11,7 +11,7 @@ PYTHON=${PYTHON:-python3}
 if [ -z "${HOME:-}${XDG_CACHE_HOME:-}${ZIG_GLOBAL_CACHE_DIR:-}" ]; then
     export ZIG_GLOBAL_CACHE_DIR="${TMPDIR:-/tmp}/tessera-zig-cache"
 fi
-$PYTHON -m ziglang cc --target=wasm32-wasi -mexec-model=reactor -Os -flto -std=gnu17 -Wall \
+$PYTHON -m ziglang cc --target=wasm32-wasi -mexec-model=reactor -Os -flto -std=gnu17 -Wall ${CFLAGS:-} \
     -o {{name}}.core.wasm *.c bindings/service.c bindings/service_component_type.o
 # `tessera build` names the WASI preview1 -> 0.2 adapter matching the platform's
 # Wasmtime in TESSERA_WASI_PROXY_ADAPTER; by hand, put the file here.
