@@ -250,7 +250,11 @@ fn write_adapter(state_dir: &Path) -> Result<PathBuf, DevkitError> {
         fs::write(&path, bytes)
             .map_err(DevkitError::io(format!("cannot write {}", path.display())))?;
     }
-    Ok(path)
+    // The command runs in its own work directory.
+    std::path::absolute(&path).map_err(DevkitError::io(format!(
+        "cannot resolve {}",
+        path.display()
+    )))
 }
 
 /// The digest of the build: its command, where it runs, and every watched file's path and
