@@ -190,6 +190,45 @@ pub struct NewMessage {
     pub attributes: Vec<(String, String)>,
 }
 
+/// The `ce-type` of a message published by a guest or through the API.
+pub const MESSAGE_TYPE: &str = "dev.tessera.message";
+
+impl NewMessage {
+    /// A message with a generated id, no content type and no extra attributes.
+    pub fn new(
+        topic: impl Into<String>,
+        source: impl Into<String>,
+        kind: impl Into<String>,
+        data: Vec<u8>,
+    ) -> NewMessage {
+        NewMessage {
+            id: None,
+            topic: topic.into(),
+            source: source.into(),
+            kind: kind.into(),
+            content_type: None,
+            data,
+            attributes: Vec::new(),
+        }
+    }
+
+    /// The same message with the given id (`None` keeps a generated one).
+    pub fn with_id(mut self, id: Option<String>) -> NewMessage {
+        self.id = id;
+        self
+    }
+
+    pub fn with_content_type(mut self, content_type: Option<String>) -> NewMessage {
+        self.content_type = content_type;
+        self
+    }
+
+    pub fn with_attributes(mut self, attributes: Vec<(String, String)>) -> NewMessage {
+        self.attributes = attributes;
+        self
+    }
+}
+
 /// Checks a message before it is stored.
 pub(crate) fn validate_message(message: &NewMessage) -> Result<(), EventError> {
     let invalid = |what: String| Err(EventError::Invalid(what));

@@ -329,14 +329,11 @@ impl Publisher for AppPublisher {
     fn publish(&self, service: &str, messages: Vec<OutgoingMessage>) -> Result<(), String> {
         let messages = messages
             .into_iter()
-            .map(|m| NewMessage {
-                id: Some(m.id),
-                topic: m.topic,
-                source: format!("/apps/{}/services/{service}", self.app),
-                kind: "dev.tessera.message".into(),
-                content_type: m.content_type,
-                data: m.data,
-                attributes: Vec::new(),
+            .map(|m| {
+                let source = format!("/apps/{}/services/{service}", self.app);
+                NewMessage::new(m.topic, source, tessera_events::MESSAGE_TYPE, m.data)
+                    .with_id(Some(m.id))
+                    .with_content_type(m.content_type)
             })
             .collect();
         self.events

@@ -460,15 +460,14 @@ impl Node {
         if !self.inner.events.serves_app(app) && self.inner.store.app(app)?.is_none() {
             return Err(StoreError::NoSuchApp(app.to_string()).into());
         }
-        let message = NewMessage {
-            id,
-            topic: topic.to_string(),
-            source: format!("/apps/{app}"),
-            kind: "dev.tessera.message".into(),
-            content_type,
+        let message = NewMessage::new(
+            topic,
+            format!("/apps/{app}"),
+            tessera_events::MESSAGE_TYPE,
             data,
-            attributes: Vec::new(),
-        };
+        )
+        .with_id(id)
+        .with_content_type(content_type);
         let mut published = self.inner.events.publish(app, vec![message])?;
         published
             .pop()
@@ -775,15 +774,14 @@ impl tessera_gateway::AsyncSink for AsyncQueue {
                 attributes.push((format!("{}{name}", events::ATTR_HEADER_PREFIX), value));
             }
         }
-        let message = NewMessage {
-            id: None,
-            topic: events::async_topic(&self.service),
-            source: format!("/apps/{}/services/{}", self.app, self.service),
-            kind: "dev.tessera.invocation".into(),
-            content_type,
-            data: request.body.to_vec(),
-            attributes,
-        };
+        let message = NewMessage::new(
+            events::async_topic(&self.service),
+            format!("/apps/{}/services/{}", self.app, self.service),
+            "dev.tessera.invocation",
+            request.body.to_vec(),
+        )
+        .with_content_type(content_type)
+        .with_attributes(attributes);
         let published = self
             .events
             .publish(&self.app, vec![message])
