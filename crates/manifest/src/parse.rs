@@ -89,6 +89,24 @@ impl Cx<'_> {
             .collect()
     }
 
+    /// A key the table `value` (at `base`) must have: `missing KEY: HINT` otherwise.
+    fn required<T>(
+        &self,
+        found: Option<T>,
+        value: &Value<'_>,
+        base: &str,
+        key: &str,
+        hint: &str,
+    ) -> Result<T, ManifestError> {
+        found.ok_or_else(|| {
+            self.error(
+                value.span(),
+                &format!("{base}.{key}"),
+                format!("missing {key}{hint}"),
+            )
+        })
+    }
+
     fn unknown_key(&self, span: Range<usize>, key: &str, expected: &[&str]) -> ManifestError {
         self.error(
             span,
@@ -499,20 +517,20 @@ fn parse_service(
         }
     }
 
-    let component = component.ok_or_else(|| {
-        cx.error(
-            value.span(),
-            &format!("{base}.component"),
-            "missing component: the path of the service's .wasm file",
-        )
-    })?;
-    let routes = routes.ok_or_else(|| {
-        cx.error(
-            value.span(),
-            &format!("{base}.routes"),
-            "missing routes: the path prefixes this service answers, e.g. [\"/hello\"]",
-        )
-    })?;
+    let component = cx.required(
+        component,
+        value,
+        &base,
+        "component",
+        ": the path of the service's .wasm file",
+    )?;
+    let routes = cx.required(
+        routes,
+        value,
+        &base,
+        "routes",
+        ": the path prefixes this service answers, e.g. [\"/hello\"]",
+    )?;
     Ok(ServiceSpec {
         name: service.to_string(),
         component,
@@ -580,13 +598,13 @@ fn parse_build(
             }
         }
     }
-    let command = command.ok_or_else(|| {
-        cx.error(
-            value.span(),
-            &format!("{base}.command"),
-            "missing command: the shell command that writes the component",
-        )
-    })?;
+    let command = cx.required(
+        command,
+        value,
+        base,
+        "command",
+        ": the shell command that writes the component",
+    )?;
     Ok(BuildSpec {
         command,
         workdir,
@@ -683,20 +701,20 @@ fn parse_cron(cx: &Cx<'_>, value: &Value<'_>, base: &str) -> Result<CronTrigger,
         }
     }
     Ok(CronTrigger {
-        schedule: schedule.ok_or_else(|| {
-            cx.error(
-                value.span(),
-                &format!("{base}.schedule"),
-                "missing schedule, e.g. \"*/5 * * * *\" or \"@every 30s\"",
-            )
-        })?,
-        path: path.ok_or_else(|| {
-            cx.error(
-                value.span(),
-                &format!("{base}.path"),
-                "missing path: the route each tick is POSTed to",
-            )
-        })?,
+        schedule: cx.required(
+            schedule,
+            value,
+            base,
+            "schedule",
+            ", e.g. \"*/5 * * * *\" or \"@every 30s\"",
+        )?,
+        path: cx.required(
+            path,
+            value,
+            base,
+            "path",
+            ": the route each tick is POSTed to",
+        )?,
         missed,
     })
 }
@@ -746,20 +764,14 @@ fn parse_subscription(
     if sub.max_backoff < sub.backoff {
         sub.max_backoff = sub.backoff;
     }
-    sub.topic = topic.ok_or_else(|| {
-        cx.error(
-            value.span(),
-            &format!("{base}.topic"),
-            "missing topic, e.g. \"orders.created\"",
-        )
-    })?;
-    sub.path = path.ok_or_else(|| {
-        cx.error(
-            value.span(),
-            &format!("{base}.path"),
-            "missing path: the route each message is POSTed to",
-        )
-    })?;
+    sub.topic = cx.required(topic, value, base, "topic", ", e.g. \"orders.created\"")?;
+    sub.path = cx.required(
+        path,
+        value,
+        base,
+        "path",
+        ": the route each message is POSTed to",
+    )?;
     sub.queue = queue;
     Ok(sub)
 }
