@@ -63,6 +63,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     commands::init_logging();
+    commands::raise_open_file_limit();
     match cli.command {
         Command::New(args) => commands::source::new(args),
         Command::Build(args) => commands::source::build(&args),

@@ -14,7 +14,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use conn::{Conn, Readers};
 
@@ -24,8 +24,9 @@ use crate::{DataBackend, DataError, ServiceData, limits};
 pub struct EmbeddedData {
     root: PathBuf,
     /// Open services by (app, service). Handles are shared, so each file has exactly one
-    /// writer connection in this process.
-    open: Mutex<HashMap<(String, String), Arc<ServiceDb>>>,
+    /// writer connection in this process; when the last handle of a service is dropped
+    /// (its code unloaded), its connections and their file descriptors are closed.
+    open: Mutex<HashMap<(String, String), Weak<ServiceDb>>>,
 }
 
 impl std::fmt::Debug for EmbeddedData {
@@ -70,9 +71,11 @@ impl DataBackend for EmbeddedData {
         // a writer. Opening is rare: once per service while the node runs.
         let mut open = conn::lock(&self.open);
         let key = (app.to_owned(), service.to_owned());
-        if let Some(db) = open.get(&key) {
+        if let Some(db) = open.get(&key).and_then(Weak::upgrade) {
             return Ok(db.handles());
         }
+        // Forget the services closed since: the map holds only the open ones.
+        open.retain(|_, db| db.strong_count() > 0);
         let dir = self.app_dir(app);
         std::fs::create_dir_all(&dir)
             .map_err(|e| error(format!("cannot create {}: {e}", dir.display())))?;
@@ -94,7 +97,7 @@ impl DataBackend for EmbeddedData {
         }
         tracing::debug!(app, service, path = %path.display(), "opened service data");
         let db = Arc::new(db);
-        open.insert(key, db.clone());
+        open.insert(key, Arc::downgrade(&db));
         Ok(db.handles())
     }
 
@@ -106,7 +109,9 @@ impl DataBackend for EmbeddedData {
         limits::check_name("app", app).map_err(error)?;
         let mut open = conn::lock(&self.open);
         for (_, db) in open.extract_if(|(open_app, _), _| open_app == app) {
-            db.close();
+            if let Some(db) = db.upgrade() {
+                db.close();
+            }
         }
         let dir = self.app_dir(app);
         match std::fs::remove_dir_all(&dir) {

@@ -123,6 +123,31 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// Raises the soft limit on open files to the hard one: every loaded service holds its
+/// database (and WAL) files open, and a node serves thousands of services. The default
+/// soft limit (often 1,024) would otherwise cap a node at a few hundred loaded services.
+pub fn raise_open_file_limit() {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+        let raised = unsafe {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+                && limit.rlim_cur < limit.rlim_max
+                && {
+                    limit.rlim_cur = limit.rlim_max;
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+                }
+        };
+        if raised {
+            tracing::debug!(open_files = limit.rlim_cur, "raised the open-file limit");
+        }
+    }
+}
+
 /// Resolves when the process is asked to stop (SIGINT or SIGTERM).
 pub async fn shutdown_signal() {
     let ctrl_c = async {

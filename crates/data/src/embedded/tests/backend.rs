@@ -35,6 +35,46 @@ fn opening_a_service_again_returns_the_same_handles() {
     assert!(!Arc::ptr_eq(&first.kv, &other.kv));
 }
 
+/// How many of this process's file descriptors are open on files under `dir`.
+#[cfg(target_os = "linux")]
+fn open_files_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn a_service_whose_handles_are_all_dropped_closes_its_files() {
+    let (dir, data) = backend();
+    let root = dir.path().canonicalize().unwrap();
+    let service = data.open_service("shop", "web").unwrap();
+    service.kv.set("default", "greeting", b"hello").unwrap();
+    assert_eq!(
+        service.kv.get("default", "greeting").unwrap().unwrap(),
+        b"hello"
+    );
+    assert!(open_files_under(&root) > 0);
+    let again = data.open_service("shop", "web").unwrap();
+    drop(service);
+    assert!(open_files_under(&root) > 0, "a handle is still held");
+    drop(again);
+    assert_eq!(
+        open_files_under(&root),
+        0,
+        "the last handle closed the files"
+    );
+
+    // Opening it again finds the data.
+    let service = data.open_service("shop", "web").unwrap();
+    assert_eq!(
+        service.kv.get("default", "greeting").unwrap().unwrap(),
+        b"hello"
+    );
+}
+
 #[test]
 fn data_survives_reopening_on_the_same_root() {
     let dir = tempfile::tempdir().unwrap();
