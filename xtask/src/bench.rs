@@ -6,6 +6,7 @@
 mod client;
 pub mod data;
 pub mod events;
+pub mod polyglot;
 mod probe;
 mod report;
 pub mod scale;

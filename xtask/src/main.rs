@@ -42,6 +42,12 @@ commands:
                           request to --touch of them), and internal calls vs direct
                           requests; update BENCHMARKS.md (default: 10000, 1000, 1000,
                           100 cold and 1000 warm requests)
+  bench-polyglot [--cold N] [--requests N] [--languages a,b,...]
+                          scaffold the hello service of each language template (rust,
+                          python, js, c, go), build it from scratch, time Wasmtime's
+                          compile, serve them all from one `tessera up`, time first,
+                          warm and cold requests side by side, and update BENCHMARKS.md
+                          (default: 20 cold and 500 warm requests, all five languages)
   help                    print this message";
 
 fn main() -> ExitCode {
@@ -85,6 +91,10 @@ fn run() -> Result<()> {
         "bench" => bench::run(&rest),
         "bench-data" => bench::data::run(&rest),
         "bench-scale" => bench::scale::run(&rest),
+        "bench-polyglot" => bench::polyglot::run(&rest),
+        // Hidden: `bench-polyglot` times Wasmtime's compile of each component in-process in
+        // the release build of xtask.
+        bench::polyglot::COMPILE_COMMAND => bench::polyglot::compile(&rest),
         // Hidden: `bench-data` runs its native half from the release build of xtask, so the
         // baseline is optimised code like tessera.
         "bench-data-native" => bench::data::native::run(&rest),

@@ -34,6 +34,11 @@ use calls::Calls;
 use cold::Cold;
 use density::Density;
 
+// For `bench-polyglot`, which waits for idle unloads and reads the node's metrics the
+// same way.
+pub(super) use cold::{COLD_COUNT, COLD_SUM, wait_service_unloaded};
+pub(super) use observe::Metrics;
+
 /// The section this command owns in BENCHMARKS.md.
 const SECTION_HEADING: &str = "## Scale to zero, density and internal calls";
 
@@ -110,16 +115,16 @@ impl Options {
 
 /// Percentiles of a set of request times (nearest rank, as the other benches use).
 #[derive(Debug, Clone, PartialEq)]
-struct Latencies {
-    n: usize,
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-    total: Duration,
+pub(super) struct Latencies {
+    pub(super) n: usize,
+    pub(super) p50: Duration,
+    pub(super) p99: Duration,
+    pub(super) max: Duration,
+    pub(super) total: Duration,
 }
 
 impl Latencies {
-    fn of(mut times: Vec<Duration>) -> Latencies {
+    pub(super) fn of(mut times: Vec<Duration>) -> Latencies {
         times.sort_unstable();
         let n = times.len();
         let rank = |p: usize| match n {
@@ -137,7 +142,7 @@ impl Latencies {
 }
 
 /// `a − b`, signed, for differences of latencies that may come out either way.
-fn difference(a: Duration, b: Duration) -> String {
+pub(super) fn difference(a: Duration, b: Duration) -> String {
     if a >= b {
         format!("+{}", format_duration(a - b))
     } else {
@@ -260,7 +265,7 @@ fn write_app(app_dir: &Path, hello: &Path, fetch: &Path, gateway: u16) -> Result
 
 /// `tessera up APP_DIR` with both listeners on known ports: the bench reads `/metrics` on
 /// the admin one.
-fn up_command(
+pub(super) fn up_command(
     tessera: &Path,
     app_dir: &Path,
     data_dir: &Path,

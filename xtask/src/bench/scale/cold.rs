@@ -35,8 +35,8 @@ const UNLOAD_TIMEOUT: Duration = Duration::from_secs(15);
 const HASH_RUNS: usize = 21;
 
 const LOADED: &str = "tessera_service_loaded";
-const COLD_SUM: &str = "tessera_cold_start_seconds_sum";
-const COLD_COUNT: &str = "tessera_cold_start_seconds_count";
+pub const COLD_SUM: &str = "tessera_cold_start_seconds_sum";
+pub const COLD_COUNT: &str = "tessera_cold_start_seconds_count";
 
 pub struct Cold {
     /// The service's first request ever: its code loaded and its data file created.
@@ -168,11 +168,17 @@ fn read_and_hash(component: &Path) -> Result<(u64, Duration, Duration)> {
 
 /// Waits until the node reports the service unloaded; returns the metrics saying so.
 fn wait_unloaded(admin: u16) -> Result<Metrics> {
+    wait_service_unloaded(admin, APP, SERVICE)
+}
+
+/// Waits until the node reports `service` of `app` unloaded (it must have been loaded
+/// once, and have an `idle` of one second); returns the metrics saying so.
+pub fn wait_service_unloaded(admin: u16, app: &str, service: &str) -> Result<Metrics> {
     let started = Instant::now();
     thread::sleep(IDLE);
     loop {
         let metrics = Metrics::scrape(admin)?;
-        let labels = labels();
+        let labels = [("app", app), ("service", service)];
         let unloaded = {
             let mut loaded = metrics.matching(LOADED, &labels).peekable();
             loaded.peek().is_some() && loaded.all(|s| s.value == 0.0)
@@ -181,7 +187,7 @@ fn wait_unloaded(admin: u16) -> Result<Metrics> {
             return Ok(metrics);
         }
         if started.elapsed() > UNLOAD_TIMEOUT {
-            bail!("`{SERVICE}` was not unloaded within {UNLOAD_TIMEOUT:?} of its last request");
+            bail!("`{service}` was not unloaded within {UNLOAD_TIMEOUT:?} of its last request");
         }
         thread::sleep(POLL_EVERY);
     }
