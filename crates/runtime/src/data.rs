@@ -163,9 +163,7 @@ impl store::HostBucket for InstanceState {
             Ok(kv) => kv,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(blocking(move || kv.get(&name, &key))
-            .await?
-            .map_err(kv_error))
+        Ok(read_inline(|| kv.get(&name, &key))?.map_err(kv_error))
     }
 
     async fn set(
@@ -209,9 +207,7 @@ impl store::HostBucket for InstanceState {
             Ok(kv) => kv,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(blocking(move || kv.exists(&name, &key))
-            .await?
-            .map_err(kv_error))
+        Ok(read_inline(|| kv.exists(&name, &key))?.map_err(kv_error))
     }
 
     async fn list_keys(
