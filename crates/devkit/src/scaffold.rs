@@ -313,3 +313,50 @@ mod tests {
         assert_eq!(app_name(&dir), "my-shop-2");
     }
 }
+
+/// The example app vendors each language's glue and WIT as `tessera new` writes them; these
+/// copies must not drift from the templates.
+#[cfg(test)]
+mod shop_copies {
+    use super::*;
+
+    /// (language, shop service, the template paths (prefixes) that are glue, not the
+    /// service's own code).
+    const VENDORED: &[(&str, &str, &[&str])] = &[
+        ("python", "catalog", &["tessera.py", "wit/"]),
+        ("js", "cart", &["tessera.js", "bundle.config.js", "wit/"]),
+        ("go", "orders", &["tessera/", "wit/"]),
+        (
+            "c",
+            "stats",
+            &["tessera.c", "tessera.h", "bindings/", "wit/"],
+        ),
+    ];
+
+    #[test]
+    fn the_shop_services_carry_the_templates_glue_and_wit_unchanged() {
+        let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop");
+        for (language, service, prefixes) in VENDORED {
+            let template = template(language).unwrap();
+            let mut checked = 0;
+            for (rel, bytes) in template.files {
+                if !prefixes.iter().any(|p| rel.starts_with(p)) {
+                    continue;
+                }
+                let path = shop.join(service).join(substitute(rel, service));
+                let actual = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let expected = match std::str::from_utf8(bytes) {
+                    Ok(text) => substitute(text, service).into_bytes(),
+                    Err(_) => bytes.to_vec(),
+                };
+                assert!(
+                    actual == expected,
+                    "{} differs from templates/{language}/{rel}: copy it again",
+                    path.display()
+                );
+                checked += 1;
+            }
+            assert!(checked > 3, "{language}: only {checked} files checked");
+        }
+    }
+}
