@@ -228,6 +228,19 @@ pub trait SqlDatabase: Send + Sync {
     /// Runs one statement and returns the rows it produced. A statement that writes
     /// (`INSERT ... RETURNING`) applies whole or not at all.
     fn query(&self, sql: &str, params: &[SqlValue], deadline: Instant) -> Result<Rows, SqlError>;
+    /// Tries [`query`](Self::query) on the calling thread when that is sure to be quick
+    /// and harmless to give up: a statement that cannot write, on a reader that is free at
+    /// once, stopped after `budget`. `None` means "not tried, or given up": run `query`
+    /// (on a thread that may block). Backends without a cheap path return `None`.
+    fn query_quick(
+        &self,
+        sql: &str,
+        params: &[SqlValue],
+        budget: std::time::Duration,
+    ) -> Option<Result<Rows, SqlError>> {
+        let _ = (sql, params, budget);
+        None
+    }
     /// Runs one statement and says what it changed; any rows it produces are discarded.
     fn execute(
         &self,

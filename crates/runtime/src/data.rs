@@ -103,6 +103,10 @@ fn read_inline<T>(f: impl FnOnce() -> T) -> wasmtime::Result<T> {
     Ok(f())
 }
 
+/// How long a query may run on the calling worker before it is stopped and run again
+/// on the blocking pool. Short enough that other requests on the worker barely notice.
+const INLINE_QUERY_BUDGET: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Runs a backend call on the blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
@@ -447,7 +451,12 @@ impl sql::Host for InstanceState {
         };
         let deadline = self.data.deadline;
         let params: Vec<SqlValue> = params.into_iter().map(to_value).collect();
-        let rows = blocking(move || db.query(&statement, &params, deadline)).await?;
+        // Most queries are short reads: tried here first, within a bounded slice of this
+        // worker's time; a write, a busy reader pool or a long query goes to the pool.
+        let rows = match read_inline(|| db.query_quick(&statement, &params, INLINE_QUERY_BUDGET))? {
+            Some(rows) => rows,
+            None => blocking(move || db.query(&statement, &params, deadline)).await?,
+        };
         Ok(rows
             .map(|rows| sql::Rows {
                 columns: rows.columns,

@@ -272,6 +272,19 @@ impl Readers {
 
     /// Lends a reader, waiting for one to come back if all are busy (until `deadline`,
     /// if given).
+    /// An idle reader, if one is free right now (none is opened).
+    pub(super) fn try_acquire(&self) -> Option<Reader<'_>> {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return None;
+        }
+        let conn = state.idle.pop()?;
+        Some(Reader {
+            pool: self,
+            conn: Some(conn),
+        })
+    }
+
     pub(super) fn acquire(&self, deadline: Option<Instant>) -> Result<Reader<'_>, AcquireError> {
         let mut state = lock(&self.state);
         loop {

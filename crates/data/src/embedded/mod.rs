@@ -12,7 +12,7 @@ mod sql;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -27,7 +27,16 @@ pub struct EmbeddedData {
     /// writer connection in this process; when the last handle of a service is dropped
     /// (its code unloaded), its connections and their file descriptors are closed.
     open: Mutex<HashMap<(String, String), Weak<ServiceDb>>>,
+    /// The most recently opened services, kept open a while after their code unloads so
+    /// that a service scaled to zero and asked again soon does not pay for reopening its
+    /// files (about a millisecond); at most `keep_open` beyond the loaded ones.
+    recent: Mutex<VecDeque<Arc<ServiceDb>>>,
+    keep_open: usize,
 }
+
+/// How many services' databases stay open after their last handle is gone: each holds
+/// three files (database, WAL, shared memory) and a few connections' caches.
+const KEEP_OPEN: usize = 256;
 
 impl std::fmt::Debug for EmbeddedData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -43,7 +52,15 @@ impl EmbeddedData {
         EmbeddedData {
             root,
             open: Mutex::new(HashMap::new()),
+            recent: Mutex::new(VecDeque::new()),
+            keep_open: KEEP_OPEN,
         }
+    }
+
+    /// Keeps at most `services` databases open beyond those in use (default 256).
+    pub fn keep_open(mut self, services: usize) -> Self {
+        self.keep_open = services;
+        self
     }
 
     /// The directory holding the databases of an app's services.
@@ -72,6 +89,7 @@ impl DataBackend for EmbeddedData {
         let mut open = conn::lock(&self.open);
         let key = (app.to_owned(), service.to_owned());
         if let Some(db) = open.get(&key).and_then(Weak::upgrade) {
+            self.mark_used(&db);
             return Ok(db.handles());
         }
         // Forget the services closed since: the map holds only the open ones.
@@ -98,6 +116,7 @@ impl DataBackend for EmbeddedData {
         tracing::debug!(app, service, path = %path.display(), "opened service data");
         let db = Arc::new(db);
         open.insert(key, Arc::downgrade(&db));
+        self.mark_used(&db);
         Ok(db.handles())
     }
 
@@ -108,6 +127,7 @@ impl DataBackend for EmbeddedData {
         };
         limits::check_name("app", app).map_err(error)?;
         let mut open = conn::lock(&self.open);
+        conn::lock(&self.recent).retain(|db| db.app != app);
         for (_, db) in open.extract_if(|(open_app, _), _| open_app == app) {
             if let Some(db) = db.upgrade() {
                 db.close();
@@ -128,6 +148,18 @@ impl DataBackend for EmbeddedData {
         })?;
         tracing::info!(app, "deleted the data of all services of the app");
         Ok(())
+    }
+}
+
+impl EmbeddedData {
+    /// Marks `db` the most recently used of the services kept open.
+    fn mark_used(&self, db: &Arc<ServiceDb>) {
+        let mut recent = conn::lock(&self.recent);
+        if let Some(at) = recent.iter().position(|kept| Arc::ptr_eq(kept, db)) {
+            recent.remove(at);
+        }
+        recent.push_front(db.clone());
+        recent.truncate(self.keep_open);
     }
 }
 

@@ -45,6 +45,32 @@ impl SqlDatabase for ServiceDb {
         })
     }
 
+    fn query_quick(
+        &self,
+        sql: &str,
+        params: &[SqlValue],
+        budget: std::time::Duration,
+    ) -> Option<Result<Rows, SqlError>> {
+        if let Err(e) = limits::check_statement(sql, params) {
+            return Some(Err(e));
+        }
+        // Only a reader that is free right now: waiting for one is for the blocking path.
+        let reader = self.readers.try_acquire()?;
+        let _deadline = reader.deadline(Instant::now() + budget);
+        let stmt = match prepare(&reader, sql) {
+            Ok(stmt) => stmt,
+            Err(e) => return Some(Err(e)),
+        };
+        if !stmt.readonly() {
+            return None;
+        }
+        match read_rows(&reader, stmt, params) {
+            // Out of budget: nothing was changed, so the caller runs it again unhurried.
+            Err(SqlError::Timeout(_)) => None,
+            done => Some(done),
+        }
+    }
+
     fn execute(
         &self,
         sql: &str,

@@ -37,40 +37,43 @@ fn opening_a_service_again_returns_the_same_handles() {
 
 /// How many of this process's file descriptors are open on files under `dir`.
 #[cfg(target_os = "linux")]
-fn open_files_under(dir: &std::path::Path) -> usize {
+fn open_files_under(prefix: &std::path::Path) -> usize {
+    let prefix = prefix.to_string_lossy().into_owned();
     std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-        .filter(|target| target.starts_with(dir))
+        .filter(|target| target.to_string_lossy().starts_with(&prefix))
         .count()
 }
 
 #[test]
 #[cfg(target_os = "linux")]
-fn a_service_whose_handles_are_all_dropped_closes_its_files() {
-    let (dir, data) = backend();
+fn only_the_most_recently_used_unheld_services_stay_open() {
+    let dir = tempfile::tempdir().unwrap();
     let root = dir.path().canonicalize().unwrap();
-    let service = data.open_service("shop", "web").unwrap();
-    service.kv.set("default", "greeting", b"hello").unwrap();
-    assert_eq!(
-        service.kv.get("default", "greeting").unwrap().unwrap(),
-        b"hello"
-    );
-    assert!(open_files_under(&root) > 0);
+    let data = EmbeddedData::new(root.clone()).keep_open(1);
+    let files = |service: &str| open_files_under(&root.join("shop").join(format!("{service}.db")));
+    let web = data.open_service("shop", "web").unwrap();
+    web.kv.set("default", "greeting", b"hello").unwrap();
     let again = data.open_service("shop", "web").unwrap();
-    drop(service);
-    assert!(open_files_under(&root) > 0, "a handle is still held");
-    drop(again);
-    assert_eq!(
-        open_files_under(&root),
-        0,
-        "the last handle closed the files"
-    );
+    drop((web, again));
+    assert!(files("web") > 0, "the most recent service stays open");
 
-    // Opening it again finds the data.
-    let service = data.open_service("shop", "web").unwrap();
+    // Another service is now the most recent: web's files close, api's stay.
+    drop(data.open_service("shop", "api").unwrap());
+    assert_eq!(files("web"), 0, "web was pushed out and nothing holds it");
+    assert!(files("api") > 0);
+
+    // A held service stays open however many others come after it.
+    let held = data.open_service("shop", "held").unwrap();
+    drop(data.open_service("shop", "other").unwrap());
+    assert!(files("held") > 0);
+    drop(held);
+
+    // Opening web again finds its data.
+    let web = data.open_service("shop", "web").unwrap();
     assert_eq!(
-        service.kv.get("default", "greeting").unwrap().unwrap(),
+        web.kv.get("default", "greeting").unwrap().unwrap(),
         b"hello"
     );
 }

@@ -649,3 +649,46 @@ fn concurrent_readers_and_writers_see_committed_data() {
     });
     assert_eq!(count(db.as_ref(), "t"), 200);
 }
+
+#[test]
+fn quick_queries_read_on_a_free_reader_and_give_up_what_they_should_not_run() {
+    let (_dir, db) = sql();
+    db.execute("CREATE TABLE t (n INTEGER)", &[], soon())
+        .unwrap();
+    db.execute("INSERT INTO t VALUES (1), (2)", &[], soon())
+        .unwrap();
+    let budget = Duration::from_millis(50);
+    // No reader has been opened yet: not tried.
+    assert!(db.query_quick("SELECT n FROM t", &[], budget).is_none());
+    db.query("SELECT n FROM t", &[], soon()).unwrap();
+
+    let rows = db
+        .query_quick("SELECT n FROM t ORDER BY n", &[], budget)
+        .expect("a free reader answers a read")
+        .unwrap();
+    assert_eq!(rows.rows, [[SqlValue::Integer(1)], [SqlValue::Integer(2)]]);
+    // Errors of the statement itself are answers too.
+    let error = db.query_quick("SELECT nope FROM t", &[], budget).unwrap();
+    assert!(error.is_err());
+
+    // A statement that writes is left to `query`, and nothing was written.
+    assert!(
+        db.query_quick("INSERT INTO t VALUES (3) RETURNING n", &[], budget)
+            .is_none()
+    );
+    assert_eq!(count(db.as_ref(), "t"), 2);
+
+    // A long read is stopped at the budget and left to `query`.
+    let long = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) \
+                SELECT count(*) FROM (SELECT x FROM c LIMIT 100000000)";
+    let started = Instant::now();
+    assert!(
+        db.query_quick(long, &[], Duration::from_millis(5))
+            .is_none()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
