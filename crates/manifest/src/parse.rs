@@ -392,32 +392,26 @@ fn parse_service(
                 limits.memory = bytes;
             }
             "timeout" => {
-                let text = cx.str(value, &path)?;
-                let timeout = parse_duration(text).map_err(|m| cx.error(value.span(), &path, m))?;
-                if timeout.is_zero() || timeout > MAX_TIMEOUT {
-                    return Err(cx.error(
-                        value.span(),
-                        &path,
-                        "timeout must be more than 0 and at most 1h",
-                    ));
-                }
-                limits.timeout = timeout;
+                limits.timeout = duration_within(
+                    cx,
+                    value,
+                    &path,
+                    MAX_TIMEOUT,
+                    "timeout must be more than 0 and at most 1h",
+                )?;
             }
             "concurrency" => {
                 scaling.concurrency = positive(cx, value, &path, MAX_SERVICE_CONCURRENCY)?;
             }
             "queue" => scaling.queue = count(cx, value, &path, MAX_QUEUE)?,
             "queue_timeout" => {
-                let text = cx.str(value, &path)?;
-                let timeout = parse_duration(text).map_err(|m| cx.error(value.span(), &path, m))?;
-                if timeout.is_zero() || timeout > MAX_QUEUE_TIMEOUT {
-                    return Err(cx.error(
-                        value.span(),
-                        &path,
-                        "queue timeout must be more than 0 and at most 1h",
-                    ));
-                }
-                scaling.queue_timeout = timeout;
+                scaling.queue_timeout = duration_within(
+                    cx,
+                    value,
+                    &path,
+                    MAX_QUEUE_TIMEOUT,
+                    "queue timeout must be more than 0 and at most 1h",
+                )?;
             }
             "idle" => {
                 let text = cx.str(value, &path)?;
@@ -663,10 +657,22 @@ fn count(cx: &Cx<'_>, value: &Value<'_>, key: &str, max: u32) -> Result<u32, Man
 }
 
 fn duration(cx: &Cx<'_>, value: &Value<'_>, key: &str) -> Result<Duration, ManifestError> {
+    let day = Duration::from_secs(24 * 3600);
+    duration_within(cx, value, key, day, "must be more than 0 and at most 24h")
+}
+
+/// A duration more than zero and at most `max`; `message` otherwise.
+fn duration_within(
+    cx: &Cx<'_>,
+    value: &Value<'_>,
+    key: &str,
+    max: Duration,
+    message: &str,
+) -> Result<Duration, ManifestError> {
     let text = cx.str(value, key)?;
     let d = parse_duration(text).map_err(|m| cx.error(value.span(), key, m))?;
-    if d.is_zero() || d > Duration::from_secs(24 * 3600) {
-        return Err(cx.error(value.span(), key, "must be more than 0 and at most 24h"));
+    if d.is_zero() || d > max {
+        return Err(cx.error(value.span(), key, message));
     }
     Ok(d)
 }

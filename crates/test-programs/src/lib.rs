@@ -161,23 +161,7 @@ pub fn scheme_name(scheme: &Scheme) -> &str {
 }
 
 /// `s` as a JSON string literal, quotes included.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
+pub use tessera_guest::http::json_string;
 
 /// A JSON string literal, or `null` when there is no value.
 pub fn json_opt(s: Option<&str>) -> String {
