@@ -490,10 +490,11 @@ fn markdown(s: &Section<'_>) -> String {
     let _ = writeln!(
         md,
         "\nThe tessera-data column shows how little of a guest read is SQLite; the rest is the \
-         way into the host and back. Key-value reads skip the blocking-pool hop (an earlier run \
-         that hopped measured kv-get p50 27.7 µs in the guest against 2.7 µs natively); SQL \
-         calls keep it, which costs usually two thread wake-ups (a blocking-pool thread, then \
-         the worker that runs the guest). What a wake-up costs depends on the scheduler and on \
+         way into the host and back. Reads run on the worker that runs the guest: key-value gets, \
+         and SQL queries that cannot write when a reader is free, within a 1 ms budget (an \
+         earlier run whose reads hopped to the blocking pool measured kv-get p50 24.8 µs and \
+         sql-query 44.1 µs in the guest). Writes keep the hop, which costs usually two thread \
+         wake-ups (a blocking-pool thread, then the worker that runs the guest). What a wake-up costs depends on the scheduler and on \
          whether the other core is idle, so guest figures move more between runs than the \
          other columns; compare them within one run."
     );
