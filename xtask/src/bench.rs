@@ -404,9 +404,7 @@ fn version_of(program: &Path, name: &str) -> String {
 mod tests {
     use super::*;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
+    use crate::test_args as args;
 
     #[test]
     fn options_defaults_and_overrides() {

@@ -87,9 +87,7 @@ fn listen_override(args: &[String]) -> Option<&str> {
 mod tests {
     use super::listen_override;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
+    use crate::test_args as args;
 
     #[test]
     fn finds_listen_in_both_spellings() {

@@ -132,3 +132,9 @@ fn no_args(command: &str, rest: &[String]) -> Result<()> {
         bail!("`{command}` takes no arguments, got {rest:?}")
     }
 }
+
+/// Command-line arguments for the option parsers' tests.
+#[cfg(test)]
+fn test_args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}

@@ -585,9 +585,7 @@ fn markdown(s: &Section<'_>) -> String {
 mod tests {
     use super::*;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
+    use crate::test_args as args;
 
     #[test]
     fn options_default_and_bounds() {

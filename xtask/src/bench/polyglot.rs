@@ -836,9 +836,7 @@ const COLUMNS: &str = "
 mod tests {
     use super::*;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
+    use crate::test_args as args;
 
     fn templates(options: &Options) -> Vec<&str> {
         options.languages.iter().map(|l| l.template).collect()

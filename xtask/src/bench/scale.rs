@@ -327,9 +327,7 @@ impl Section {
 mod tests {
     use super::*;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
+    use crate::test_args as args;
 
     #[test]
     fn options_defaults_overrides_and_bounds() {
