@@ -44,6 +44,9 @@ impl From<NodeError> for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
             NodeError::Runtime(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_component"),
+            NodeError::DataDirInUse { .. } | NodeError::DataDir { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
             NodeError::Store(store) => match store {
                 StoreError::NoSuchApp(_)
                 | StoreError::NoSuchService { .. }

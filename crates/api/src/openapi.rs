@@ -69,6 +69,7 @@ pub fn document() -> Value {
                     "memory": { "type": "integer", "description": "bytes" },
                     "timeout_ms": { "type": "integer" },
                     "outbound": { "type": "array", "items": { "type": "string" } },
+                    "callbacks": { "type": "array", "items": { "type": "string" } },
                     "env": { "type": "array", "items": { "type": "array", "items": { "type": "string" }, "minItems": 2, "maxItems": 2 } },
                     "config": { "type": "array", "description": "configuration served through wasi:config/store, as [key, value] pairs", "items": { "type": "array", "items": { "type": "string" }, "minItems": 2, "maxItems": 2 } },
                     "buckets": { "type": "array", "description": "key-value buckets besides `default`", "items": { "type": "string" } },
@@ -104,6 +105,7 @@ pub fn document() -> Value {
                     "routes": { "type": "array", "items": { "type": "string" } },
                     "memory": { "type": "integer" }, "timeout_ms": { "type": "integer" },
                     "outbound": { "type": "array", "items": { "type": "string" } },
+                    "callbacks": { "type": "array", "items": { "type": "string" } },
                     "env": { "type": "array", "items": { "type": "string" }, "description": "names only" } } },
                 "Service": { "type": "object", "properties": {
                     "name": { "type": "string" },

@@ -19,6 +19,9 @@ pub struct ServiceSpecJson {
     pub timeout_ms: u64,
     #[serde(default)]
     pub outbound: Vec<String>,
+    /// Origins an async invocation's callback may go to.
+    #[serde(default)]
+    pub callbacks: Vec<String>,
     #[serde(default)]
     pub env: Vec<(String, String)>,
     /// Configuration served through `wasi:config/store`.
@@ -108,6 +111,7 @@ impl From<ServiceSpecJson> for ServiceRelease {
                     memory: s.memory,
                     timeout_ms: s.timeout_ms,
                     outbound: s.outbound,
+                    callbacks: s.callbacks,
                     env: s.env,
                     config: s.config,
                     buckets: s.buckets,
@@ -165,6 +169,7 @@ impl From<ServiceRelease> for ServiceSpecJson {
             memory: config.memory,
             timeout_ms: config.timeout_ms,
             outbound: config.outbound,
+            callbacks: config.callbacks,
             env: config.env,
             config: config.config,
             buckets: config.buckets,
@@ -362,6 +367,7 @@ pub struct RevisionView {
     pub memory: u64,
     pub timeout_ms: u64,
     pub outbound: Vec<String>,
+    pub callbacks: Vec<String>,
     /// Names of the environment variables granted (values are not listed).
     pub env: Vec<String>,
 }
@@ -376,6 +382,7 @@ impl From<&Revision> for RevisionView {
             memory: r.config.memory,
             timeout_ms: r.config.timeout_ms,
             outbound: r.config.outbound.clone(),
+            callbacks: r.config.callbacks.clone(),
             env: r.config.env.iter().map(|(k, _)| k.clone()).collect(),
         }
     }

@@ -9,27 +9,25 @@
 mod admission;
 mod dispatch;
 mod errors;
+mod listener;
 mod routes;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 pub use admission::{Admission, Limiter, Permit, Rejection};
 pub use dispatch::{Failure, dispatch};
 pub use errors::{failure_response, invoke_error_response, json_error};
+pub use listener::{FdBudget, ListenerConfig, default_per_client, serve_connections};
 pub use routes::{
-    AsyncAccepted, AsyncRequest, AsyncSink, Backend, Lease, LoadError, Loaded, RouteTable, Routes,
-    ServiceSlot, Target,
+    AsyncAccepted, AsyncRefusal, AsyncRequest, AsyncSink, Backend, Lease, LoadError, Loaded,
+    RouteTable, Routes, ServiceSlot, Target,
 };
 pub use tessera_runtime::ResponseBody;
 
@@ -42,18 +40,14 @@ pub const REVISION: &str = "x-tessera-revision";
 /// Gateway settings.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// How long in-flight requests may run after shutdown starts before connections are
-    /// dropped.
-    pub drain_timeout: Duration,
-    /// How long a client may take to send request headers.
-    pub header_timeout: Duration,
+    /// Timeouts and connection caps of the public listener.
+    pub listener: ListenerConfig,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
-            drain_timeout: Duration::from_secs(30),
-            header_timeout: Duration::from_secs(30),
+            listener: ListenerConfig::new("gateway", 10_000),
         }
     }
 }
@@ -66,54 +60,24 @@ pub async fn serve(
     config: GatewayConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_timeout)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Running out of file descriptors is transient: back off instead of
-                    // spinning or giving up.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        // Responses are small and latency-bound; do not let Nagle hold them back.
-        let _ = stream.set_nodelay(true);
-        let routes = routes.clone();
-        let service = service_fn(move |request| handle(request, routes.clone()));
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+    listener::serve_connections(
+        listener,
+        config.listener,
+        move |_peer| {
+            let routes = routes.clone();
+            move |request| {
+                let routes = routes.clone();
+                Box::pin(async move {
+                    match handle(request, routes).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    }
+                }) as std::pin::Pin<Box<dyn Future<Output = _> + Send>>
             }
-        });
-    }
-
-    drop(listener);
-    tracing::info!("gateway stopped accepting; draining in-flight requests");
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
-        () = tokio::time::sleep(config.drain_timeout) => {
-            tracing::warn!(timeout = ?config.drain_timeout, "drain timeout reached; dropping remaining connections");
-        }
-    }
-    Ok(())
+        },
+        shutdown,
+    )
+    .await
 }
 
 /// Binds the gateway's listener, naming the address in the error.
@@ -131,12 +95,7 @@ async fn handle(
     let request_id = request_id(&request);
     let id_header = HeaderValue::from_str(&request_id).expect("request ids are visible ASCII");
     request.headers_mut().insert(REQUEST_ID, id_header.clone());
-    // Only the platform says who is calling and how deep: a client cannot pose as
-    // another service of the app.
-    request.headers_mut().remove(tessera_runtime::CALLER_HEADER);
-    request
-        .headers_mut()
-        .remove(tessera_runtime::CALL_DEPTH_HEADER);
+    strip_platform_headers(request.headers_mut());
 
     let table = routes.current();
     let host = request_host(&request);
@@ -160,6 +119,26 @@ async fn handle(
     };
     response.headers_mut().insert(REQUEST_ID, id_header);
     Ok(response)
+}
+
+/// Removes what only the platform may say from an outside request: who is calling and how
+/// deep (`x-tessera-caller`, `x-tessera-call-depth`), that this is an event delivery and
+/// which attempt (`ce-*`, `x-tessera-attempt`), and every other `x-tessera-*` header but
+/// the ones a client uses to talk to the gateway itself. So a client can pose neither as
+/// another service of the app nor as the platform delivering an event.
+fn strip_platform_headers(headers: &mut http::HeaderMap) {
+    let forged: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            name.starts_with("ce-")
+                || (name.starts_with("x-tessera-") && !matches!(name, REVISION | ASYNC | CALLBACK))
+        })
+        .cloned()
+        .collect();
+    for name in forged {
+        headers.remove(name);
+    }
 }
 
 /// Header asking to run a request later: `x-tessera-async: 1`.
@@ -268,12 +247,21 @@ async fn enqueue(
             }
             response
         }
-        Ok(Err(message)) => json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "async_unavailable",
-            &format!("cannot queue the invocation: {message}"),
-            request_id,
-        ),
+        Ok(Err(refusal)) => {
+            let mut response = json_error(
+                refusal.status,
+                refusal.code,
+                &format!("cannot queue the invocation: {}", refusal.message),
+                request_id,
+            );
+            if let Some(after) = refusal.retry_after {
+                let secs = after.as_secs_f64().ceil().max(1.0) as u64;
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            response
+        }
         Err(e) => json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

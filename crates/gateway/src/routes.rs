@@ -56,10 +56,32 @@ pub struct AsyncAccepted {
     pub status_path: String,
 }
 
+/// Why an async request was not queued, as the client is told.
+#[derive(Debug, Clone)]
+pub struct AsyncRefusal {
+    pub status: http::StatusCode,
+    /// The error's machine-readable code.
+    pub code: &'static str,
+    pub message: String,
+    /// When to try again, for refusals that pass (a rate).
+    pub retry_after: Option<std::time::Duration>,
+}
+
+impl AsyncRefusal {
+    pub fn new(status: http::StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        AsyncRefusal {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
 /// Queues async invocations durably (the node's event journal). Called on the blocking
 /// pool; Ok means the invocation will run at least once.
 pub trait AsyncSink: Send + Sync {
-    fn enqueue(&self, request: AsyncRequest) -> Result<AsyncAccepted, String>;
+    fn enqueue(&self, request: AsyncRequest) -> Result<AsyncAccepted, AsyncRefusal>;
 }
 
 /// One revision of a service with its share of the traffic.

@@ -111,6 +111,8 @@ pub struct ServiceSpec {
     pub scaling: Scaling,
     /// Origins the service may call through `wasi:http/outgoing-handler`.
     pub outbound: Vec<Origin>,
+    /// Origins an async invocation's `x-tessera-callback` may name; none unless listed.
+    pub callbacks: Vec<Origin>,
     /// Environment variables granted to the guest; none unless listed.
     pub env: Vec<(String, String)>,
     /// Configuration values served through `wasi:config/store`, sorted by key.

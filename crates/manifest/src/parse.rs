@@ -137,6 +137,7 @@ const SERVICE_KEYS: &[&str] = &[
     "queue_timeout",
     "idle",
     "outbound",
+    "callbacks",
     "env",
     "config",
     "buckets",
@@ -323,6 +324,7 @@ fn parse_service(
     let mut limits = Limits::default();
     let mut scaling = Scaling::default();
     let mut outbound = Vec::new();
+    let mut callbacks = Vec::new();
     let mut env = Vec::new();
     let mut config = Vec::new();
     let mut buckets: Vec<String> = Vec::new();
@@ -436,6 +438,12 @@ fn parse_service(
                     outbound.push(origin);
                 }
             }
+            "callbacks" => {
+                for (text, span) in cx.strings(value, &path)? {
+                    let origin = Origin::parse(text).map_err(|m| cx.error(span, &path, m))?;
+                    callbacks.push(origin);
+                }
+            }
             "env" => {
                 for (var, val) in cx.table(value, &path)?.iter() {
                     let var_name = var.get_ref().as_ref();
@@ -532,6 +540,7 @@ fn parse_service(
         limits,
         scaling,
         outbound,
+        callbacks,
         env,
         config,
         buckets,

@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
+use crate::callback::CallbackPolicy;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -58,6 +59,8 @@ pub(crate) struct Events {
     running: Mutex<Option<Running>>,
     /// The latest triggers, applied when the machinery starts and on every rebuild.
     specs: Mutex<(Vec<SubscriptionSpec>, Vec<CronSpec>)>,
+    /// Where async-invocation callbacks may go.
+    pub(crate) callbacks: Arc<ArcSwap<CallbackPolicy>>,
 }
 
 struct Running {
@@ -75,6 +78,7 @@ impl Events {
             targets: Arc::new(ArcSwap::from_pointee(HashMap::new())),
             running: Mutex::new(None),
             specs: Mutex::new((Vec::new(), Vec::new())),
+            callbacks: Arc::new(ArcSwap::from_pointee(CallbackPolicy::default())),
         }
     }
 
@@ -96,10 +100,7 @@ impl Events {
         }
         let invoker = Arc::new(NodeInvoker {
             targets: self.targets.clone(),
-            callbacks: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
+            callbacks: self.callbacks.clone(),
         });
         let dispatcher = Arc::new(Dispatcher::start(self.journal.clone(), invoker));
         let notify = dispatcher.clone();
@@ -345,7 +346,7 @@ impl Publisher for AppPublisher {
 
 struct NodeInvoker {
     targets: Arc<ArcSwap<TargetMap>>,
-    callbacks: reqwest::Client,
+    callbacks: Arc<ArcSwap<CallbackPolicy>>,
 }
 
 impl Invoker for NodeInvoker {
@@ -363,7 +364,7 @@ impl Invoker for NodeInvoker {
         let consumer = consumer.clone();
         let app = subscription.app.clone();
         let final_attempt = delivery.attempt >= subscription.max_attempts;
-        let callbacks = self.callbacks.clone();
+        let callbacks = CallbackPolicy::clone(&self.callbacks.load());
         Box::pin(async move {
             let callback = attribute(&delivery, ATTR_CALLBACK).map(str::to_string);
             let message_id = delivery.message.id.clone();
@@ -372,7 +373,7 @@ impl Invoker for NodeInvoker {
             if let Some(url) = callback
                 && (succeeded || final_attempt)
             {
-                tokio::spawn(call_back(
+                tokio::spawn(crate::callback::call_back(
                     callbacks,
                     url,
                     message_id,
@@ -498,33 +499,4 @@ fn cloud_event_request(
         builder = builder.header(http::header::CONTENT_TYPE, content_type);
     }
     builder.body(Full::new(Bytes::from(message.data.clone())))
-}
-
-/// Tells an async invocation's caller how it ended: a JSON `POST` to its callback URL.
-/// Best effort, a few tries; the result also stays queryable by id.
-async fn call_back(
-    client: reqwest::Client,
-    url: String,
-    id: String,
-    outcome: Outcome,
-    succeeded: bool,
-) {
-    let body = serde_json::json!({
-        "id": id,
-        "state": if succeeded { "succeeded" } else { "failed" },
-        "status": outcome.status,
-        "body": String::from_utf8_lossy(&outcome.body),
-        "error": outcome.error,
-        "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-    });
-    for attempt in 1..=3u32 {
-        match client.post(&url).json(&body).send().await {
-            Ok(response) if response.status().is_success() => return,
-            Ok(response) => {
-                tracing::warn!(%url, invocation = %id, status = %response.status(), "callback refused")
-            }
-            Err(error) => tracing::warn!(%url, invocation = %id, %error, "callback failed"),
-        }
-        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-    }
 }

@@ -14,9 +14,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+mod callback;
 mod events;
 mod internal;
 mod scaling;
+
+pub use callback::CallbackPolicy;
 
 pub use events::{MAX_RESULT_BODY, async_subscription};
 pub use scaling::{DEFAULT_MEMORY_BUDGET, MEMORY_BUDGET_ENV};
@@ -27,7 +30,7 @@ use tessera_events::{
     DeadLetter, DeliveryStatus, EmbeddedJournal, EventError, Journal, NewMessage, Published,
     SubscriptionStats,
 };
-use tessera_gateway::{Admission, Backend, Limiter, RouteTable, Routes, Target};
+use tessera_gateway::{Admission, AsyncRefusal, Backend, Limiter, RouteTable, Routes, Target};
 use tessera_manifest::{Limits, Origin, RoutePrefix};
 use tessera_runtime::{
     CodeSource, LoadReport, Runtime, RuntimeConfig, RuntimeError, Service, ServiceConfig,
@@ -60,12 +63,69 @@ pub enum NodeError {
     /// The request itself is wrong (bad names, routes, limits): nothing changed.
     #[error("{0}")]
     Invalid(String),
+    /// Another process holds the data directory: two nodes on one directory would each
+    /// serve their own deploys and dispatch from one journal.
+    #[error("data directory {} is in use by another tessera process{}", dir.display(), holder.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    DataDirInUse {
+        dir: std::path::PathBuf,
+        holder: Option<String>,
+    },
+    /// The data directory cannot be created or locked.
+    #[error("cannot lock data directory {}: {source}", dir.display())]
+    DataDir {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Where the embedded backend keeps services' data inside the node's data directory.
 pub const SERVICE_DATA_DIR: &str = "services";
 /// The embedded event journal inside the node's data directory.
 pub const EVENTS_FILE: &str = "events.db";
+
+/// The lock file inside a node's data directory.
+pub const LOCK_FILE: &str = "lock";
+
+/// Takes the exclusive advisory lock on `data` (creating the directory), which the
+/// operating system releases when the process ends however it ends, so a killed node never
+/// leaves a stale lock. The holder's pid is written into the file for the error message.
+fn lock_data_dir(data: &Path) -> Result<std::fs::File, NodeError> {
+    use std::io::{Read, Seek, Write};
+    let io = |source| NodeError::DataDir {
+        dir: data.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(data).map_err(io)?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(data.join(LOCK_FILE))
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let holder = text
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .map(|pid| format!("pid {pid}"));
+            return Err(NodeError::DataDirInUse {
+                dir: data.to_path_buf(),
+                holder,
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    file.set_len(0).map_err(io)?;
+    file.rewind().map_err(io)?;
+    write!(file, "{}", std::process::id()).map_err(io)?;
+    Ok(file)
+}
 
 /// One service of a deploy: its revision and the SQL migrations to apply before it
 /// takes traffic.
@@ -99,6 +159,8 @@ struct NodeInner {
     telemetry: ArcSwapOption<Telemetry>,
     /// The task unloading idle revisions, once started.
     reaper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The exclusive lock on the data directory, held for the node's life (`Node::open`).
+    _dir_lock: Option<std::fs::File>,
 }
 
 /// What successive routing tables share.
@@ -114,6 +176,8 @@ impl Node {
     /// their first request comes. The budget for loaded code is taken from
     /// `TESSERA_MEMORY_BUDGET` (`512MiB`, `2GiB`, bytes) when it is set.
     pub fn open(data: &Path, runtime: RuntimeConfig) -> Result<Node, NodeError> {
+        // First of all, so a second process touches none of the files.
+        let dir_lock = lock_data_dir(data)?;
         let budget = match std::env::var(MEMORY_BUDGET_ENV) {
             Ok(text) if !text.trim().is_empty() => tessera_manifest::parse_size(&text)
                 .map_err(|m| NodeError::Invalid(format!("{MEMORY_BUDGET_ENV}: {m}")))?,
@@ -131,7 +195,14 @@ impl Node {
             internal: Some(runtime.internal.unwrap_or(router)),
             ..runtime
         })?;
-        let node = Node::with_backends(store.clone(), store, service_data, journal, runtime)?;
+        let node = Node::build(
+            store.clone(),
+            store,
+            service_data,
+            journal,
+            runtime,
+            Some(dir_lock),
+        )?;
         let _ = targets.set(node.inner.events.targets());
         node.set_memory_budget(budget);
         Ok(node)
@@ -145,6 +216,17 @@ impl Node {
         journal: Arc<dyn Journal>,
         runtime: Runtime,
     ) -> Result<Node, NodeError> {
+        Node::build(store, artifacts, data, journal, runtime, None)
+    }
+
+    fn build(
+        store: Arc<dyn ControlState>,
+        artifacts: Arc<dyn ArtifactStore>,
+        data: Arc<dyn DataBackend>,
+        journal: Arc<dyn Journal>,
+        runtime: Runtime,
+        dir_lock: Option<std::fs::File>,
+    ) -> Result<Node, NodeError> {
         let node = Node {
             inner: Arc::new(NodeInner {
                 store,
@@ -157,6 +239,7 @@ impl Node {
                 residency: scaling::Residency::new(DEFAULT_MEMORY_BUDGET),
                 telemetry: ArcSwapOption::empty(),
                 reaper: Mutex::new(None),
+                _dir_lock: dir_lock,
             }),
         };
         let mut serving = node.lock();
@@ -292,9 +375,10 @@ impl Node {
         // revision's first request only maps it.
         for service in services {
             let path = self.inner.artifacts.artifact_path(&service.sha256)?;
-            let (_, report) = self.inner.runtime.load_service_file(
+            let (_, report) = self.inner.runtime.load_service_known(
                 runtime_config(&service.name, &service.config, ServiceDataAccess::default())?,
                 &path,
+                &service.sha256,
             )?;
             self.compile_cache(&report);
         }
@@ -385,6 +469,12 @@ impl Node {
         let existed = self.inner.store.delete_secret(app, service, name)?;
         self.rebuild(&mut serving, Some((app, service)))?;
         Ok(existed)
+    }
+
+    /// Sets where async-invocation callbacks may go besides each service's own list: the
+    /// node's listeners are always refused, private addresses unless allowed.
+    pub fn set_callback_policy(&self, policy: CallbackPolicy) {
+        self.inner.events.callbacks.store(Arc::new(policy));
     }
 
     /// Starts delivering events and firing schedules, and the task that unloads idle
@@ -607,6 +697,7 @@ impl Node {
                     events: self.inner.events.clone(),
                     app: app.name.clone(),
                     service: service.name.clone(),
+                    callbacks: parse_origins(&primary.config.callbacks).unwrap_or_default(),
                 });
                 let target = Arc::new(
                     Target::weighted(service.name.clone(), backends)
@@ -728,12 +819,8 @@ fn runtime_config(
     if timeout.is_zero() || timeout > tessera_manifest::MAX_TIMEOUT {
         return Err(invalid("timeout must be more than 0 and at most 1h".into()));
     }
-    let outbound = config
-        .outbound
-        .iter()
-        .map(|o| Origin::parse(o))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(invalid)?;
+    let outbound = parse_origins(&config.outbound).map_err(invalid)?;
+    parse_origins(&config.callbacks).map_err(|m| invalid(format!("callbacks: {m}")))?;
     Ok(ServiceConfig {
         app: String::new(),
         name: service.to_string(),
@@ -747,18 +834,33 @@ fn runtime_config(
     })
 }
 
+fn parse_origins(origins: &[String]) -> Result<Vec<Origin>, String> {
+    origins.iter().map(|o| Origin::parse(o)).collect()
+}
+
 /// Queues a service's async invocations in the event journal.
 struct AsyncQueue {
     events: Arc<events::Events>,
     app: String,
     service: String,
+    /// Origins its callbacks may go to, as the primary revision lists them.
+    callbacks: Vec<Origin>,
 }
 
 impl tessera_gateway::AsyncSink for AsyncQueue {
     fn enqueue(
         &self,
         request: tessera_gateway::AsyncRequest,
-    ) -> Result<tessera_gateway::AsyncAccepted, String> {
+    ) -> Result<tessera_gateway::AsyncAccepted, AsyncRefusal> {
+        if let Some(url) = &request.callback {
+            callback::check_allowed(url, &self.service, &self.callbacks).map_err(|refused| {
+                AsyncRefusal::new(
+                    http::StatusCode::FORBIDDEN,
+                    "callback_not_allowed",
+                    refused.to_string(),
+                )
+            })?;
+        }
         let mut attributes = vec![
             (events::ATTR_METHOD.to_string(), request.method),
             (events::ATTR_PATH.to_string(), request.path),
@@ -782,15 +884,22 @@ impl tessera_gateway::AsyncSink for AsyncQueue {
         )
         .with_content_type(content_type)
         .with_attributes(attributes);
+        let unavailable = |message: String| {
+            AsyncRefusal::new(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "async_unavailable",
+                message,
+            )
+        };
         let published = self
             .events
             .publish(&self.app, vec![message])
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| unavailable(e.to_string()))?;
         let id = published
             .into_iter()
             .next()
             .map(|p| p.id)
-            .ok_or("the journal returned no id")?;
+            .ok_or_else(|| unavailable("the journal returned no id".into()))?;
         Ok(tessera_gateway::AsyncAccepted {
             status_path: format!(
                 "/v1/apps/{}/services/{}/invocations/{id}",

@@ -108,6 +108,18 @@ pub enum RuntimeError {
         path: PathBuf,
         reason: String,
     },
+    /// A stored component's bytes no longer hash to the digest it was stored under: it
+    /// was altered or damaged on disk, so it is never compiled or served.
+    #[error(
+        "service `{service}`: component {} is damaged: its sha256 is {actual}, not {expected}",
+        path.display()
+    )]
+    ArtifactMismatch {
+        service: String,
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
     #[error("service `{service}`: memory limit {limit} bytes exceeds the node's maximum {max}")]
     MemoryLimitTooLarge {
         service: String,
@@ -188,6 +200,17 @@ impl Runtime {
         origin: &Path,
         bytes: &[u8],
     ) -> Result<(Service, LoadReport), RuntimeError> {
+        self.load_bytes(config, origin, bytes, None)
+    }
+
+    /// Loads component bytes; when `expected` is given, they must hash to it.
+    fn load_bytes(
+        &self,
+        config: ServiceConfig,
+        origin: &Path,
+        bytes: &[u8],
+        expected: Option<&str>,
+    ) -> Result<(Service, LoadReport), RuntimeError> {
         let start = Instant::now();
         let inner = &self.inner;
         if config.limits.memory > inner.config.max_memory {
@@ -210,6 +233,16 @@ impl Runtime {
             ));
         }
         let hash = cache::content_hash(bytes);
+        if let Some(expected) = expected
+            && expected != hash
+        {
+            return Err(RuntimeError::ArtifactMismatch {
+                service: config.name.clone(),
+                path: origin.to_path_buf(),
+                expected: expected.to_string(),
+                actual: hash,
+            });
+        }
         let (component, source) = match inner.cache.as_ref().and_then(|c| c.load(&hash)) {
             Some(component) => (component, CodeSource::Cache),
             None => {
@@ -231,7 +264,8 @@ impl Runtime {
 
     /// Loads a service whose component's sha256 is already known (a stored revision):
     /// when the compile cache has it, the code is mapped straight away, without reading
-    /// or hashing the component; otherwise this is [`Runtime::load_service_file`].
+    /// or hashing the component; otherwise the file is read and must still hash to
+    /// `sha256` before it is compiled ([`RuntimeError::ArtifactMismatch`]).
     pub fn load_service_known(
         &self,
         config: ServiceConfig,
@@ -251,7 +285,12 @@ impl Runtime {
                 start,
             );
         }
-        self.load_service_file(config, path)
+        let bytes = std::fs::read(path).map_err(|source| RuntimeError::ReadComponent {
+            service: config.name.clone(),
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.load_bytes(config, path, &bytes, Some(sha256))
     }
 
     /// Pre-instantiates a compiled component as an HTTP service.

@@ -74,6 +74,8 @@ struct StoredConfig {
     env: Vec<(String, String)>,
     // Added after the first release: absent in older rows.
     #[serde(default)]
+    callbacks: Vec<String>,
+    #[serde(default)]
     config: Vec<(String, String)>,
     #[serde(default)]
     buckets: Vec<String>,
@@ -135,6 +137,7 @@ fn config_json(config: &RevisionConfig) -> String {
         memory: config.memory,
         timeout_ms: config.timeout_ms,
         outbound: config.outbound.clone(),
+        callbacks: config.callbacks.clone(),
         env: config.env.clone(),
         config: config.config.clone(),
         buckets: config.buckets.clone(),
@@ -188,6 +191,7 @@ fn parse_config(
         memory: stored.memory,
         timeout_ms: stored.timeout_ms,
         outbound: stored.outbound,
+        callbacks: stored.callbacks,
         env: stored.env,
         config: stored.config,
         buckets: stored.buckets,

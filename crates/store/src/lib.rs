@@ -39,6 +39,8 @@ pub struct RevisionConfig {
     pub timeout_ms: u64,
     /// Origins the service may call.
     pub outbound: Vec<String>,
+    /// Origins an async invocation's callback may go to.
+    pub callbacks: Vec<String>,
     /// Environment variables granted to the guest.
     pub env: Vec<(String, String)>,
     /// Configuration values served through `wasi:config/store`, sorted by key.

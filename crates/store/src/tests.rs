@@ -23,6 +23,7 @@ fn config(routes: &[&str]) -> RevisionConfig {
         memory: 64 * 1024 * 1024,
         timeout_ms: 30_000,
         outbound: Vec::new(),
+        callbacks: Vec::new(),
         env: Vec::new(),
         config: Vec::new(),
         buckets: Vec::new(),

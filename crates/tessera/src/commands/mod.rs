@@ -61,6 +61,7 @@ pub fn release(
                 memory: spec.limits.memory,
                 timeout_ms: millis(spec.limits.timeout),
                 outbound: spec.outbound.iter().map(|o| o.to_string()).collect(),
+                callbacks: spec.callbacks.iter().map(|o| o.to_string()).collect(),
                 env: spec.env.clone(),
                 config,
                 buckets: spec.buckets.clone(),
@@ -121,6 +122,97 @@ pub fn init_logging() {
         .with_target(false)
         .compact()
         .try_init();
+}
+
+/// Connection limits and timeouts of a node's two listeners (`up` and `serve`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ListenArgs {
+    /// Most connections the gateway holds open at once; past it a connection is refused
+    /// with a 503. Default and ceiling: half the process's open-file limit, so data files
+    /// and the admin listener always have descriptors left.
+    #[arg(long, env = "TESSERA_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+    /// Most gateway connections from one client address (default: half of
+    /// --max-connections, at most 1000).
+    #[arg(long, env = "TESSERA_MAX_CONNECTIONS_PER_CLIENT", value_name = "N")]
+    max_connections_per_client: Option<usize>,
+    /// How long a connection may take to send a request's headers, the first request's
+    /// counted from when it opens.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    header_timeout: std::time::Duration,
+    /// How long a connection stays open with no request in flight.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    idle_timeout: std::time::Duration,
+    /// Let async-invocation callbacks reach loopback, private and link-local addresses
+    /// (development; the node's own listeners stay refused).
+    #[arg(long, env = "TESSERA_ALLOW_PRIVATE_CALLBACKS")]
+    pub allow_private_callbacks: bool,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(d)
+}
+
+impl ListenArgs {
+    /// The gateway's and the admin listener's settings, within the open-file budget.
+    pub fn configs(
+        &self,
+        drain_timeout: std::time::Duration,
+    ) -> anyhow::Result<(
+        tessera_gateway::ListenerConfig,
+        tessera_gateway::ListenerConfig,
+    )> {
+        use tessera_gateway::{FdBudget, ListenerConfig};
+        let budget = FdBudget::for_limit(open_file_limit());
+        let gateway_cap = match self.max_connections {
+            Some(0) => anyhow::bail!("--max-connections must be at least 1"),
+            Some(n) if n > budget.gateway => {
+                tracing::warn!(
+                    requested = n,
+                    allowed = budget.gateway,
+                    "--max-connections is lowered to half the open-file limit"
+                );
+                budget.gateway
+            }
+            Some(n) => n,
+            None => budget.gateway,
+        };
+        let mut gateway = ListenerConfig::new("gateway", gateway_cap);
+        if let Some(n) = self.max_connections_per_client {
+            if n == 0 {
+                anyhow::bail!("--max-connections-per-client must be at least 1");
+            }
+            gateway.max_connections_per_client = n.min(gateway_cap);
+        }
+        gateway.header_timeout = self.header_timeout;
+        gateway.idle_timeout = self.idle_timeout;
+        gateway.drain_timeout = drain_timeout;
+        let mut admin = ListenerConfig::new("admin", budget.admin);
+        admin.header_timeout = self.header_timeout;
+        admin.idle_timeout = self.idle_timeout;
+        admin.drain_timeout = drain_timeout;
+        Ok((gateway, admin))
+    }
+}
+
+/// The process's soft limit on open files (after [`raise_open_file_limit`]).
+pub fn open_file_limit() -> u64 {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct passed to it.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            return limit.rlim_cur;
+        }
+    }
+    1024
 }
 
 /// Raises the soft limit on open files to the hard one: every loaded service holds its

@@ -3,13 +3,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use tessera_api::Auth;
-use tessera_gateway::GatewayConfig;
-use tessera_node::Node;
+use tessera_gateway::{GatewayConfig, ListenerConfig};
+use tessera_node::{CallbackPolicy, Node};
 use tessera_runtime::{RuntimeConfig, TerminalLog};
 use tessera_telemetry::{Telemetry, TelemetryConfig};
 
@@ -31,9 +33,13 @@ pub struct ServeArgs {
     /// Most instances that may run at once across all services.
     #[arg(long, default_value_t = 1000)]
     max_instances: u32,
+    #[command(flatten)]
+    connections: super::ListenArgs,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let (gateway, admin) = args.connections.configs(Duration::from_secs(30))?;
+    let allow_private_callbacks = args.connections.allow_private_callbacks;
     let token = std::env::var("TESSERA_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
@@ -70,8 +76,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.listen,
         args.admin,
         auth,
-        GatewayConfig::default(),
+        Listeners {
+            gateway,
+            admin,
+            allow_private_callbacks,
+        },
     )
+}
+
+/// Settings of a node's two listeners.
+pub struct Listeners {
+    pub gateway: ListenerConfig,
+    pub admin: ListenerConfig,
+    /// Whether callbacks may go to private addresses (never to these listeners).
+    pub allow_private_callbacks: bool,
 }
 
 /// Serves a node's gateway and control API until SIGINT/SIGTERM, then drains both.
@@ -81,7 +99,7 @@ pub fn run_node(
     listen: SocketAddr,
     admin: SocketAddr,
     auth: Auth,
-    gateway_config: GatewayConfig,
+    listeners: Listeners,
 ) -> anyhow::Result<()> {
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -96,6 +114,10 @@ pub fn run_node(
         for (route, target) in node.routes().current().entries() {
             tracing::info!(route = %route, service = %target.service, "route");
         }
+        node.set_callback_policy(CallbackPolicy {
+            allow_private: listeners.allow_private_callbacks,
+            own: vec![gateway.local_addr()?, admin.local_addr()?],
+        });
         node.start_events();
         tracing::info!("gateway listening on http://{}", gateway.local_addr()?);
 
@@ -110,9 +132,32 @@ pub fn run_node(
         let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let api = axum::serve(admin, tessera_api::router(node.clone(), telemetry, auth))
-            .with_graceful_shutdown(wait(stopped.clone()));
-        let public = tessera_gateway::serve(gateway, node.routes(), gateway_config, wait(stopped));
+        let router = tessera_api::router(node.clone(), telemetry, auth);
+        let api = tessera_gateway::serve_connections(
+            admin,
+            listeners.admin,
+            move |_peer| {
+                let router = router.clone();
+                move |request| {
+                    let mut router = router.clone();
+                    Box::pin(async move {
+                        match tower_service::Service::call(&mut router, request).await {
+                            Ok(response) => response,
+                            Err(never) => match never {},
+                        }
+                    }) as Pin<Box<dyn Future<Output = _> + Send>>
+                }
+            },
+            wait(stopped.clone()),
+        );
+        let public = tessera_gateway::serve(
+            gateway,
+            node.routes(),
+            GatewayConfig {
+                listener: listeners.gateway,
+            },
+            wait(stopped),
+        );
         let (api, public) = tokio::join!(api, public);
         // Deliveries still in flight finish (bounded); unfinished ones are retried after
         // the next start, since they were never acknowledged.

@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use tessera_api::Auth;
-use tessera_gateway::GatewayConfig;
 use tessera_node::Node;
 use tessera_runtime::{RuntimeConfig, TerminalLog};
 use tessera_store::DeployOptions;
@@ -40,6 +39,8 @@ pub struct UpArgs {
     /// Most instances that may run at once across all services.
     #[arg(long, default_value_t = 1000)]
     max_instances: u32,
+    #[command(flatten)]
+    connections: super::ListenArgs,
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -115,6 +116,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         .map(|s| s.limits.timeout)
         .max()
         .unwrap_or(Duration::from_secs(30));
+    let (gateway, admin) = args.connections.configs(drain_timeout)?;
     tracing::info!(app = %manifest.app, "serving");
     super::serve::run_node(
         node,
@@ -122,9 +124,10 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         args.listen,
         args.admin,
         auth,
-        GatewayConfig {
-            drain_timeout,
-            ..GatewayConfig::default()
+        super::serve::Listeners {
+            gateway,
+            admin,
+            allow_private_callbacks: args.connections.allow_private_callbacks,
         },
     )
 }

@@ -70,9 +70,7 @@ path = "/ticker/on/tick"
     assert!(last["ce-time"].as_str().unwrap().ends_with('Z'), "{last}");
 }
 
-fn pubsub_app() -> App {
-    App::new(
-        r#"
+const PUBSUB: &str = r#"
 [app]
 name = "shop"
 
@@ -120,8 +118,10 @@ path = "/flaky/on/payment"
 max_attempts = 3
 backoff = "100ms"
 max_backoff = "200ms"
-"#,
-    )
+"#;
+
+fn pubsub_app() -> App {
+    App::new(PUBSUB)
 }
 
 #[tokio::test]
@@ -273,14 +273,18 @@ async fn guests_publish_only_when_their_request_succeeds() {
 #[tokio::test]
 async fn async_invocation_answers_202_then_runs_with_status_and_callback() {
     let data = tempfile::tempdir().unwrap();
-    let node = Node::serve(data.path(), TOKEN);
-    let app = pubsub_app();
+    // A callback receiver on loopback, which the manifest allows and the node may reach.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver = listener.local_addr().unwrap();
+    let callback_url = format!("http://{receiver}/done");
+    let node = Node::serve_with(data.path(), TOKEN, &["--allow-private-callbacks"]);
+    let app = App::new(&PUBSUB.replace(
+        "routes = [\"/billing\"]\n",
+        &format!("routes = [\"/billing\"]\ncallbacks = [\"http://{receiver}\"]\n"),
+    ));
     deploy(&node, app.path());
     let http = client();
 
-    // A callback receiver on loopback.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let callback_url = format!("http://{}/done", listener.local_addr().unwrap());
     let received = tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut socket, _) = listener.accept().await.unwrap();

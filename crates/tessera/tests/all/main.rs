@@ -7,6 +7,7 @@ mod data;
 mod deployments;
 mod events;
 mod gateway;
+mod hardening;
 mod internal;
 mod isolation;
 mod lifecycle;

@@ -131,13 +131,16 @@ impl Node {
 
     /// Starts `tessera serve` on `data` with the given token.
     pub fn serve(data: &Path, token: &str) -> Node {
-        let mut command = tessera();
-        command
-            .env("TESSERA_TOKEN", token)
-            .arg("serve")
-            .arg("--data")
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+        Node::serve_with(data, token, &[])
+    }
+
+    /// Like [`Node::serve`], with extra arguments.
+    pub fn serve_with(data: &Path, token: &str, extra: &[&str]) -> Node {
+        Node::start(serve_command(data, token, extra))
+    }
+
+    /// Starts a node from a prepared command (see [`serve_command`]).
+    pub fn start_command(command: Command) -> Node {
         Node::start(command)
     }
 
@@ -235,6 +238,19 @@ fn address_after(line: &str, marker: &str) -> SocketAddr {
     let rest = &line[line.find(marker).unwrap() + marker.len()..];
     let addr = rest.split(['/', ' ']).next().unwrap();
     addr.parse().unwrap()
+}
+
+/// The `tessera serve` command line on `data` with the given token and extra arguments.
+pub fn serve_command(data: &Path, token: &str, extra: &[&str]) -> Command {
+    let mut command = tessera();
+    command
+        .env("TESSERA_TOKEN", token)
+        .arg("serve")
+        .arg("--data")
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(extra);
+    command
 }
 
 /// The binary under test.

@@ -123,6 +123,7 @@ fn deploy(
         memory: 64 << 20,
         timeout_ms: 30_000,
         outbound: Vec::new(),
+        callbacks: Vec::new(),
         env: Vec::new(),
         config: Vec::new(),
         buckets: Vec::new(),
