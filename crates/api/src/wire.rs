@@ -51,6 +51,21 @@ pub struct ServiceSpecJson {
     /// Unload a revision after this long without requests (default 5 min); `null`: never.
     #[serde(default = "default_idle_ms")]
     pub idle_ms: Option<u64>,
+    /// Async invocations accepted per second (default 100); more are answered 503.
+    #[serde(default = "default_async_rate")]
+    pub async_rate: u32,
+    /// Bytes queued async invocations and dead letters may hold (default 64 MiB); past it
+    /// async requests are answered 507.
+    #[serde(default = "default_async_stored")]
+    pub async_stored: u64,
+}
+
+fn default_async_rate() -> u32 {
+    ScalingConfig::default().async_rate
+}
+
+fn default_async_stored() -> u64 {
+    ScalingConfig::default().async_stored
 }
 
 fn default_concurrency() -> u32 {
@@ -144,6 +159,8 @@ impl From<ServiceSpecJson> for ServiceRelease {
                         queue: s.queue,
                         queue_timeout_ms: s.queue_timeout_ms,
                         idle_ms: s.idle_ms,
+                        async_rate: s.async_rate,
+                        async_stored: s.async_stored,
                     },
                 },
             },
@@ -200,6 +217,8 @@ impl From<ServiceRelease> for ServiceSpecJson {
             queue: config.scaling.queue,
             queue_timeout_ms: config.scaling.queue_timeout_ms,
             idle_ms: config.scaling.idle_ms,
+            async_rate: config.scaling.async_rate,
+            async_stored: config.scaling.async_stored,
             migrations: r
                 .migrations
                 .into_iter()

@@ -48,3 +48,16 @@ pub enum EventError {
     #[error("{0}")]
     Invalid(String),
 }
+
+impl EventError {
+    /// Whether the journal's disk (or its quota) is full: the write was refused, nothing
+    /// was stored, and retrying only helps once space is freed.
+    pub fn is_disk_full(&self) -> bool {
+        let sqlite = match self {
+            EventError::Storage(e) => e,
+            EventError::Commit(e) => e.as_ref(),
+            _ => return false,
+        };
+        matches!(sqlite, rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::DiskFull)
+    }
+}

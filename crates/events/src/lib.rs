@@ -492,6 +492,10 @@ pub trait Journal: Send + Sync {
     /// deliveries.
     fn stats(&self) -> Result<Vec<SubscriptionStats>, EventError>;
 
+    /// Bytes the subscription's pending deliveries and dead letters hold (payload and
+    /// attributes): what a quota on stored invocations counts. 0 for an unknown one.
+    fn stored_bytes(&self, subscription: &str) -> Result<u64, EventError>;
+
     /// When the subscription's earliest pending delivery becomes due (a past time means
     /// now), counting lease expiries of in-flight ones; `None` if it holds none.
     fn next_ready(&self, subscription: &str) -> Result<Option<SystemTime>, EventError>;

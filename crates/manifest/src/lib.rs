@@ -44,6 +44,16 @@ pub const MAX_QUEUE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const MIN_IDLE: Duration = Duration::from_secs(1);
 /// Longest `idle` accepted (`"never"` keeps a service loaded for good).
 pub const MAX_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default of `async.rate`: async invocations of one service accepted per second.
+pub const DEFAULT_ASYNC_RATE: u32 = 100;
+/// Largest `async.rate` accepted.
+pub const MAX_ASYNC_RATE: u32 = 100_000;
+/// Default of `async.stored`: bytes one service's queued invocations and dead letters
+/// may hold on a node.
+pub const DEFAULT_ASYNC_STORED: u64 = 64 * 1024 * 1024;
+/// Bounds of `async.stored`: at least one largest async body, at most 64 GiB.
+pub const MIN_ASYNC_STORED: u64 = 1024 * 1024;
+pub const MAX_ASYNC_STORED: u64 = 64 * 1024 * 1024 * 1024;
 
 /// A validated app manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,6 +231,12 @@ pub struct Scaling {
     /// How long the service stays loaded without requests; `None` (`"never"`) keeps it
     /// loaded until the node's memory budget needs the room.
     pub idle: Option<Duration>,
+    /// Async invocations accepted per second (`[services.NAME.async] rate`); a burst of
+    /// one second's worth is allowed, more are answered `503` with `Retry-After`.
+    pub async_rate: u32,
+    /// Bytes the service's queued async invocations and dead letters may hold
+    /// (`[services.NAME.async] stored`); past it async requests are answered `507`.
+    pub async_stored: u64,
 }
 
 impl Default for Scaling {
@@ -230,6 +246,8 @@ impl Default for Scaling {
             queue: DEFAULT_QUEUE,
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             idle: Some(DEFAULT_IDLE),
+            async_rate: DEFAULT_ASYNC_RATE,
+            async_stored: DEFAULT_ASYNC_STORED,
         }
     }
 }

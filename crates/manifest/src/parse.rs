@@ -10,9 +10,10 @@ use toml::de::{DeArray, DeTable, DeValue};
 use std::time::Duration;
 
 use crate::{
-    BuildSpec, CronTrigger, Limits, MAX_IDLE, MAX_MEMORY, MAX_QUEUE, MAX_QUEUE_TIMEOUT,
-    MAX_SERVICE_CONCURRENCY, MAX_TIMEOUT, MIN_IDLE, Manifest, ManifestError, MissedTicks, Origin,
-    RoutePrefix, Scaling, ServiceSpec, Subscription, check_name, parse_duration, parse_size,
+    BuildSpec, CronTrigger, Limits, MAX_ASYNC_RATE, MAX_ASYNC_STORED, MAX_IDLE, MAX_MEMORY,
+    MAX_QUEUE, MAX_QUEUE_TIMEOUT, MAX_SERVICE_CONCURRENCY, MAX_TIMEOUT, MIN_ASYNC_STORED, MIN_IDLE,
+    Manifest, ManifestError, MissedTicks, Origin, RoutePrefix, Scaling, ServiceSpec, Subscription,
+    check_name, parse_duration, parse_size,
 };
 
 /// Smallest memory limit that still fits a useful guest (one 64 KiB page is not enough for
@@ -145,7 +146,9 @@ const SERVICE_KEYS: &[&str] = &[
     "cron",
     "subscribe",
     "build",
+    "async",
 ];
+const ASYNC_KEYS: &[&str] = &["rate", "stored"];
 const BUILD_KEYS: &[&str] = &["command", "workdir", "watch"];
 const CRON_KEYS: &[&str] = &["schedule", "path", "missed"];
 const SUBSCRIBE_KEYS: &[&str] = &[
@@ -372,18 +375,7 @@ fn parse_service(
                 routes = Some(prefixes);
             }
             "memory" => {
-                let bytes = match value.get_ref() {
-                    DeValue::Integer(i) => i
-                        .as_str()
-                        .parse::<u64>()
-                        .map_err(|_| format!("`{}` is not a size", i.as_str())),
-                    DeValue::String(s) => parse_size(s),
-                    other => Err(format!(
-                        "expected a size such as \"64MiB\", found {}",
-                        other.type_str()
-                    )),
-                }
-                .map_err(|m| cx.error(value.span(), &path, m))?;
+                let bytes = size(cx, value, &path)?;
                 if !(MIN_MEMORY..=MAX_MEMORY).contains(&bytes) {
                     return Err(cx.error(
                         value.span(),
@@ -513,6 +505,35 @@ fn parse_service(
                 }
             }
             "build" => build = Some(parse_build(cx, dir, value, &path)?),
+            "async" => {
+                for (key, item) in cx.table(value, &path)?.iter() {
+                    let name = key.get_ref().as_ref();
+                    let key_path = format!("{path}.{name}");
+                    match name {
+                        "rate" => {
+                            scaling.async_rate = positive(cx, item, &key_path, MAX_ASYNC_RATE)?;
+                        }
+                        "stored" => {
+                            let bytes = size(cx, item, &key_path)?;
+                            if !(MIN_ASYNC_STORED..=MAX_ASYNC_STORED).contains(&bytes) {
+                                return Err(cx.error(
+                                    item.span(),
+                                    &key_path,
+                                    "stored must be between 1MiB and 64GiB",
+                                ));
+                            }
+                            scaling.async_stored = bytes;
+                        }
+                        other => {
+                            return Err(cx.unknown_key(
+                                key.span(),
+                                &format!("{path}.{other}"),
+                                ASYNC_KEYS,
+                            ));
+                        }
+                    }
+                }
+            }
             other => {
                 return Err(cx.unknown_key(key.span(), &format!("{base}.{other}"), SERVICE_KEYS));
             }
@@ -663,6 +684,22 @@ fn count(cx: &Cx<'_>, value: &Value<'_>, key: &str, max: u32) -> Result<u32, Man
             format!("must be between 0 and {max}, not {}", i.as_str()),
         )),
     }
+}
+
+/// A size: bytes as an integer, or text such as `"64MiB"`.
+fn size(cx: &Cx<'_>, value: &Value<'_>, key: &str) -> Result<u64, ManifestError> {
+    match value.get_ref() {
+        DeValue::Integer(i) => i
+            .as_str()
+            .parse::<u64>()
+            .map_err(|_| format!("`{}` is not a size", i.as_str())),
+        DeValue::String(s) => parse_size(s),
+        other => Err(format!(
+            "expected a size such as \"64MiB\", found {}",
+            other.type_str()
+        )),
+    }
+    .map_err(|m| cx.error(value.span(), key, m))
 }
 
 fn duration(cx: &Cx<'_>, value: &Value<'_>, key: &str) -> Result<Duration, ManifestError> {

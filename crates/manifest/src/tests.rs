@@ -318,6 +318,8 @@ fn scaling_keys_parse_with_defaults() {
             queue: 100,
             queue_timeout: Duration::from_secs(10),
             idle: Some(Duration::from_secs(300)),
+            async_rate: 100,
+            async_stored: 64 << 20,
         }
     );
     let m = ok(&GOOD.replace(
@@ -331,6 +333,7 @@ fn scaling_keys_parse_with_defaults() {
             queue: 0,
             queue_timeout: Duration::from_millis(250),
             idle: None,
+            ..crate::Scaling::default()
         }
     );
     let m = ok(&GOOD.replace("timeout = \"5s\"", "idle = \"90s\""));

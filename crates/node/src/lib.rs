@@ -17,6 +17,7 @@ use std::time::Duration;
 mod callback;
 mod events;
 mod internal;
+mod quota;
 mod scaling;
 
 pub use callback::CallbackPolicy;
@@ -169,6 +170,8 @@ struct Serving {
     /// Each service's admission limiter with the settings it was made for, kept while the
     /// settings stay the same so requests in flight count against the new table's limit.
     limiters: HashMap<(String, String), Arc<Limiter>>,
+    /// Each service's async quotas, kept like its limiter.
+    quotas: HashMap<(String, String), Arc<quota::AsyncQuota>>,
 }
 
 impl Node {
@@ -638,6 +641,7 @@ impl Node {
         let residency = &self.inner.residency;
         let mut slots = HashMap::new();
         let mut limiters = HashMap::new();
+        let mut quotas = HashMap::new();
         let mut entries = Vec::new();
         let mut targets = HashMap::new();
         for app in &apps {
@@ -693,11 +697,21 @@ impl Node {
                     _ => Arc::new(Limiter::new(admission)),
                 };
                 limiters.insert(name.clone(), limiter.clone());
+                let quota_settings = quota::QuotaSettings {
+                    rate: scaling.async_rate,
+                    stored: scaling.async_stored,
+                };
+                let quota = match serving.quotas.get(&name) {
+                    Some(quota) if quota.settings() == quota_settings => quota.clone(),
+                    _ => Arc::new(quota::AsyncQuota::new(quota_settings)),
+                };
+                quotas.insert(name.clone(), quota.clone());
                 let sink = Arc::new(AsyncQueue {
                     events: self.inner.events.clone(),
                     app: app.name.clone(),
                     service: service.name.clone(),
                     callbacks: parse_origins(&primary.config.callbacks).unwrap_or_default(),
+                    quota: quota.clone(),
                 });
                 let target = Arc::new(
                     Target::weighted(service.name.clone(), backends)
@@ -715,6 +729,7 @@ impl Node {
             }
         }
         serving.limiters = limiters;
+        serving.quotas = quotas;
         self.inner.routes.swap(RouteTable::new(entries));
         residency.replace(
             slots,
@@ -779,8 +794,18 @@ fn validate_config(service: &str, config: &RevisionConfig) -> Result<(), NodeErr
 /// The same bounds the manifest enforces, for deploys that come through the API.
 fn validate_scaling(scaling: &tessera_store::ScalingConfig) -> Result<(), String> {
     use tessera_manifest::{
-        MAX_IDLE, MAX_QUEUE, MAX_QUEUE_TIMEOUT, MAX_SERVICE_CONCURRENCY, MIN_IDLE,
+        MAX_ASYNC_RATE, MAX_ASYNC_STORED, MAX_IDLE, MAX_QUEUE, MAX_QUEUE_TIMEOUT,
+        MAX_SERVICE_CONCURRENCY, MIN_ASYNC_STORED, MIN_IDLE,
     };
+    if !(1..=MAX_ASYNC_RATE).contains(&scaling.async_rate) {
+        return Err(format!(
+            "async rate must be between 1 and {MAX_ASYNC_RATE}, not {}",
+            scaling.async_rate
+        ));
+    }
+    if !(MIN_ASYNC_STORED..=MAX_ASYNC_STORED).contains(&scaling.async_stored) {
+        return Err("async stored must be between 1MiB and 64GiB".into());
+    }
     if !(1..=MAX_SERVICE_CONCURRENCY).contains(&scaling.concurrency) {
         return Err(format!(
             "concurrency must be between 1 and {MAX_SERVICE_CONCURRENCY}, not {}",
@@ -845,6 +870,8 @@ struct AsyncQueue {
     service: String,
     /// Origins its callbacks may go to, as the primary revision lists them.
     callbacks: Vec<Origin>,
+    /// Its rate and storage quotas, kept across rebuilds while the settings stay.
+    quota: Arc<quota::AsyncQuota>,
 }
 
 impl tessera_gateway::AsyncSink for AsyncQueue {
@@ -861,6 +888,20 @@ impl tessera_gateway::AsyncSink for AsyncQueue {
                 )
             })?;
         }
+        let size = request.body.len()
+            + request
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 16)
+                .sum::<usize>()
+            + request.path.len()
+            + request.callback.as_ref().map_or(0, String::len);
+        let subscription = events::async_subscription(&self.app, &self.service);
+        let journal = &self.events.journal;
+        let reservation = self
+            .quota
+            .admit(size as u64, || journal.stored_bytes(&subscription))
+            .map_err(|refusal| refusal.into_async_refusal(&self.service))?;
         let mut attributes = vec![
             (events::ATTR_METHOD.to_string(), request.method),
             (events::ATTR_PATH.to_string(), request.path),
@@ -891,10 +932,18 @@ impl tessera_gateway::AsyncSink for AsyncQueue {
                 message,
             )
         };
-        let published = self
-            .events
-            .publish(&self.app, vec![message])
-            .map_err(|e| unavailable(e.to_string()))?;
+        let published = self.events.publish(&self.app, vec![message]).map_err(|e| {
+            if e.is_disk_full() {
+                AsyncRefusal::new(
+                    http::StatusCode::INSUFFICIENT_STORAGE,
+                    "disk_full",
+                    format!("the node's event journal is out of disk space: {e}"),
+                )
+            } else {
+                unavailable(e.to_string())
+            }
+        })?;
+        reservation.commit();
         let id = published
             .into_iter()
             .next()

@@ -94,6 +94,18 @@ struct StoredConfig {
     /// `null` means never; absent (an older row) means the default.
     #[serde(default = "default_idle_ms")]
     idle_ms: Option<u64>,
+    #[serde(default = "default_async_rate")]
+    async_rate: u32,
+    #[serde(default = "default_async_stored")]
+    async_stored: u64,
+}
+
+fn default_async_rate() -> u32 {
+    ScalingConfig::default().async_rate
+}
+
+fn default_async_stored() -> u64 {
+    ScalingConfig::default().async_stored
 }
 
 fn default_concurrency() -> u32 {
@@ -169,6 +181,8 @@ fn config_json(config: &RevisionConfig) -> String {
         queue: config.scaling.queue,
         queue_timeout_ms: config.scaling.queue_timeout_ms,
         idle_ms: config.scaling.idle_ms,
+        async_rate: config.scaling.async_rate,
+        async_stored: config.scaling.async_stored,
     };
     serde_json::to_string(&stored).expect("strings and integers always serialise to JSON")
 }
@@ -224,6 +238,8 @@ fn parse_config(
             queue: stored.queue,
             queue_timeout_ms: stored.queue_timeout_ms,
             idle_ms: stored.idle_ms,
+            async_rate: stored.async_rate,
+            async_stored: stored.async_stored,
         },
     })
 }

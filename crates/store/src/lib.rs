@@ -71,6 +71,10 @@ pub struct ScalingConfig {
     pub queue_timeout_ms: u64,
     /// Milliseconds without requests after which a revision is unloaded; `None`: never.
     pub idle_ms: Option<u64>,
+    /// Async invocations accepted per second.
+    pub async_rate: u32,
+    /// Bytes the service's queued async invocations and dead letters may hold.
+    pub async_stored: u64,
 }
 
 impl Default for ScalingConfig {
@@ -82,6 +86,8 @@ impl Default for ScalingConfig {
             queue: 100,
             queue_timeout_ms: 10_000,
             idle_ms: Some(300_000),
+            async_rate: 100,
+            async_stored: 64 << 20,
         }
     }
 }

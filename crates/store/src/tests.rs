@@ -1090,6 +1090,8 @@ fn scaling_settings_round_trip_and_older_revisions_get_the_defaults() {
         queue: 0,
         queue_timeout_ms: 250,
         idle_ms: None,
+        async_rate: 7,
+        async_stored: 2 << 20,
     };
     let mut api = svc("api", &sha, &["/api"]);
     api.config.scaling.idle_ms = Some(1000);

@@ -11,7 +11,9 @@
 //! makes delivery at least once across crashes.
 //!
 //! Retention: payloads are stored once per message and deleted when no delivery refers to
-//! them any more. Dead letters are kept until re-driven. A succeeded delivery, with its
+//! them any more. Dead letters are kept until re-driven, for at most
+//! [`JournalConfig::dead_letter_retention`] (7 days by default) and, per subscription, the
+//! newest [`JournalConfig::max_dead_letters`] (10,000 by default). A succeeded delivery, with its
 //! last outcome, stays queryable through [`Journal::status`] for
 //! [`JournalConfig::result_retention`] (24 h by default) unless more than
 //! [`JournalConfig::max_results`] (10,000 by default) newer results of the same
@@ -45,6 +47,10 @@ pub struct JournalConfig {
     pub result_retention: Duration,
     /// Most succeeded results kept per subscription.
     pub max_results: u64,
+    /// How long a dead letter is kept (unless re-driven).
+    pub dead_letter_retention: Duration,
+    /// Most dead letters kept per subscription; older ones are dropped first.
+    pub max_dead_letters: u64,
     /// How often finished deliveries are pruned.
     pub prune_interval: Duration,
     /// Most requests committed together in one transaction.
@@ -56,6 +62,8 @@ impl Default for JournalConfig {
         JournalConfig {
             result_retention: Duration::from_secs(24 * 60 * 60),
             max_results: 10_000,
+            dead_letter_retention: Duration::from_secs(7 * 24 * 60 * 60),
+            max_dead_letters: 10_000,
             prune_interval: Duration::from_secs(10),
             max_group: 1024,
         }
@@ -311,6 +319,21 @@ impl Journal for EmbeddedJournal {
             }
         }
         Ok(stats)
+    }
+
+    fn stored_bytes(&self, subscription: &str) -> Result<u64, EventError> {
+        let bytes: i64 = self
+            .reader()
+            .prepare_cached(
+                "SELECT COALESCE(SUM(length(m.data) + COALESCE(length(m.attributes), 0)), 0)
+             FROM deliveries d JOIN messages m ON m.seq = d.message
+             WHERE d.sub = (SELECT num FROM subscriptions WHERE id = ?1)
+               AND d.state IN (?2, ?3)",
+            )?
+            .query_row(params![subscription, schema::ACTIVE, DEAD], |row| {
+                row.get(0)
+            })?;
+        Ok(u64::try_from(bytes).unwrap_or(0))
     }
 
     fn next_ready(&self, subscription: &str) -> Result<Option<SystemTime>, EventError> {

@@ -463,13 +463,53 @@ fn prune_logged(conn: &mut Connection, config: &JournalConfig) {
     }
 }
 
+/// Deletes a subscription's deliveries in a finished `state` that ended before `cutoff`,
+/// and all but the newest `keep`, collecting the messages they referred to.
+fn prune_finished(
+    tx: &rusqlite::Transaction<'_>,
+    sub: i64,
+    state: i64,
+    cutoff: i64,
+    keep: u64,
+    freed: &mut Vec<i64>,
+) -> rusqlite::Result<()> {
+    let mut expired = tx.prepare_cached(
+        "DELETE FROM deliveries WHERE sub = ?1 AND state = ?2 AND next_at < ?3 RETURNING message",
+    )?;
+    for message in expired.query_map(params![sub, state, cutoff], |row| row.get(0))? {
+        freed.push(message?);
+    }
+    let boundary: Option<(i64, i64)> = tx
+        .prepare_cached(
+            "SELECT next_at, rowid FROM deliveries WHERE sub = ?1 AND state = ?2
+             ORDER BY next_at DESC, rowid DESC LIMIT 1 OFFSET ?3",
+        )?
+        .query_row(
+            params![sub, state, i64::try_from(keep).unwrap_or(i64::MAX)],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    if let Some((next_at, rowid)) = boundary {
+        let mut excess = tx.prepare_cached(
+            "DELETE FROM deliveries WHERE sub = ?1 AND state = ?2
+               AND (next_at < ?3 OR (next_at = ?3 AND rowid <= ?4)) RETURNING message",
+        )?;
+        for message in excess.query_map(params![sub, state, next_at, rowid], |row| row.get(0))? {
+            freed.push(message?);
+        }
+    }
+    Ok(())
+}
+
 /// Forgets finished deliveries past their retention, and messages nothing refers to any
 /// more. Returns how many deliveries were removed.
 ///
 /// A succeeded delivery is kept for `result_retention` after it finished, but of each
 /// subscription only the newest `max_results`. Messages are kept while a delivery refers to
 /// them; a message that never had a subscriber is kept for `result_retention` after
-/// publication so its id still deduplicates. Dead letters are kept until re-driven.
+/// publication so its id still deduplicates. Dead letters are kept until re-driven, for
+/// `dead_letter_retention` after they died and, of each subscription, the newest
+/// `max_dead_letters`.
 pub(super) fn prune(
     conn: &mut Connection,
     config: &JournalConfig,
@@ -481,32 +521,14 @@ pub(super) fn prune(
         .prepare("SELECT num FROM subscriptions")?
         .query_map([], |row| row.get(0))?
         .collect::<Result<_, _>>()?;
+    let dead_cutoff = now.saturating_sub(ms(config.dead_letter_retention));
     let mut freed: Vec<i64> = Vec::new();
     for sub in subs {
-        let mut expired = tx.prepare_cached(
-            "DELETE FROM deliveries WHERE sub = ?1 AND state = 2 AND next_at < ?2 RETURNING message",
-        )?;
-        for message in expired.query_map(params![sub, cutoff], |row| row.get(0))? {
-            freed.push(message?);
-        }
-        let boundary: Option<(i64, i64)> = tx
-            .prepare_cached(
-                "SELECT next_at, rowid FROM deliveries WHERE sub = ?1 AND state = 2
-                 ORDER BY next_at DESC, rowid DESC LIMIT 1 OFFSET ?2",
-            )?
-            .query_row(
-                params![sub, i64::try_from(config.max_results).unwrap_or(i64::MAX)],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()?;
-        if let Some((next_at, rowid)) = boundary {
-            let mut excess = tx.prepare_cached(
-                "DELETE FROM deliveries WHERE sub = ?1 AND state = 2
-                   AND (next_at < ?2 OR (next_at = ?2 AND rowid <= ?3)) RETURNING message",
-            )?;
-            for message in excess.query_map(params![sub, next_at, rowid], |row| row.get(0))? {
-                freed.push(message?);
-            }
+        for (state, cutoff, keep) in [
+            (SUCCEEDED, cutoff, config.max_results),
+            (DEAD, dead_cutoff, config.max_dead_letters),
+        ] {
+            prune_finished(&tx, sub, state, cutoff, keep, &mut freed)?;
         }
     }
     {

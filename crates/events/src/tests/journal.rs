@@ -684,6 +684,52 @@ fn results_older_than_the_retention_are_pruned_on_open() {
 }
 
 #[test]
+fn dead_letters_expire_and_are_capped_per_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = crate::SubscriptionSpec {
+        max_attempts: 1,
+        ..spec("s", "t")
+    };
+    let bodies = ["0123456789", "abcdefghij", "ABCDEFGHIJ"];
+    {
+        let journal = open_with(
+            dir.path(),
+            JournalConfig {
+                max_dead_letters: 2,
+                prune_interval: Duration::from_millis(50),
+                ..JournalConfig::default()
+            },
+        );
+        journal
+            .set_subscriptions(std::slice::from_ref(&sub))
+            .unwrap();
+        journal
+            .publish("shop", bodies.iter().map(|b| message("t", b)).collect())
+            .unwrap();
+        assert!(journal.stored_bytes(&sub.id).unwrap() >= 30);
+        for d in journal.lease(&sub.id, 10).unwrap() {
+            journal.fail(&sub.id, &d.message.id, &failure()).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let dead = journal.dead_letters(&sub.id, 10).unwrap();
+        assert_eq!(dead.len(), 2, "only the newest two are kept");
+        let stored = journal.stored_bytes(&sub.id).unwrap();
+        assert!((20..30).contains(&stored), "{stored}");
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let journal = open_with(
+        dir.path(),
+        JournalConfig {
+            dead_letter_retention: Duration::from_millis(10),
+            ..JournalConfig::default()
+        },
+    );
+    assert!(journal.dead_letters(&sub.id, 10).unwrap().is_empty());
+    assert_eq!(journal.stored_bytes(&sub.id).unwrap(), 0);
+    assert_eq!(journal.stored_bytes("unknown").unwrap(), 0);
+}
+
+#[test]
 fn cron_fire_publishes_once_per_tick_and_records_it() {
     let dir = tempfile::tempdir().unwrap();
     let journal = open(dir.path());

@@ -106,6 +106,8 @@ fn scaling_config(scaling: &tessera_manifest::Scaling) -> ScalingConfig {
         queue: scaling.queue,
         queue_timeout_ms: millis(scaling.queue_timeout),
         idle_ms: scaling.idle.map(millis),
+        async_rate: scaling.async_rate,
+        async_stored: scaling.async_stored,
     }
 }
 

@@ -486,3 +486,96 @@ fn a_second_process_on_one_data_directory_is_refused() {
     let (status, _) = crate::util::get(second.addr, "/nothing");
     assert_eq!(status, 404);
 }
+
+const QUOTA: &str = r#"
+[app]
+name = "flood"
+
+[services.slow]
+component = "{guest:slow}"
+routes = ["/slow"]
+timeout = "20s"
+
+[services.slow.async]
+rate = 1000
+stored = "4MiB"
+
+[services.limited]
+component = "{guest:slow}"
+routes = ["/limited"]
+
+[services.limited.async]
+rate = 2
+"#;
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+#[tokio::test]
+async fn async_floods_of_1mb_bodies_stop_at_the_services_quota() {
+    let app = App::new(QUOTA);
+    let data = app.path().join("state");
+    let node = Node::up(app.path(), &["--data", data.to_str().unwrap()]);
+    let body = vec![b'x'; 1_000_000];
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..20 {
+        let r = client()
+            .post(node.url("/slow?ms=10000"))
+            .header("x-tessera-async", "1")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            202 => accepted += 1,
+            507 => {
+                assert_eq!(error_code(r).await, "quota_exceeded");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {}", r.text().await.unwrap()),
+        }
+    }
+    assert!((2..=4).contains(&accepted), "{accepted} accepted");
+    assert_eq!(accepted + refused, 20);
+    let journal = file_size(&data.join("events.db")) + file_size(&data.join("events.db-wal"));
+    assert!(journal < 12 << 20, "the journal grew to {journal} bytes");
+    // Another service's quota is its own.
+    let r = client()
+        .post(node.url("/limited?ms=1"))
+        .header("x-tessera-async", "1")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}
+
+#[tokio::test]
+async fn async_requests_past_the_rate_are_refused_with_retry_after() {
+    let app = App::new(QUOTA);
+    let node = app.up();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let r = client()
+            .post(node.url("/limited?ms=1"))
+            .header("x-tessera-async", "1")
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 503 {
+            assert!(r.headers().contains_key("retry-after"));
+            assert_eq!(error_code(r).await, "rate_limited");
+        }
+    }
+    assert_eq!(statuses, [202, 202, 503]);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = client()
+        .post(node.url("/limited?ms=1"))
+        .header("x-tessera-async", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "the rate refills");
+}

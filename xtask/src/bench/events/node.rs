@@ -653,6 +653,10 @@ impl Journal for Watched {
         self.inner.stats()
     }
 
+    fn stored_bytes(&self, subscription: &str) -> Result<u64, EventError> {
+        self.inner.stored_bytes(subscription)
+    }
+
     fn next_ready(&self, subscription: &str) -> Result<Option<SystemTime>, EventError> {
         self.inner.next_ready(subscription)
     }
