@@ -38,7 +38,7 @@ pub enum InvokeError {
     NoResponse { service: String },
     #[error("service `{service}` answered with an error: {code}")]
     GuestError { service: String, code: String },
-    #[error("no instance slot free on this node; retry shortly")]
+    #[error("the node has no instance slot or instance memory free; retry shortly")]
     Capacity,
     #[error("service `{service}`: {message}")]
     Internal { service: String, message: String },
@@ -57,6 +57,8 @@ pub(crate) struct ServiceInner {
     pub(crate) code_size: usize,
     /// Peak linear memory of the most recently finished instance, in bytes.
     pub(crate) last_memory: std::sync::atomic::AtomicU64,
+    /// The node's budget for running instances' memory.
+    budget: Arc<crate::MemoryBudget>,
 }
 
 impl ServiceInner {
@@ -67,11 +69,13 @@ impl ServiceInner {
         sink: Arc<dyn GuestLogSink>,
         internal: Option<Arc<dyn InternalRouter>>,
         code_size: usize,
+        budget: Arc<crate::MemoryBudget>,
     ) -> Self {
         ServiceInner {
             internal,
             app: config.app.as_str().into(),
             code_size,
+            budget,
             last_memory: std::sync::atomic::AtomicU64::new(0),
             name: config.name.as_str().into(),
             outbound: config.outbound.clone().into(),
@@ -123,7 +127,7 @@ impl ServiceInner {
                 caller,
                 internal: self.internal.clone(),
             },
-            limiter: MemoryLimiter::new(self.config.limits.memory),
+            limiter: MemoryLimiter::new(self.config.limits.memory, self.budget.clone()),
             data: DataState {
                 access: self.config.data.clone(),
                 deadline: deadline.into_std(),
@@ -151,11 +155,12 @@ impl ServiceInner {
         store
     }
 
-    fn classify(&self, error: wasmtime::Error, memory_hit: bool) -> InvokeError {
+    fn classify(&self, error: wasmtime::Error, hits: LimitHits) -> InvokeError {
         let service = self.config.name.clone();
-        if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+        if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() || hits.budget {
             return InvokeError::Capacity;
         }
+        let memory_hit = hits.memory;
         if memory_hit {
             return InvokeError::MemoryLimit {
                 service,
@@ -184,8 +189,17 @@ impl ServiceInner {
 /// response head was committed.
 struct Outcome {
     result: Result<wasmtime::Result<()>, tokio::time::error::Elapsed>,
-    memory_hit: bool,
+    hits: LimitHits,
     publish_error: Option<String>,
+}
+
+/// Which memory limits an instance ran into.
+#[derive(Debug, Clone, Copy, Default)]
+struct LimitHits {
+    /// The service's own limit.
+    memory: bool,
+    /// The node's budget for all instances.
+    budget: bool,
 }
 
 /// A request served to the end (see [`Service::handle_to_completion`]).
@@ -271,9 +285,9 @@ impl Service {
             }),
             Ok(Outcome {
                 result: Ok(Err(error)),
-                memory_hit,
+                hits,
                 ..
-            }) => Err(inner.classify(error, memory_hit)),
+            }) => Err(inner.classify(error, hits)),
             Ok(Outcome { result: Err(_), .. }) => Err(InvokeError::Timeout {
                 service: inner.config.name.clone(),
                 timeout: inner.config.limits.timeout,
@@ -400,7 +414,10 @@ impl Service {
                 .store(limiter.peak as u64, Ordering::Relaxed);
             let outcome = Outcome {
                 result,
-                memory_hit: limiter.hit,
+                hits: LimitHits {
+                    memory: limiter.hit,
+                    budget: limiter.budget_hit,
+                },
                 publish_error,
             };
             // Once the head is out, nobody awaits this task: report late failures here.
@@ -449,11 +466,11 @@ impl Service {
                 }),
                 Ok(Outcome {
                     result: Ok(Err(error)),
-                    memory_hit,
+                    hits,
                     ..
                 }) => {
                     tracing::debug!(service = %inner.config.name, request_id, error = %format!("{error:?}"), "guest failed");
-                    Err(inner.classify(error, memory_hit))
+                    Err(inner.classify(error, hits))
                 }
                 Ok(Outcome { result: Err(_), .. }) => Err(timed_out()),
                 Err(join) => Err(InvokeError::Internal {

@@ -38,6 +38,7 @@ pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody as ResponseBody;
 use cache::CompileCache;
 use engine::EpochTicker;
 use state::InstanceState;
+pub use state::MemoryBudget;
 
 /// Node-wide runtime settings.
 #[derive(Clone)]
@@ -48,6 +49,9 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// Largest memory limit any service may ask for; sizes the pool's memory slots.
     pub max_memory: u64,
+    /// Most linear memory all running instances may hold together, in bytes; an instance
+    /// that would need more is refused with [`InvokeError::Capacity`].
+    pub instance_memory: u64,
     /// Where guest stdout and stderr lines go.
     pub log_sink: Arc<dyn GuestLogSink>,
     /// Serves calls to `http://<service>.internal`; without one they are denied.
@@ -60,10 +64,24 @@ impl Default for RuntimeConfig {
             cache_dir: None,
             max_instances: 1000,
             max_memory: tessera_manifest::MAX_MEMORY,
+            instance_memory: default_instance_memory(),
             log_sink: Arc::new(TerminalLog),
             internal: None,
         }
     }
+}
+
+/// The default budget for running instances' memory: half of the machine's memory (or
+/// 4 GiB where it cannot be read).
+pub fn default_instance_memory() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        });
+    total.map_or(4 << 30, |bytes| bytes / 2)
 }
 
 /// What the runtime needs to know about one service.
@@ -136,6 +154,7 @@ pub struct Runtime {
 
 struct RuntimeInner {
     engine: Engine,
+    budget: Arc<MemoryBudget>,
     linker: Linker<InstanceState>,
     cache: Option<CompileCache>,
     config: RuntimeConfig,
@@ -159,6 +178,11 @@ pub struct LoadReport {
 }
 
 impl Runtime {
+    /// The node-wide budget for running instances' memory.
+    pub fn memory_budget(&self) -> &MemoryBudget {
+        &self.inner.budget
+    }
+
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let engine = engine::build(&config)?;
         let linker = state::linker(&engine)?;
@@ -169,6 +193,7 @@ impl Runtime {
         let ticker = EpochTicker::start(engine.clone());
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
+                budget: Arc::new(MemoryBudget::new(config.instance_memory)),
                 engine,
                 linker,
                 cache,
@@ -330,6 +355,7 @@ impl Runtime {
                 inner.config.log_sink.clone(),
                 inner.config.internal.clone(),
                 code_size,
+                inner.budget.clone(),
             )),
         };
         Ok((

@@ -1,6 +1,9 @@
 //! The per-request store state: each capability's context plus the resource table, and
 //! the linker that exposes them to guests.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -53,22 +56,77 @@ pub(crate) fn linker(engine: &Engine) -> Result<Linker<InstanceState>, RuntimeEr
     Ok(linker)
 }
 
+/// The node-wide budget for the linear memory of every running instance: each instance
+/// takes what its memories grow to and gives it back when its store is dropped, so the
+/// instances together never hold more than the budget, whatever each service's own limit.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl MemoryBudget {
+    pub fn new(limit: u64) -> Self {
+        MemoryBudget {
+            limit,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// The budget, in bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Bytes the running instances hold now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, bytes: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
 /// Caps each linear memory of an instance and remembers whether a guest hit the cap, so
-/// the resulting trap can be reported as what it is.
+/// the resulting trap can be reported as what it is; takes the memory from the node's
+/// budget as it grows, and gives it back when the instance's store is dropped.
 pub(crate) struct MemoryLimiter {
     limit: usize,
     pub(crate) hit: bool,
+    /// Set when growing would have passed the node's budget (the instance could not get
+    /// memory the node does not have: a capacity refusal, not the guest's fault).
+    pub(crate) budget_hit: bool,
     /// The largest linear memory the instance grew to, in bytes.
     pub(crate) peak: usize,
+    budget: Arc<MemoryBudget>,
+    taken: u64,
 }
 
 impl MemoryLimiter {
-    pub(crate) fn new(limit: u64) -> Self {
+    pub(crate) fn new(limit: u64, budget: Arc<MemoryBudget>) -> Self {
         MemoryLimiter {
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
             hit: false,
+            budget_hit: false,
             peak: 0,
+            budget,
+            taken: 0,
         }
+    }
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.budget.give_back(self.taken);
     }
 }
 
@@ -79,7 +137,7 @@ const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -87,6 +145,12 @@ impl ResourceLimiter for MemoryLimiter {
             self.hit = true;
             return Ok(false);
         }
+        let more = desired.saturating_sub(current) as u64;
+        if !self.budget.take(more) {
+            self.budget_hit = true;
+            return Ok(false);
+        }
+        self.taken += more;
         self.peak = self.peak.max(desired);
         Ok(true)
     }

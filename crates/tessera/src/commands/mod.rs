@@ -151,6 +151,14 @@ pub struct ListenArgs {
     pub allow_private_callbacks: bool,
 }
 
+pub fn parse_size_arg(text: &str) -> Result<u64, String> {
+    let bytes = tessera_manifest::parse_size(text)?;
+    if bytes < 1 << 20 {
+        return Err("must be at least 1MiB".into());
+    }
+    Ok(bytes)
+}
+
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
     if d.is_zero() {

@@ -33,6 +33,11 @@ pub struct ServeArgs {
     /// Most instances that may run at once across all services.
     #[arg(long, default_value_t = 1000)]
     max_instances: u32,
+    /// Most linear memory all running instances may hold together (`512MiB`, `8GiB`);
+    /// a request that would need more is answered 503 `capacity`. Default: half the
+    /// machine's memory.
+    #[arg(long, env = "TESSERA_INSTANCE_MEMORY", value_name = "SIZE", value_parser = super::parse_size_arg)]
+    instance_memory: Option<u64>,
     #[command(flatten)]
     connections: super::ListenArgs,
 }
@@ -61,6 +66,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         &args.data,
         RuntimeConfig {
             max_instances: args.max_instances,
+            instance_memory: args
+                .instance_memory
+                .unwrap_or_else(tessera_runtime::default_instance_memory),
             // Guest output is kept for `tessera logs` and still printed as it comes.
             log_sink: telemetry.guest_sink(Some(Arc::new(TerminalLog))),
             ..RuntimeConfig::default()

@@ -579,3 +579,42 @@ async fn async_requests_past_the_rate_are_refused_with_retry_after() {
         .unwrap();
     assert_eq!(r.status(), 202, "the rate refills");
 }
+
+#[tokio::test]
+async fn the_instance_memory_budget_caps_all_instances_together() {
+    let app = App::new(
+        r#"
+[app]
+name = "hogs"
+
+[services.memhog]
+component = "{guest:memhog}"
+routes = ["/memhog"]
+memory = "256MiB"
+"#,
+    );
+    let node = Node::up(app.path(), &["--instance-memory", "300MiB"]);
+    let (status, _) = crate::util::get(node.addr, "/memhog?mb=1");
+    assert_eq!(status, 200);
+    let before = node.peak_rss_bytes();
+
+    // The first takes 200 MiB and holds it; two more of the same cannot fit beside it.
+    let first = tokio::spawn(client().get(node.url("/memhog?mb=200&hold_ms=2000")).send());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (second, third) = tokio::join!(
+        client().get(node.url("/memhog?mb=200&hold_ms=2000")).send(),
+        client().get(node.url("/memhog?mb=200&hold_ms=2000")).send(),
+    );
+    for r in [second.unwrap(), third.unwrap()] {
+        assert_eq!(r.status(), 503);
+        assert!(r.headers().contains_key("retry-after"));
+        assert_eq!(error_code(r).await, "capacity");
+    }
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), 200, "{}", first.text().await.unwrap());
+    let grown = node.peak_rss_bytes().saturating_sub(before);
+    assert!(grown < 300 << 20, "the node grew by {} MiB", grown >> 20);
+    // The memory went back to the budget with the instances.
+    let (status, body) = crate::util::get(node.addr, "/memhog?mb=200");
+    assert_eq!(status, 200, "{body}");
+}
