@@ -270,9 +270,23 @@ async fn set_traffic(
 async fn rollback(
     State(api): State<Api>,
     Path((app, service)): Path<(String, String)>,
-    body: Option<Json<RollbackRequest>>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<ServiceView>, ApiError> {
-    let to = body.and_then(|Json(r)| r.to);
+    // The body is optional: empty means "the previous revision".
+    let body = body.map_err(bad_body)?;
+    let to = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<RollbackRequest>(&body)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    format!("invalid rollback request: {e}"),
+                )
+            })?
+            .to
+    };
     let state = blocking(move || api.node.rollback(&app, &service, to)).await?;
     Ok(Json(ServiceView::from(&state)))
 }
@@ -482,10 +496,33 @@ fn no_app(app: &str) -> ApiError {
     )
 }
 
+/// A JSON body that could not be read: 413 when it is over the limit, else 400.
 fn bad_json(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return too_large(rejection.body_text());
+    }
     ApiError::new(
         StatusCode::BAD_REQUEST,
         "invalid_json",
         rejection.body_text(),
+    )
+}
+
+fn bad_body(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return too_large(rejection.body_text());
+    }
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_body",
+        rejection.body_text(),
+    )
+}
+
+fn too_large(detail: String) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("the request body is over this endpoint's limit: {detail}"),
     )
 }

@@ -332,7 +332,8 @@ fn request_host<B>(request: &Request<B>) -> Option<String> {
             name.to_string()
         }
     };
-    Some(authority.to_ascii_lowercase())
+    // `shop.localhost.` is the same name as `shop.localhost`.
+    Some(authority.trim_end_matches('.').to_ascii_lowercase())
 }
 
 /// The client's request id when it sent a sane one, else a fresh time-ordered one.

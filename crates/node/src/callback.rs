@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use tessera_events::Outcome;
 use tessera_manifest::Origin;
+use tessera_runtime::net::{canonical, is_own_listener};
 
 /// How long connecting to a callback may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,7 +82,7 @@ fn url_origin(url: &str) -> Option<Origin> {
 /// Whether a callback may connect to `addr`.
 pub fn check_address(addr: SocketAddr, policy: &CallbackPolicy) -> Result<(), String> {
     let ip = canonical(addr.ip());
-    if is_own(ip, addr.port(), &policy.own) {
+    if is_own_listener(addr, &policy.own) {
         return Err(format!("{addr} is one of this node's listeners"));
     }
     if ip.is_unspecified() || ip.is_multicast() || is_broadcast(ip) {
@@ -91,14 +92,6 @@ pub fn check_address(addr: SocketAddr, policy: &CallbackPolicy) -> Result<(), St
         return Err(format!("{ip} is a loopback, private or link-local address"));
     }
     Ok(())
-}
-
-/// IPv4-mapped IPv6 addresses are the IPv4 addresses they map.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 fn is_broadcast(ip: IpAddr) -> bool {
@@ -131,20 +124,6 @@ fn is_private(ip: IpAddr) -> bool {
                 || v6 == Ipv6Addr::UNSPECIFIED
         }
     }
-}
-
-/// Whether `ip:port` is one of the node's listeners: the same address, or a listener on
-/// the unspecified address and `ip` one of this host's (which binding to it proves).
-fn is_own(ip: IpAddr, port: u16, own: &[SocketAddr]) -> bool {
-    own.iter().any(|listener| {
-        listener.port() == port
-            && (canonical(listener.ip()) == ip
-                || (listener.ip().is_unspecified() && is_local_address(ip)))
-    })
-}
-
-fn is_local_address(ip: IpAddr) -> bool {
-    ip.is_loopback() || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// Resolves a callback's host and keeps the addresses the policy allows.

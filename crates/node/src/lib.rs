@@ -436,6 +436,7 @@ impl Node {
     /// `purge` is set, so removing and redeploying an app keeps its data. Returns whether
     /// the app existed.
     pub fn remove_app(&self, app: &str, purge: bool) -> Result<bool, NodeError> {
+        check_name(app, "app")?;
         let mut serving = self.lock();
         let existed = self.inner.store.remove_app(app)?;
         self.rebuild(&mut serving, None)?;
@@ -468,6 +469,8 @@ impl Node {
 
     /// Removes a secret; false if the service had none of that name.
     pub fn delete_secret(&self, app: &str, service: &str, name: &str) -> Result<bool, NodeError> {
+        check_name(app, "app")?;
+        check_name(service, "service")?;
         let mut serving = self.lock();
         let existed = self.inner.store.delete_secret(app, service, name)?;
         self.rebuild(&mut serving, Some((app, service)))?;
@@ -475,8 +478,10 @@ impl Node {
     }
 
     /// Sets where async-invocation callbacks may go besides each service's own list: the
-    /// node's listeners are always refused, private addresses unless allowed.
+    /// node's listeners are always refused, private addresses unless allowed. Guests'
+    /// outgoing requests never reach the node's listeners either.
     pub fn set_callback_policy(&self, policy: CallbackPolicy) {
+        self.inner.runtime.set_own_listeners(policy.own.clone());
         self.inner.events.callbacks.store(Arc::new(policy));
     }
 

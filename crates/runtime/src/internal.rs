@@ -41,7 +41,8 @@ pub trait InternalRouter: Send + Sync {
     fn call(&self, caller: Caller, callee: &str, request: http::Request<WasiBody>) -> CallFuture;
 }
 
-/// The callee's name if `host` addresses a service of the same app.
+/// The callee's name if `host` (lowercase, without a trailing dot) addresses a service of
+/// the same app.
 pub(crate) fn callee(host: &str) -> Option<&str> {
     host.strip_suffix(INTERNAL_SUFFIX)
         .filter(|name| tessera_manifest::check_name(name).is_ok())

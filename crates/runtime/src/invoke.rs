@@ -44,6 +44,13 @@ pub enum InvokeError {
     Internal { service: String, message: String },
 }
 
+/// What every instance shares with the rest of the node: the memory budget and the
+/// listeners no guest may reach.
+pub(crate) struct NodeBounds {
+    pub(crate) budget: Arc<crate::MemoryBudget>,
+    pub(crate) own: Arc<std::sync::OnceLock<Vec<std::net::SocketAddr>>>,
+}
+
 pub(crate) struct ServiceInner {
     pub(crate) config: ServiceConfig,
     pub(crate) hash: String,
@@ -59,6 +66,8 @@ pub(crate) struct ServiceInner {
     pub(crate) last_memory: std::sync::atomic::AtomicU64,
     /// The node's budget for running instances' memory.
     budget: Arc<crate::MemoryBudget>,
+    /// The node's listeners, once bound.
+    own: Arc<std::sync::OnceLock<Vec<std::net::SocketAddr>>>,
 }
 
 impl ServiceInner {
@@ -69,13 +78,15 @@ impl ServiceInner {
         sink: Arc<dyn GuestLogSink>,
         internal: Option<Arc<dyn InternalRouter>>,
         code_size: usize,
-        budget: Arc<crate::MemoryBudget>,
+        node: NodeBounds,
     ) -> Self {
+        let NodeBounds { budget, own } = node;
         ServiceInner {
             internal,
             app: config.app.as_str().into(),
             code_size,
             budget,
+            own,
             last_memory: std::sync::atomic::AtomicU64::new(0),
             name: config.name.as_str().into(),
             outbound: config.outbound.clone().into(),
@@ -126,6 +137,7 @@ impl ServiceInner {
                 allowed: self.outbound.clone(),
                 caller,
                 internal: self.internal.clone(),
+                own: self.own.clone(),
             },
             limiter: MemoryLimiter::new(self.config.limits.memory, self.budget.clone()),
             data: DataState {

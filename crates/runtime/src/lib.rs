@@ -11,6 +11,7 @@ mod engine;
 mod internal;
 mod invoke;
 mod messaging;
+pub mod net;
 mod outbound;
 mod output;
 mod state;
@@ -155,6 +156,8 @@ pub struct Runtime {
 struct RuntimeInner {
     engine: Engine,
     budget: Arc<MemoryBudget>,
+    /// The node's listeners, set once they are bound: guests' requests never reach them.
+    own: Arc<std::sync::OnceLock<Vec<std::net::SocketAddr>>>,
     linker: Linker<InstanceState>,
     cache: Option<CompileCache>,
     config: RuntimeConfig,
@@ -183,6 +186,12 @@ impl Runtime {
         &self.inner.budget
     }
 
+    /// Tells the runtime the node's listener addresses, which guests' outgoing requests
+    /// may never reach whatever their grants say. Only the first call counts.
+    pub fn set_own_listeners(&self, listeners: Vec<std::net::SocketAddr>) {
+        let _ = self.inner.own.set(listeners);
+    }
+
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let engine = engine::build(&config)?;
         let linker = state::linker(&engine)?;
@@ -194,6 +203,7 @@ impl Runtime {
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 budget: Arc::new(MemoryBudget::new(config.instance_memory)),
+                own: Arc::default(),
                 engine,
                 linker,
                 cache,
@@ -355,7 +365,10 @@ impl Runtime {
                 inner.config.log_sink.clone(),
                 inner.config.internal.clone(),
                 code_size,
-                inner.budget.clone(),
+                invoke::NodeBounds {
+                    budget: inner.budget.clone(),
+                    own: inner.own.clone(),
+                },
             )),
         };
         Ok((

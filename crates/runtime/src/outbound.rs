@@ -1,7 +1,11 @@
 //! Outgoing HTTP from guests: denied unless the request's origin is one the service's
-//! manifest grants.
+//! manifest grants, and never to the node's own listeners (a grant of `localhost` must not
+//! reach the control API). Host names compare case-insensitively and without a trailing
+//! dot, the same way for grants and for `<service>.internal` dispatch, so no spelling of an
+//! internal name ever goes to DNS.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tessera_manifest::{Origin, Scheme};
@@ -23,22 +27,57 @@ pub(crate) struct OutboundPolicy {
     /// Who this instance is, for internal calls: app, service, request id, call depth.
     pub(crate) caller: Caller,
     pub(crate) internal: Option<Arc<dyn InternalRouter>>,
+    /// The node's listeners, once bound: never a destination.
+    pub(crate) own: Arc<OnceLock<Vec<SocketAddr>>>,
+}
+
+/// An outgoing request's destination, normalised.
+struct Destination {
+    scheme: Scheme,
+    /// Lowercase, without brackets or a trailing dot.
+    host: String,
+    port: u16,
+}
+
+fn destination(uri: &http::Uri) -> Option<Destination> {
+    let scheme = match uri.scheme_str() {
+        Some("http") => Scheme::Http,
+        Some("https") => Scheme::Https,
+        _ => return None,
+    };
+    let host = uri
+        .host()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    let port = uri.port_u16().unwrap_or(match scheme {
+        Scheme::Http => 80,
+        Scheme::Https => 443,
+    });
+    Some(Destination { scheme, host, port })
 }
 
 impl OutboundPolicy {
-    fn permits(&self, uri: &http::Uri) -> bool {
-        let scheme = match uri.scheme_str() {
-            Some("http") => Scheme::Http,
-            Some("https") => Scheme::Https,
-            _ => return false,
-        };
-        let Some(host) = uri.host() else { return false };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = uri.port_u16().unwrap_or(match scheme {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
-        });
-        self.allowed.iter().any(|o| o.allows(scheme, host, port))
+    fn permits(&self, to: &Destination) -> bool {
+        self.allowed
+            .iter()
+            .any(|o| o.allows(to.scheme, &to.host, to.port))
+    }
+}
+
+/// Whether any address `host:port` resolves to is one of the node's listeners.
+async fn reaches_own_listener(host: &str, port: u16, own: &[SocketAddr]) -> bool {
+    if own.is_empty() {
+        return false;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => crate::net::is_own_listener(SocketAddr::new(ip, port), own),
+        Err(_) => match tokio::net::lookup_host((host, port)).await {
+            Ok(mut addrs) => addrs.any(|addr| crate::net::is_own_listener(addr, own)),
+            // The request itself will fail to resolve and say so.
+            Err(_) => false,
+        },
     }
 }
 
@@ -99,13 +138,18 @@ impl WasiHttpHooks for OutboundPolicy {
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> SendFuture {
-        if !self.permits(request.uri()) {
+        let Some(to) = destination(request.uri()).filter(|to| self.permits(to)) else {
             tracing::info!(service = %self.service, uri = %request.uri(), "outbound request denied: origin not granted in the manifest");
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        };
+        if to.host.ends_with(crate::internal::INTERNAL_SUFFIX) {
+            return match crate::internal::callee(&to.host) {
+                Some(callee) => self.call_internal(callee.to_string(), request),
+                None => Box::new(async { Err(HttpError::HttpRequestDenied) }),
+            };
         }
-        if let Some(callee) = request.uri().host().and_then(crate::internal::callee) {
-            return self.call_internal(callee.to_string(), request);
-        }
+        let own = self.own.get().cloned().unwrap_or_default();
+        let service = self.service.clone();
         let options = options.unwrap_or_default();
         let options = RequestOptions {
             connect_timeout: Some(options.connect_timeout.unwrap_or(CONNECT_TIMEOUT)),
@@ -118,6 +162,10 @@ impl WasiHttpHooks for OutboundPolicy {
         };
         Box::new(async move {
             use http_body_util::BodyExt;
+            if reaches_own_listener(&to.host, to.port, &own).await {
+                tracing::warn!(service = %service, uri = %request.uri(), "outbound request denied: it would reach this node's own listener");
+                return Err(HttpError::HttpRequestDenied);
+            }
             let (response, io) =
                 wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
             Ok((

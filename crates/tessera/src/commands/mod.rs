@@ -126,6 +126,34 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// Shortest control-API token accepted, and the length below which the node warns.
+const MIN_TOKEN: usize = 16;
+const GOOD_TOKEN: usize = 32;
+
+/// `TESSERA_TOKEN`, if set: refused when shorter than 16 bytes (guessable), warned about
+/// when shorter than 32.
+pub fn control_token() -> anyhow::Result<Option<String>> {
+    let Some(token) = std::env::var("TESSERA_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+    else {
+        return Ok(None);
+    };
+    if token.len() < MIN_TOKEN {
+        anyhow::bail!(
+            "TESSERA_TOKEN is {} bytes long; use at least {MIN_TOKEN} (better {GOOD_TOKEN} or more random bytes, e.g. `openssl rand -hex 32`)",
+            token.len()
+        );
+    }
+    if token.len() < GOOD_TOKEN || token.bytes().all(|b| b == token.as_bytes()[0]) {
+        tracing::warn!(
+            length = token.len(),
+            "TESSERA_TOKEN is weak: use at least {GOOD_TOKEN} random bytes (e.g. `openssl rand -hex 32`)"
+        );
+    }
+    Ok(Some(token))
+}
+
 /// Connection limits and timeouts of a node's two listeners (`up` and `serve`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct ListenArgs {

@@ -45,9 +45,7 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (gateway, admin) = args.connections.configs(Duration::from_secs(30))?;
     let allow_private_callbacks = args.connections.allow_private_callbacks;
-    let token = std::env::var("TESSERA_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty());
+    let token = super::control_token()?;
     let auth = match (token, args.dev) {
         (Some(token), _) => Auth::Token(token.into()),
         (None, true) if args.admin.ip().is_loopback() => Auth::Open,

@@ -60,9 +60,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     // Everything that can be wrong with the app is checked before a socket is bound.
     let manifest = tessera_manifest::load(&args.dir)?;
-    let token = std::env::var("TESSERA_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty());
+    let token = super::control_token()?;
     let auth = match token {
         Some(token) => Auth::Token(token.into()),
         None if args.admin.ip().is_loopback() => Auth::Open,

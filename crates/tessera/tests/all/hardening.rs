@@ -618,3 +618,152 @@ memory = "256MiB"
     let (status, body) = crate::util::get(node.addr, "/memhog?mb=200");
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn outbound_grants_never_reach_the_nodes_own_listeners_and_internal_names_ignore_case() {
+    let manifest = |admin: &str| {
+        format!(
+            r#"
+[app]
+name = "out"
+
+[services.fetch]
+component = "{{guest:fetch}}"
+routes = ["/fetch"]
+outbound = ["http://data1.internal", "http://localhost:{admin}", "http://127.0.0.1:{admin}"]
+
+[services.data1]
+component = "{{guest:data}}"
+routes = ["/data1"]
+"#
+        )
+    };
+    let app = App::new(&manifest("1"));
+    let node = app.up();
+    let admin = node.admin.unwrap().port().to_string();
+    app.write_manifest(&manifest(&admin));
+    deploy(&node, app.path());
+
+    for url in [
+        format!("http://localhost:{admin}/v1/apps"),
+        format!("http://127.0.0.1:{admin}/v1/apps"),
+    ] {
+        let r = client()
+            .get(node.url(&format!("/fetch?url={url}")))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, 502, "{url} was reached: {body}");
+        assert!(body.contains("denied") || body.contains("Denied"), "{body}");
+    }
+    // Any spelling of an internal name is dispatched in-process, never looked up in DNS.
+    for host in ["Data1.Internal", "data1.internal."] {
+        let r = client()
+            .get(node.url(&format!("/fetch?url=http://{host}/data1/kv/default/none")))
+            .send()
+            .await
+            .unwrap();
+        let body = r.text().await.unwrap();
+        assert!(body.starts_with("status=404"), "{host}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn control_api_errors_are_json_with_the_right_status() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::serve(data.path(), TOKEN);
+    let app = App::new(HELLO);
+    deploy(&node, app.path());
+    let http = client();
+    let json_error = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        let json: Value = r.json().await.expect("a JSON error body");
+        (
+            status,
+            json["error"]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+
+    let r = http
+        .post(node.admin_url("/v1/apps/hard/services/hello/rollback"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(r#"{"to":-1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_error(r).await, (400, "invalid_json".to_string()));
+
+    // A name that is a path step is refused before it reaches any file.
+    let marker = data.path().parent().unwrap().join(format!(
+        "{}-sibling",
+        data.path().file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&marker, "keep").unwrap();
+    // Sent as it is: an HTTP client library would normalise the path first.
+    let mut stream = TcpStream::connect(node.admin.unwrap()).unwrap();
+    write!(
+        stream,
+        "DELETE /v1/apps/%2e%2e?purge=true HTTP/1.0\r\nhost: test\r\nauthorization: Bearer {TOKEN}\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.0 400"), "{response}");
+    assert!(response.contains(r#""code":"invalid""#), "{response}");
+    assert!(marker.exists());
+    std::fs::remove_file(&marker).unwrap();
+
+    let r = http
+        .post(node.admin_url("/v1/apps/hard/deploy"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 3 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_error(r).await, (413, "too_large".to_string()));
+}
+
+#[test]
+fn a_guessable_control_token_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let output = serve_command(data.path(), "x", &[])
+        .output()
+        .expect("run tessera");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("TESSERA_TOKEN is 1 bytes long"), "{stderr}");
+}
+
+#[test]
+fn a_host_with_a_trailing_dot_is_bound_like_the_host() {
+    let app = App::new(
+        r#"
+[app]
+name = "shop"
+host = "shop.localhost"
+
+[services.hello]
+component = "{guest:hello}"
+routes = ["/hello"]
+"#,
+    );
+    let node = app.up();
+    let get_with_host = |host: &str| {
+        let mut stream = TcpStream::connect(node.addr).unwrap();
+        write!(stream, "GET /hello HTTP/1.0\r\nhost: {host}\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response[9..12].to_string()
+    };
+    assert_eq!(get_with_host("shop.localhost"), "200");
+    assert_eq!(get_with_host("shop.localhost."), "200");
+    assert_eq!(get_with_host("SHOP.localhost.:80"), "200");
+    assert_eq!(get_with_host("other.localhost"), "404");
+}
