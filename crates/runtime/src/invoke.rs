@@ -68,6 +68,8 @@ pub(crate) struct ServiceInner {
     budget: Arc<crate::MemoryBudget>,
     /// The node's listeners, once bound.
     own: Arc<std::sync::OnceLock<Vec<std::net::SocketAddr>>>,
+    /// The service's allowance of stdout and stderr, shared by its requests.
+    output: Arc<crate::output::OutputLimiter>,
 }
 
 impl ServiceInner {
@@ -87,6 +89,10 @@ impl ServiceInner {
             code_size,
             budget,
             own,
+            output: Arc::new(crate::output::OutputLimiter::new(
+                crate::output::OUTPUT_RATE,
+                crate::output::OUTPUT_BURST,
+            )),
             last_memory: std::sync::atomic::AtomicU64::new(0),
             name: config.name.as_str().into(),
             outbound: config.outbound.clone().into(),
@@ -110,6 +116,7 @@ impl ServiceInner {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(GuestOutput::new(
             self.sink.clone(),
+            self.output.clone(),
             self.app.clone(),
             self.name.clone(),
             request_id.clone(),
@@ -117,6 +124,7 @@ impl ServiceInner {
         ))
         .stderr(GuestOutput::new(
             self.sink.clone(),
+            self.output.clone(),
             self.app.clone(),
             self.name.clone(),
             request_id,

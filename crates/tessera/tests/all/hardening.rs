@@ -767,3 +767,45 @@ routes = ["/hello"]
     assert_eq!(get_with_host("SHOP.localhost.:80"), "200");
     assert_eq!(get_with_host("other.localhost"), "404");
 }
+
+#[tokio::test]
+async fn a_guest_printing_in_a_loop_does_not_flood_the_nodes_output() {
+    let app = App::new(
+        r#"
+[app]
+name = "chatty"
+
+[services.slow]
+component = "{guest:slow}"
+routes = ["/slow"]
+timeout = "60s"
+"#,
+    );
+    let node = app.up();
+    // 64 MiB of output in one request; the node passes on a few MiB and says so.
+    let r = client()
+        .get(node.url("/slow?ms=1&print_mb=64"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let printed: usize = {
+        let text = node.stdout.text();
+        text.len()
+    };
+    assert!(printed < 12 << 20, "the node printed {printed} bytes");
+    let r = client()
+        .get(node.url("/slow?ms=1100&print_mb=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        node.stdout
+            .wait_for(
+                "of this service's output were dropped",
+                Duration::from_secs(5)
+            )
+            .is_some()
+    );
+}

@@ -1,5 +1,6 @@
 //! `slow`: sleeps `?ms=N` milliseconds (default 200) before answering, to
-//! check that graceful shutdown lets an in-flight request finish.
+//! check that graceful shutdown lets an in-flight request finish. `?print_mb=N`
+//! first writes N MiB of 1 KiB lines to stdout.
 
 use test_programs::{query_param, respond};
 use wasip2::clocks::monotonic_clock::subscribe_duration;
@@ -18,6 +19,15 @@ impl wasip2::exports::http::incoming_handler::Guest for Slow {
                 return respond(response_out, 400, "text/plain", b"ms must be a number\n");
             }
         };
+        if let Some(mb) = query_param(&request, "print_mb").and_then(|v| v.parse::<usize>().ok()) {
+            use std::io::Write;
+            let line = format!("{}\n", "x".repeat(1023));
+            let mut stdout = std::io::stdout().lock();
+            for _ in 0..mb * 1024 {
+                let _ = stdout.write_all(line.as_bytes());
+            }
+            let _ = stdout.flush();
+        }
         // Sleeping through a host pollable lets the host run other work meanwhile.
         subscribe_duration(ms.saturating_mul(1_000_000)).block();
         let body = format!("slept {ms} ms\n");
