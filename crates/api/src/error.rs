@@ -43,6 +43,9 @@ impl From<NodeError> for ApiError {
             NodeError::Runtime(RuntimeError::Engine(_)) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
+            NodeError::Runtime(RuntimeError::ArtifactMismatch { .. }) => {
+                (StatusCode::BAD_REQUEST, "digest_mismatch")
+            }
             NodeError::Runtime(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_component"),
             NodeError::DataDirInUse { .. } | NodeError::DataDir { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")

@@ -44,7 +44,13 @@ struct Api {
     node: Node,
     telemetry: Telemetry,
     auth: Auth,
+    /// Uploads read and checked at once; more wait, their bodies unread.
+    uploads: Arc<tokio::sync::Semaphore>,
 }
+
+/// Uploads read and compiled at once: each can take a few hundred MB while its component
+/// is checked.
+pub const CONCURRENT_UPLOADS: usize = 2;
 
 /// The admin listener's router: `/v1` and `/metrics`.
 pub fn router(node: Node, telemetry: Telemetry, auth: Auth) -> Router {
@@ -52,6 +58,7 @@ pub fn router(node: Node, telemetry: Telemetry, auth: Auth) -> Router {
         node,
         telemetry,
         auth,
+        uploads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_UPLOADS)),
     };
     Router::new()
         .route("/metrics", get(metrics))
@@ -463,29 +470,99 @@ async fn has_artifact(State(api): State<Api>, Path(sha256): Path<String>) -> Sta
     }
 }
 
+/// Streams an upload to a file beside the artifacts (never whole in memory), refusing a
+/// body that does not start like a component at its first bytes and one over the limit as
+/// soon as it passes it; at most [`CONCURRENT_UPLOADS`] are read and checked at once.
 async fn upload_artifact(
     State(api): State<Api>,
     Path(sha256): Path<String>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
-    let bytes = body.map_err(|e| {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    let _permit = api.uploads.acquire().await.map_err(|_| {
         ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("cannot read upload (at most {MAX_UPLOAD} bytes): {e}"),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the node is stopping",
         )
     })?;
-    let stored = blocking(move || {
-        let actual = tessera_runtime::content_hash(&bytes);
-        if actual != sha256 {
-            return Err(NodeError::Invalid(format!(
-                "upload does not match its address: sha256 is {actual}, not {sha256}"
+    let internal = |what: &str, e: std::io::Error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("cannot {what} the upload: {e}"),
+        )
+    };
+    let staging = api.node.staging_dir();
+    let staged = tempfile::Builder::new()
+        .prefix(".upload-")
+        .suffix(".tmp")
+        .tempfile_in(&staging)
+        .map_err(|e| internal("stage", e))?;
+    let mut file = tokio::io::BufWriter::with_capacity(
+        1 << 20,
+        tokio::fs::File::from_std(staged.reopen().map_err(|e| internal("stage", e))?),
+    );
+    let (mut body, mut received, mut head) = (body, 0usize, Vec::with_capacity(8));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("cannot read the upload: {e}"),
+            )
+        })?;
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        received += chunk.len();
+        if received > MAX_UPLOAD {
+            return Err(too_large(format!(
+                "an upload may be at most {MAX_UPLOAD} bytes"
             )));
         }
-        api.node.upload(&bytes)
+        if head.len() < 8 {
+            head.extend_from_slice(&chunk[..chunk.len().min(8 - head.len())]);
+            if head.len() == 8 && !tessera_runtime::is_component(&head) {
+                return Err(not_a_component());
+            }
+        }
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| internal("write", e))?;
+    }
+    if head.len() < 8 {
+        return Err(not_a_component());
+    }
+    file.flush().await.map_err(|e| internal("write", e))?;
+    drop(file);
+    let address = sha256.clone();
+    blocking(move || {
+        // The staged file is moved into place when stored; otherwise dropping it removes it.
+        api.node.upload_file(staged.path(), &address)
     })
-    .await?;
-    Ok((StatusCode::CREATED, Json(Uploaded { sha256: stored })))
+    .await
+    .map_err(|e| {
+        if e.code == "digest_mismatch" {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "digest_mismatch",
+                format!("upload does not match its address {sha256}"),
+            )
+        } else {
+            e
+        }
+    })?;
+    Ok((StatusCode::CREATED, Json(Uploaded { sha256 })))
+}
+
+fn not_a_component() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_component",
+        "expected a component (WASI 0.2); core modules must be converted with `wasm-tools component new`",
+    )
 }
 
 fn no_app(app: &str) -> ApiError {

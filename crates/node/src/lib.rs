@@ -310,6 +310,32 @@ impl Node {
         self.upload_for("upload", Path::new("uploaded component"), bytes)
     }
 
+    /// Where an upload in progress is written before [`Node::upload_file`] stores it.
+    pub fn staging_dir(&self) -> std::path::PathBuf {
+        self.inner.artifacts.staging_dir()
+    }
+
+    /// Stores a component uploaded to a file in [`Node::staging_dir`], which must hash to
+    /// `sha256` and be a component this node can serve; the file is taken either way only
+    /// when it is stored.
+    pub fn upload_file(&self, path: &Path, sha256: &str) -> Result<(), NodeError> {
+        let probe = ServiceConfig {
+            app: String::new(),
+            name: "upload".into(),
+            limits: Limits::default(),
+            outbound: Vec::new(),
+            env: Vec::new(),
+            data: ServiceDataAccess::default(),
+        };
+        let (_, report) = self
+            .inner
+            .runtime
+            .load_service_checked(probe, path, sha256)?;
+        self.compile_cache(&report);
+        tracing::info!(sha256 = &sha256[..12.min(sha256.len())], elapsed = ?report.elapsed, "upload checked");
+        Ok(self.inner.artifacts.put_artifact_file(path, sha256)?)
+    }
+
     /// Like [`Node::upload`], naming the service and file the bytes came from in errors
     /// and logs.
     pub fn upload_for(

@@ -320,6 +320,17 @@ impl Runtime {
                 start,
             );
         }
+        self.load_service_checked(config, path, sha256)
+    }
+
+    /// Loads a component file that must hash to `sha256` (an upload, a stored artifact
+    /// without cached code): read, hashed and compared before anything is compiled.
+    pub fn load_service_checked(
+        &self,
+        config: ServiceConfig,
+        path: &Path,
+        sha256: &str,
+    ) -> Result<(Service, LoadReport), RuntimeError> {
         let bytes = std::fs::read(path).map_err(|source| RuntimeError::ReadComponent {
             service: config.name.clone(),
             path: path.to_path_buf(),
@@ -382,8 +393,8 @@ impl Runtime {
 }
 
 /// Whether the bytes carry the component-model preamble (version 0x0d, layer 1), as
-/// opposed to a core module or something else entirely.
-fn is_component(bytes: &[u8]) -> bool {
+/// opposed to a core module or something else entirely. The first 8 bytes decide.
+pub fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [0x0d, 0x00, 0x01, 0x00]
 }
 

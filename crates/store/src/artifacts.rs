@@ -35,6 +35,36 @@ impl Artifacts {
         Artifacts { dir }
     }
 
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Moves a complete staged file into place under `sha256` (which the caller checked),
+    /// durably: file synced, renamed, directory synced.
+    pub(crate) fn put_file(&self, staged: &Path, sha256: &str) -> Result<(), StoreError> {
+        if !is_digest(sha256) {
+            return Err(StoreError::InvalidDigest(sha256.to_owned()));
+        }
+        let io = |action, path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        let path = self.file(sha256);
+        if path.is_file() {
+            let _ = std::fs::remove_file(staged);
+            return Ok(());
+        }
+        File::open(staged)
+            .and_then(|f| f.sync_all())
+            .map_err(io("sync staged artifact", staged))?;
+        std::fs::rename(staged, &path).map_err(io("rename artifact into place at", &path))?;
+        sync_dir(&self.dir)
+    }
+
     /// Where the artifact would live; the digest must already be validated.
     fn file(&self, sha256: &str) -> PathBuf {
         debug_assert!(is_digest(sha256));

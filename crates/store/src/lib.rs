@@ -306,6 +306,17 @@ impl ControlStore {
         self.artifacts.path(sha256)
     }
 
+    /// Where uploads in progress are written: inside the artifact directory, so storing
+    /// one is a rename.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.artifacts.dir().to_path_buf()
+    }
+
+    /// Stores a complete file from [`ControlStore::staging_dir`] under `sha256`.
+    pub fn put_artifact_file(&self, path: &Path, sha256: &str) -> Result<(), StoreError> {
+        self.artifacts.put_file(path, sha256)
+    }
+
     /// Every app, sorted by name.
     pub fn apps(&self) -> Result<Vec<AppState>, StoreError> {
         control::apps(&mut self.conn())

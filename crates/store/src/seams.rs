@@ -3,7 +3,7 @@
 //! buckets with revision compare-and-set for the state, an object store for artifacts)
 //! will implement the same traits without callers changing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::{
     AppState, ControlStore, DeployOptions, DeployOutcome, ServiceDeploy, ServiceState, StoreError,
@@ -18,6 +18,12 @@ pub trait ArtifactStore: Send + Sync {
     /// A local file holding the artifact; a remote backend fetches it into a local cache
     /// first, so the runtime can always map compiled code from files.
     fn artifact_path(&self, sha256: &str) -> Result<PathBuf, StoreError>;
+    /// A local directory for uploads in progress, on the same file system as the local
+    /// artifact files (so an upload becomes one with a rename).
+    fn staging_dir(&self) -> PathBuf;
+    /// Stores the file at `path` (in [`ArtifactStore::staging_dir`]), whose bytes the
+    /// caller has checked hash to `sha256`, taking the file away. Durable when it returns.
+    fn put_artifact_file(&self, path: &Path, sha256: &str) -> Result<(), StoreError>;
 }
 
 /// Apps, immutable revisions and traffic. Every method is all-or-nothing and durable
@@ -68,6 +74,12 @@ impl ArtifactStore for ControlStore {
     }
     fn artifact_path(&self, sha256: &str) -> Result<PathBuf, StoreError> {
         ControlStore::artifact_path(self, sha256)
+    }
+    fn staging_dir(&self) -> PathBuf {
+        ControlStore::staging_dir(self)
+    }
+    fn put_artifact_file(&self, path: &Path, sha256: &str) -> Result<(), StoreError> {
+        ControlStore::put_artifact_file(self, path, sha256)
     }
 }
 

@@ -809,3 +809,74 @@ timeout = "60s"
             .is_some()
     );
 }
+
+/// A streamed upload body of `mb` MiB: `head` and then zeros, made as it is sent.
+fn streamed(head: &'static [u8], mb: usize) -> reqwest::Body {
+    let chunks = (0..mb).map(move |i| {
+        let mut chunk = vec![0u8; 1 << 20];
+        if i == 0 {
+            chunk[..head.len()].copy_from_slice(head);
+        }
+        Ok::<_, std::io::Error>(bytes::Bytes::from(chunk))
+    });
+    reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+}
+
+#[tokio::test]
+async fn uploads_are_streamed_and_refused_early_instead_of_buffered() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::serve(data.path(), TOKEN);
+    let (status, _) = crate::util::get(node.addr, "/nothing");
+    assert_eq!(status, 404);
+    let before = node.peak_rss_bytes();
+    let address = "0".repeat(64);
+    let upload = |body: reqwest::Body| {
+        client()
+            .put(node.admin_url(&format!("/v1/artifacts/{address}")))
+            .bearer_auth(TOKEN)
+            .body(body)
+            .send()
+    };
+    // A refusal comes before the client has sent its body, so the client may see its
+    // write cut off instead of the answer; either way the body was not taken.
+    let refused_with = |result: reqwest::Result<reqwest::Response>| async move {
+        match result {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let json: Value = r.json().await.unwrap();
+                Some((status, json["error"]["code"].as_str().unwrap().to_string()))
+            }
+            Err(e) if e.is_request() => None,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    // Not a component: refused at its first bytes, however large it claims to be.
+    let r = upload(reqwest::Body::from("junk, and nothing more")).await;
+    assert_eq!(
+        refused_with(r).await,
+        Some((422, "invalid_component".to_string()))
+    );
+    let started = std::time::Instant::now();
+    let garbage =
+        futures_util::future::join_all((0..4).map(|_| upload(streamed(b"junk", 100)))).await;
+    for r in garbage {
+        if let Some(answer) = refused_with(r).await {
+            assert_eq!(answer, (422, "invalid_component".to_string()));
+        }
+    }
+    // A component preamble followed by more than the limit: refused once past it.
+    let r = upload(streamed(b"\0asm\x0d\0\x01\0", 300)).await;
+    if let Some(answer) = refused_with(r).await {
+        assert_eq!(answer, (413, "too_large".to_string()));
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let grown = node.peak_rss_bytes().saturating_sub(before);
+    assert!(grown < 96 << 20, "the node grew by {} MiB", grown >> 20);
+    // Nothing was left behind in the artifact directory.
+    let leftovers: Vec<_> = std::fs::read_dir(data.path().join("artifacts"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
