@@ -14,6 +14,28 @@ use crate::util::{App, Node, client, error_code, ok, serve_command};
 
 const TOKEN: &str = "hardening-token-0123456789abcdef";
 
+/// Runs a command that must exit by itself (a refusal), killing it if it does not.
+fn exits_within(mut command: std::process::Command, limit: Duration) -> std::process::Output {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tessera");
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "tessera kept running instead of refusing to start:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 const HELLO: &str = r#"
 [app]
 name = "hard"
@@ -469,9 +491,10 @@ async fn forged_event_headers_from_outside_clients_never_reach_the_guest() {
 fn a_second_process_on_one_data_directory_is_refused() {
     let data = tempfile::tempdir().unwrap();
     let mut first = Node::serve(data.path(), TOKEN);
-    let output = serve_command(data.path(), TOKEN, &[])
-        .output()
-        .expect("run tessera");
+    let output = exits_within(
+        serve_command(data.path(), TOKEN, &[]),
+        Duration::from_secs(30),
+    );
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -733,9 +756,10 @@ async fn control_api_errors_are_json_with_the_right_status() {
 #[test]
 fn a_guessable_control_token_is_refused() {
     let data = tempfile::tempdir().unwrap();
-    let output = serve_command(data.path(), "x", &[])
-        .output()
-        .expect("run tessera");
+    let output = exits_within(
+        serve_command(data.path(), "x", &[]),
+        Duration::from_secs(30),
+    );
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("TESSERA_TOKEN is 1 bytes long"), "{stderr}");
