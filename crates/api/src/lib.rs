@@ -51,6 +51,8 @@ struct Api {
 /// Uploads read and compiled at once: each can take a few hundred MB while its component
 /// is checked.
 pub const CONCURRENT_UPLOADS: usize = 2;
+/// Longest pause within an upload's body.
+const UPLOAD_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The admin listener's router: `/v1` and `/metrics`.
 pub fn router(node: Node, telemetry: Telemetry, auth: Auth) -> Router {
@@ -505,7 +507,16 @@ async fn upload_artifact(
         tokio::fs::File::from_std(staged.reopen().map_err(|e| internal("stage", e))?),
     );
     let (mut body, mut received, mut head) = (body, 0usize, Vec::with_capacity(8));
-    while let Some(frame) = body.frame().await {
+    loop {
+        // A client that stops sending gives its upload slot back.
+        let Ok(frame) = tokio::time::timeout(UPLOAD_STALL, body.frame()).await else {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the upload sent nothing for {}s", UPLOAD_STALL.as_secs()),
+            ));
+        };
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,

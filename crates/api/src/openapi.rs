@@ -71,7 +71,7 @@ pub fn document() -> Value {
                     "outbound": { "type": "array", "items": { "type": "string" } },
                     "callbacks": { "type": "array", "description": "origins an async invocation's x-tessera-callback may name", "items": { "type": "string" } },
                     "async_rate": { "type": "integer", "description": "async invocations accepted per second (default 100)" },
-                    "async_stored": { "type": "integer", "description": "bytes queued async invocations and dead letters may hold (default 64 MiB)" },
+                    "async_stored": { "type": "integer", "description": "bytes queued async invocations may hold (default 64 MiB)" },
                     "env": { "type": "array", "items": { "type": "array", "items": { "type": "string" }, "minItems": 2, "maxItems": 2 } },
                     "config": { "type": "array", "description": "configuration served through wasi:config/store, as [key, value] pairs", "items": { "type": "array", "items": { "type": "string" }, "minItems": 2, "maxItems": 2 } },
                     "buckets": { "type": "array", "description": "key-value buckets besides `default`", "items": { "type": "string" } },

@@ -54,7 +54,7 @@ pub struct ServiceSpecJson {
     /// Async invocations accepted per second (default 100); more are answered 503.
     #[serde(default = "default_async_rate")]
     pub async_rate: u32,
-    /// Bytes queued async invocations and dead letters may hold (default 64 MiB); past it
+    /// Bytes queued async invocations may hold (default 64 MiB); past it
     /// async requests are answered 507.
     #[serde(default = "default_async_stored")]
     pub async_stored: u64,

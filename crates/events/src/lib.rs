@@ -492,8 +492,9 @@ pub trait Journal: Send + Sync {
     /// deliveries.
     fn stats(&self) -> Result<Vec<SubscriptionStats>, EventError>;
 
-    /// Bytes the subscription's pending deliveries and dead letters hold (payload and
-    /// attributes): what a quota on stored invocations counts. 0 for an unknown one.
+    /// Bytes the subscription's pending (waiting or in flight) deliveries hold, payload and
+    /// attributes: what a quota on queued invocations counts. Dead letters are bounded by
+    /// the journal's own retention instead. 0 for an unknown subscription.
     fn stored_bytes(&self, subscription: &str) -> Result<u64, EventError>;
 
     /// When the subscription's earliest pending delivery becomes due (a past time means

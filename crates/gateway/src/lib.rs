@@ -147,6 +147,8 @@ const ASYNC: &str = "x-tessera-async";
 const CALLBACK: &str = "x-tessera-callback";
 /// Largest body of an async request, which is stored until it runs.
 pub const MAX_ASYNC_BODY: usize = 1 << 20;
+/// How long an async request's body may take to arrive.
+pub const ASYNC_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn wants_async<B>(request: &Request<B>) -> bool {
     request
@@ -173,23 +175,8 @@ async fn enqueue(
             request_id,
         );
     };
-    let (parts, body) = request.into_parts();
-    let body = match http_body_util::Limited::new(body, MAX_ASYNC_BODY)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => {
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                &format!("an async request body may be at most {MAX_ASYNC_BODY} bytes: {e}"),
-                request_id,
-            );
-        }
-    };
-    let callback = parts
-        .headers
+    let callback = request
+        .headers()
         .get(CALLBACK)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
@@ -203,6 +190,50 @@ async fn enqueue(
             request_id,
         );
     }
+    if let Err(refusal) = sink.check(callback.as_deref()) {
+        return refusal_response(refusal, request_id);
+    }
+    let (parts, body) = request.into_parts();
+    // The body is stored until the invocation runs: it must arrive whole, and in time (a
+    // request in flight is exempt from the connection's idle timeout).
+    let collected = tokio::time::timeout(
+        ASYNC_BODY_TIMEOUT,
+        http_body_util::Limited::new(body, MAX_ASYNC_BODY).collect(),
+    )
+    .await;
+    let body = match collected {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                &format!("an async request body may be at most {MAX_ASYNC_BODY} bytes"),
+                request_id,
+            );
+        }
+        Ok(Err(e)) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                &format!("cannot read the request body: {e}"),
+                request_id,
+            );
+        }
+        Err(_) => {
+            return json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                &format!(
+                    "an async request body must arrive within {}s",
+                    ASYNC_BODY_TIMEOUT.as_secs()
+                ),
+                request_id,
+            );
+        }
+    };
     let headers = parts
         .headers
         .iter()
@@ -247,21 +278,7 @@ async fn enqueue(
             }
             response
         }
-        Ok(Err(refusal)) => {
-            let mut response = json_error(
-                refusal.status,
-                refusal.code,
-                &format!("cannot queue the invocation: {}", refusal.message),
-                request_id,
-            );
-            if let Some(after) = refusal.retry_after {
-                let secs = after.as_secs_f64().ceil().max(1.0) as u64;
-                response
-                    .headers_mut()
-                    .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
-            }
-            response
-        }
+        Ok(Err(refusal)) => refusal_response(refusal, request_id),
         Err(e) => json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -269,6 +286,22 @@ async fn enqueue(
             request_id,
         ),
     }
+}
+
+fn refusal_response(refusal: AsyncRefusal, request_id: &str) -> Response<ResponseBody> {
+    let mut response = json_error(
+        refusal.status,
+        refusal.code,
+        &format!("cannot queue the invocation: {}", refusal.message),
+        request_id,
+    );
+    if let Some(after) = refusal.retry_after {
+        let secs = after.as_secs_f64().ceil().max(1.0) as u64;
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
 }
 
 /// The backend for a request: the pinned revision if the request names one, else the

@@ -5,9 +5,14 @@
 //! gateway and the admin listener both serve through [`serve_connections`], each with its
 //! own caps, so a flood on one never starves the other.
 //!
-//! Why a wrapper around the socket: hyper's header-read timer starts only once the first
-//! byte of a request has arrived (and the HTTP/1-or-2 detection waits for bytes with no
-//! timer at all), so a connection that sends nothing would be held forever.
+//! Why a wrapper around the socket: the HTTP/1-or-2 detection waits for bytes with no timer
+//! at all, hyper's HTTP/1 header timer would also close every keep-alive connection after
+//! the header timeout (it runs while a connection waits for its next request), and HTTP/2
+//! has no idle timer of its own (a client's PINGs would keep it open). So the wrapper keeps
+//! all three clocks: the header timeout from a connection's opening to its first request,
+//! the idle timeout from the end of a request to the next one (only requests count, not
+//! bytes), and the header timeout again from the first byte of a next request, never
+//! shorter than the idle timeout.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -110,6 +115,7 @@ struct Admission {
 
 impl Admission {
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionGuard, Refusal> {
+        let ip = client_key(ip);
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         if counts.total >= self.max {
             return Err(Refusal::Listener(self.max));
@@ -124,6 +130,22 @@ impl Admission {
             admission: self.clone(),
             ip,
         })
+    }
+}
+
+/// The address a client is counted under: IPv4 addresses as they are, IPv6 ones by their
+/// /64 (one host usually holds a whole /64, so counting single addresses would let it open
+/// unlimited connections).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -173,7 +195,8 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.header_timeout)
+        // `Watched` keeps the header and idle clocks (see the module comment).
+        .header_read_timeout(None)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let admission = Arc::new(Admission {
@@ -267,7 +290,19 @@ fn refuse(stream: TcpStream, refusal: &Refusal) {
          content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
+    // Whatever the client already sent is read and discarded (without waiting), so
+    // closing sends a FIN after the answer instead of a reset that could discard it.
+    let mut sink = [0u8; 4096];
+    for _ in 0..4 {
+        match stream.try_read(&mut sink) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
     let _ = stream.try_write(response.as_bytes());
+    if let Ok(std) = stream.into_std() {
+        let _ = std.shutdown(std::net::Shutdown::Write);
+    }
 }
 
 /// Refusals are logged at most once a second per listener, with how many there were.
@@ -380,7 +415,9 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 struct Watched {
     stream: TcpStream,
     activity: Arc<Activity>,
-    last_read: Instant,
+    /// When the first byte after the connection last went idle arrived, with the idle
+    /// mark it belongs to.
+    first_read: Option<(u64, Instant)>,
     header_timeout: Duration,
     idle_timeout: Duration,
     timer: Pin<Box<Sleep>>,
@@ -392,7 +429,7 @@ impl Watched {
         Watched {
             stream,
             activity,
-            last_read: now,
+            first_read: None,
             header_timeout: config.header_timeout,
             idle_timeout: config.idle_timeout,
             timer: Box::pin(tokio::time::sleep_until(now + config.header_timeout)),
@@ -408,9 +445,17 @@ impl Watched {
         if self.activity.requests.load(Ordering::Relaxed) == 0 {
             return Some(self.activity.opened + self.header_timeout);
         }
-        let idle_since = self.activity.opened
-            + Duration::from_millis(self.activity.idle_since_ms.load(Ordering::Relaxed));
-        Some(idle_since.max(self.last_read) + self.idle_timeout)
+        let mark = self.activity.idle_since_ms.load(Ordering::Relaxed);
+        let idle_since = self.activity.opened + Duration::from_millis(mark);
+        let idle_deadline = idle_since + self.idle_timeout;
+        Some(match self.first_read {
+            // A next request has started arriving: it gets the header timeout, and never
+            // less than the idle timeout would have left it.
+            Some((read_mark, at)) if read_mark == mark => {
+                idle_deadline.max(at + self.header_timeout)
+            }
+            _ => idle_deadline,
+        })
     }
 }
 
@@ -425,7 +470,13 @@ impl AsyncRead for Watched {
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(result) => {
                 if buf.filled().len() > before {
-                    this.last_read = Instant::now();
+                    let mark = this.activity.idle_since_ms.load(Ordering::Relaxed);
+                    if this
+                        .first_read
+                        .is_none_or(|(read_mark, _)| read_mark != mark)
+                    {
+                        this.first_read = Some((mark, Instant::now()));
+                    }
                 }
                 return Poll::Ready(result);
             }
@@ -503,6 +554,17 @@ mod tests {
         assert_eq!(default_per_client(big.gateway), 1000);
         assert_eq!(default_per_client(128), 64);
         assert_eq!(default_per_client(1), 1);
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(client_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]

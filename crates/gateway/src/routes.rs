@@ -81,6 +81,13 @@ impl AsyncRefusal {
 /// Queues async invocations durably (the node's event journal). Called on the blocking
 /// pool; Ok means the invocation will run at least once.
 pub trait AsyncSink: Send + Sync {
+    /// Refuses what can be refused from the head alone (a callback the service does not
+    /// allow), before the body is read.
+    fn check(&self, callback: Option<&str>) -> Result<(), AsyncRefusal> {
+        let _ = callback;
+        Ok(())
+    }
+
     fn enqueue(&self, request: AsyncRequest) -> Result<AsyncAccepted, AsyncRefusal>;
 }
 

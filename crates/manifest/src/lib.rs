@@ -48,7 +48,7 @@ pub const MAX_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_ASYNC_RATE: u32 = 100;
 /// Largest `async.rate` accepted.
 pub const MAX_ASYNC_RATE: u32 = 100_000;
-/// Default of `async.stored`: bytes one service's queued invocations and dead letters
+/// Default of `async.stored`: bytes one service's queued (not yet finished) invocations
 /// may hold on a node.
 pub const DEFAULT_ASYNC_STORED: u64 = 64 * 1024 * 1024;
 /// Bounds of `async.stored`: at least one largest async body, at most 64 GiB.
@@ -234,7 +234,7 @@ pub struct Scaling {
     /// Async invocations accepted per second (`[services.NAME.async] rate`); a burst of
     /// one second's worth is allowed, more are answered `503` with `Retry-After`.
     pub async_rate: u32,
-    /// Bytes the service's queued async invocations and dead letters may hold
+    /// Bytes the service's queued async invocations may hold
     /// (`[services.NAME.async] stored`); past it async requests are answered `507`.
     pub async_stored: u64,
 }

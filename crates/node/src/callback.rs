@@ -47,7 +47,7 @@ pub enum CallbackRefused {
     NotAllowed { service: String, origin: String },
     #[error("callback host `{host}` cannot be resolved: {error}")]
     Unresolvable { host: String, error: String },
-    #[error("callback host `{host}` resolves only to refused addresses ({addresses})")]
+    #[error("callback host `{host}` resolves to refused addresses ({addresses})")]
     Refused { host: String, addresses: String },
 }
 
@@ -112,15 +112,20 @@ fn is_private(ip: IpAddr) -> bool {
                 // IETF protocol assignments and benchmarking networks.
                 || (a == 192 && b == 0 && v4.octets()[2] == 0)
                 || (a == 198 && (18..20).contains(&b))
+                // Reserved 240.0.0.0/4.
+                || a >= 240
         }
         IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
+            let s = v6.segments();
             v6.is_loopback()
-                // Unique local fc00::/7 and link-local fe80::/10.
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                // NAT64 and IPv4-compatible forms can reach IPv4 private space.
-                || (first == 0x0064 && v6.segments()[1] == 0xff9b)
+                // Unique local fc00::/7, link-local fe80::/10, old site-local fec0::/10.
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                // NAT64 (64:ff9b::/96, 64:ff9b:1::/48) and IPv4-compatible ::a.b.c.d
+                // forms can reach IPv4 private space.
+                || (s[0] == 0x0064 && s[1] == 0xff9b)
+                || s[..6] == [0; 6]
                 || v6 == Ipv6Addr::UNSPECIFIED
         }
     }
@@ -144,17 +149,20 @@ async fn resolve(
             })?
             .collect(),
     };
-    let (allowed, refused): (Vec<_>, Vec<_>) = candidates
-        .into_iter()
-        .partition(|addr| check_address(*addr, policy).is_ok());
-    if allowed.is_empty() {
+    let mut allowed = Vec::new();
+    let mut refused = Vec::new();
+    for addr in candidates {
+        match check_address(addr, policy) {
+            Ok(()) => allowed.push(addr),
+            Err(reason) => refused.push(reason),
+        }
+    }
+    // One refused address refuses the callback: a name that also points into the node's
+    // network is not one to call.
+    if allowed.is_empty() || !refused.is_empty() {
         return Err(CallbackRefused::Refused {
             host,
-            addresses: refused
-                .iter()
-                .map(|a| check_address(*a, policy).unwrap_err())
-                .collect::<Vec<_>>()
-                .join("; "),
+            addresses: refused.join("; "),
         });
     }
     Ok(allowed)
@@ -253,6 +261,10 @@ mod tests {
             "[::ffff:127.0.0.1]:80",
             "[::ffff:10.0.0.1]:80",
             "[64:ff9b::a00:1]:80",
+            "[64:ff9b:1::1]:80",
+            "[::10.0.0.1]:80",
+            "[fec0::1]:80",
+            "240.0.0.1:80",
             "224.0.0.1:80",
             "255.255.255.255:80",
         ] {

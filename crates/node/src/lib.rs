@@ -906,19 +906,26 @@ struct AsyncQueue {
 }
 
 impl tessera_gateway::AsyncSink for AsyncQueue {
+    fn check(&self, callback: Option<&str>) -> Result<(), AsyncRefusal> {
+        match callback {
+            Some(url) => {
+                callback::check_allowed(url, &self.service, &self.callbacks).map_err(|refused| {
+                    AsyncRefusal::new(
+                        http::StatusCode::FORBIDDEN,
+                        "callback_not_allowed",
+                        refused.to_string(),
+                    )
+                })
+            }
+            None => Ok(()),
+        }
+    }
+
     fn enqueue(
         &self,
         request: tessera_gateway::AsyncRequest,
     ) -> Result<tessera_gateway::AsyncAccepted, AsyncRefusal> {
-        if let Some(url) = &request.callback {
-            callback::check_allowed(url, &self.service, &self.callbacks).map_err(|refused| {
-                AsyncRefusal::new(
-                    http::StatusCode::FORBIDDEN,
-                    "callback_not_allowed",
-                    refused.to_string(),
-                )
-            })?;
-        }
+        self.check(request.callback.as_deref())?;
         let size = request.body.len()
             + request
                 .headers

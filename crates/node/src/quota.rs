@@ -1,10 +1,13 @@
 //! Each service's quotas on async invocations, which outside clients can create at will and
 //! which the node stores until they run: a rate (a token bucket holding one second's
-//! worth) and the bytes its queued invocations and dead letters hold in the journal.
+//! worth) and the bytes its queued invocations hold in the journal (dead letters are
+//! bounded by the journal's own retention, so failing invocations cannot lock a service
+//! out of new ones).
 //!
-//! The stored bytes are measured in the journal at most every [`MEASURE_EVERY`]; between
-//! measurements what was admitted since is added on, so the estimate never falls below the
-//! truth by more than what finished meanwhile (it errs towards refusing).
+//! The stored bytes are measured in the journal at most every [`MEASURE_EVERY`]. The
+//! estimate is that measurement, plus what was stored since it, plus what is admitted and
+//! still being stored (a measurement may or may not see those, so they are always added):
+//! it errs towards refusing, never towards admitting more than fits.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -21,7 +24,7 @@ const MEASURE_EVERY: Duration = Duration::from_millis(250);
 pub(crate) struct QuotaSettings {
     /// Invocations accepted per second.
     pub(crate) rate: u32,
-    /// Bytes of queued invocations and dead letters.
+    /// Bytes of queued invocations.
     pub(crate) stored: u64,
 }
 
@@ -35,8 +38,10 @@ struct State {
     refilled: Instant,
     /// The journal's count and when it was taken.
     measured: Option<(Instant, u64)>,
-    /// Bytes admitted since the measurement.
-    admitted: u64,
+    /// Bytes stored (committed) since the measurement.
+    stored_since: u64,
+    /// Bytes admitted and not yet stored or given back.
+    in_flight: u64,
 }
 
 /// Why an invocation was not admitted.
@@ -64,7 +69,7 @@ impl QuotaRefusal {
                 StatusCode::INSUFFICIENT_STORAGE,
                 "quota_exceeded",
                 format!(
-                    "service `{service}`'s queued invocations and dead letters hold {used} bytes; \
+                    "service `{service}`'s queued async invocations hold {used} bytes; \
                      {size} more would pass its `async.stored` quota of {limit} bytes"
                 ),
             ),
@@ -85,7 +90,8 @@ impl AsyncQuota {
                 tokens: f64::from(settings.rate),
                 refilled: Instant::now(),
                 measured: None,
-                admitted: 0,
+                stored_since: 0,
+                in_flight: 0,
             }),
         }
     }
@@ -115,11 +121,13 @@ impl AsyncQuota {
             None => {
                 let bytes = measure().map_err(QuotaRefusal::Journal)?;
                 state.measured = Some((now, bytes));
-                state.admitted = 0;
+                state.stored_since = 0;
                 bytes
             }
         };
-        let used = measured.saturating_add(state.admitted);
+        let used = measured
+            .saturating_add(state.stored_since)
+            .saturating_add(state.in_flight);
         if used.saturating_add(size) > self.settings.stored {
             return Err(QuotaRefusal::Stored {
                 used,
@@ -138,7 +146,7 @@ impl AsyncQuota {
             });
         }
         state.tokens -= 1.0;
-        state.admitted = state.admitted.saturating_add(size);
+        state.in_flight = state.in_flight.saturating_add(size);
         Ok(Reservation {
             quota: self.clone(),
             size,
@@ -155,17 +163,18 @@ pub(crate) struct Reservation {
 }
 
 impl Reservation {
+    /// The invocation is stored: its bytes count as stored until the next measurement.
     pub(crate) fn commit(mut self) {
         self.committed = true;
+        let mut state = self.quota.lock();
+        state.stored_since = state.stored_since.saturating_add(self.size);
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if !self.committed {
-            let mut state = self.quota.lock();
-            state.admitted = state.admitted.saturating_sub(self.size);
-        }
+        let mut state = self.quota.lock();
+        state.in_flight = state.in_flight.saturating_sub(self.size);
     }
 }
 
@@ -196,7 +205,7 @@ mod tests {
     fn stored_bytes_count_what_was_admitted_since_the_last_measurement() {
         let q = quota(1000, 100);
         q.admit(40, || Ok(30)).unwrap().commit();
-        // Measured 30 a moment ago, 40 admitted since: 30 more do not fit.
+        // Measured 30 a moment ago, 40 stored since: 31 more do not fit.
         assert!(matches!(
             q.admit(31, || panic!("measured again too soon")),
             Err(QuotaRefusal::Stored {
@@ -208,6 +217,20 @@ mod tests {
         // An invocation that was never stored gives its bytes back.
         drop(q.admit(30, || Ok(0)).unwrap());
         q.admit(30, || Ok(0)).unwrap().commit();
+    }
+
+    #[test]
+    fn invocations_still_being_stored_count_across_a_new_measurement() {
+        let q = quota(1000, 100);
+        let pending = q.admit(60, || Ok(0)).unwrap();
+        // A fresh measurement that cannot see the pending 60 yet.
+        q.lock().measured = None;
+        assert!(matches!(
+            q.admit(50, || Ok(0)),
+            Err(QuotaRefusal::Stored { used: 60, .. })
+        ));
+        drop(pending);
+        q.admit(50, || Ok(0)).unwrap().commit();
     }
 
     #[test]

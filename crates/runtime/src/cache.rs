@@ -153,9 +153,15 @@ impl CompileCache {
     fn write_atomically(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("entry");
         let tmp = self.dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        let written = std::fs::File::create(&tmp).and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        });
+        let result = written.and_then(|()| std::fs::rename(&tmp, path));
+        if result.is_err() {
+            // A full disk must not leave half-written entries behind to pile up.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
     }
 }

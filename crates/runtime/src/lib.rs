@@ -72,8 +72,8 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// The default budget for running instances' memory: half of the machine's memory (or
-/// 4 GiB where it cannot be read).
+/// The default budget for running instances' memory: half of the memory the process may
+/// use (the machine's, or its cgroup's limit when lower; 4 GiB where neither can be read).
 pub fn default_instance_memory() -> u64 {
     let total = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -82,7 +82,24 @@ pub fn default_instance_memory() -> u64 {
             let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
             Some(kib * 1024)
         });
-    total.map_or(4 << 30, |bytes| bytes / 2)
+    // cgroup v2, then v1; "max" (no limit) does not parse.
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|path| {
+        std::fs::read_to_string(path)
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    });
+    let limit = match (total, cgroup) {
+        (Some(t), Some(c)) => Some(t.min(c)),
+        (t, c) => t.or(c),
+    };
+    limit.map_or(4 << 30, |bytes| bytes / 2)
 }
 
 /// What the runtime needs to know about one service.

@@ -13,11 +13,15 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 
 /// Whether `addr` reaches one of `listeners`: the same address, or a listener on the
 /// unspecified address and `addr` one of this host's (which binding to it proves).
+///
+/// Connecting to the unspecified address (`0.0.0.0`, `::`) reaches this host, so it
+/// matches every listener on its port.
 pub fn is_own_listener(addr: SocketAddr, listeners: &[SocketAddr]) -> bool {
     let ip = canonical(addr.ip());
     listeners.iter().any(|listener| {
         listener.port() == addr.port()
             && (canonical(listener.ip()) == ip
+                || ip.is_unspecified()
                 || (listener.ip().is_unspecified() && is_local_address(ip)))
     })
 }
@@ -43,6 +47,8 @@ mod tests {
             "[::ffff:127.0.0.1]:3001",
             "127.0.0.1:3000",
             "127.0.0.2:3000",
+            "0.0.0.0:3001",
+            "[::]:3001",
         ] {
             assert!(is_own_listener(reached.parse().unwrap(), &own), "{reached}");
         }

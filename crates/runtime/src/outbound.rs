@@ -66,7 +66,9 @@ impl OutboundPolicy {
     }
 }
 
-/// Whether any address `host:port` resolves to is one of the node's listeners.
+/// Whether any address `host:port` resolves to is one of the node's listeners. A name
+/// that does not resolve counts as reaching one: the request's own lookup, a moment later,
+/// must not be the first to see an answer.
 async fn reaches_own_listener(host: &str, port: u16, own: &[SocketAddr]) -> bool {
     if own.is_empty() {
         return false;
@@ -75,8 +77,7 @@ async fn reaches_own_listener(host: &str, port: u16, own: &[SocketAddr]) -> bool
         Ok(ip) => crate::net::is_own_listener(SocketAddr::new(ip, port), own),
         Err(_) => match tokio::net::lookup_host((host, port)).await {
             Ok(mut addrs) => addrs.any(|addr| crate::net::is_own_listener(addr, own)),
-            // The request itself will fail to resolve and say so.
-            Err(_) => false,
+            Err(_) => true,
         },
     }
 }

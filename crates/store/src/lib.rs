@@ -73,7 +73,7 @@ pub struct ScalingConfig {
     pub idle_ms: Option<u64>,
     /// Async invocations accepted per second.
     pub async_rate: u32,
-    /// Bytes the service's queued async invocations and dead letters may hold.
+    /// Bytes the service's queued async invocations may hold.
     pub async_stored: u64,
 }
 

@@ -13,7 +13,8 @@
 //! Retention: payloads are stored once per message and deleted when no delivery refers to
 //! them any more. Dead letters are kept until re-driven, for at most
 //! [`JournalConfig::dead_letter_retention`] (7 days by default) and, per subscription, the
-//! newest [`JournalConfig::max_dead_letters`] (10,000 by default). A succeeded delivery, with its
+//! newest [`JournalConfig::max_dead_letters`] (10,000 by default) that fit in
+//! [`JournalConfig::max_dead_letter_bytes`] (64 MiB by default). A succeeded delivery, with its
 //! last outcome, stays queryable through [`Journal::status`] for
 //! [`JournalConfig::result_retention`] (24 h by default) unless more than
 //! [`JournalConfig::max_results`] (10,000 by default) newer results of the same
@@ -51,6 +52,9 @@ pub struct JournalConfig {
     pub dead_letter_retention: Duration,
     /// Most dead letters kept per subscription; older ones are dropped first.
     pub max_dead_letters: u64,
+    /// Most bytes (payload and attributes) of dead letters kept per subscription; older
+    /// ones are dropped first.
+    pub max_dead_letter_bytes: u64,
     /// How often finished deliveries are pruned.
     pub prune_interval: Duration,
     /// Most requests committed together in one transaction.
@@ -64,6 +68,7 @@ impl Default for JournalConfig {
             max_results: 10_000,
             dead_letter_retention: Duration::from_secs(7 * 24 * 60 * 60),
             max_dead_letters: 10_000,
+            max_dead_letter_bytes: 64 << 20,
             prune_interval: Duration::from_secs(10),
             max_group: 1024,
         }
@@ -328,11 +333,9 @@ impl Journal for EmbeddedJournal {
                 "SELECT COALESCE(SUM(length(m.data) + COALESCE(length(m.attributes), 0)), 0)
              FROM deliveries d JOIN messages m ON m.seq = d.message
              WHERE d.sub = (SELECT num FROM subscriptions WHERE id = ?1)
-               AND d.state IN (?2, ?3)",
+               AND d.state = ?2",
             )?
-            .query_row(params![subscription, schema::ACTIVE, DEAD], |row| {
-                row.get(0)
-            })?;
+            .query_row(params![subscription, schema::ACTIVE], |row| row.get(0))?;
         Ok(u64::try_from(bytes).unwrap_or(0))
     }
 

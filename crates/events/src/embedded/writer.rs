@@ -501,6 +501,41 @@ fn prune_finished(
     Ok(())
 }
 
+/// Deletes a subscription's oldest dead letters until the rest hold at most `keep` bytes.
+fn prune_dead_bytes(
+    tx: &rusqlite::Transaction<'_>,
+    sub: i64,
+    keep: u64,
+    freed: &mut Vec<i64>,
+) -> rusqlite::Result<()> {
+    // The newest dead letter that no longer fits, counting from the newest.
+    let boundary: Option<(i64, i64)> = tx
+        .prepare_cached(
+            "SELECT next_at, rid FROM (
+                SELECT d.next_at, d.rowid AS rid,
+                       SUM(length(m.data) + COALESCE(length(m.attributes), 0))
+                         OVER (ORDER BY d.next_at DESC, d.rowid DESC) AS total
+                FROM deliveries d JOIN messages m ON m.seq = d.message
+                WHERE d.sub = ?1 AND d.state = ?2)
+             WHERE total > ?3 ORDER BY next_at DESC, rid DESC LIMIT 1",
+        )?
+        .query_row(
+            params![sub, DEAD, i64::try_from(keep).unwrap_or(i64::MAX)],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    if let Some((next_at, rowid)) = boundary {
+        let mut excess = tx.prepare_cached(
+            "DELETE FROM deliveries WHERE sub = ?1 AND state = ?2
+               AND (next_at < ?3 OR (next_at = ?3 AND rowid <= ?4)) RETURNING message",
+        )?;
+        for message in excess.query_map(params![sub, DEAD, next_at, rowid], |row| row.get(0))? {
+            freed.push(message?);
+        }
+    }
+    Ok(())
+}
+
 /// Forgets finished deliveries past their retention, and messages nothing refers to any
 /// more. Returns how many deliveries were removed.
 ///
@@ -530,6 +565,7 @@ pub(super) fn prune(
         ] {
             prune_finished(&tx, sub, state, cutoff, keep, &mut freed)?;
         }
+        prune_dead_bytes(&tx, sub, config.max_dead_letter_bytes, &mut freed)?;
     }
     {
         let mut release =

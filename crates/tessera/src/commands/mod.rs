@@ -175,7 +175,7 @@ pub struct ListenArgs {
     idle_timeout: std::time::Duration,
     /// Let async-invocation callbacks reach loopback, private and link-local addresses
     /// (development; the node's own listeners stay refused).
-    #[arg(long, env = "TESSERA_ALLOW_PRIVATE_CALLBACKS")]
+    #[arg(long, env = "TESSERA_ALLOW_PRIVATE_CALLBACKS", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_private_callbacks: bool,
 }
 

@@ -186,18 +186,22 @@ routes = ["/slow"]
     );
     let node = Node::up(
         app.path(),
-        &["--idle-timeout", "1s", "--header-timeout", "1s"],
+        &["--idle-timeout", "3s", "--header-timeout", "1s"],
     );
     let mut stream = TcpStream::connect(node.addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    for _ in 0..2 {
+    for round in 0..2 {
+        if round == 1 {
+            // Idle longer than the header timeout, shorter than the idle timeout: kept.
+            std::thread::sleep(Duration::from_secs(2));
+        }
         // Each request runs for longer than the idle timeout; the connection stays.
-        write!(stream, "GET /slow?ms=2500 HTTP/1.1\r\nhost: test\r\n\r\n").unwrap();
+        write!(stream, "GET /slow?ms=3500 HTTP/1.1\r\nhost: test\r\n\r\n").unwrap();
         let mut buffer = [0u8; 4096];
         let mut text = String::new();
-        while !text.contains("slept 2500 ms") {
+        while !text.contains("slept 3500 ms") {
             let n = stream.read(&mut buffer).unwrap();
             assert!(n > 0, "the connection was closed during a request: {text}");
             text.push_str(&String::from_utf8_lossy(&buffer[..n]));
@@ -208,10 +212,10 @@ routes = ["/slow"]
     let started = Instant::now();
     let mut rest = Vec::new();
     let _ = stream.read_to_end(&mut rest);
+    let waited = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
+        waited > Duration::from_millis(2500) && waited < Duration::from_secs(6),
+        "{waited:?}"
     );
 }
 
@@ -461,7 +465,6 @@ async fn forged_event_headers_from_outside_clients_never_reach_the_guest() {
         .header("ce-type", "dev.tessera.cron.tick")
         .header("ce-source", "/apps/hard")
         .header("x-tessera-attempt", "9")
-        .header("x-tessera-caller", "billing")
         .body("payload")
         .send()
         .await
@@ -528,7 +531,7 @@ component = "{guest:slow}"
 routes = ["/limited"]
 
 [services.limited.async]
-rate = 2
+rate = 1
 "#;
 
 fn file_size(path: &Path) -> u64 {
@@ -579,7 +582,7 @@ async fn async_requests_past_the_rate_are_refused_with_retry_after() {
     let app = App::new(QUOTA);
     let node = app.up();
     let mut statuses = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..2 {
         let r = client()
             .post(node.url("/limited?ms=1"))
             .header("x-tessera-async", "1")
@@ -592,8 +595,8 @@ async fn async_requests_past_the_rate_are_refused_with_retry_after() {
             assert_eq!(error_code(r).await, "rate_limited");
         }
     }
-    assert_eq!(statuses, [202, 202, 503]);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(statuses, [202, 503]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = client()
         .post(node.url("/limited?ms=1"))
         .header("x-tessera-async", "1")
@@ -813,24 +816,21 @@ timeout = "60s"
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let printed: usize = {
-        let text = node.stdout.text();
-        text.len()
-    };
+    // What the node passed on, once its output has settled.
+    let mut printed = 0;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = node.stdout.text().len();
+        if now == printed {
+            break;
+        }
+        printed = now;
+    }
+    assert!(printed > 1 << 20, "the node printed only {printed} bytes");
     assert!(printed < 12 << 20, "the node printed {printed} bytes");
-    let r = client()
-        .get(node.url("/slow?ms=1100&print_mb=1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
     assert!(
         node.stdout
-            .wait_for(
-                "of this service's output were dropped",
-                Duration::from_secs(5)
-            )
-            .is_some()
+            .contains("of this service's output were dropped")
     );
 }
 
@@ -874,7 +874,25 @@ async fn uploads_are_streamed_and_refused_early_instead_of_buffered() {
             Err(e) => panic!("{e}"),
         }
     };
-    // Not a component: refused at its first bytes, however large it claims to be.
+    // Not a component: refused at its first bytes, however large it claims to be. The
+    // answer comes while the client has sent 16 bytes of the 100 MB it announced.
+    let mut stream = TcpStream::connect(node.admin.unwrap()).unwrap();
+    write!(
+        stream,
+        "PUT /v1/artifacts/{address} HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {TOKEN}\r\n\
+         content-length: 104857600\r\n\r\njunk, then more.."
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = [0u8; 512];
+    let n = stream
+        .read(&mut answer)
+        .expect("an answer before the body was sent");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 422"), "{answer}");
+    assert!(answer.contains("invalid_component"), "{answer}");
     let r = upload(reqwest::Body::from("junk, and nothing more")).await;
     assert_eq!(
         refused_with(r).await,
