@@ -130,9 +130,36 @@ pub fn init_logging() {
 const MIN_TOKEN: usize = 16;
 const GOOD_TOKEN: usize = 32;
 
+/// What the control API does when `TESSERA_TOKEN` is not set.
+pub enum WithoutToken {
+    /// Open on a loopback admin address (`up`, and `serve --dev`), refused elsewhere.
+    OpenOnLoopback,
+    /// Refused: the node must have a token (`serve`).
+    Refuse,
+}
+
+/// The control API's authentication, from `TESSERA_TOKEN` and where the admin listener is;
+/// checked before anything binds.
+pub fn control_auth(
+    admin: std::net::SocketAddr,
+    without: WithoutToken,
+) -> anyhow::Result<tessera_api::Auth> {
+    use tessera_api::Auth;
+    match (control_token()?, without) {
+        (Some(token), _) => Ok(Auth::Token(token.into())),
+        (None, WithoutToken::OpenOnLoopback) if admin.ip().is_loopback() => Ok(Auth::Open),
+        (None, WithoutToken::OpenOnLoopback) => anyhow::bail!(
+            "without TESSERA_TOKEN the control API is open only on a loopback admin address, not {admin}: set TESSERA_TOKEN"
+        ),
+        (None, WithoutToken::Refuse) => anyhow::bail!(
+            "set TESSERA_TOKEN to protect the control API (or pass --dev on a loopback admin address)"
+        ),
+    }
+}
+
 /// `TESSERA_TOKEN`, if set: refused when shorter than 16 bytes (guessable), warned about
 /// when shorter than 32.
-pub fn control_token() -> anyhow::Result<Option<String>> {
+fn control_token() -> anyhow::Result<Option<String>> {
     let Some(token) = std::env::var("TESSERA_TOKEN")
         .ok()
         .filter(|t| !t.is_empty())

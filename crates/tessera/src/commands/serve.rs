@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use tessera_api::Auth;
 use tessera_gateway::{GatewayConfig, ListenerConfig};
@@ -45,20 +45,14 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (gateway, admin) = args.connections.configs(Duration::from_secs(30))?;
     let allow_private_callbacks = args.connections.allow_private_callbacks;
-    let token = super::control_token()?;
-    let auth = match (token, args.dev) {
-        (Some(token), _) => Auth::Token(token.into()),
-        (None, true) if args.admin.ip().is_loopback() => Auth::Open,
-        (None, true) => bail!(
-            "--dev allows the control API without a token only on a loopback admin address, not {}",
-            args.admin
-        ),
-        (None, false) => {
-            bail!(
-                "set TESSERA_TOKEN to protect the control API (or pass --dev on a loopback admin address)"
-            )
-        }
-    };
+    let auth = super::control_auth(
+        args.admin,
+        if args.dev {
+            super::WithoutToken::OpenOnLoopback
+        } else {
+            super::WithoutToken::Refuse
+        },
+    )?;
     let telemetry = Telemetry::new(TelemetryConfig::default());
     let node = Node::open(
         &args.data,

@@ -7,9 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
-use tessera_api::Auth;
 use tessera_node::Node;
 use tessera_runtime::{RuntimeConfig, TerminalLog};
 use tessera_store::DeployOptions;
@@ -60,15 +59,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     // Everything that can be wrong with the app is checked before a socket is bound.
     let manifest = tessera_manifest::load(&args.dir)?;
-    let token = super::control_token()?;
-    let auth = match token {
-        Some(token) => Auth::Token(token.into()),
-        None if args.admin.ip().is_loopback() => Auth::Open,
-        None => bail!(
-            "set TESSERA_TOKEN to expose the control API on the non-loopback address {}",
-            args.admin
-        ),
-    };
+    let auth = super::control_auth(args.admin, super::WithoutToken::OpenOnLoopback)?;
     let app_dir = manifest
         .path
         .parent()
