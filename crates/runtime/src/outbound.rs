@@ -149,7 +149,7 @@ impl WasiHttpHooks for OutboundPolicy {
                 None => Box::new(async { Err(HttpError::HttpRequestDenied) }),
             };
         }
-        let own = self.own.get().cloned().unwrap_or_default();
+        let own = self.own.clone();
         let service = self.service.clone();
         let options = options.unwrap_or_default();
         let options = RequestOptions {
@@ -163,7 +163,9 @@ impl WasiHttpHooks for OutboundPolicy {
         };
         Box::new(async move {
             use http_body_util::BodyExt;
-            if reaches_own_listener(&to.host, to.port, &own).await {
+            if reaches_own_listener(&to.host, to.port, own.get().map_or(&[][..], Vec::as_slice))
+                .await
+            {
                 tracing::warn!(service = %service, uri = %request.uri(), "outbound request denied: it would reach this node's own listener");
                 return Err(HttpError::HttpRequestDenied);
             }

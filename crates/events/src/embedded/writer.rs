@@ -489,16 +489,7 @@ fn prune_finished(
             |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .optional()?;
-    if let Some((next_at, rowid)) = boundary {
-        let mut excess = tx.prepare_cached(
-            "DELETE FROM deliveries WHERE sub = ?1 AND state = ?2
-               AND (next_at < ?3 OR (next_at = ?3 AND rowid <= ?4)) RETURNING message",
-        )?;
-        for message in excess.query_map(params![sub, state, next_at, rowid], |row| row.get(0))? {
-            freed.push(message?);
-        }
-    }
-    Ok(())
+    delete_through(tx, sub, state, boundary, freed)
 }
 
 /// Deletes a subscription's oldest dead letters until the rest hold at most `keep` bytes.
@@ -524,14 +515,27 @@ fn prune_dead_bytes(
             |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .optional()?;
-    if let Some((next_at, rowid)) = boundary {
-        let mut excess = tx.prepare_cached(
-            "DELETE FROM deliveries WHERE sub = ?1 AND state = ?2
-               AND (next_at < ?3 OR (next_at = ?3 AND rowid <= ?4)) RETURNING message",
-        )?;
-        for message in excess.query_map(params![sub, DEAD, next_at, rowid], |row| row.get(0))? {
-            freed.push(message?);
-        }
+    delete_through(tx, sub, DEAD, boundary, freed)
+}
+
+/// Deletes a subscription's deliveries in `state` up to and including `boundary` (a
+/// `(next_at, rowid)` position, oldest first), collecting the messages they referred to.
+fn delete_through(
+    tx: &rusqlite::Transaction<'_>,
+    sub: i64,
+    state: i64,
+    boundary: Option<(i64, i64)>,
+    freed: &mut Vec<i64>,
+) -> rusqlite::Result<()> {
+    let Some((next_at, rowid)) = boundary else {
+        return Ok(());
+    };
+    let mut excess = tx.prepare_cached(
+        "DELETE FROM deliveries WHERE sub = ?1 AND state = ?2
+           AND (next_at < ?3 OR (next_at = ?3 AND rowid <= ?4)) RETURNING message",
+    )?;
+    for message in excess.query_map(params![sub, state, next_at, rowid], |row| row.get(0))? {
+        freed.push(message?);
     }
     Ok(())
 }
