@@ -16,7 +16,7 @@
 //!
 //! # Backends
 //!
-//! [`EmbeddedData`] keeps one SQLite database per service, `<root>/<app>/<service>.db`,
+//! This crate names no backend. `tessera_embedded::EmbeddedData` keeps one SQLite database per service, `<root>/<app>/<service>.db`,
 //! holding both the key-value data (in a table reserved for Tessera) and the service's
 //! own tables. Guest SQL runs under an authorizer that fences it into its own tables.
 //!
@@ -38,12 +38,8 @@
 
 pub mod limits;
 
-mod embedded;
-
 use std::sync::Arc;
 use std::time::Instant;
-
-pub use embedded::EmbeddedData;
 
 /// Longest key, in bytes of UTF-8. Keys must also be non-empty.
 pub const MAX_KEY_BYTES: usize = 1024;

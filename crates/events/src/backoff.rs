@@ -14,7 +14,7 @@ pub fn retry_delay(attempt: u32, backoff: Duration, max_backoff: Duration) -> Du
 
 /// A delay drawn uniformly from `[delay/2, delay]`, so consumers that failed together do
 /// not all retry at the same moment.
-pub(crate) fn jitter(delay: Duration) -> Duration {
+pub fn jitter(delay: Duration) -> Duration {
     let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(fastrand::u64(ms / 2..=ms))
 }

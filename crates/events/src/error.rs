@@ -1,17 +1,13 @@
 //! The one error type of the events crate.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// What went wrong in a journal, the dispatcher or the cron scheduler.
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
     /// The journal file could not be opened or prepared.
-    #[error("cannot open event journal {}: {source}", path.display())]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    #[error("cannot open event journal {}: {message}", path.display())]
+    Open { path: PathBuf, message: String },
     /// The journal file was written by a build with another schema.
     #[error("event journal {} has schema version {found}, this build understands {supported}", path.display())]
     Schema {
@@ -22,12 +18,16 @@ pub enum EventError {
     /// The journal's writer thread could not be started.
     #[error("cannot start the event journal writer: {0}")]
     Thread(std::io::Error),
-    /// A statement failed.
-    #[error("event journal: {0}")]
-    Storage(#[from] rusqlite::Error),
+    /// The backend's storage failed; the message is the backend's own.
+    #[error("event journal: {message}")]
+    Storage {
+        message: String,
+        /// The disk (or its quota) is full: nothing was stored.
+        disk_full: bool,
+    },
     /// A group of writes could not be committed; every write of the group fails with it.
-    #[error("event journal commit failed: {0}")]
-    Commit(Arc<rusqlite::Error>),
+    #[error("event journal commit failed: {message}")]
+    Commit { message: String, disk_full: bool },
     /// The journal has been closed.
     #[error("the event journal is closed")]
     Closed,
@@ -53,11 +53,15 @@ impl EventError {
     /// Whether the journal's disk (or its quota) is full: the write was refused, nothing
     /// was stored, and retrying only helps once space is freed.
     pub fn is_disk_full(&self) -> bool {
-        let sqlite = match self {
-            EventError::Storage(e) => e,
-            EventError::Commit(e) => e.as_ref(),
-            _ => return false,
-        };
-        matches!(sqlite, rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::DiskFull)
+        matches!(
+            self,
+            EventError::Storage {
+                disk_full: true,
+                ..
+            } | EventError::Commit {
+                disk_full: true,
+                ..
+            }
+        )
     }
 }

@@ -14,10 +14,10 @@
 //!
 //! # Journals
 //!
-//! [`Journal`] is the seam between delivery semantics and storage. [`EmbeddedJournal`]
-//! keeps everything in one SQLite file (group-committed, fsync'd). A cluster backend on
-//! NATS JetStream is planned behind the same trait, which is why it is shaped the way it
-//! is:
+//! [`Journal`] is the seam between delivery semantics and storage; this crate names no
+//! backend. `tessera_embedded::EmbeddedJournal` keeps everything in one SQLite file
+//! (group-committed, fsync'd). A cluster backend on NATS JetStream is planned behind the
+//! same trait, which is why it is shaped the way it is:
 //!
 //! - publishing is to a topic of an app, idempotent by message id (JetStream's
 //!   `Nats-Msg-Id` deduplication), and a message id is stable across retries, so it can
@@ -45,17 +45,15 @@
 mod backoff;
 mod cron;
 mod dispatcher;
-mod embedded;
 mod error;
-#[cfg(test)]
-mod tests;
 
 use std::time::{Duration, SystemTime};
 
-pub use backoff::retry_delay;
-pub use cron::{CronScheduler, CronSpec, MissedTicks, OnFire, Schedule, TICK_KIND, TICK_SOURCE};
+pub use backoff::{jitter, retry_delay};
+pub use cron::{
+    CronScheduler, CronSpec, MissedTicks, OnFire, Schedule, TICK_KIND, TICK_SOURCE, tick_message,
+};
 pub use dispatcher::{Dispatcher, DispatcherConfig, Invoker};
-pub use embedded::{EmbeddedJournal, JournalConfig};
 pub use error::EventError;
 
 /// Longest message id, in bytes.
@@ -150,7 +148,7 @@ impl SubscriptionSpec {
 }
 
 /// Checks a set of subscriptions: each valid, ids unique.
-pub(crate) fn validate_subscriptions(subs: &[SubscriptionSpec]) -> Result<(), EventError> {
+pub fn validate_subscriptions(subs: &[SubscriptionSpec]) -> Result<(), EventError> {
     let mut seen = std::collections::HashSet::new();
     for sub in subs {
         sub.validate()?;
@@ -230,7 +228,7 @@ impl NewMessage {
 }
 
 /// Checks a message before it is stored.
-pub(crate) fn validate_message(message: &NewMessage) -> Result<(), EventError> {
+pub fn validate_message(message: &NewMessage) -> Result<(), EventError> {
     let invalid = |what: String| Err(EventError::Invalid(what));
     if let Some(id) = &message.id {
         if id.is_empty() {
@@ -533,7 +531,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 /// Milliseconds since the Unix epoch, negative before it.
-pub(crate) fn unix_ms(time: SystemTime) -> i64 {
+pub fn unix_ms(time: SystemTime) -> i64 {
     match time.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
         Err(before) => {
@@ -550,7 +548,7 @@ pub(crate) fn unix_ms(time: SystemTime) -> i64 {
 }
 
 /// The time `ms` milliseconds after (or before) the Unix epoch.
-pub(crate) fn from_unix_ms(ms: i64) -> SystemTime {
+pub fn from_unix_ms(ms: i64) -> SystemTime {
     if ms >= 0 {
         SystemTime::UNIX_EPOCH + Duration::from_millis(ms as u64)
     } else {

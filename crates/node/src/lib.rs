@@ -26,10 +26,10 @@ pub use events::{MAX_RESULT_BODY, async_subscription};
 pub use scaling::{DEFAULT_MEMORY_BUDGET, MEMORY_BUDGET_ENV};
 
 use arc_swap::ArcSwapOption;
-use tessera_data::{DataBackend, DataError, EmbeddedData, Migration, SqlError};
+use tessera_data::{DataBackend, DataError, Migration, SqlError};
+use tessera_embedded::{ControlStore, EmbeddedData, EmbeddedJournal};
 use tessera_events::{
-    DeadLetter, DeliveryStatus, EmbeddedJournal, EventError, Journal, NewMessage, Published,
-    SubscriptionStats,
+    DeadLetter, DeliveryStatus, EventError, Journal, NewMessage, Published, SubscriptionStats,
 };
 use tessera_gateway::{Admission, AsyncRefusal, Backend, Limiter, RouteTable, Routes, Target};
 use tessera_manifest::{Limits, Origin, RoutePrefix};
@@ -38,8 +38,8 @@ use tessera_runtime::{
     ServiceDataAccess,
 };
 use tessera_store::{
-    AppState, ArtifactStore, ControlState, ControlStore, DeployOptions, DeployOutcome, Revision,
-    RevisionConfig, ServiceDeploy, ServiceState, StoreError,
+    AppState, ArtifactStore, ControlState, DeployOptions, DeployOutcome, Revision, RevisionConfig,
+    ServiceDeploy, ServiceState, StoreError,
 };
 use tessera_telemetry::Telemetry;
 

@@ -1,13 +1,11 @@
 //! The narrow seams a node sees: control state and artifacts. The embedded backend
-//! (`ControlStore`, SQLite plus files) implements both; a NATS JetStream backend (KV
+//! (`tessera_embedded::ControlStore`, SQLite plus files) implements both; a NATS JetStream backend (KV
 //! buckets with revision compare-and-set for the state, an object store for artifacts)
 //! will implement the same traits without callers changing.
 
 use std::path::{Path, PathBuf};
 
-use crate::{
-    AppState, ControlStore, DeployOptions, DeployOutcome, ServiceDeploy, ServiceState, StoreError,
-};
+use crate::{AppState, DeployOptions, DeployOutcome, ServiceDeploy, ServiceState, StoreError};
 
 /// Content-addressed component storage.
 pub trait ArtifactStore: Send + Sync {
@@ -63,79 +61,4 @@ pub trait ControlState: Send + Sync {
     fn secret_names(&self, app: &str, service: &str) -> Result<Vec<(String, u64)>, StoreError>;
     fn secrets(&self, app: &str, service: &str) -> Result<Vec<(String, String)>, StoreError>;
     fn purge_secrets(&self, app: &str) -> Result<(), StoreError>;
-}
-
-impl ArtifactStore for ControlStore {
-    fn has_artifact(&self, sha256: &str) -> bool {
-        ControlStore::has_artifact(self, sha256)
-    }
-    fn put_artifact(&self, bytes: &[u8]) -> Result<String, StoreError> {
-        ControlStore::put_artifact(self, bytes)
-    }
-    fn artifact_path(&self, sha256: &str) -> Result<PathBuf, StoreError> {
-        ControlStore::artifact_path(self, sha256)
-    }
-    fn staging_dir(&self) -> PathBuf {
-        ControlStore::staging_dir(self)
-    }
-    fn put_artifact_file(&self, path: &Path, sha256: &str) -> Result<(), StoreError> {
-        ControlStore::put_artifact_file(self, path, sha256)
-    }
-}
-
-impl ControlState for ControlStore {
-    fn apps(&self) -> Result<Vec<AppState>, StoreError> {
-        ControlStore::apps(self)
-    }
-    fn app(&self, name: &str) -> Result<Option<AppState>, StoreError> {
-        ControlStore::app(self, name)
-    }
-    fn deploy(
-        &self,
-        app: &str,
-        services: &[ServiceDeploy],
-        options: &DeployOptions,
-    ) -> Result<DeployOutcome, StoreError> {
-        ControlStore::deploy(self, app, services, options)
-    }
-    fn set_traffic(
-        &self,
-        app: &str,
-        service: &str,
-        weights: &[(u32, u8)],
-    ) -> Result<ServiceState, StoreError> {
-        ControlStore::set_traffic(self, app, service, weights)
-    }
-    fn rollback(
-        &self,
-        app: &str,
-        service: &str,
-        to: Option<u32>,
-    ) -> Result<ServiceState, StoreError> {
-        ControlStore::rollback(self, app, service, to)
-    }
-    fn remove_app(&self, app: &str) -> Result<bool, StoreError> {
-        ControlStore::remove_app(self, app)
-    }
-    fn set_secret(
-        &self,
-        app: &str,
-        service: &str,
-        name: &str,
-        value: &str,
-    ) -> Result<(), StoreError> {
-        ControlStore::set_secret(self, app, service, name, value)
-    }
-    fn delete_secret(&self, app: &str, service: &str, name: &str) -> Result<bool, StoreError> {
-        ControlStore::delete_secret(self, app, service, name)
-    }
-    fn secret_names(&self, app: &str, service: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        ControlStore::secret_names(self, app, service)
-    }
-    fn secrets(&self, app: &str, service: &str) -> Result<Vec<(String, String)>, StoreError> {
-        ControlStore::secrets(self, app, service)
-    }
-    fn purge_secrets(&self, app: &str) -> Result<(), StoreError> {
-        ControlStore::purge_secrets(self, app)
-    }
 }

@@ -4,4 +4,6 @@ mod schedule;
 pub(crate) mod scheduler;
 
 pub use schedule::Schedule;
-pub use scheduler::{CronScheduler, CronSpec, MissedTicks, OnFire, TICK_KIND, TICK_SOURCE};
+pub use scheduler::{
+    CronScheduler, CronSpec, MissedTicks, OnFire, TICK_KIND, TICK_SOURCE, tick_message,
+};

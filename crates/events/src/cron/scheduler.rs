@@ -202,7 +202,7 @@ async fn first_due(journal: &Arc<dyn Journal>, spec: &CronSpec) -> Option<System
 }
 
 /// The message of a tick.
-pub(crate) fn tick_message(spec: &CronSpec, tick: SystemTime) -> NewMessage {
+pub fn tick_message(spec: &CronSpec, tick: SystemTime) -> NewMessage {
     let tick_ms = unix_ms(tick);
     let time = if tick_ms % 1000 == 0 {
         humantime::format_rfc3339_seconds(tick).to_string()

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OpenFlags, params};
-use tessera_data::{DataBackend, EmbeddedData, ServiceData, SqlValue};
+use tessera_data::{DataBackend, ServiceData, SqlValue};
+use tessera_embedded::EmbeddedData;
 
 use super::{
     APP, BACKEND, BENCH_ROWS, OPS, RAW, SERVICE, SQL_INSERT, SQL_QUERY, Summary, VALUE_BYTES,

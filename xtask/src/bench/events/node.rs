@@ -25,16 +25,14 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http_body_util::Full;
-use tessera_data::EmbeddedData;
+use tessera_embedded::{ControlStore, EmbeddedData, EmbeddedJournal};
 use tessera_events::{
-    DeadLetter, Delivery, DeliveryStatus, EmbeddedJournal, EventError, Journal, NewMessage,
-    Outcome, Published, SubscriptionSpec, SubscriptionStats,
+    DeadLetter, Delivery, DeliveryStatus, EventError, Journal, NewMessage, Outcome, Published,
+    SubscriptionSpec, SubscriptionStats,
 };
 use tessera_node::{EVENTS_FILE, Node, SERVICE_DATA_DIR, ServiceRelease};
 use tessera_runtime::{Runtime, RuntimeConfig};
-use tessera_store::{
-    ControlStore, DeployOptions, RevisionConfig, ServiceDeploy, SubscriptionConfig,
-};
+use tessera_store::{DeployOptions, RevisionConfig, ServiceDeploy, SubscriptionConfig};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 

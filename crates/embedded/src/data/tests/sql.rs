@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use super::{backend, sql};
-use crate::{
+use tessera_data::{
     Changes, DataBackend, MAX_BATCH_STATEMENTS, MAX_RESULT_BYTES, MAX_SQL_VALUE_BYTES, Migration,
     SqlDatabase, SqlError, SqlValue, Statement,
 };

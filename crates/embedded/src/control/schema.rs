@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use crate::StoreError;
+use tessera_store::StoreError;
 
 /// The schema, one migration per version: `MIGRATIONS[n]` takes the database from version
 /// `n` to `n + 1`. Migrations are only ever appended, never edited, because databases in

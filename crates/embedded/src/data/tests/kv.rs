@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use super::{backend, kv};
-use crate::{DataBackend, KvError, LIST_PAGE, MAX_BATCH_KEYS, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use tessera_data::{
+    DataBackend, KvError, LIST_PAGE, MAX_BATCH_KEYS, MAX_KEY_BYTES, MAX_VALUE_BYTES,
+};
 
 #[test]
 fn set_get_exists_delete_round_trip() {

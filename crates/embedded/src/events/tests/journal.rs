@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{message, message_with_id, open, open_with, spec};
-use crate::{
-    DeliveryState, EventError, Journal, JournalConfig, NewMessage, Outcome, from_unix_ms, unix_ms,
+use crate::JournalConfig;
+use tessera_events::{
+    DeliveryState, EventError, Journal, NewMessage, Outcome, from_unix_ms, unix_ms,
 };
 
 fn failure() -> Outcome {
@@ -83,7 +84,7 @@ fn publish_fans_out_to_every_subscription_of_the_apps_topic() {
     let billing = spec("shop/billing/orders", "orders");
     let mail = spec("shop/mail/orders", "orders");
     let other_topic = spec("shop/mail/returns", "returns");
-    let other_app = crate::SubscriptionSpec {
+    let other_app = tessera_events::SubscriptionSpec {
         app: "blog".into(),
         ..spec("blog/mail/orders", "orders")
     };
@@ -173,7 +174,7 @@ fn publishing_an_existing_id_is_ignored() {
 fn failed_attempts_back_off_then_dead_letter_and_redrive_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let journal = open(dir.path());
-    let sub = crate::SubscriptionSpec {
+    let sub = tessera_events::SubscriptionSpec {
         backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(1),
         ..spec("shop/worker/orders", "orders")
@@ -270,7 +271,7 @@ fn failed_attempts_back_off_then_dead_letter_and_redrive_restarts() {
 fn redrive_by_id_leaves_other_dead_letters() {
     let dir = tempfile::tempdir().unwrap();
     let journal = open(dir.path());
-    let sub = crate::SubscriptionSpec {
+    let sub = tessera_events::SubscriptionSpec {
         max_attempts: 1,
         ..spec("shop/worker/orders", "orders")
     };
@@ -349,7 +350,7 @@ fn a_crash_mid_delivery_redelivers_after_reopening() {
 fn an_expired_lease_makes_the_delivery_ready_again() {
     let dir = tempfile::tempdir().unwrap();
     let journal = open(dir.path());
-    let sub = crate::SubscriptionSpec {
+    let sub = tessera_events::SubscriptionSpec {
         timeout: Duration::from_millis(300),
         max_attempts: 2,
         ..spec("s", "orders")
@@ -396,7 +397,7 @@ fn an_expired_lease_makes_the_delivery_ready_again() {
 fn stats_count_each_state() {
     let dir = tempfile::tempdir().unwrap();
     let journal = open(dir.path());
-    let sub = crate::SubscriptionSpec {
+    let sub = tessera_events::SubscriptionSpec {
         max_attempts: 2,
         ..spec("shop/worker/orders", "orders")
     };
@@ -522,7 +523,7 @@ fn result_bodies_are_capped() {
         .ack(
             &sub.id,
             &id,
-            &Outcome::response(200, vec![b'x'; crate::MAX_RESULT_BODY_BYTES + 10]),
+            &Outcome::response(200, vec![b'x'; tessera_events::MAX_RESULT_BODY_BYTES + 10]),
         )
         .unwrap();
     let body = journal
@@ -532,7 +533,7 @@ fn result_bodies_are_capped() {
         .last
         .unwrap()
         .body;
-    assert_eq!(body.len(), crate::MAX_RESULT_BODY_BYTES);
+    assert_eq!(body.len(), tessera_events::MAX_RESULT_BODY_BYTES);
 }
 
 #[test]
@@ -575,7 +576,7 @@ fn a_removed_subscription_keeps_its_deliveries_until_it_returns() {
 fn invalid_input_is_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let journal = open(dir.path());
-    let bad = crate::SubscriptionSpec {
+    let bad = tessera_events::SubscriptionSpec {
         max_attempts: 0,
         ..spec("s", "t")
     };
@@ -686,7 +687,7 @@ fn results_older_than_the_retention_are_pruned_on_open() {
 #[test]
 fn dead_letters_expire_and_are_capped_per_subscription() {
     let dir = tempfile::tempdir().unwrap();
-    let sub = crate::SubscriptionSpec {
+    let sub = tessera_events::SubscriptionSpec {
         max_attempts: 1,
         ..spec("s", "t")
     };

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::backend;
-use crate::{DataBackend, DataError, EmbeddedData, KvError, SqlError, SqlValue};
+use crate::EmbeddedData;
+use tessera_data::{DataBackend, DataError, KvError, SqlError, SqlValue};
 
 fn soon() -> Instant {
     Instant::now() + Duration::from_secs(10)

@@ -18,7 +18,7 @@ use rusqlite::limits::Limit;
 use rusqlite::{Connection, OpenFlags};
 
 use super::authorizer::{self, Decision};
-use crate::{MAX_SQL_BYTES, MAX_SQL_VALUE_BYTES};
+use tessera_data::{MAX_SQL_BYTES, MAX_SQL_VALUE_BYTES};
 
 /// How long a connection waits for a lock held by another connection before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -24,6 +24,8 @@
 //! subscriber, `result_retention` after it was published.
 
 mod schema;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -34,11 +36,11 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::{
+use schema::{DEAD, SUCCEEDED};
+use tessera_events::{
     DeadLetter, Delivery, DeliveryState, DeliveryStatus, EventError, Journal, Message, NewMessage,
     Outcome, Published, SubscriptionSpec, SubscriptionStats, from_unix_ms, unix_ms,
 };
-use schema::{DEAD, SUCCEEDED};
 use writer::{Op, Reply, Request};
 
 /// Settings of an [`EmbeddedJournal`].
@@ -102,9 +104,9 @@ impl EmbeddedJournal {
     /// Opens (creating if needed) the journal at `path`.
     pub fn open_with(path: &Path, config: JournalConfig) -> Result<Self, EventError> {
         const STATEMENT_CACHE: usize = 64;
-        let open = |source| EventError::Open {
+        let open = |source: rusqlite::Error| EventError::Open {
             path: path.to_owned(),
-            source,
+            message: source.to_string(),
         };
         let mut conn = Connection::open(path).map_err(open)?;
         // The writer and reader use a few dozen distinct statements; rusqlite's default
@@ -163,6 +165,27 @@ impl Drop for EmbeddedJournal {
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
+    }
+}
+
+/// Whether SQLite refused a write because the disk (or its quota) is full.
+fn is_disk_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
+}
+
+/// A failed statement as the contract's storage error, which names no backend.
+pub(crate) fn db(e: rusqlite::Error) -> EventError {
+    EventError::Storage {
+        disk_full: is_disk_full(&e),
+        message: e.to_string(),
+    }
+}
+
+/// A failed group commit, which every write of the group answers with.
+pub(crate) fn commit_failed(e: &rusqlite::Error) -> EventError {
+    EventError::Commit {
+        disk_full: is_disk_full(e),
+        message: e.to_string(),
     }
 }
 
@@ -251,16 +274,20 @@ impl Journal for EmbeddedJournal {
     ) -> Result<Vec<DeadLetter>, EventError> {
         let conn = self.reader();
         let sub = sub_by_id(&conn, subscription)?;
-        let mut select = conn.prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS}, d.attempts, d.status, d.error, d.next_at
+        let mut select = conn
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS}, d.attempts, d.status, d.error, d.next_at
              FROM deliveries d JOIN messages m ON m.seq = d.message
              WHERE d.sub = ?1 AND d.state = 3 ORDER BY d.next_at, d.rowid LIMIT ?2"
-        ))?;
-        let rows = select.query_map(
-            params![sub.num, i64::try_from(limit).unwrap_or(i64::MAX)],
-            dead_letter_row,
-        )?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            ))
+            .map_err(db)?;
+        let rows = select
+            .query_map(
+                params![sub.num, i64::try_from(limit).unwrap_or(i64::MAX)],
+                dead_letter_row,
+            )
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
     }
 
     fn dead_letter(
@@ -270,14 +297,17 @@ impl Journal for EmbeddedJournal {
     ) -> Result<Option<DeadLetter>, EventError> {
         let conn = self.reader();
         let sub = sub_by_id(&conn, subscription)?;
-        let mut select = conn.prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS}, d.attempts, d.status, d.error, d.next_at
+        let mut select = conn
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS}, d.attempts, d.status, d.error, d.next_at
              FROM messages m JOIN deliveries d ON d.message = m.seq
              WHERE m.app = ?1 AND m.id = ?2 AND d.sub = ?3 AND d.state = 3"
-        ))?;
-        Ok(select
+            ))
+            .map_err(db)?;
+        select
             .query_row(params![sub.app, message_id, sub.num], dead_letter_row)
-            .optional()?)
+            .optional()
+            .map_err(db)
     }
 
     fn redrive(&self, subscription: &str, ids: Option<&[String]>) -> Result<u64, EventError> {
@@ -303,22 +333,24 @@ impl Journal for EmbeddedJournal {
                  coalesce(sum(d.state = 3), 0)
              FROM subscriptions s LEFT JOIN deliveries d ON d.sub = s.num AND d.state IN (0, 3)
              GROUP BY s.num ORDER BY s.id",
-        )?;
-        let rows = select.query_map([now], |row| {
-            Ok(SubscriptionStats {
-                id: row.get(0)?,
-                active: row.get(1)?,
-                delivered: row.get::<_, i64>(2)?.max(0) as u64,
-                retries: row.get::<_, i64>(3)?.max(0) as u64,
-                ready: row.get::<_, i64>(4)?.max(0) as u64,
-                in_flight: row.get::<_, i64>(5)?.max(0) as u64,
-                retrying: row.get::<_, i64>(6)?.max(0) as u64,
-                dead: row.get::<_, i64>(7)?.max(0) as u64,
+        ).map_err(db)?;
+        let rows = select
+            .query_map([now], |row| {
+                Ok(SubscriptionStats {
+                    id: row.get(0)?,
+                    active: row.get(1)?,
+                    delivered: row.get::<_, i64>(2)?.max(0) as u64,
+                    retries: row.get::<_, i64>(3)?.max(0) as u64,
+                    ready: row.get::<_, i64>(4)?.max(0) as u64,
+                    in_flight: row.get::<_, i64>(5)?.max(0) as u64,
+                    retrying: row.get::<_, i64>(6)?.max(0) as u64,
+                    dead: row.get::<_, i64>(7)?.max(0) as u64,
+                })
             })
-        })?;
+            .map_err(db)?;
         let mut stats = Vec::new();
         for row in rows {
-            let row = row?;
+            let row = row.map_err(db)?;
             if row.active || row.ready + row.in_flight + row.dead > 0 {
                 stats.push(row);
             }
@@ -334,8 +366,10 @@ impl Journal for EmbeddedJournal {
              FROM deliveries d JOIN messages m ON m.seq = d.message
              WHERE d.sub = (SELECT num FROM subscriptions WHERE id = ?1)
                AND d.state = ?2",
-            )?
-            .query_row(params![subscription, schema::ACTIVE], |row| row.get(0))?;
+            )
+            .map_err(db)?
+            .query_row(params![subscription, schema::ACTIVE], |row| row.get(0))
+            .map_err(db)?;
         Ok(u64::try_from(bytes).unwrap_or(0))
     }
 
@@ -343,8 +377,10 @@ impl Journal for EmbeddedJournal {
         let conn = self.reader();
         let sub = sub_by_id(&conn, subscription)?;
         let next: Option<i64> = conn
-            .prepare_cached("SELECT min(next_at) FROM deliveries WHERE sub = ?1 AND state = 0")?
-            .query_row([sub.num], |row| row.get(0))?;
+            .prepare_cached("SELECT min(next_at) FROM deliveries WHERE sub = ?1 AND state = 0")
+            .map_err(db)?
+            .query_row([sub.num], |row| row.get(0))
+            .map_err(db)?;
         Ok(next.map(from_unix_ms))
     }
 
@@ -360,7 +396,7 @@ impl Journal for EmbeddedJournal {
             "SELECT d.state, d.leased, d.next_at, d.attempts, d.status, d.body, d.error, d.updated_ms
              FROM messages m JOIN deliveries d ON d.message = m.seq
              WHERE m.app = ?1 AND m.id = ?2 AND d.sub = ?3",
-        )?;
+        ).map_err(db)?;
         let status = select
             .query_row(params![sub.app, message_id, sub.num], |row| {
                 let state: i64 = row.get(0)?;
@@ -390,16 +426,19 @@ impl Journal for EmbeddedJournal {
                     updated: from_unix_ms(row.get(7)?),
                 })
             })
-            .optional()?;
+            .optional()
+            .map_err(db)?;
         Ok(status)
     }
 
     fn cron_last_tick(&self, schedule: &str) -> Result<Option<SystemTime>, EventError> {
         let conn = self.reader();
         let tick: Option<i64> = conn
-            .prepare_cached("SELECT tick_ms FROM cron_ticks WHERE schedule = ?1")?
+            .prepare_cached("SELECT tick_ms FROM cron_ticks WHERE schedule = ?1")
+            .map_err(db)?
             .query_row([schedule], |row| row.get(0))
-            .optional()?;
+            .optional()
+            .map_err(db)?;
         Ok(tick.map(from_unix_ms))
     }
 
@@ -437,7 +476,7 @@ pub(super) struct Sub {
 pub(super) fn sub_by_id(conn: &Connection, id: &str) -> Result<Sub, EventError> {
     conn.prepare_cached(
         "SELECT num, app, active, max_attempts, backoff_ms, max_backoff_ms, timeout_ms FROM subscriptions WHERE id = ?1",
-    )?
+    ).map_err(db)?
     .query_row([id], |row| {
         Ok(Sub {
             num: row.get(0)?,
@@ -449,7 +488,7 @@ pub(super) fn sub_by_id(conn: &Connection, id: &str) -> Result<Sub, EventError> 
             timeout_ms: row.get(6)?,
         })
     })
-    .optional()?
+    .optional().map_err(db)?
     .ok_or_else(|| EventError::UnknownSubscription(id.to_owned()))
 }
 
@@ -470,11 +509,11 @@ pub(super) fn find_delivery(
     conn.prepare_cached(
         "SELECT d.rowid, d.state, d.leased, d.attempts FROM messages m JOIN deliveries d ON d.message = m.seq
          WHERE m.app = ?1 AND m.id = ?2 AND d.sub = ?3",
-    )?
+    ).map_err(db)?
     .query_row(params![sub.app, message_id, sub.num], |row| {
         Ok(DeliveryRow { rowid: row.get(0)?, state: row.get(1)?, leased: row.get(2)?, attempts: row.get(3)? })
     })
-    .optional()?
+    .optional().map_err(db)?
     .ok_or_else(|| EventError::NoDelivery { subscription: subscription.to_owned(), message: message_id.to_owned() })
 }
 

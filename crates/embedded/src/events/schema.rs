@@ -13,7 +13,7 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
-use crate::EventError;
+use tessera_events::EventError;
 
 pub(super) const SCHEMA_VERSION: i64 = 1;
 
@@ -84,9 +84,9 @@ pub(super) fn prepare_writer(
     path: &Path,
     now_ms: i64,
 ) -> Result<(), EventError> {
-    let open = |source| EventError::Open {
+    let open = |source: rusqlite::Error| EventError::Open {
         path: path.to_owned(),
-        source,
+        message: source.to_string(),
     };
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
@@ -138,6 +138,6 @@ pub(super) fn prepare_reader(conn: &Connection, path: &Path) -> Result<(), Event
     conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
         .map_err(|source| EventError::Open {
             path: path.to_owned(),
-            source,
+            message: source.to_string(),
         })
 }

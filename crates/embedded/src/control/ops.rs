@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
-use crate::{
+use tessera_store::{
     AppState, CronConfig, DEFAULT_KEEP, DeployOptions, DeployOutcome, Revision, RevisionConfig,
     ScalingConfig, ServiceDeploy, ServiceState, StoreError, SubscriptionConfig,
 };

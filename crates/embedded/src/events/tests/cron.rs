@@ -4,9 +4,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use super::{eventually, open, spec};
-use crate::cron::scheduler::tick_message;
-use crate::{
-    CronScheduler, CronSpec, EmbeddedJournal, Journal, MissedTicks, Schedule, from_unix_ms, unix_ms,
+use crate::EmbeddedJournal;
+use tessera_events::tick_message;
+use tessera_events::{
+    CronScheduler, CronSpec, Journal, MissedTicks, Schedule, from_unix_ms, unix_ms,
 };
 
 const HOUR_MS: i64 = 3_600_000;
@@ -101,7 +102,7 @@ fn missed_three_hours(journal: &EmbeddedJournal, spec: &CronSpec) -> i64 {
         .ack(
             &spec.id,
             &old[0].message.id,
-            &crate::Outcome::response(200, Vec::new()),
+            &tessera_events::Outcome::response(200, Vec::new()),
         )
         .unwrap();
     this_hour

@@ -5,10 +5,11 @@ use std::ops::Range;
 
 use tempfile::TempDir;
 
-use crate::schema::SCHEMA_VERSION;
-use crate::{
-    ARTIFACTS_DIR, AppState, ControlStore, DATABASE_FILE, DeployOptions, DeployOutcome,
-    RevisionConfig, ScalingConfig, ServiceDeploy, ServiceState, StoreError,
+use super::schema::SCHEMA_VERSION;
+use super::{ARTIFACTS_DIR, ControlStore, DATABASE_FILE};
+use tessera_store::{
+    AppState, DeployOptions, DeployOutcome, RevisionConfig, ScalingConfig, ServiceDeploy,
+    ServiceState, StoreError,
 };
 
 fn store() -> (TempDir, ControlStore) {
@@ -225,7 +226,7 @@ fn first_deploy_creates_revision_one_with_all_traffic() {
     api_deploy.config.outbound = vec!["https://example.com".into()];
     api_deploy.config.env = vec![("B".into(), "2".into()), ("A".into(), "1".into())];
 
-    let before = crate::control::now();
+    let before = super::ops::now();
     let out = deploy(
         &store,
         "shop",
@@ -242,7 +243,7 @@ fn first_deploy_creates_revision_one_with_all_traffic() {
     assert_eq!(primary.sha256, api);
     // The config comes back exactly as given, env order included.
     assert_eq!(primary.config, api_deploy.config);
-    assert!(primary.created_at >= before && primary.created_at <= crate::control::now());
+    assert!(primary.created_at >= before && primary.created_at <= super::ops::now());
 }
 
 #[test]
@@ -1050,12 +1051,12 @@ fn data_config_round_trips_through_a_revision() {
     cfg.config = vec![("currency".into(), "EUR".into())];
     cfg.buckets = vec!["sessions".into()];
     cfg.migrations = vec!["0001_init.sql".into()];
-    cfg.cron = vec![crate::CronConfig {
+    cfg.cron = vec![tessera_store::CronConfig {
         schedule: "@every 2s".into(),
         path: "/tick".into(),
         run_missed: true,
     }];
-    cfg.subscriptions = vec![crate::SubscriptionConfig {
+    cfg.subscriptions = vec![tessera_store::SubscriptionConfig {
         topic: "orders.created".into(),
         path: "/on-order".into(),
         queue: Some("workers".into()),

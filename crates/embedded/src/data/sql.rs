@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 
 use super::ServiceDb;
 use super::conn::{AcquireError, Conn};
-use crate::limits::{self, ResultBudget};
-use crate::{Changes, Migration, Rows, SqlDatabase, SqlError, SqlValue, Statement};
+use tessera_data::limits::{self, ResultBudget};
+use tessera_data::{Changes, Migration, Rows, SqlDatabase, SqlError, SqlValue, Statement};
 
 impl SqlDatabase for ServiceDb {
     fn query(&self, sql: &str, params: &[SqlValue], deadline: Instant) -> Result<Rows, SqlError> {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::StoreError;
+use tessera_store::StoreError;
 
 /// Lowercase hex sha256 of `bytes`: the identity of a component everywhere in Tessera.
 pub(crate) fn digest(bytes: &[u8]) -> String {

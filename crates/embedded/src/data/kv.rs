@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::ServiceDb;
 use super::conn::AcquireError;
-use crate::{KvError, KvStore, LIST_PAGE, limits};
+use tessera_data::{KvError, KvStore, LIST_PAGE, limits};
 
 const GET: &str = "SELECT value FROM _tessera_kv WHERE bucket = ?1 AND key = ?2";
 const GET_VERSIONED: &str = "SELECT value, version FROM _tessera_kv WHERE bucket = ?1 AND key = ?2";

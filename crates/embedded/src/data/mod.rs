@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use conn::{Conn, Readers};
 
-use crate::{DataBackend, DataError, ServiceData, limits};
+use tessera_data::{DataBackend, DataError, ServiceData, limits};
 
 /// Service data kept in SQLite files under one root directory.
 pub struct EmbeddedData {
@@ -164,7 +164,7 @@ impl EmbeddedData {
 }
 
 /// One open service database: the writer and the readers. It implements both
-/// [`crate::KvStore`] (`kv.rs`) and [`crate::SqlDatabase`] (`sql.rs`).
+/// [`tessera_data::KvStore`] (`kv.rs`) and [`tessera_data::SqlDatabase`] (`sql.rs`).
 pub(crate) struct ServiceDb {
     app: String,
     service: String,

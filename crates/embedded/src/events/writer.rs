@@ -8,19 +8,18 @@
 //! answer.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Instant, SystemTime};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::schema::{ACTIVE, DEAD, SUCCEEDED};
-use super::{JournalConfig, Sub, find_delivery, load_message, sub_by_id};
-use crate::backoff::{jitter, retry_delay};
-use crate::{
+use super::{JournalConfig, Sub, commit_failed, db, find_delivery, load_message, sub_by_id};
+use tessera_events::{
     Delivery, EventError, MAX_RESULT_BODY_BYTES, NewMessage, Outcome, Published, SubscriptionSpec,
     unix_ms, validate_message, validate_subscriptions,
 };
+use tessera_events::{jitter, retry_delay};
 
 pub(super) enum Op {
     SetSubscriptions(Vec<SubscriptionSpec>),
@@ -133,9 +132,8 @@ fn run_group(conn: &mut Connection, group: Vec<Request>) {
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
-            let e = Arc::new(e);
             for request in group {
-                let _ = request.reply.send(Err(EventError::Commit(e.clone())));
+                let _ = request.reply.send(Err(commit_failed(&e)));
             }
             return;
         }
@@ -144,14 +142,11 @@ fn run_group(conn: &mut Connection, group: Vec<Request>) {
     let mut answers = Vec::with_capacity(group.len());
     for request in group {
         let mut op_totals = Totals::default();
-        let result = tx
-            .savepoint()
-            .map_err(EventError::from)
-            .and_then(|savepoint| {
-                let reply = apply(&savepoint, request.op, now, &mut op_totals)?;
-                savepoint.commit()?;
-                Ok(reply)
-            });
+        let result = tx.savepoint().map_err(db).and_then(|savepoint| {
+            let reply = apply(&savepoint, request.op, now, &mut op_totals)?;
+            savepoint.commit().map_err(db)?;
+            Ok(reply)
+        });
         if result.is_ok() {
             totals.merge(op_totals);
         }
@@ -166,9 +161,8 @@ fn run_group(conn: &mut Connection, group: Vec<Request>) {
         }
         Err(e) => {
             tracing::error!(error = %e, "event journal commit failed");
-            let e = Arc::new(e);
             for (reply, _) in answers {
-                let _ = reply.send(Err(EventError::Commit(e.clone())));
+                let _ = reply.send(Err(commit_failed(&e)));
             }
         }
     }
@@ -204,8 +198,10 @@ fn apply(conn: &Connection, op: Op, now: i64, totals: &mut Totals) -> Result<Rep
             conn.prepare_cached(
                 "INSERT INTO cron_ticks (schedule, tick_ms) VALUES (?1, ?2)
                  ON CONFLICT (schedule) DO UPDATE SET tick_ms = max(tick_ms, excluded.tick_ms)",
-            )?
-            .execute(params![schedule, tick_ms])?;
+            )
+            .map_err(db)?
+            .execute(params![schedule, tick_ms])
+            .map_err(db)?;
             Ok(Reply::Fired(published[0].new))
         }
     }
@@ -217,24 +213,27 @@ fn ms(duration: std::time::Duration) -> i64 {
 
 fn set_subscriptions(conn: &Connection, subs: &[SubscriptionSpec]) -> Result<(), EventError> {
     validate_subscriptions(subs)?;
-    conn.execute("UPDATE subscriptions SET active = 0 WHERE active = 1", [])?;
+    conn.execute("UPDATE subscriptions SET active = 0 WHERE active = 1", [])
+        .map_err(db)?;
     let mut upsert = conn.prepare_cached(
         "INSERT INTO subscriptions (id, app, topic, active, max_attempts, backoff_ms, max_backoff_ms, timeout_ms)
          VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7)
          ON CONFLICT (id) DO UPDATE SET app = excluded.app, topic = excluded.topic, active = 1,
              max_attempts = excluded.max_attempts, backoff_ms = excluded.backoff_ms,
              max_backoff_ms = excluded.max_backoff_ms, timeout_ms = excluded.timeout_ms",
-    )?;
+    ).map_err(db)?;
     for sub in subs {
-        upsert.execute(params![
-            sub.id,
-            sub.app,
-            sub.topic,
-            sub.max_attempts,
-            ms(sub.backoff),
-            ms(sub.max_backoff),
-            ms(sub.timeout),
-        ])?;
+        upsert
+            .execute(params![
+                sub.id,
+                sub.app,
+                sub.topic,
+                sub.max_attempts,
+                ms(sub.backoff),
+                ms(sub.max_backoff),
+                ms(sub.timeout),
+            ])
+            .map_err(db)?;
     }
     Ok(())
 }
@@ -256,11 +255,11 @@ fn publish(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
                  (SELECT count(*) FROM subscriptions WHERE app = ?1 AND topic = ?3 AND active = 1))
          ON CONFLICT (app, id) DO NOTHING",
-    )?;
+    ).map_err(db)?;
     let mut fan_out = conn.prepare_cached(
         "INSERT INTO deliveries (sub, message, state, attempts, leased, next_at, updated_ms)
          SELECT num, ?1, 0, 0, 0, ?2, ?2 FROM subscriptions WHERE app = ?3 AND topic = ?4 AND active = 1",
-    )?;
+    ).map_err(db)?;
     let mut published = Vec::with_capacity(messages.len());
     for message in messages {
         let id = message
@@ -271,20 +270,24 @@ fn publish(
         } else {
             Some(serde_json::to_string(&message.attributes).expect("string pairs always serialize"))
         };
-        let inserted = insert_message.execute(params![
-            app,
-            id,
-            message.topic,
-            message.source,
-            message.kind,
-            now,
-            message.content_type,
-            message.data,
-            attributes,
-        ])?;
+        let inserted = insert_message
+            .execute(params![
+                app,
+                id,
+                message.topic,
+                message.source,
+                message.kind,
+                now,
+                message.content_type,
+                message.data,
+                attributes,
+            ])
+            .map_err(db)?;
         if inserted == 1 {
             let seq = conn.last_insert_rowid();
-            fan_out.execute(params![seq, now, app, message.topic])?;
+            fan_out
+                .execute(params![seq, now, app, message.topic])
+                .map_err(db)?;
         }
         published.push(Published {
             id,
@@ -309,12 +312,15 @@ fn lease(
         .prepare_cached(
             "SELECT rowid, message, attempts, leased FROM deliveries
              WHERE sub = ?1 AND state = 0 AND next_at <= ?2 ORDER BY next_at, rowid LIMIT ?3",
-        )?
+        )
+        .map_err(db)?
         .query_map(
             params![sub.num, now, i64::try_from(max).unwrap_or(i64::MAX)],
             |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-        )?
-        .collect::<Result<_, _>>()?;
+        )
+        .map_err(db)?
+        .collect::<Result<_, _>>()
+        .map_err(db)?;
     let mut leased = Vec::with_capacity(due.len());
     for (rowid, seq, attempts, was_leased) in due {
         if was_leased && attempts >= sub.max_attempts {
@@ -323,21 +329,23 @@ fn lease(
             conn.prepare_cached(
                 "UPDATE deliveries SET state = 3, leased = 0, next_at = ?2, updated_ms = ?2,
                      status = NULL, body = NULL, error = ?3 WHERE rowid = ?1",
-            )?
+            )
+            .map_err(db)?
             .execute(params![
                 rowid,
                 now,
                 format!("no outcome before the lease of attempt {attempts} expired")
-            ])?;
+            ])
+            .map_err(db)?;
             continue;
         }
         conn.prepare_cached(
             "UPDATE deliveries SET attempts = attempts + 1, leased = 1, next_at = ?2, updated_ms = ?3 WHERE rowid = ?1",
-        )?
-        .execute(params![rowid, now.saturating_add(sub.timeout_ms), now])?;
+        ).map_err(db)?
+        .execute(params![rowid, now.saturating_add(sub.timeout_ms), now]).map_err(db)?;
         leased.push(Delivery {
             subscription: subscription.to_owned(),
-            message: load_message(conn, seq)?,
+            message: load_message(conn, seq).map_err(db)?,
             attempt: attempts + 1,
         });
     }
@@ -367,14 +375,16 @@ fn ack(
     conn.prepare_cached(
         "UPDATE deliveries SET state = 2, leased = 0, next_at = ?2, updated_ms = ?2,
              status = ?3, body = ?4, error = ?5 WHERE rowid = ?1",
-    )?
+    )
+    .map_err(db)?
     .execute(params![
         delivery.rowid,
         now,
         outcome.status,
         stored_body(outcome),
         outcome.error
-    ])?;
+    ])
+    .map_err(db)?;
     totals.delivered(sub.num);
     Ok(())
 }
@@ -402,7 +412,8 @@ fn fail(
     conn.prepare_cached(
         "UPDATE deliveries SET state = ?2, leased = 0, next_at = ?3, updated_ms = ?4,
              status = ?5, body = ?6, error = ?7 WHERE rowid = ?1",
-    )?
+    )
+    .map_err(db)?
     .execute(params![
         delivery.rowid,
         state,
@@ -411,7 +422,8 @@ fn fail(
         outcome.status,
         stored_body(outcome),
         outcome.error
-    ])?;
+    ])
+    .map_err(db)?;
     Ok(())
 }
 
@@ -427,17 +439,17 @@ fn redrive(
             .prepare_cached(
                 "UPDATE deliveries SET state = 0, attempts = 0, leased = 0, next_at = ?2, updated_ms = ?2
                  WHERE sub = ?1 AND state = 3",
-            )?
-            .execute(params![sub.num, now])?,
+            ).map_err(db)?
+            .execute(params![sub.num, now]).map_err(db)?,
         Some(ids) => {
             let mut update = conn.prepare_cached(
                 "UPDATE deliveries SET state = 0, attempts = 0, leased = 0, next_at = ?2, updated_ms = ?2
                  WHERE sub = ?1 AND state = 3
                    AND message = (SELECT seq FROM messages WHERE app = ?3 AND id = ?4)",
-            )?;
+            ).map_err(db)?;
             let mut count = 0;
             for id in ids {
-                count += update.execute(params![sub.num, now, sub.app, id])?;
+                count += update.execute(params![sub.num, now, sub.app, id]).map_err(db)?;
             }
             count
         }

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Call, TestInvoker, consumer, eventually, message, message_with_id, open, spec};
-use crate::{
-    DeliveryState, Dispatcher, DispatcherConfig, EmbeddedJournal, Journal, NewMessage, Outcome,
-    SubscriptionSpec,
+use crate::EmbeddedJournal;
+use tessera_events::{
+    DeliveryState, Dispatcher, DispatcherConfig, Journal, NewMessage, Outcome, SubscriptionSpec,
 };
 
 const PATIENCE: Duration = Duration::from_secs(20);

@@ -12,10 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::{
-    Consumer, Delivery, EmbeddedJournal, Invoker, JournalConfig, NewMessage, Outcome,
-    SubscriptionSpec,
-};
+use crate::{EmbeddedJournal, JournalConfig};
+use tessera_events::{Consumer, Delivery, Invoker, NewMessage, Outcome, SubscriptionSpec};
 
 /// A subscription of app `shop` to `topic` with one consumer, three attempts and short
 /// delays.

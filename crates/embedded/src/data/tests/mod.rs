@@ -6,7 +6,8 @@ mod sql;
 
 use std::sync::Arc;
 
-use crate::{DataBackend, EmbeddedData, KvStore, SqlDatabase};
+use crate::EmbeddedData;
+use tessera_data::{DataBackend, KvStore, SqlDatabase};
 
 /// A backend in a fresh directory; the directory lives as long as the returned guard.
 fn backend() -> (tempfile::TempDir, EmbeddedData) {
