@@ -60,6 +60,7 @@ impl From<NodeError> for ApiError {
                 StoreError::InvalidDigest(_) => (StatusCode::BAD_REQUEST, "invalid_digest"),
                 StoreError::InvalidTraffic(_) => (StatusCode::BAD_REQUEST, "invalid_traffic"),
                 StoreError::RouteConflict { .. } => (StatusCode::CONFLICT, "route_conflict"),
+                StoreError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
                 StoreError::NoEarlierRevision { .. } => {
                     (StatusCode::CONFLICT, "no_earlier_revision")
                 }

@@ -256,6 +256,7 @@ async fn deploy(
         only: request.only,
         traffic: request.traffic,
         keep: request.keep.unwrap_or(0),
+        if_generation: None,
     };
     let outcome = blocking(move || api.node.deploy(&app, &services, &options)).await?;
     Ok(Json(DeployResult::from(outcome)))

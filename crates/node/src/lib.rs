@@ -38,8 +38,8 @@ use tessera_runtime::{
     ServiceDataAccess,
 };
 use tessera_store::{
-    AppState, ArtifactStore, ControlState, DeployOptions, DeployOutcome, Revision, RevisionConfig,
-    ServiceDeploy, ServiceState, StoreError,
+    AppState, ArtifactStore, ChangeKind, ControlState, DeployOptions, DeployOutcome, Revision,
+    RevisionConfig, ServiceDeploy, ServiceState, StoreError,
 };
 use tessera_telemetry::Telemetry;
 
@@ -160,6 +160,8 @@ struct NodeInner {
     telemetry: ArcSwapOption<Telemetry>,
     /// The task unloading idle revisions, once started.
     reaper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The task applying control changes made by anyone, once started.
+    watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The exclusive lock on the data directory, held for the node's life (`Node::open`).
     _dir_lock: Option<std::fs::File>,
 }
@@ -172,6 +174,48 @@ struct Serving {
     limiters: HashMap<(String, String), Arc<Limiter>>,
     /// Each service's async quotas, kept like its limiter.
     quotas: HashMap<(String, String), Arc<quota::AsyncQuota>>,
+    /// The sequence number of the last control change this node's table reflects.
+    seen: u64,
+}
+
+/// Whose serving revisions a rebuild gives fresh slots (so their next request loads them
+/// again, with the secrets as they are now).
+#[derive(Debug, Default)]
+struct Renew {
+    all: bool,
+    apps: std::collections::HashSet<String>,
+    services: std::collections::HashSet<(String, String)>,
+}
+
+impl Renew {
+    /// What a batch of control changes asks to renew: services whose secrets changed, and
+    /// everything when the batch says changes were forgotten.
+    fn from_changes(batch: &tessera_store::ChangeBatch) -> Renew {
+        let mut renew = Renew {
+            all: batch.gap,
+            ..Renew::default()
+        };
+        for change in &batch.changes {
+            match &change.kind {
+                ChangeKind::App => {}
+                ChangeKind::Secrets(Some(service)) => {
+                    renew.services.insert((change.app.clone(), service.clone()));
+                }
+                ChangeKind::Secrets(None) => {
+                    renew.apps.insert(change.app.clone());
+                }
+            }
+        }
+        renew
+    }
+
+    fn covers(&self, app: &str, service: &str) -> bool {
+        self.all
+            || self.apps.contains(app)
+            || self
+                .services
+                .contains(&(app.to_owned(), service.to_owned()))
+    }
 }
 
 impl Node {
@@ -242,11 +286,15 @@ impl Node {
                 residency: scaling::Residency::new(DEFAULT_MEMORY_BUDGET),
                 telemetry: ArcSwapOption::empty(),
                 reaper: Mutex::new(None),
+                watcher: Mutex::new(None),
                 _dir_lock: dir_lock,
             }),
         };
         let mut serving = node.lock();
-        node.rebuild(&mut serving, None)?;
+        // Read before the state, so a change committed meanwhile is caught up on again
+        // rather than missed.
+        serving.seen = *node.inner.store.watch().borrow();
+        node.rebuild(&mut serving, &Renew::default())?;
         drop(serving);
         Ok(node)
     }
@@ -256,7 +304,7 @@ impl Node {
         let mut serving = self.lock();
         self.inner.telemetry.store(Some(Arc::new(telemetry)));
         // Routing tables carry the handle to the gateway: build one that has it.
-        if let Err(error) = self.rebuild(&mut serving, None) {
+        if let Err(error) = self.rebuild(&mut serving, &Renew::default()) {
             tracing::error!(%error, "cannot rebuild the routing table");
         }
     }
@@ -386,6 +434,9 @@ impl Node {
             }
         }
         let mut serving = self.lock();
+        // Read before preparing: if another node changes the app meanwhile, the commit is
+        // refused (`StoreError::Conflict`) instead of overwriting what it did.
+        let generation = self.inner.store.app(app)?.map_or(0, |a| a.generation);
         // Load every new component before committing, so a deploy that cannot be served
         // changes nothing; this also leaves its compiled code in the cache, so the
         // revision's first request only maps it.
@@ -416,8 +467,12 @@ impl Node {
                 tracing::info!(app, service = %name, migration = %migration, "migration applied");
             }
         }
-        let outcome = self.inner.store.deploy(app, services, options)?;
-        self.rebuild(&mut serving, None)?;
+        let options = DeployOptions {
+            if_generation: Some(options.if_generation.unwrap_or(generation)),
+            ..options.clone()
+        };
+        let outcome = self.inner.store.deploy(app, services, &options)?;
+        self.catch_up(&mut serving)?;
         Ok(outcome)
     }
 
@@ -429,7 +484,7 @@ impl Node {
     ) -> Result<ServiceState, NodeError> {
         let mut serving = self.lock();
         let state = self.inner.store.set_traffic(app, service, weights)?;
-        self.rebuild(&mut serving, None)?;
+        self.catch_up(&mut serving)?;
         Ok(state)
     }
 
@@ -441,7 +496,7 @@ impl Node {
     ) -> Result<ServiceState, NodeError> {
         let mut serving = self.lock();
         let state = self.inner.store.rollback(app, service, to)?;
-        self.rebuild(&mut serving, None)?;
+        self.catch_up(&mut serving)?;
         Ok(state)
     }
 
@@ -452,10 +507,11 @@ impl Node {
         check_name(app, "app")?;
         let mut serving = self.lock();
         let existed = self.inner.store.remove_app(app)?;
-        self.rebuild(&mut serving, None)?;
+        self.catch_up(&mut serving)?;
         if purge {
             self.inner.data.purge_app(app)?;
             self.inner.store.purge_secrets(app)?;
+            self.catch_up(&mut serving)?;
             tracing::info!(app, "app data purged");
         }
         Ok(existed)
@@ -477,7 +533,7 @@ impl Node {
             .map_err(|m| NodeError::Invalid(format!("secret name: {m}")))?;
         let mut serving = self.lock();
         self.inner.store.set_secret(app, service, name, value)?;
-        self.rebuild(&mut serving, Some((app, service)))
+        self.catch_up(&mut serving)
     }
 
     /// Removes a secret; false if the service had none of that name.
@@ -486,7 +542,7 @@ impl Node {
         check_name(service, "service")?;
         let mut serving = self.lock();
         let existed = self.inner.store.delete_secret(app, service, name)?;
-        self.rebuild(&mut serving, Some((app, service)))?;
+        self.catch_up(&mut serving)?;
         Ok(existed)
     }
 
@@ -503,6 +559,43 @@ impl Node {
     pub fn start_events(&self) {
         self.inner.events.start();
         self.start_reaper();
+        self.start_watcher();
+    }
+
+    /// Rebuilds the routing table whenever the control state changes, through this node or
+    /// any other sharing the store, so a deploy made elsewhere is served here without a
+    /// restart. Idempotent.
+    fn start_watcher(&self) {
+        let mut watcher = self.inner.watcher.lock().unwrap_or_else(|e| e.into_inner());
+        if watcher.is_some() {
+            return;
+        }
+        let mut changes = self.inner.store.watch();
+        let node = Arc::downgrade(&self.inner);
+        *watcher = Some(tokio::spawn(async move {
+            loop {
+                // Marks the current value seen, so a change committed while catching up
+                // wakes the next round.
+                changes.borrow_and_update();
+                let Some(inner) = node.upgrade() else { break };
+                let caught_up = tokio::task::spawn_blocking(move || {
+                    let node = Node { inner };
+                    let mut serving = node.lock();
+                    node.catch_up(&mut serving)
+                })
+                .await;
+                match caught_up {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::error!(%error, "cannot catch up on control changes")
+                    }
+                    Err(error) => tracing::error!(%error, "catching up on control changes failed"),
+                }
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+        }));
     }
 
     /// Stops delivering events; deliveries in flight finish (bounded).
@@ -516,6 +609,15 @@ impl Node {
             .take();
         if let Some(reaper) = reaper {
             reaper.abort();
+        }
+        let watcher = self
+            .inner
+            .watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(watcher) = watcher {
+            watcher.abort();
         }
     }
 
@@ -648,12 +750,25 @@ impl Node {
         Ok(self.inner.store.app(name)?)
     }
 
+    /// Applies the control changes committed since the last one this node applied (its
+    /// own and any other node's): one rebuild, renewing the services whose secrets
+    /// changed.
+    fn catch_up(&self, serving: &mut Serving) -> Result<(), NodeError> {
+        let batch = self.inner.store.changes(serving.seen)?;
+        if batch.changes.is_empty() && !batch.gap {
+            return Ok(());
+        }
+        self.rebuild(serving, &Renew::from_changes(&batch))?;
+        serving.seen = batch.last;
+        Ok(())
+    }
+
     /// Builds the routing table from the control state and swaps it in. Revisions that
-    /// kept serving keep their slot (and their loaded code) unless `renew` names their
+    /// kept serving keep their slot (and their loaded code) unless `renew` covers their
     /// service, whose revisions get fresh slots that load again on their next request.
     /// A revision whose component is missing is logged and left unrouted, so one broken
     /// service never keeps the rest of the node from serving.
-    fn rebuild(&self, serving: &mut Serving, renew: Option<(&str, &str)>) -> Result<(), NodeError> {
+    fn rebuild(&self, serving: &mut Serving, renew: &Renew) -> Result<(), NodeError> {
         let apps = self.inner.store.apps()?;
         let telemetry = self.inner.telemetry.load_full();
         let residency = &self.inner.residency;
@@ -667,7 +782,7 @@ impl Node {
                 let Some(primary) = service.primary() else {
                     continue;
                 };
-                let renewed = renew == Some((app.name.as_str(), service.name.as_str()));
+                let renewed = renew.covers(&app.name, &service.name);
                 let mut backends = Vec::new();
                 for (id, weight) in &service.traffic {
                     let Some(revision) = service.revision(*id) else {

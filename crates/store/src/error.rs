@@ -76,6 +76,17 @@ pub enum StoreError {
         /// The service that already claims the route.
         service: String,
     },
+    /// The app changed between reading its generation and committing (another deploy,
+    /// traffic change, rollback or removal, possibly through another node); nothing was
+    /// changed.
+    #[error(
+        "app `{app}` was changed by another operation while this deploy was prepared (generation {expected}, now {found}); nothing was changed, deploy again"
+    )]
+    Conflict {
+        app: String,
+        expected: u64,
+        found: u64,
+    },
     #[error("deploy of app `{0}` names no services")]
     EmptyDeploy(String),
     #[error("service `{service}` is given more than once in the deploy of app `{app}`")]

@@ -8,7 +8,7 @@ mod error;
 mod seams;
 
 pub use error::StoreError;
-pub use seams::{ArtifactStore, ControlState};
+pub use seams::{ArtifactStore, ControlState, DEFAULT_CHANGE_HISTORY};
 
 /// How many revisions a service keeps when `DeployOptions::keep` is 0.
 pub const DEFAULT_KEEP: usize = 10;
@@ -121,6 +121,11 @@ pub struct DeployOptions {
     /// How many revisions to keep per service (default 10 when 0): older ones that carry
     /// no traffic are pruned.
     pub keep: usize,
+    /// Apply only if the app's [`AppState::generation`] is still this (0: the app must not
+    /// exist), else [`StoreError::Conflict`] and nothing changes. A node reads the
+    /// generation before it prepares a deploy (compiles, migrates), so two deploys of one
+    /// app racing through two nodes end with one winner.
+    pub if_generation: Option<u64>,
 }
 
 /// What a deploy changed.
@@ -141,6 +146,10 @@ pub struct DeployOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppState {
     pub name: String,
+    /// The sequence number ([`Change::seq`]) of the last change to the app's services,
+    /// revisions or traffic. It only grows, across removals too, so an app removed and
+    /// deployed again never shows a generation seen before.
+    pub generation: u64,
     /// Sorted by name.
     pub services: Vec<ServiceState>,
 }
@@ -180,4 +189,35 @@ pub struct Revision {
     pub config: RevisionConfig,
     /// When the revision was created, in seconds since the Unix epoch.
     pub created_at: u64,
+}
+
+/// One committed change to the control state, as [`ControlState::changes`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Grows with every change of the whole control state, never reused.
+    pub seq: u64,
+    pub app: String,
+    pub kind: ChangeKind,
+}
+
+/// What a [`Change`] touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// The app's services, revisions or traffic changed, or the app was removed.
+    App,
+    /// Secrets changed: of one service, or of every service of the app (`None`).
+    Secrets(Option<String>),
+}
+
+/// The changes after a sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChangeBatch {
+    /// Oldest first.
+    pub changes: Vec<Change>,
+    /// The sequence number to ask from next time (the last change's, or the one asked
+    /// from when nothing changed).
+    pub last: u64,
+    /// Changes after the one asked from were forgotten (a backend keeps a bounded
+    /// history): the caller must treat everything as changed.
+    pub gap: bool,
 }

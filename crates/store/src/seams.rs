@@ -5,7 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{AppState, DeployOptions, DeployOutcome, ServiceDeploy, ServiceState, StoreError};
+use crate::{
+    AppState, ChangeBatch, DeployOptions, DeployOutcome, ServiceDeploy, ServiceState, StoreError,
+};
+
+/// How many changes a backend remembers at least, for nodes catching up on them.
+pub const DEFAULT_CHANGE_HISTORY: u64 = 10_000;
 
 /// Content-addressed component storage.
 pub trait ArtifactStore: Send + Sync {
@@ -25,8 +30,16 @@ pub trait ArtifactStore: Send + Sync {
 }
 
 /// Apps, immutable revisions and traffic. Every method is all-or-nothing and durable
-/// when it returns.
+/// when it returns, and every change that commits is recorded as a [`crate::Change`] that
+/// every node sharing the state can read and be woken by.
 pub trait ControlState: Send + Sync {
+    /// Changes committed after sequence number `after` (0: from the start of the kept
+    /// history), oldest first.
+    fn changes(&self, after: u64) -> Result<ChangeBatch, StoreError>;
+    /// A receiver whose value is the sequence number of the latest change, updated when
+    /// anyone commits one through this backend (by any node sharing it). Cheap; each
+    /// caller gets its own.
+    fn watch(&self) -> tokio::sync::watch::Receiver<u64>;
     fn apps(&self) -> Result<Vec<AppState>, StoreError>;
     fn app(&self, name: &str) -> Result<Option<AppState>, StoreError>;
     fn deploy(

@@ -13,8 +13,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::Connection;
 use tessera_store::{
-    AppState, ArtifactStore, ControlState, DeployOptions, DeployOutcome, ServiceDeploy,
-    ServiceState, StoreError,
+    AppState, ArtifactStore, ChangeBatch, ControlState, DeployOptions, DeployOutcome,
+    ServiceDeploy, ServiceState, StoreError,
 };
 
 /// Name of the database file inside the data directory.
@@ -29,6 +29,10 @@ pub struct ControlStore {
     /// operations are rare and short, so a pool would buy nothing.
     conn: Mutex<Connection>,
     artifacts: artifacts::Artifacts,
+    /// The latest change's sequence number, sent after every commit that records one.
+    /// Only this process writes the database (the node locks its data directory), so
+    /// every change passes through here.
+    latest: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for ControlStore {
@@ -61,10 +65,12 @@ impl ControlStore {
             artifacts::sync_dir(dir)?;
         }
         let conn = schema::open(&dir.join(DATABASE_FILE))?;
+        let latest = ops::latest_change(&conn)?;
         Ok(ControlStore {
             dir: dir.to_owned(),
             conn: Mutex::new(conn),
             artifacts: artifacts::Artifacts::new(artifact_dir),
+            latest: tokio::sync::watch::Sender::new(latest),
         })
     }
 
@@ -77,12 +83,14 @@ impl ControlStore {
         name: &str,
         value: &str,
     ) -> Result<(), StoreError> {
-        ops::set_secret(&mut self.conn(), app, service, name, value)
+        let result = ops::set_secret(&mut self.conn(), app, service, name, value);
+        self.notify(result)
     }
 
     /// Removes a secret; false if there was none.
     pub fn delete_secret(&self, app: &str, service: &str, name: &str) -> Result<bool, StoreError> {
-        ops::delete_secret(&mut self.conn(), app, service, name)
+        let result = ops::delete_secret(&mut self.conn(), app, service, name);
+        self.notify(result)
     }
 
     /// Names of a service's secrets and when each was last set, sorted by name. Never the
@@ -98,12 +106,41 @@ impl ControlStore {
 
     /// Removes every secret of an app's services.
     pub fn purge_secrets(&self, app: &str) -> Result<(), StoreError> {
-        ops::purge_secrets(&mut self.conn(), app)
+        let result = ops::purge_secrets(&mut self.conn(), app);
+        self.notify(result)
     }
 
     /// The data directory this store lives in.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Tells watchers about the changes a successful write recorded. Callers pass a
+    /// result bound beforehand: the connection must be unlocked, since this locks it.
+    fn notify<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.is_ok() {
+            match ops::latest_change(&self.conn()) {
+                Ok(seq) => {
+                    self.latest.send_if_modified(|latest| {
+                        let newer = seq > *latest;
+                        *latest = (*latest).max(seq);
+                        newer
+                    });
+                }
+                Err(error) => tracing::error!(%error, "cannot read the latest control change"),
+            }
+        }
+        result
+    }
+
+    /// Changes committed after `after`, oldest first.
+    pub fn changes(&self, after: u64) -> Result<ChangeBatch, StoreError> {
+        ops::changes(&mut self.conn(), after)
+    }
+
+    /// A receiver of the latest change's sequence number.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.latest.subscribe()
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -166,7 +203,8 @@ impl ControlStore {
         for service in &plan.selected {
             self.artifacts.path(&service.sha256)?;
         }
-        ops::deploy(&mut self.conn(), &plan, ops::now())
+        let result = ops::deploy(&mut self.conn(), &plan, ops::now());
+        self.notify(result)
     }
 
     /// Replaces the traffic split of a service.
@@ -176,7 +214,8 @@ impl ControlStore {
         service: &str,
         weights: &[(u32, u8)],
     ) -> Result<ServiceState, StoreError> {
-        ops::set_traffic(&mut self.conn(), app, service, weights)
+        let result = ops::set_traffic(&mut self.conn(), app, service, weights);
+        self.notify(result)
     }
 
     /// Sends all traffic of a service to revision `to`, or, with `None`, to the newest
@@ -187,14 +226,16 @@ impl ControlStore {
         service: &str,
         to: Option<u32>,
     ) -> Result<ServiceState, StoreError> {
-        ops::rollback(&mut self.conn(), app, service, to)
+        let result = ops::rollback(&mut self.conn(), app, service, to);
+        self.notify(result)
     }
 
     /// Removes an app with its services, revisions and traffic; returns whether it
     /// existed. Artifacts stay, since other apps may share them, and revision ids stay
     /// reserved so a redeployed app continues its numbering.
     pub fn remove_app(&self, app: &str) -> Result<bool, StoreError> {
-        ops::remove_app(&mut self.conn(), app)
+        let result = ops::remove_app(&mut self.conn(), app);
+        self.notify(result)
     }
 }
 
@@ -217,6 +258,12 @@ impl ArtifactStore for ControlStore {
 }
 
 impl ControlState for ControlStore {
+    fn changes(&self, after: u64) -> Result<ChangeBatch, StoreError> {
+        ControlStore::changes(self, after)
+    }
+    fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        ControlStore::watch(self)
+    }
     fn apps(&self) -> Result<Vec<AppState>, StoreError> {
         ControlStore::apps(self)
     }

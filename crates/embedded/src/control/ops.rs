@@ -8,8 +8,9 @@ use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use tessera_store::{
-    AppState, CronConfig, DEFAULT_KEEP, DeployOptions, DeployOutcome, Revision, RevisionConfig,
-    ScalingConfig, ServiceDeploy, ServiceState, StoreError, SubscriptionConfig,
+    AppState, Change, ChangeBatch, ChangeKind, CronConfig, DEFAULT_CHANGE_HISTORY, DEFAULT_KEEP,
+    DeployOptions, DeployOutcome, Revision, RevisionConfig, ScalingConfig, ServiceDeploy,
+    ServiceState, StoreError, SubscriptionConfig,
 };
 
 /// An error inside an operation. Database failures are given their context (which
@@ -247,10 +248,17 @@ fn parse_config(
 /// Reads every app, or just `only`, with services, revisions and traffic.
 fn load(conn: &Connection, only: Option<&str>) -> Result<Vec<AppState>, Failure> {
     let mut apps: BTreeMap<String, BTreeMap<String, ServiceState>> = BTreeMap::new();
+    let mut generations = BTreeMap::new();
 
-    let mut stmt = conn.prepare("SELECT name FROM apps WHERE ?1 IS NULL OR name = ?1")?;
-    for name in stmt.query_map([only], |row| row.get::<_, String>(0))? {
-        apps.insert(name?, BTreeMap::new());
+    let mut stmt =
+        conn.prepare("SELECT name, generation FROM apps WHERE ?1 IS NULL OR name = ?1")?;
+    let rows = stmt.query_map([only], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+    })?;
+    for row in rows {
+        let (name, generation) = row?;
+        generations.insert(name.clone(), generation.max(0) as u64);
+        apps.insert(name, BTreeMap::new());
     }
 
     let mut stmt = conn.prepare("SELECT app, name FROM services WHERE ?1 IS NULL OR app = ?1")?;
@@ -318,6 +326,7 @@ fn load(conn: &Connection, only: Option<&str>) -> Result<Vec<AppState>, Failure>
     Ok(apps
         .into_iter()
         .map(|(name, services)| AppState {
+            generation: generations.get(&name).copied().unwrap_or(0),
             name,
             services: services.into_values().collect(),
         })
@@ -368,6 +377,7 @@ pub(crate) struct DeployPlan<'a> {
     whole_app: bool,
     traffic: Option<u8>,
     keep: usize,
+    if_generation: Option<u64>,
 }
 
 impl<'a> DeployPlan<'a> {
@@ -417,6 +427,7 @@ impl<'a> DeployPlan<'a> {
             selected,
             whole_app: options.only.is_empty(),
             traffic: options.traffic,
+            if_generation: options.if_generation,
             keep: if options.keep == 0 {
                 DEFAULT_KEEP
             } else {
@@ -434,7 +445,19 @@ pub(crate) fn deploy(
     let app = plan.app;
     let result = write(conn, |tx| {
         let current = load(tx, Some(app))?.pop();
+        let generation = current.as_ref().map_or(0, |a| a.generation);
+        if let Some(expected) = plan.if_generation
+            && expected != generation
+        {
+            return Err(StoreError::Conflict {
+                app: app.to_owned(),
+                expected,
+                found: generation,
+            }
+            .into());
+        }
         let current = current.map_or_else(Vec::new, |a| a.services);
+        let changes_before = tx.total_changes();
         tx.execute("INSERT OR IGNORE INTO apps (name) VALUES (?1)", [app])?;
         let mut outcome = DeployOutcome {
             app: app.to_owned(),
@@ -496,6 +519,11 @@ pub(crate) fn deploy(
         for service in &plan.selected {
             prune(tx, app, &service.name, plan.keep)?;
         }
+        // A deploy that changed nothing (every service unchanged, nothing pruned) is not a
+        // change: other nodes have nothing to catch up on.
+        if tx.total_changes() != changes_before {
+            record(tx, app, &ChangeKind::App)?;
+        }
         Ok(outcome)
     });
     finish(result, || format!("deploy app `{app}`"))
@@ -513,6 +541,7 @@ pub(crate) fn set_traffic(
         replace_traffic(tx, app, service, weights)?;
         // The primary revision may change, and with it the service's routes.
         check_routes(tx, app, &[service])?;
+        record(tx, app, &ChangeKind::App)?;
         load_service(tx, app, service)
     });
     finish(result, || {
@@ -589,6 +618,7 @@ pub(crate) fn rollback(
                 };
             replace_traffic(tx, app, service, &[(target, 100)])?;
             check_routes(tx, app, &[service])?;
+            record(tx, app, &ChangeKind::App)?;
             load_service(tx, app, service)
         });
     finish(result, || {
@@ -603,7 +633,11 @@ pub(crate) fn remove_app(conn: &mut Connection, app: &str) -> Result<bool, Store
         tx.execute("DELETE FROM traffic WHERE app = ?1", [app])?;
         tx.execute("DELETE FROM revisions WHERE app = ?1", [app])?;
         tx.execute("DELETE FROM services WHERE app = ?1", [app])?;
-        Ok(tx.execute("DELETE FROM apps WHERE name = ?1", [app])? > 0)
+        let existed = tx.execute("DELETE FROM apps WHERE name = ?1", [app])? > 0;
+        if existed {
+            record(tx, app, &ChangeKind::App)?;
+        }
+        Ok(existed)
     });
     finish(result, || format!("remove app `{app}`"))
 }
@@ -748,6 +782,7 @@ pub(crate) fn set_secret(
              ON CONFLICT (app, service, name) DO UPDATE SET value = ?4, updated_at = ?5",
             rusqlite::params![app, service, name, value, now() as i64],
         )?;
+        record(tx, app, &ChangeKind::Secrets(Some(service.to_owned())))?;
         Ok(())
     });
     finish(result, || {
@@ -762,10 +797,14 @@ pub(crate) fn delete_secret(
     name: &str,
 ) -> Result<bool, StoreError> {
     let result = write(conn, |tx| {
-        Ok(tx.execute(
+        let existed = tx.execute(
             "DELETE FROM secrets WHERE app = ?1 AND service = ?2 AND name = ?3",
             [app, service, name],
-        )? > 0)
+        )? > 0;
+        if existed {
+            record(tx, app, &ChangeKind::Secrets(Some(service.to_owned())))?;
+        }
+        Ok(existed)
     });
     finish(result, || {
         format!("remove a secret of service `{service}` of app `{app}`")
@@ -813,8 +852,78 @@ pub(crate) fn secrets(
 
 pub(crate) fn purge_secrets(conn: &mut Connection, app: &str) -> Result<(), StoreError> {
     let result = write(conn, |tx| {
-        tx.execute("DELETE FROM secrets WHERE app = ?1", [app])?;
+        if tx.execute("DELETE FROM secrets WHERE app = ?1", [app])? > 0 {
+            record(tx, app, &ChangeKind::Secrets(None))?;
+        }
         Ok(())
     });
     finish(result, || format!("remove the secrets of app `{app}`"))
+}
+
+/// Records a change inside the transaction making it; an app change becomes the app's
+/// generation. Only the newest [`DEFAULT_CHANGE_HISTORY`] changes are kept.
+fn record(tx: &Transaction<'_>, app: &str, kind: &ChangeKind) -> Result<u64, Failure> {
+    let (kind_text, service) = match kind {
+        ChangeKind::App => ("app", None),
+        ChangeKind::Secrets(service) => ("secrets", service.as_deref()),
+    };
+    tx.prepare_cached("INSERT INTO changes (app, kind, service) VALUES (?1, ?2, ?3)")?
+        .execute(params![app, kind_text, service])?;
+    let seq = tx.last_insert_rowid();
+    tx.prepare_cached("DELETE FROM changes WHERE seq <= ?1")?
+        .execute([seq - DEFAULT_CHANGE_HISTORY as i64])?;
+    if *kind == ChangeKind::App {
+        tx.prepare_cached("UPDATE apps SET generation = ?2 WHERE name = ?1")?
+            .execute(params![app, seq])?;
+    }
+    Ok(seq.max(0) as u64)
+}
+
+/// The sequence number of the latest change, 0 before the first.
+pub(crate) fn latest_change(conn: &Connection) -> Result<u64, StoreError> {
+    let result = conn
+        .query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |row| {
+            row.get::<_, i64>(0)
+        })
+        .map_err(Failure::Db);
+    finish(result.map(|seq| seq.max(0) as u64), || {
+        "read the latest change".to_owned()
+    })
+}
+
+/// The changes after `after`, oldest first.
+pub(crate) fn changes(conn: &mut Connection, after: u64) -> Result<ChangeBatch, StoreError> {
+    let result = (|| {
+        // One snapshot, so the oldest kept change and the rows agree.
+        let tx = conn.transaction()?;
+        let oldest: Option<i64> =
+            tx.query_row("SELECT MIN(seq) FROM changes", [], |row| row.get(0))?;
+        let after_sql = i64::try_from(after).unwrap_or(i64::MAX);
+        let mut stmt = tx.prepare_cached(
+            "SELECT seq, app, kind, service FROM changes WHERE seq > ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([after_sql], |row| {
+            let kind: String = row.get(2)?;
+            let service: Option<String> = row.get(3)?;
+            Ok(Change {
+                seq: row.get::<_, i64>(0)?.max(0) as u64,
+                app: row.get(1)?,
+                kind: if kind == "app" {
+                    ChangeKind::App
+                } else {
+                    ChangeKind::Secrets(service)
+                },
+            })
+        })?;
+        let changes = rows.collect::<Result<Vec<_>, _>>()?;
+        drop(stmt);
+        tx.finish()?;
+        Ok(ChangeBatch {
+            last: changes.last().map_or(after, |c| c.seq),
+            // The change right after `after` is gone: some were forgotten.
+            gap: oldest.is_some_and(|oldest| oldest > after_sql.saturating_add(1)),
+            changes,
+        })
+    })();
+    finish(result, || "read the changes".to_owned())
 }

@@ -69,6 +69,21 @@ CREATE TABLE secrets (
     PRIMARY KEY (app, service, name)
 ) STRICT;
 "#,
+    r#"
+-- Every committed change, for nodes sharing the state to catch up on; the newest
+-- `DEFAULT_CHANGE_HISTORY` are kept. AUTOINCREMENT, so a sequence number is never reused,
+-- not even after the newest rows were deleted. An app's generation is the sequence number
+-- of its last change; apps that existed before get one change each.
+CREATE TABLE changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    app TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('app', 'secrets')),
+    service TEXT
+) STRICT;
+ALTER TABLE apps ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+INSERT INTO changes (app, kind) SELECT name, 'app' FROM apps ORDER BY name;
+UPDATE apps SET generation = (SELECT MAX(seq) FROM changes WHERE changes.app = apps.name);
+"#,
 ];
 
 /// The schema version this build writes and understands.

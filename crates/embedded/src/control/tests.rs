@@ -8,8 +8,8 @@ use tempfile::TempDir;
 use super::schema::SCHEMA_VERSION;
 use super::{ARTIFACTS_DIR, ControlStore, DATABASE_FILE};
 use tessera_store::{
-    AppState, DeployOptions, DeployOutcome, RevisionConfig, ScalingConfig, ServiceDeploy,
-    ServiceState, StoreError,
+    AppState, ChangeKind, DeployOptions, DeployOutcome, RevisionConfig, ScalingConfig,
+    ServiceDeploy, ServiceState, StoreError,
 };
 
 fn store() -> (TempDir, ControlStore) {
@@ -1112,4 +1112,138 @@ fn scaling_settings_round_trip_and_older_revisions_get_the_defaults() {
     .unwrap();
     let api = service(&store, "shop", "api");
     assert_eq!(api.revisions[0].config.scaling, ScalingConfig::default());
+}
+
+// --- Changes and generations ---
+
+#[test]
+fn every_commit_is_a_change_and_an_apps_generation_only_grows() {
+    let (_dir, store) = store();
+    let mut watch = store.watch();
+    assert_eq!(*watch.borrow_and_update(), 0);
+    let a = artifact(&store, "a");
+    deploy(&store, "shop", &[svc("api", &a, &["/api"])]);
+    let first = store.app("shop").unwrap().unwrap().generation;
+    assert!(watch.has_changed().unwrap());
+    assert_eq!(*watch.borrow_and_update(), first);
+
+    // A deploy that changes nothing is no change.
+    deploy(&store, "shop", &[svc("api", &a, &["/api"])]);
+    assert_eq!(store.app("shop").unwrap().unwrap().generation, first);
+    assert!(!watch.has_changed().unwrap());
+
+    let b = artifact(&store, "b");
+    deploy(&store, "shop", &[svc("api", &b, &["/api"])]);
+    store.set_secret("shop", "api", "TOKEN", "x").unwrap();
+    store.rollback("shop", "api", None).unwrap();
+    let generation = store.app("shop").unwrap().unwrap().generation;
+    assert!(generation > first);
+
+    let batch = store.changes(0).unwrap();
+    assert!(!batch.gap);
+    let kinds: Vec<_> = batch.changes.iter().map(|c| c.kind.clone()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ChangeKind::App,
+            ChangeKind::App,
+            ChangeKind::Secrets(Some("api".into())),
+            ChangeKind::App
+        ]
+    );
+    assert!(batch.changes.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(batch.last, generation);
+    assert_eq!(*watch.borrow_and_update(), generation);
+    let rest = store.changes(batch.changes[1].seq).unwrap();
+    assert_eq!(rest.changes.len(), 2);
+    let none = store.changes(batch.last).unwrap();
+    assert!(none.changes.is_empty());
+    assert_eq!(none.last, batch.last);
+
+    // Removed and deployed again, the app never shows an earlier generation.
+    assert!(store.remove_app("shop").unwrap());
+    deploy(&store, "shop", &[svc("api", &a, &["/api"])]);
+    assert!(store.app("shop").unwrap().unwrap().generation > generation + 1);
+}
+
+#[test]
+fn a_deploy_prepared_against_a_stale_generation_conflicts_and_changes_nothing() {
+    let (_dir, store) = store();
+    let a = artifact(&store, "a");
+    let b = artifact(&store, "b");
+    let fresh = DeployOptions {
+        if_generation: Some(0),
+        ..DeployOptions::default()
+    };
+    store
+        .deploy("shop", &[svc("api", &a, &["/api"])], &fresh)
+        .unwrap();
+    // A second deploy that also saw the app absent loses.
+    let err = store
+        .deploy("shop", &[svc("api", &b, &["/api"])], &fresh)
+        .unwrap_err();
+    let generation = store.app("shop").unwrap().unwrap().generation;
+    assert!(
+        matches!(&err, StoreError::Conflict { app, expected: 0, found } if app == "shop" && *found == generation),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("deploy again"), "{err}");
+    assert_eq!(ids(&service(&store, "shop", "api")), vec![1]);
+
+    // With the current generation it applies.
+    let current = DeployOptions {
+        if_generation: Some(generation),
+        ..DeployOptions::default()
+    };
+    store
+        .deploy("shop", &[svc("api", &b, &["/api"])], &current)
+        .unwrap();
+    assert_eq!(ids(&service(&store, "shop", "api")), vec![1, 2]);
+}
+
+#[test]
+fn changes_and_generations_survive_reopening_and_old_history_reports_a_gap() {
+    let tmp = TempDir::new().unwrap();
+    let store = ControlStore::open(tmp.path()).unwrap();
+    let a = artifact(&store, "a");
+    deploy(&store, "shop", &[svc("api", &a, &["/api"])]);
+    let generation = store.app("shop").unwrap().unwrap().generation;
+    drop(store);
+    let store = ControlStore::open(tmp.path()).unwrap();
+    assert_eq!(*store.watch().borrow(), generation);
+    assert_eq!(store.app("shop").unwrap().unwrap().generation, generation);
+
+    // Forget the first change as a full history would: asking from before it is a gap.
+    store.set_secret("shop", "api", "A", "1").unwrap();
+    store
+        .conn()
+        .execute("DELETE FROM changes WHERE seq = ?1", [generation as i64])
+        .unwrap();
+    assert!(store.changes(0).unwrap().gap);
+    assert!(!store.changes(generation).unwrap().gap);
+}
+
+#[test]
+fn apps_stored_before_generations_existed_get_distinct_ones() {
+    let tmp = TempDir::new().unwrap();
+    let store = ControlStore::open(tmp.path()).unwrap();
+    let a = artifact(&store, "a");
+    deploy(&store, "shop", &[svc("api", &a, &["/api"])]);
+    deploy(&store, "blog", &[svc("web", &a, &["/blog"])]);
+    drop(store);
+    // Back to the schema before changes were recorded.
+    let conn = rusqlite::Connection::open(tmp.path().join(DATABASE_FILE)).unwrap();
+    conn.execute_batch(
+        "DROP TABLE changes; ALTER TABLE apps DROP COLUMN generation; PRAGMA user_version = 2;",
+    )
+    .unwrap();
+    drop(conn);
+
+    let store = ControlStore::open(tmp.path()).unwrap();
+    let generations: Vec<u64> = store.apps().unwrap().iter().map(|a| a.generation).collect();
+    assert_eq!(generations, vec![1, 2], "one change per app, in name order");
+    assert_eq!(*store.watch().borrow(), 2);
+    let b = artifact(&store, "b");
+    deploy(&store, "shop", &[svc("api", &b, &["/api"])]);
+    assert_eq!(store.app("shop").unwrap().unwrap().generation, 3);
 }
