@@ -5,8 +5,9 @@
 //! its own task (so at most `concurrency` run at once), picks consumers round-robin, and
 //! records the outcome: a success is acknowledged, anything else is a failure whose retry
 //! (or dead-lettering) the journal decides. With nothing due it sleeps until the journal's
-//! next due time, a [`Dispatcher::notify`] after a publish, or `idle_poll`, whichever
-//! comes first. Journal calls are synchronous and run on tokio's blocking pool.
+//! next due time, a wake-up from the journal ([`Journal::wakeups`]: a publish or re-drive
+//! through any node sharing it), or `idle_poll`, whichever comes first. Journal calls are
+//! synchronous and run on tokio's blocking pool.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,7 +19,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::{
-    Consumer, Delivery, EventError, Journal, Outcome, SubscriptionSpec, blocking,
+    Consumer, Delivery, EventError, Journal, Outcome, SubscriptionSpec, Wakeup, blocking,
     validate_subscriptions,
 };
 
@@ -40,6 +41,9 @@ pub trait Invoker: Send + Sync + 'static {
 /// Settings of a [`Dispatcher`].
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
+    /// Who registers the subscriptions in the journal ([`Journal::register`]): the node's
+    /// id, unique among the nodes sharing the journal.
+    pub owner: String,
     /// Longest sleep of an idle worker, so expired leases and clock changes are noticed.
     pub idle_poll: Duration,
     /// How long [`Dispatcher::shutdown`] waits for deliveries in flight.
@@ -51,6 +55,7 @@ pub struct DispatcherConfig {
 impl Default for DispatcherConfig {
     fn default() -> Self {
         DispatcherConfig {
+            owner: DEFAULT_OWNER.to_owned(),
             idle_poll: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             error_pause: Duration::from_secs(1),
@@ -58,10 +63,15 @@ impl Default for DispatcherConfig {
     }
 }
 
+/// The owner a node registers its subscriptions under when it is the only one.
+pub const DEFAULT_OWNER: &str = "local";
+
 /// Delivers the deliveries of a set of subscriptions. Start it inside a tokio runtime.
 pub struct Dispatcher {
     shared: Arc<Shared>,
-    workers: Mutex<Workers>,
+    workers: Arc<Mutex<Workers>>,
+    /// Passes the journal's wake-ups on to the workers they concern.
+    waker: JoinHandle<()>,
     /// Serialises [`Dispatcher::set_subscriptions`], so the journal and the workers see
     /// the same order of updates.
     updating: tokio::sync::Mutex<()>,
@@ -108,26 +118,31 @@ impl Dispatcher {
         invoker: Arc<dyn Invoker>,
         config: DispatcherConfig,
     ) -> Dispatcher {
+        let workers = Arc::new(Mutex::new(Workers::default()));
+        let waker = tokio::spawn(pass_on_wakeups(journal.wakeups(), Arc::downgrade(&workers)));
         Dispatcher {
             shared: Arc::new(Shared {
                 journal,
                 invoker,
                 config,
             }),
-            workers: Mutex::new(Workers::default()),
+            workers,
+            waker,
             updating: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Installs the full set of subscriptions in the journal
-    /// ([`Journal::set_subscriptions`]), then starts workers for new ones, updates changed
-    /// ones and stops removed ones (their deliveries in flight finish).
+    /// Registers the full set of this dispatcher's subscriptions in the journal
+    /// ([`Journal::register`] under the configured owner), then starts workers for new
+    /// ones, updates changed ones and stops removed ones (their deliveries in flight
+    /// finish).
     pub async fn set_subscriptions(&self, subs: Vec<SubscriptionSpec>) -> Result<(), EventError> {
         let _updating = self.updating.lock().await;
         validate_subscriptions(&subs)?;
         let journal = self.shared.journal.clone();
         let installed = subs.clone();
-        blocking(move || journal.set_subscriptions(&installed)).await?;
+        let owner = self.shared.config.owner.clone();
+        blocking(move || journal.register(&owner, &installed)).await?;
 
         let mut workers = self.lock();
         let mut old = std::mem::take(&mut workers.by_id);
@@ -161,20 +176,10 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Wakes the workers of `(app, topic)` right after a publish, so delivery does not
-    /// wait for their next poll.
-    pub fn notify(&self, app: &str, topic: &str) {
-        let workers = self.lock();
-        if let Some(notifies) = workers.by_topic.get(&(app.to_owned(), topic.to_owned())) {
-            for notify in notifies {
-                notify.notify_one();
-            }
-        }
-    }
-
     /// Stops leasing and waits up to `shutdown_grace` for deliveries in flight. Those
     /// still running then are abandoned; their leases expire and they are delivered again.
     pub async fn shutdown(self) {
+        self.waker.abort();
         let mut tasks = Vec::new();
         {
             let mut workers = self.lock();
@@ -227,9 +232,45 @@ impl Dispatcher {
 impl Drop for Dispatcher {
     fn drop(&mut self) {
         // Without `shutdown`, workers still stop leasing; deliveries in flight finish.
+        self.waker.abort();
         let workers = self.lock();
         for worker in workers.by_id.values() {
             worker.control.send_replace(None);
+        }
+    }
+}
+
+/// Wakes the workers a journal wake-up concerns; all of them when wake-ups were missed.
+async fn pass_on_wakeups(
+    mut wakeups: tokio::sync::broadcast::Receiver<Wakeup>,
+    workers: std::sync::Weak<Mutex<Workers>>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let wakeup = wakeups.recv().await;
+        let Some(workers) = workers.upgrade() else {
+            break;
+        };
+        let workers = workers.lock().unwrap_or_else(PoisonError::into_inner);
+        match wakeup {
+            Ok(Wakeup::Topic { app, topic }) => {
+                if let Some(notifies) = workers.by_topic.get(&(app, topic)) {
+                    for notify in notifies {
+                        notify.notify_one();
+                    }
+                }
+            }
+            Ok(Wakeup::Subscription(id)) => {
+                if let Some(worker) = workers.by_id.get(&id) {
+                    worker.notify.notify_one();
+                }
+            }
+            Err(RecvError::Lagged(_)) => {
+                for worker in workers.by_id.values() {
+                    worker.notify.notify_one();
+                }
+            }
+            Err(RecvError::Closed) => break,
         }
     }
 }

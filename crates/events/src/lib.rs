@@ -51,9 +51,9 @@ use std::time::{Duration, SystemTime};
 
 pub use backoff::{jitter, retry_delay};
 pub use cron::{
-    CronScheduler, CronSpec, MissedTicks, OnFire, Schedule, TICK_KIND, TICK_SOURCE, tick_message,
+    CronScheduler, CronSpec, MissedTicks, Schedule, TICK_KIND, TICK_SOURCE, tick_message,
 };
-pub use dispatcher::{Dispatcher, DispatcherConfig, Invoker};
+pub use dispatcher::{DEFAULT_OWNER, Dispatcher, DispatcherConfig, Invoker};
 pub use error::EventError;
 
 /// Longest message id, in bytes.
@@ -428,16 +428,41 @@ pub struct DeliveryStatus {
     pub updated: SystemTime,
 }
 
+/// Why a dispatcher should look for ready deliveries again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wakeup {
+    /// New messages were published to an app's topic.
+    Topic { app: String, topic: String },
+    /// Deliveries of one subscription became ready (re-driven).
+    Subscription(String),
+}
+
+/// How many wake-ups a journal's broadcast holds for a slow receiver before it lags.
+pub const WAKEUP_CAPACITY: usize = 1024;
+
 /// The durable store of messages and deliveries. See the crate documentation for the
 /// semantics every backend must honour.
 pub trait Journal: Send + Sync {
-    /// Installs the full set of subscriptions, replacing the previous set.
+    /// Registers `owner`'s subscriptions (an owner is one node: its dispatcher delivers
+    /// them), replacing what the same owner registered before; other owners'
+    /// registrations stay. A subscription is active while at least one owner registers
+    /// it, with the settings of its latest registration.
     ///
-    /// Deliveries of subscriptions that disappear are kept but not delivered (and new
-    /// messages no longer fan out to them), so a redeploy that adds them back resumes
-    /// where they stopped. Acks and failures of their in-flight deliveries are still
-    /// recorded.
-    fn set_subscriptions(&self, subs: &[SubscriptionSpec]) -> Result<(), EventError>;
+    /// Deliveries of subscriptions that no owner registers any more are kept but not
+    /// delivered (and new messages no longer fan out to them), so a redeploy that adds
+    /// them back resumes where they stopped. Acks and failures of their in-flight
+    /// deliveries are still recorded.
+    fn register(&self, owner: &str, subs: &[SubscriptionSpec]) -> Result<(), EventError>;
+
+    /// Withdraws everything `owner` registered (a node leaving for good).
+    fn withdraw(&self, owner: &str) -> Result<(), EventError>;
+
+    /// Tells dispatchers, of every node sharing the journal, when deliveries may have
+    /// become ready: after publishes (also other nodes') and re-drives. Each receiver sees
+    /// every wake-up sent after it subscribed; one that lags must treat every
+    /// subscription as woken. Retries and expired leases are not announced: a dispatcher
+    /// finds them through [`Journal::next_ready`].
+    fn wakeups(&self) -> tokio::sync::broadcast::Receiver<Wakeup>;
 
     /// Stores messages of an app durably (fsync'd when this returns `Ok`) and fans each
     /// out into one delivery per subscription of `(app, topic)` at this moment.

@@ -14,8 +14,8 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use tessera_events::{
-    Consumer, CronScheduler, CronSpec, Delivery, Dispatcher, Invoker, Journal, MissedTicks,
-    NewMessage, Outcome, Schedule, SubscriptionSpec,
+    Consumer, CronScheduler, CronSpec, Delivery, Dispatcher, DispatcherConfig, Invoker, Journal,
+    MissedTicks, NewMessage, Outcome, Schedule, SubscriptionSpec,
 };
 use tessera_gateway::{Rejection, Target};
 use tessera_runtime::{InvokeError, OutgoingMessage, Publisher};
@@ -55,6 +55,9 @@ pub fn async_topic(service: &str) -> String {
 /// anything is delivered); the dispatcher and scheduler start with the node's listeners.
 pub(crate) struct Events {
     pub(crate) journal: Arc<dyn Journal>,
+    /// The dispatcher's settings; its owner is the node's id, under which the node's
+    /// subscriptions are registered in the journal.
+    dispatcher: DispatcherConfig,
     targets: Arc<ArcSwap<TargetMap>>,
     running: Mutex<Option<Running>>,
     /// The latest triggers, applied when the machinery starts and on every rebuild.
@@ -72,9 +75,10 @@ struct Running {
 }
 
 impl Events {
-    pub(crate) fn new(journal: Arc<dyn Journal>) -> Events {
+    pub(crate) fn new(journal: Arc<dyn Journal>, dispatcher: DispatcherConfig) -> Events {
         Events {
             journal,
+            dispatcher,
             targets: Arc::new(ArcSwap::from_pointee(HashMap::new())),
             running: Mutex::new(None),
             specs: Mutex::new((Vec::new(), Vec::new())),
@@ -102,12 +106,12 @@ impl Events {
             targets: self.targets.clone(),
             callbacks: self.callbacks.clone(),
         });
-        let dispatcher = Arc::new(Dispatcher::start(self.journal.clone(), invoker));
-        let notify = dispatcher.clone();
-        let cron = CronScheduler::start(
+        let dispatcher = Arc::new(Dispatcher::start_with(
             self.journal.clone(),
-            Arc::new(move |app: &str, topic: &str| notify.notify(app, topic)),
-        );
+            invoker,
+            self.dispatcher.clone(),
+        ));
+        let cron = CronScheduler::start(self.journal.clone());
         let (subs, crons) = self.specs.lock().unwrap_or_else(|e| e.into_inner()).clone();
         cron.set(crons);
         // Rebuilds happen on threads outside the runtime; one task applies their
@@ -154,35 +158,13 @@ impl Events {
         }
     }
 
-    /// Wakes the subscribers of a topic after a publish.
-    pub(crate) fn notify(&self, app: &str, topic: &str) {
-        if let Some(running) = &*self.running.lock().unwrap_or_else(|e| e.into_inner()) {
-            running.dispatcher.notify(app, topic);
-        }
-    }
-
-    /// Wakes every subscription of an app (after a redrive).
-    pub(crate) fn notify_app(&self, app: &str) {
-        let specs = self.specs.lock().unwrap_or_else(|e| e.into_inner());
-        let topics: Vec<String> = specs
-            .0
-            .iter()
-            .filter(|s| s.app == app)
-            .map(|s| s.topic.clone())
-            .collect();
-        drop(specs);
-        for topic in topics {
-            self.notify(app, &topic);
-        }
-    }
-
     /// Installs the triggers and targets of the serving revisions. The journal learns the
     /// subscriptions at once, so a publish right after a deploy already fans out to them.
     pub(crate) fn update(&self, apps: &[AppState], targets: TargetMap) -> Result<(), String> {
         self.targets.store(Arc::new(targets));
         let (subs, crons) = triggers(apps)?;
         self.journal
-            .set_subscriptions(&subs)
+            .register(&self.dispatcher.owner, &subs)
             .map_err(|e| e.to_string())?;
         if let Some(running) = &*self.running.lock().unwrap_or_else(|e| e.into_inner()) {
             running.wanted.send_replace(subs.clone());
@@ -200,19 +182,14 @@ impl Events {
         })
     }
 
-    /// Publishes messages to an app's topics and wakes their subscribers; durable when it
-    /// returns.
+    /// Publishes messages to an app's topics; durable when it returns. The journal wakes
+    /// the subscribers' dispatchers, on this node and any other sharing it.
     pub(crate) fn publish(
         &self,
         app: &str,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<tessera_events::Published>, tessera_events::EventError> {
-        let topics: Vec<String> = messages.iter().map(|m| m.topic.clone()).collect();
-        let published = self.journal.publish(app, messages)?;
-        for topic in topics {
-            self.notify(app, &topic);
-        }
-        Ok(published)
+        self.journal.publish(app, messages)
     }
 }
 

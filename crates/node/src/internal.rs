@@ -4,7 +4,7 @@
 //! saying so, instead of piling more work on a callee that keeps failing.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -22,9 +22,8 @@ pub const CIRCUIT_HEADER: &str = "x-tessera-circuit";
 
 /// The node's router for internal calls.
 pub(crate) struct Router {
-    /// The node's serving targets; bound once the node exists (the runtime, which holds
-    /// the router, is made before it).
-    targets: Arc<OnceLock<Arc<ArcSwap<TargetMap>>>>,
+    /// The node's serving targets, kept current by every rebuild.
+    targets: Arc<ArcSwap<TargetMap>>,
     breakers: Arc<Mutex<HashMap<BreakerKey, Breaker>>>,
 }
 
@@ -47,7 +46,7 @@ enum Admission {
 }
 
 impl Router {
-    pub(crate) fn new(targets: Arc<OnceLock<Arc<ArcSwap<TargetMap>>>>) -> Router {
+    pub(crate) fn new(targets: Arc<ArcSwap<TargetMap>>) -> Router {
         Router {
             targets,
             breakers: Arc::new(Mutex::new(HashMap::new())),
@@ -101,12 +100,11 @@ impl InternalRouter for Router {
         callee: &str,
         request: http::Request<tessera_runtime::ResponseBody>,
     ) -> CallFuture {
-        let target = self.targets.get().and_then(|targets| {
-            targets
-                .load()
-                .get(&(caller.app.to_string(), callee.to_string()))
-                .cloned()
-        });
+        let target = self
+            .targets
+            .load()
+            .get(&(caller.app.to_string(), callee.to_string()))
+            .cloned();
         let breakers = self.breakers.clone();
         let key: BreakerKey = (
             caller.app.clone(),

@@ -87,6 +87,8 @@ pub const EVENTS_FILE: &str = "events.db";
 
 /// The lock file inside a node's data directory.
 pub const LOCK_FILE: &str = "lock";
+/// The compile cache inside the node's data directory.
+pub const COMPILED_DIR: &str = "compiled";
 
 /// Takes the exclusive advisory lock on `data` (creating the directory), which the
 /// operating system releases when the process ends however it ends, so a killed node never
@@ -135,6 +137,150 @@ pub struct ServiceRelease {
     pub service: ServiceDeploy,
     /// In order; each is applied once per service database, tracked by name.
     pub migrations: Vec<Migration>,
+}
+
+/// Everything a node is made of, gathered before it is built, so a node is complete from
+/// its first routing table: its backends, its runtime (with the router for internal calls),
+/// its telemetry and its memory budget.
+pub struct NodeBuilder {
+    store: Arc<dyn ControlState>,
+    artifacts: Arc<dyn ArtifactStore>,
+    data: Arc<dyn DataBackend>,
+    journal: Arc<dyn Journal>,
+    runtime: RuntimeConfig,
+    id: String,
+    dispatcher: tessera_events::DispatcherConfig,
+    telemetry: Option<Telemetry>,
+    memory_budget: u64,
+    dir_lock: Option<std::fs::File>,
+}
+
+impl NodeBuilder {
+    /// A node over any control-state, artifact, service-data and event backends.
+    pub fn new(
+        store: Arc<dyn ControlState>,
+        artifacts: Arc<dyn ArtifactStore>,
+        data: Arc<dyn DataBackend>,
+        journal: Arc<dyn Journal>,
+    ) -> NodeBuilder {
+        NodeBuilder {
+            store,
+            artifacts,
+            data,
+            journal,
+            runtime: RuntimeConfig::default(),
+            id: tessera_events::DEFAULT_OWNER.to_owned(),
+            dispatcher: tessera_events::DispatcherConfig::default(),
+            telemetry: None,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            dir_lock: None,
+        }
+    }
+
+    /// The embedded backends in the data directory `data` (created if needed), which it
+    /// locks for the node's life, with the compile cache in `data/compiled` and the
+    /// budget for loaded code from `TESSERA_MEMORY_BUDGET` (`512MiB`, `2GiB`, bytes) when
+    /// that is set.
+    pub fn embedded(data: &Path) -> Result<NodeBuilder, NodeError> {
+        // First of all, so a second process touches none of the files.
+        let dir_lock = lock_data_dir(data)?;
+        let budget = match std::env::var(MEMORY_BUDGET_ENV) {
+            Ok(text) if !text.trim().is_empty() => tessera_manifest::parse_size(&text)
+                .map_err(|m| NodeError::Invalid(format!("{MEMORY_BUDGET_ENV}: {m}")))?,
+            _ => DEFAULT_MEMORY_BUDGET,
+        };
+        let store = Arc::new(ControlStore::open(data)?);
+        let service_data = Arc::new(EmbeddedData::new(data.join(SERVICE_DATA_DIR)));
+        let journal = Arc::new(EmbeddedJournal::open(&data.join(EVENTS_FILE))?);
+        let mut builder =
+            NodeBuilder::new(store.clone(), store, service_data, journal).memory_budget(budget);
+        builder.dir_lock = Some(dir_lock);
+        builder.runtime.cache_dir = Some(data.join(COMPILED_DIR));
+        Ok(builder)
+    }
+
+    /// The runtime's settings. A compile cache directory already chosen (by
+    /// [`NodeBuilder::embedded`]) is kept when `config` names none.
+    pub fn runtime(mut self, config: RuntimeConfig) -> NodeBuilder {
+        let cache_dir = config.cache_dir.clone().or(self.runtime.cache_dir.take());
+        self.runtime = RuntimeConfig {
+            cache_dir,
+            ..config
+        };
+        self
+    }
+
+    /// The node's id among the nodes sharing its backends (default `local`): the owner of
+    /// its event subscriptions in the journal.
+    pub fn id(mut self, id: impl Into<String>) -> NodeBuilder {
+        self.id = id.into();
+        self
+    }
+
+    /// How the node's dispatcher polls and shuts down (its owner is always the node's id).
+    pub fn dispatcher(mut self, config: tessera_events::DispatcherConfig) -> NodeBuilder {
+        self.dispatcher = config;
+        self
+    }
+
+    /// Counts requests, loads and faults in `telemetry` and logs platform events there.
+    pub fn telemetry(mut self, telemetry: Telemetry) -> NodeBuilder {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// The budget, in bytes, for the compiled code of loaded revisions (default
+    /// [`DEFAULT_MEMORY_BUDGET`]).
+    pub fn memory_budget(mut self, bytes: u64) -> NodeBuilder {
+        self.memory_budget = bytes;
+        self
+    }
+
+    /// Builds the node and its first routing table from the control state.
+    pub fn build(self) -> Result<Node, NodeError> {
+        if self.id.is_empty() {
+            return Err(NodeError::Invalid("a node id must not be empty".into()));
+        }
+        let dispatcher = tessera_events::DispatcherConfig {
+            owner: self.id,
+            ..self.dispatcher
+        };
+        let events = Arc::new(events::Events::new(self.journal, dispatcher));
+        // Calls to `http://<service>.internal` are routed by this node, over the targets
+        // every rebuild installs, unless the runtime config brings its own router.
+        let internal = self
+            .runtime
+            .internal
+            .clone()
+            .unwrap_or_else(|| Arc::new(internal::Router::new(events.targets())));
+        let runtime = Runtime::new(RuntimeConfig {
+            internal: Some(internal),
+            ..self.runtime
+        })?;
+        let node = Node {
+            inner: Arc::new(NodeInner {
+                store: self.store,
+                artifacts: self.artifacts,
+                data: self.data,
+                events,
+                runtime,
+                routes: Routes::default(),
+                serving: Mutex::new(Serving::default()),
+                residency: scaling::Residency::new(self.memory_budget),
+                telemetry: ArcSwapOption::new(self.telemetry.map(Arc::new)),
+                reaper: Mutex::new(None),
+                watcher: Mutex::new(None),
+                _dir_lock: self.dir_lock,
+            }),
+        };
+        let mut serving = node.lock();
+        // Read before the state, so a change committed meanwhile is caught up on again
+        // rather than missed.
+        serving.seen = *node.inner.store.watch().borrow();
+        node.rebuild(&mut serving, &Renew::default())?;
+        drop(serving);
+        Ok(node)
+    }
 }
 
 /// Identity of a loaded revision.
@@ -219,94 +365,11 @@ impl Renew {
 }
 
 impl Node {
-    /// Opens (or creates) the node's state in `data`. Serving revisions are loaded when
-    /// their first request comes. The budget for loaded code is taken from
-    /// `TESSERA_MEMORY_BUDGET` (`512MiB`, `2GiB`, bytes) when it is set.
+    /// Opens (or creates) the node's state in `data` with the embedded backends
+    /// ([`NodeBuilder::embedded`]). Serving revisions are loaded when their first request
+    /// comes.
     pub fn open(data: &Path, runtime: RuntimeConfig) -> Result<Node, NodeError> {
-        // First of all, so a second process touches none of the files.
-        let dir_lock = lock_data_dir(data)?;
-        let budget = match std::env::var(MEMORY_BUDGET_ENV) {
-            Ok(text) if !text.trim().is_empty() => tessera_manifest::parse_size(&text)
-                .map_err(|m| NodeError::Invalid(format!("{MEMORY_BUDGET_ENV}: {m}")))?,
-            _ => DEFAULT_MEMORY_BUDGET,
-        };
-        let store = Arc::new(ControlStore::open(data)?);
-        let service_data = Arc::new(EmbeddedData::new(data.join(SERVICE_DATA_DIR)));
-        let journal = Arc::new(EmbeddedJournal::open(&data.join(EVENTS_FILE))?);
-        // Calls to `http://<service>.internal` are routed by this node; the router learns
-        // the node's serving targets once the node exists.
-        let targets = Arc::new(std::sync::OnceLock::new());
-        let router = Arc::new(internal::Router::new(targets.clone()));
-        let runtime = Runtime::new(RuntimeConfig {
-            cache_dir: Some(data.join("compiled")),
-            internal: Some(runtime.internal.unwrap_or(router)),
-            ..runtime
-        })?;
-        let node = Node::build(
-            store.clone(),
-            store,
-            service_data,
-            journal,
-            runtime,
-            Some(dir_lock),
-        )?;
-        let _ = targets.set(node.inner.events.targets());
-        node.set_memory_budget(budget);
-        Ok(node)
-    }
-
-    /// A node over any control-state, artifact, service-data and event backends.
-    pub fn with_backends(
-        store: Arc<dyn ControlState>,
-        artifacts: Arc<dyn ArtifactStore>,
-        data: Arc<dyn DataBackend>,
-        journal: Arc<dyn Journal>,
-        runtime: Runtime,
-    ) -> Result<Node, NodeError> {
-        Node::build(store, artifacts, data, journal, runtime, None)
-    }
-
-    fn build(
-        store: Arc<dyn ControlState>,
-        artifacts: Arc<dyn ArtifactStore>,
-        data: Arc<dyn DataBackend>,
-        journal: Arc<dyn Journal>,
-        runtime: Runtime,
-        dir_lock: Option<std::fs::File>,
-    ) -> Result<Node, NodeError> {
-        let node = Node {
-            inner: Arc::new(NodeInner {
-                store,
-                artifacts,
-                data,
-                events: Arc::new(events::Events::new(journal)),
-                runtime,
-                routes: Routes::default(),
-                serving: Mutex::new(Serving::default()),
-                residency: scaling::Residency::new(DEFAULT_MEMORY_BUDGET),
-                telemetry: ArcSwapOption::empty(),
-                reaper: Mutex::new(None),
-                watcher: Mutex::new(None),
-                _dir_lock: dir_lock,
-            }),
-        };
-        let mut serving = node.lock();
-        // Read before the state, so a change committed meanwhile is caught up on again
-        // rather than missed.
-        serving.seen = *node.inner.store.watch().borrow();
-        node.rebuild(&mut serving, &Renew::default())?;
-        drop(serving);
-        Ok(node)
-    }
-
-    /// Counts requests, loads and faults in `telemetry` and logs platform events there.
-    pub fn set_telemetry(&self, telemetry: Telemetry) {
-        let mut serving = self.lock();
-        self.inner.telemetry.store(Some(Arc::new(telemetry)));
-        // Routing tables carry the handle to the gateway: build one that has it.
-        if let Err(error) = self.rebuild(&mut serving, &Renew::default()) {
-            tracing::error!(%error, "cannot rebuild the routing table");
-        }
+        NodeBuilder::embedded(data)?.runtime(runtime).build()
     }
 
     /// Sets the budget, in bytes, for the compiled code of loaded revisions (default
@@ -715,12 +778,8 @@ impl Node {
     /// Makes dead letters deliverable again (all of the subscription's when `ids` is
     /// None); returns how many.
     pub fn redrive(&self, subscription: &str, ids: Option<&[String]>) -> Result<u64, NodeError> {
-        let count = self.inner.events.journal.redrive(subscription, ids)?;
-        if let Some((app, _)) = subscription.split_once('/') {
-            // Wake every worker of the app: the subscription's topic is not at hand.
-            self.inner.events.notify_app(app);
-        }
-        Ok(count)
+        // The journal wakes the subscription's dispatchers.
+        Ok(self.inner.events.journal.redrive(subscription, ids)?)
     }
 
     /// The state of an async invocation of a service.

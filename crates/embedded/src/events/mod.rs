@@ -39,7 +39,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use schema::{DEAD, SUCCEEDED};
 use tessera_events::{
     DeadLetter, Delivery, DeliveryState, DeliveryStatus, EventError, Journal, Message, NewMessage,
-    Outcome, Published, SubscriptionSpec, SubscriptionStats, from_unix_ms, unix_ms,
+    Outcome, Published, SubscriptionSpec, SubscriptionStats, WAKEUP_CAPACITY, Wakeup, from_unix_ms,
+    unix_ms,
 };
 use writer::{Op, Reply, Request};
 
@@ -85,6 +86,9 @@ pub struct EmbeddedJournal {
     writer: Option<thread::JoinHandle<()>>,
     /// Reads are short and rare next to writes, so one connection is enough.
     reader: Mutex<Connection>,
+    /// Wake-ups for dispatchers, sent after the commit that made deliveries ready. One
+    /// process owns the file, so every publish passes through here.
+    wakeups: tokio::sync::broadcast::Sender<Wakeup>,
 }
 
 impl std::fmt::Debug for EmbeddedJournal {
@@ -132,6 +136,7 @@ impl EmbeddedJournal {
             requests: Some(requests),
             writer: Some(writer),
             reader: Mutex::new(reader),
+            wakeups: tokio::sync::broadcast::Sender::new(WAKEUP_CAPACITY),
         })
     }
 
@@ -148,6 +153,11 @@ impl EmbeddedJournal {
             .send(Request { op, reply })
             .map_err(|_| EventError::Closed)?;
         answer.recv().map_err(|_| EventError::Closed)?
+    }
+
+    /// Sends a wake-up; having no receivers (no dispatcher running) is fine.
+    fn wake(&self, wakeup: Wakeup) {
+        let _ = self.wakeups.send(wakeup);
     }
 
     fn reader(&self) -> MutexGuard<'_, Connection> {
@@ -203,24 +213,52 @@ fn unexpected(reply: Reply) -> EventError {
 }
 
 impl Journal for EmbeddedJournal {
-    fn set_subscriptions(&self, subs: &[SubscriptionSpec]) -> Result<(), EventError> {
-        match self.call(Op::SetSubscriptions(subs.to_vec()))? {
+    fn register(&self, owner: &str, subs: &[SubscriptionSpec]) -> Result<(), EventError> {
+        let op = Op::Register {
+            owner: owner.to_owned(),
+            subs: subs.to_vec(),
+        };
+        match self.call(op)? {
             Reply::Done => Ok(()),
             other => Err(unexpected(other)),
         }
+    }
+
+    fn withdraw(&self, owner: &str) -> Result<(), EventError> {
+        match self.call(Op::Withdraw {
+            owner: owner.to_owned(),
+        })? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn wakeups(&self) -> tokio::sync::broadcast::Receiver<Wakeup> {
+        self.wakeups.subscribe()
     }
 
     fn publish(&self, app: &str, messages: Vec<NewMessage>) -> Result<Vec<Published>, EventError> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        match self.call(Op::Publish {
+        let topics: Vec<String> = messages.iter().map(|m| m.topic.clone()).collect();
+        let published = match self.call(Op::Publish {
             app: app.to_owned(),
             messages,
         })? {
-            Reply::Published(published) => Ok(published),
-            other => Err(unexpected(other)),
+            Reply::Published(published) => published,
+            other => return Err(unexpected(other)),
+        };
+        let mut woken = std::collections::HashSet::new();
+        for (topic, published) in topics.into_iter().zip(&published) {
+            if published.new && woken.insert(topic.clone()) {
+                self.wake(Wakeup::Topic {
+                    app: app.to_owned(),
+                    topic,
+                });
+            }
         }
+        Ok(published)
     }
 
     fn lease(&self, subscription: &str, max: usize) -> Result<Vec<Delivery>, EventError> {
@@ -316,7 +354,12 @@ impl Journal for EmbeddedJournal {
             ids: ids.map(<[String]>::to_vec),
         };
         match self.call(op)? {
-            Reply::Count(count) => Ok(count),
+            Reply::Count(count) => {
+                if count > 0 {
+                    self.wake(Wakeup::Subscription(subscription.to_owned()));
+                }
+                Ok(count)
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -449,6 +492,7 @@ impl Journal for EmbeddedJournal {
         tick: SystemTime,
         message: NewMessage,
     ) -> Result<bool, EventError> {
+        let topic = message.topic.clone();
         let op = Op::CronFire {
             app: app.to_owned(),
             schedule: schedule.to_owned(),
@@ -456,7 +500,15 @@ impl Journal for EmbeddedJournal {
             message,
         };
         match self.call(op)? {
-            Reply::Fired(new) => Ok(new),
+            Reply::Fired(new) => {
+                if new {
+                    self.wake(Wakeup::Topic {
+                        app: app.to_owned(),
+                        topic,
+                    });
+                }
+                Ok(new)
+            }
             other => Err(unexpected(other)),
         }
     }

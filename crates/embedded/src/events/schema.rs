@@ -1,7 +1,10 @@
 //! The embedded journal's tables, and the settings of its connections.
 //!
-//! - `subscriptions`: the installed set (`active = 1`) and removed ones (`active = 0`)
-//!   whose deliveries are kept; the settings `lease`/`fail` need, and running totals.
+//! - `subscriptions`: the registered set (`active = 1`) and unregistered ones
+//!   (`active = 0`) whose deliveries are kept; the settings `lease`/`fail` need, and
+//!   running totals.
+//! - `registrations`: which owner (node) registers which subscription; a subscription is
+//!   active while it has one.
 //! - `messages`: each payload once, keyed by `(app, id)` for idempotent publishing;
 //!   `live` counts the deliveries that still refer to it.
 //! - `deliveries`: one row per (subscription, message). `next_at` is the time the row
@@ -15,7 +18,7 @@ use rusqlite::Connection;
 
 use tessera_events::EventError;
 
-pub(super) const SCHEMA_VERSION: i64 = 1;
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// `deliveries.state`: waiting for an attempt, or leased (`leased = 1`).
 pub(super) const ACTIVE: i64 = 0;
@@ -77,6 +80,17 @@ CREATE TABLE cron_ticks (
 );
 ";
 
+/// From version 1, where one caller installed the whole set. Its active subscriptions
+/// stay active until the first registration, which recomputes `active` for all.
+const REGISTRATIONS: &str = "
+CREATE TABLE registrations (
+    owner TEXT NOT NULL,
+    sub INTEGER NOT NULL REFERENCES subscriptions (num),
+    PRIMARY KEY (owner, sub)
+);
+CREATE INDEX registrations_sub ON registrations (sub);
+";
+
 /// Prepares the writer connection: WAL with full sync (an acknowledged write survives a
 /// power cut), the schema, and the release of leases left by a previous process.
 pub(super) fn prepare_writer(
@@ -106,9 +120,12 @@ pub(super) fn prepare_writer(
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .map_err(open)?;
     match version {
-        0 => {
+        0 | 1 => {
             let tx = conn.transaction().map_err(open)?;
-            tx.execute_batch(SCHEMA).map_err(open)?;
+            if version == 0 {
+                tx.execute_batch(SCHEMA).map_err(open)?;
+            }
+            tx.execute_batch(REGISTRATIONS).map_err(open)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(open)?;
             tx.commit().map_err(open)?;

@@ -22,7 +22,13 @@ use tessera_events::{
 use tessera_events::{jitter, retry_delay};
 
 pub(super) enum Op {
-    SetSubscriptions(Vec<SubscriptionSpec>),
+    Register {
+        owner: String,
+        subs: Vec<SubscriptionSpec>,
+    },
+    Withdraw {
+        owner: String,
+    },
     Publish {
         app: String,
         messages: Vec<NewMessage>,
@@ -170,7 +176,8 @@ fn run_group(conn: &mut Connection, group: Vec<Request>) {
 
 fn apply(conn: &Connection, op: Op, now: i64, totals: &mut Totals) -> Result<Reply, EventError> {
     match op {
-        Op::SetSubscriptions(subs) => set_subscriptions(conn, &subs).map(|()| Reply::Done),
+        Op::Register { owner, subs } => register(conn, &owner, &subs).map(|()| Reply::Done),
+        Op::Withdraw { owner } => withdraw(conn, &owner).map(|()| Reply::Done),
         Op::Publish { app, messages } => publish(conn, &app, messages, now).map(Reply::Published),
         Op::Lease { subscription, max } => {
             lease(conn, &subscription, max, now, totals).map(Reply::Leased)
@@ -211,9 +218,20 @@ fn ms(duration: std::time::Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn set_subscriptions(conn: &Connection, subs: &[SubscriptionSpec]) -> Result<(), EventError> {
+/// Replaces what `owner` registered; a subscription is active while any owner registers it.
+fn register(conn: &Connection, owner: &str, subs: &[SubscriptionSpec]) -> Result<(), EventError> {
     validate_subscriptions(subs)?;
-    conn.execute("UPDATE subscriptions SET active = 0 WHERE active = 1", [])
+    if owner.is_empty() {
+        return Err(EventError::Invalid("an owner must not be empty".into()));
+    }
+    conn.prepare_cached("DELETE FROM registrations WHERE owner = ?1")
+        .map_err(db)?
+        .execute([owner])
+        .map_err(db)?;
+    let mut claim = conn
+        .prepare_cached(
+            "INSERT INTO registrations (owner, sub) SELECT ?1, num FROM subscriptions WHERE id = ?2",
+        )
         .map_err(db)?;
     let mut upsert = conn.prepare_cached(
         "INSERT INTO subscriptions (id, app, topic, active, max_attempts, backoff_ms, max_backoff_ms, timeout_ms)
@@ -234,7 +252,29 @@ fn set_subscriptions(conn: &Connection, subs: &[SubscriptionSpec]) -> Result<(),
                 ms(sub.timeout),
             ])
             .map_err(db)?;
+        claim.execute([owner, sub.id.as_str()]).map_err(db)?;
     }
+    refresh_active(conn)
+}
+
+/// Withdraws everything `owner` registered.
+fn withdraw(conn: &Connection, owner: &str) -> Result<(), EventError> {
+    conn.prepare_cached("DELETE FROM registrations WHERE owner = ?1")
+        .map_err(db)?
+        .execute([owner])
+        .map_err(db)?;
+    refresh_active(conn)
+}
+
+/// Marks active exactly the subscriptions some owner registers.
+fn refresh_active(conn: &Connection) -> Result<(), EventError> {
+    conn.prepare_cached(
+        "UPDATE subscriptions SET active = (num IN (SELECT sub FROM registrations))
+         WHERE active != (num IN (SELECT sub FROM registrations))",
+    )
+    .map_err(db)?
+    .execute([])
+    .map_err(db)?;
     Ok(())
 }
 

@@ -4,6 +4,4 @@ mod schedule;
 pub(crate) mod scheduler;
 
 pub use schedule::Schedule;
-pub use scheduler::{
-    CronScheduler, CronSpec, MissedTicks, OnFire, TICK_KIND, TICK_SOURCE, tick_message,
-};
+pub use scheduler::{CronScheduler, CronSpec, MissedTicks, TICK_KIND, TICK_SOURCE, tick_message};

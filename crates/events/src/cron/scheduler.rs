@@ -49,10 +49,6 @@ pub struct CronSpec {
     pub missed: MissedTicks,
 }
 
-/// Called after a tick was published for the first time, with its app and topic, so the
-/// node can wake the dispatcher ([`crate::Dispatcher::notify`]).
-pub type OnFire = Arc<dyn Fn(&str, &str) + Send + Sync>;
-
 /// Fires the ticks of a set of schedules. Start it inside a tokio runtime.
 pub struct CronScheduler {
     specs: watch::Sender<Vec<CronSpec>>,
@@ -66,10 +62,11 @@ impl std::fmt::Debug for CronScheduler {
 }
 
 impl CronScheduler {
-    /// Starts the scheduler with no schedules.
-    pub fn start(journal: Arc<dyn Journal>, on_fire: OnFire) -> Self {
+    /// Starts the scheduler with no schedules. A fired tick wakes its subscription's
+    /// dispatcher through the journal, like any publish.
+    pub fn start(journal: Arc<dyn Journal>) -> Self {
         let (specs, receiver) = watch::channel(Vec::new());
-        let task = tokio::spawn(run(journal, on_fire, receiver));
+        let task = tokio::spawn(run(journal, receiver));
         CronScheduler { specs, task }
     }
 
@@ -98,11 +95,7 @@ struct Entry {
     not_before: SystemTime,
 }
 
-async fn run(
-    journal: Arc<dyn Journal>,
-    on_fire: OnFire,
-    mut specs: watch::Receiver<Vec<CronSpec>>,
-) {
+async fn run(journal: Arc<dyn Journal>, mut specs: watch::Receiver<Vec<CronSpec>>) {
     let mut entries: HashMap<String, Entry> = HashMap::new();
     loop {
         let now = SystemTime::now();
@@ -112,10 +105,7 @@ async fn run(
                 continue;
             }
             match fire(&journal, &entry.spec, due).await {
-                Ok(new) => {
-                    if new {
-                        on_fire(&entry.spec.app, &entry.spec.topic);
-                    }
+                Ok(_) => {
                     // From now, not from the tick: a tick fired late does not make the
                     // ones after it fire in a burst.
                     entry.due = entry.spec.schedule.next_after(due.max(SystemTime::now()));

@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::Args;
 use tessera_api::Auth;
 use tessera_gateway::{GatewayConfig, ListenerConfig};
-use tessera_node::{CallbackPolicy, Node};
+use tessera_node::{CallbackPolicy, Node, NodeBuilder};
 use tessera_runtime::{RuntimeConfig, TerminalLog};
 use tessera_telemetry::{Telemetry, TelemetryConfig};
 
@@ -54,21 +54,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
     )?;
     let telemetry = Telemetry::new(TelemetryConfig::default());
-    let node = Node::open(
-        &args.data,
-        RuntimeConfig {
-            max_instances: args.max_instances,
-            instance_memory: args
-                .instance_memory
-                .unwrap_or_else(tessera_runtime::default_instance_memory),
-            // Guest output is kept for `tessera logs` and still printed as it comes.
-            log_sink: telemetry.guest_sink(Some(Arc::new(TerminalLog))),
-            ..RuntimeConfig::default()
-        },
-    )
-    .with_context(|| format!("cannot open node state in {}", args.data.display()))?;
-    // Before the first deploy, so its loads are counted and logged too.
-    node.set_telemetry(telemetry.clone());
+    let node = NodeBuilder::embedded(&args.data)
+        .and_then(|builder| {
+            builder
+                .runtime(RuntimeConfig {
+                    max_instances: args.max_instances,
+                    instance_memory: args
+                        .instance_memory
+                        .unwrap_or_else(tessera_runtime::default_instance_memory),
+                    // Guest output is kept for `tessera logs` and still printed as it comes.
+                    log_sink: telemetry.guest_sink(Some(Arc::new(TerminalLog))),
+                    ..RuntimeConfig::default()
+                })
+                // Before the first deploy, so its loads are counted and logged too.
+                .telemetry(telemetry.clone())
+                .build()
+        })
+        .with_context(|| format!("cannot open node state in {}", args.data.display()))?;
 
     run_node(
         node,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tessera_node::Node;
+use tessera_node::NodeBuilder;
 use tessera_runtime::{RuntimeConfig, TerminalLog};
 use tessera_store::DeployOptions;
 use tessera_telemetry::{Telemetry, TelemetryConfig};
@@ -67,21 +67,23 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("."));
     let data = args.data.unwrap_or_else(|| app_dir.join(".tessera"));
     let telemetry = Telemetry::new(TelemetryConfig::default());
-    let node = Node::open(
-        &data,
-        RuntimeConfig {
-            max_instances: args.max_instances,
-            instance_memory: args
-                .instance_memory
-                .unwrap_or_else(tessera_runtime::default_instance_memory),
-            // Guest output is kept for `tessera logs` and still printed as it comes.
-            log_sink: telemetry.guest_sink(Some(Arc::new(TerminalLog))),
-            ..RuntimeConfig::default()
-        },
-    )
-    .with_context(|| format!("cannot open node state in {}", data.display()))?;
-    // Before the first deploy, so its loads are counted and logged too.
-    node.set_telemetry(telemetry.clone());
+    let node = NodeBuilder::embedded(&data)
+        .and_then(|builder| {
+            builder
+                .runtime(RuntimeConfig {
+                    max_instances: args.max_instances,
+                    instance_memory: args
+                        .instance_memory
+                        .unwrap_or_else(tessera_runtime::default_instance_memory),
+                    // Guest output is kept for `tessera logs` and still printed as it comes.
+                    log_sink: telemetry.guest_sink(Some(Arc::new(TerminalLog))),
+                    ..RuntimeConfig::default()
+                })
+                // Before the first deploy, so its loads are counted and logged too.
+                .telemetry(telemetry.clone())
+                .build()
+        })
+        .with_context(|| format!("cannot open node state in {}", data.display()))?;
 
     let mut services = Vec::with_capacity(manifest.services.len());
     for spec in &manifest.services {

@@ -13,5 +13,6 @@ mod isolation;
 mod lifecycle;
 mod polyglot;
 mod scaling;
+mod shared_backends;
 mod telemetry;
 mod util;

@@ -30,8 +30,10 @@ use tessera_events::{
     DeadLetter, Delivery, DeliveryStatus, EventError, Journal, NewMessage, Outcome, Published,
     SubscriptionSpec, SubscriptionStats,
 };
-use tessera_node::{EVENTS_FILE, Node, SERVICE_DATA_DIR, ServiceRelease};
-use tessera_runtime::{Runtime, RuntimeConfig};
+use tessera_node::{
+    COMPILED_DIR, EVENTS_FILE, Node, NodeBuilder, SERVICE_DATA_DIR, ServiceRelease,
+};
+use tessera_runtime::RuntimeConfig;
 use tessera_store::{DeployOptions, RevisionConfig, ServiceDeploy, SubscriptionConfig};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -99,13 +101,14 @@ fn print_phase(phase: &Phase) {
 fn open_node(dir: &Path, journal: Arc<dyn Journal>) -> Result<Node> {
     let store = Arc::new(ControlStore::open(dir).context("opening the control store")?);
     let data = Arc::new(EmbeddedData::new(dir.join(SERVICE_DATA_DIR)));
-    let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: Some(dir.join("compiled")),
-        max_instances: 1000,
-        ..RuntimeConfig::default()
-    })
-    .context("starting the WebAssembly runtime")?;
-    Node::with_backends(store.clone(), store, data, journal, runtime).context("opening the node")
+    NodeBuilder::new(store.clone(), store, data, journal)
+        .runtime(RuntimeConfig {
+            cache_dir: Some(dir.join(COMPILED_DIR)),
+            max_instances: 1000,
+            ..RuntimeConfig::default()
+        })
+        .build()
+        .context("opening the node")
 }
 
 /// Deploys `component` as the app's only service on `/`, with the given subscriptions.
@@ -580,8 +583,16 @@ impl Watched {
 }
 
 impl Journal for Watched {
-    fn set_subscriptions(&self, subs: &[SubscriptionSpec]) -> Result<(), EventError> {
-        self.inner.set_subscriptions(subs)
+    fn register(&self, owner: &str, subs: &[SubscriptionSpec]) -> Result<(), EventError> {
+        self.inner.register(owner, subs)
+    }
+
+    fn withdraw(&self, owner: &str) -> Result<(), EventError> {
+        self.inner.withdraw(owner)
+    }
+
+    fn wakeups(&self) -> tokio::sync::broadcast::Receiver<tessera_events::Wakeup> {
+        self.inner.wakeups()
     }
 
     fn publish(&self, app: &str, messages: Vec<NewMessage>) -> Result<Vec<Published>, EventError> {

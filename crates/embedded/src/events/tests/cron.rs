@@ -7,7 +7,7 @@ use super::{eventually, open, spec};
 use crate::EmbeddedJournal;
 use tessera_events::tick_message;
 use tessera_events::{
-    CronScheduler, CronSpec, Journal, MissedTicks, Schedule, from_unix_ms, unix_ms,
+    CronScheduler, CronSpec, DEFAULT_OWNER, Journal, MissedTicks, Schedule, from_unix_ms, unix_ms,
 };
 
 const HOUR_MS: i64 = 3_600_000;
@@ -27,16 +27,22 @@ type Fired = Arc<Mutex<Vec<(String, String)>>>;
 fn start(journal: &Arc<EmbeddedJournal>) -> (CronScheduler, Fired) {
     let fired: Fired = Arc::default();
     let record = fired.clone();
-    let on_fire = Arc::new(move |app: &str, topic: &str| {
-        record.lock().unwrap().push((app.into(), topic.into()))
+    // A tick is seen as the journal's wake-up for its topic, as a dispatcher sees it.
+    let mut wakeups = journal.wakeups();
+    tokio::spawn(async move {
+        while let Ok(wakeup) = wakeups.recv().await {
+            if let tessera_events::Wakeup::Topic { app, topic } = wakeup {
+                record.lock().unwrap().push((app, topic));
+            }
+        }
     });
-    (CronScheduler::start(journal.clone(), on_fire), fired)
+    (CronScheduler::start(journal.clone()), fired)
 }
 
 /// Installs a subscription for each cron spec, as the node would.
 fn subscribe(journal: &EmbeddedJournal, specs: &[CronSpec]) {
     let subs: Vec<_> = specs.iter().map(|c| spec(&c.id, &c.topic)).collect();
-    journal.set_subscriptions(&subs).unwrap();
+    journal.register(DEFAULT_OWNER, &subs).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

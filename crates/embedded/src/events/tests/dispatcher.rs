@@ -51,7 +51,6 @@ async fn each_message_is_delivered_once_and_acknowledged() {
         (0..50).map(|i| message("orders", &i.to_string())).collect(),
     )
     .await;
-    dispatcher.notify("shop", "orders");
     eventually(PATIENCE, "50 deliveries", || {
         delivered(&journal, &sub.id) == 50
     })
@@ -96,7 +95,6 @@ async fn consumers_of_a_queue_share_the_work_and_topics_fan_out() {
         (0..100).map(|i| message("jobs", &i.to_string())).collect(),
     )
     .await;
-    dispatcher.notify("shop", "jobs");
     eventually(PATIENCE, "all deliveries", || {
         delivered(&journal, &queue.id) == 100 && delivered(&journal, &audit.id) == 100
     })
@@ -143,7 +141,6 @@ async fn failures_are_retried_with_the_same_id_then_dead_lettered_and_redriven()
         .await
         .unwrap();
     publish(&journal, vec![message_with_id("orders", "order-1")]).await;
-    dispatcher.notify("shop", "orders");
     eventually(PATIENCE, "a dead letter", || {
         journal.dead_letters(&sub.id, 10).unwrap().len() == 1
     })
@@ -175,7 +172,6 @@ async fn failures_are_retried_with_the_same_id_then_dead_lettered_and_redriven()
 
     invoker.answer(|_| Outcome::response(204, Vec::new()));
     assert_eq!(journal.redrive(&sub.id, None).unwrap(), 1);
-    dispatcher.notify("shop", "orders");
     eventually(PATIENCE, "the re-driven delivery", || {
         delivered(&journal, &sub.id) == 1
     })
@@ -206,7 +202,6 @@ async fn a_consumer_that_does_not_answer_in_time_fails_the_attempt() {
         .await
         .unwrap();
     publish(&journal, vec![message_with_id("orders", "slow")]).await;
-    dispatcher.notify("shop", "orders");
     eventually(PATIENCE, "a dead letter", || {
         journal.dead_letter(&sub.id, "slow").unwrap().is_some()
     })
@@ -244,7 +239,6 @@ async fn no_more_than_concurrency_deliveries_run_at_once() {
         (0..30).map(|i| message("orders", &i.to_string())).collect(),
     )
     .await;
-    dispatcher.notify("shop", "orders");
     eventually(PATIENCE, "30 deliveries", || {
         delivered(&journal, &sub.id) == 30
     })
@@ -254,7 +248,7 @@ async fn no_more_than_concurrency_deliveries_run_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn notify_delivers_without_waiting_for_the_poll() {
+async fn a_publish_wakes_the_dispatcher_without_waiting_for_the_poll() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Arc::new(open(dir.path()));
     let invoker = TestInvoker::succeeding();
@@ -272,12 +266,11 @@ async fn notify_delivers_without_waiting_for_the_poll() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let start = Instant::now();
     publish(&journal, vec![message("orders", "now")]).await;
-    dispatcher.notify("shop", "orders");
     eventually(Duration::from_secs(5), "the delivery", || {
         delivered(&journal, &sub.id) == 1
     })
     .await;
-    println!("publish to ack after notify: {:.2?}", start.elapsed());
+    println!("publish to ack after the wake-up: {:.2?}", start.elapsed());
     dispatcher.shutdown().await;
 }
 
@@ -288,7 +281,7 @@ async fn a_removed_subscription_is_not_delivered_until_it_returns() {
     let sub = spec("shop/worker/orders", "orders");
     let other = spec("shop/other/x", "x");
     journal
-        .set_subscriptions(std::slice::from_ref(&sub))
+        .register(tessera_events::DEFAULT_OWNER, std::slice::from_ref(&sub))
         .unwrap();
     publish(
         &journal,
@@ -330,7 +323,6 @@ async fn shutdown_waits_for_deliveries_in_flight() {
         .await
         .unwrap();
     publish(&journal, vec![message_with_id("orders", "m")]).await;
-    dispatcher.notify("shop", "orders");
     eventually(PATIENCE, "the call", || invoker.call_count() == 1).await;
     dispatcher.shutdown().await;
     assert_eq!(
@@ -368,16 +360,9 @@ async fn end_to_end_throughput() {
             }
         })
     };
-    // The publisher does not notify; keep the workers awake the way a node would.
-    let notifier = async {
-        while !publisher.is_finished() {
-            dispatcher.notify("shop", "orders");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    notifier.await;
+    // Each publish wakes the workers through the journal.
+    publisher.await.unwrap();
     let published = start.elapsed();
-    dispatcher.notify("shop", "orders");
     eventually(Duration::from_secs(120), "every delivery", || {
         delivered(&journal, &sub.id) == MESSAGES as u64
     })

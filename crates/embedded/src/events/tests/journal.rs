@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{message, message_with_id, open, open_with, spec};
 use crate::JournalConfig;
 use tessera_events::{
-    DeliveryState, EventError, Journal, NewMessage, Outcome, from_unix_ms, unix_ms,
+    DEFAULT_OWNER, DeliveryState, EventError, Journal, NewMessage, Outcome, from_unix_ms, unix_ms,
 };
 
 fn failure() -> Outcome {
@@ -25,7 +25,7 @@ fn published_messages_survive_reopening() {
     let ids: Vec<String> = {
         let journal = open(dir.path());
         journal
-            .set_subscriptions(std::slice::from_ref(&sub))
+            .register(DEFAULT_OWNER, std::slice::from_ref(&sub))
             .unwrap();
         let mut first = message("orders", "one");
         first.attributes = vec![
@@ -89,12 +89,15 @@ fn publish_fans_out_to_every_subscription_of_the_apps_topic() {
         ..spec("blog/mail/orders", "orders")
     };
     journal
-        .set_subscriptions(&[
-            billing.clone(),
-            mail.clone(),
-            other_topic.clone(),
-            other_app.clone(),
-        ])
+        .register(
+            DEFAULT_OWNER,
+            &[
+                billing.clone(),
+                mail.clone(),
+                other_topic.clone(),
+                other_app.clone(),
+            ],
+        )
         .unwrap();
 
     let id = journal
@@ -132,7 +135,7 @@ fn publishing_an_existing_id_is_ignored() {
     let journal = open(dir.path());
     let sub = spec("shop/worker/orders", "orders");
     journal
-        .set_subscriptions(std::slice::from_ref(&sub))
+        .register(DEFAULT_OWNER, std::slice::from_ref(&sub))
         .unwrap();
     let first = journal
         .publish("shop", vec![message_with_id("orders", "order-1")])
@@ -180,7 +183,7 @@ fn failed_attempts_back_off_then_dead_letter_and_redrive_restarts() {
         ..spec("shop/worker/orders", "orders")
     };
     journal
-        .set_subscriptions(std::slice::from_ref(&sub))
+        .register(DEFAULT_OWNER, std::slice::from_ref(&sub))
         .unwrap();
     let id = journal
         .publish("shop", vec![message("orders", "x")])
@@ -276,7 +279,7 @@ fn redrive_by_id_leaves_other_dead_letters() {
         ..spec("shop/worker/orders", "orders")
     };
     journal
-        .set_subscriptions(std::slice::from_ref(&sub))
+        .register(DEFAULT_OWNER, std::slice::from_ref(&sub))
         .unwrap();
     journal
         .publish(
@@ -322,7 +325,7 @@ fn a_crash_mid_delivery_redelivers_after_reopening() {
     let id = {
         let journal = open(dir.path());
         journal
-            .set_subscriptions(std::slice::from_ref(&sub))
+            .register(DEFAULT_OWNER, std::slice::from_ref(&sub))
             .unwrap();
         let id = journal
             .publish("shop", vec![message("orders", "x")])
@@ -356,7 +359,7 @@ fn an_expired_lease_makes_the_delivery_ready_again() {
         ..spec("s", "orders")
     };
     journal
-        .set_subscriptions(std::slice::from_ref(&sub))
+        .register(DEFAULT_OWNER, std::slice::from_ref(&sub))
         .unwrap();
     let id = journal
         .publish("shop", vec![message("orders", "x")])
@@ -403,7 +406,7 @@ fn stats_count_each_state() {
     };
     let idle = spec("shop/idle/other", "other");
     journal
-        .set_subscriptions(&[sub.clone(), idle.clone()])
+        .register(DEFAULT_OWNER, &[sub.clone(), idle.clone()])
         .unwrap();
     let ids: Vec<String> = journal
         .publish(
@@ -473,7 +476,7 @@ fn status_follows_a_delivery_and_keeps_the_result() {
     let journal = open(dir.path());
     let sub = spec("shop/worker/async", "$async/worker");
     journal
-        .set_subscriptions(std::slice::from_ref(&sub))
+        .register(DEFAULT_OWNER, std::slice::from_ref(&sub))
         .unwrap();
     let id = journal
         .publish("shop", vec![message("$async/worker", "call")])
@@ -513,7 +516,7 @@ fn result_bodies_are_capped() {
     let journal = open(dir.path());
     let sub = spec("s", "t");
     journal
-        .set_subscriptions(std::slice::from_ref(&sub))
+        .register(DEFAULT_OWNER, std::slice::from_ref(&sub))
         .unwrap();
     let id = journal.publish("shop", vec![message("t", "x")]).unwrap()[0]
         .id
@@ -542,14 +545,14 @@ fn a_removed_subscription_keeps_its_deliveries_until_it_returns() {
     let journal = open(dir.path());
     let sub = spec("shop/worker/orders", "orders");
     journal
-        .set_subscriptions(std::slice::from_ref(&sub))
+        .register(DEFAULT_OWNER, std::slice::from_ref(&sub))
         .unwrap();
     let kept = journal
         .publish("shop", vec![message("orders", "kept")])
         .unwrap()[0]
         .id
         .clone();
-    journal.set_subscriptions(&[]).unwrap();
+    journal.register(DEFAULT_OWNER, &[]).unwrap();
     assert!(journal.lease(&sub.id, 10).unwrap().is_empty());
     journal
         .publish("shop", vec![message("orders", "not fanned out")])
@@ -560,7 +563,7 @@ fn a_removed_subscription_keeps_its_deliveries_until_it_returns() {
     assert_eq!(stats[0].ready, 1);
 
     journal
-        .set_subscriptions(std::slice::from_ref(&sub))
+        .register(DEFAULT_OWNER, std::slice::from_ref(&sub))
         .unwrap();
     let leased = journal.lease(&sub.id, 10).unwrap();
     assert_eq!(
@@ -580,10 +583,13 @@ fn invalid_input_is_refused_with_a_reason() {
         max_attempts: 0,
         ..spec("s", "t")
     };
-    let error = journal.set_subscriptions(&[bad]).unwrap_err().to_string();
+    let error = journal
+        .register(DEFAULT_OWNER, &[bad])
+        .unwrap_err()
+        .to_string();
     assert_eq!(error, "subscription \"s\": max_attempts must be at least 1");
     let error = journal
-        .set_subscriptions(&[spec("s", "t"), spec("s", "u")])
+        .register(DEFAULT_OWNER, &[spec("s", "t"), spec("s", "u")])
         .unwrap_err()
         .to_string();
     assert_eq!(error, "subscription \"s\" is listed twice");
@@ -616,7 +622,7 @@ fn finished_deliveries_and_their_messages_are_pruned() {
     let journal = open_with(dir.path(), config);
     let sub = spec("s", "t");
     journal
-        .set_subscriptions(std::slice::from_ref(&sub))
+        .register(DEFAULT_OWNER, std::slice::from_ref(&sub))
         .unwrap();
     let ids: Vec<String> = journal
         .publish(
@@ -653,7 +659,7 @@ fn results_older_than_the_retention_are_pruned_on_open() {
     let id = {
         let journal = open(dir.path());
         journal
-            .set_subscriptions(std::slice::from_ref(&sub))
+            .register(DEFAULT_OWNER, std::slice::from_ref(&sub))
             .unwrap();
         let id = journal.publish("shop", vec![message("t", "x")]).unwrap()[0]
             .id
@@ -722,7 +728,7 @@ fn dead_letters_expire_and_are_capped_per_subscription() {
             ..JournalConfig::default()
         });
         journal
-            .set_subscriptions(std::slice::from_ref(&sub))
+            .register(DEFAULT_OWNER, std::slice::from_ref(&sub))
             .unwrap();
         journal
             .publish("shop", bodies.iter().map(|b| message("t", b)).collect())
@@ -763,7 +769,7 @@ fn cron_fire_publishes_once_per_tick_and_records_it() {
     let journal = open(dir.path());
     let sub = spec("shop/worker/cron:0", "$cron/worker/0");
     journal
-        .set_subscriptions(std::slice::from_ref(&sub))
+        .register(DEFAULT_OWNER, std::slice::from_ref(&sub))
         .unwrap();
     assert_eq!(journal.cron_last_tick(&sub.id).unwrap(), None);
     let tick = from_unix_ms(1_700_000_040_000);
@@ -810,7 +816,7 @@ fn group_commit_publishes_many_small_batches_quickly() {
     let journal = Arc::new(open(dir.path()));
     let sub = spec("shop/worker/orders", "orders");
     journal
-        .set_subscriptions(std::slice::from_ref(&sub))
+        .register(DEFAULT_OWNER, std::slice::from_ref(&sub))
         .unwrap();
     let start = Instant::now();
     let threads: Vec<_> = (0..THREADS)
@@ -837,4 +843,157 @@ fn group_commit_publishes_many_small_batches_quickly() {
     );
     let stats = journal.stats().unwrap();
     assert_eq!(stats[0].ready, total as u64);
+}
+
+// --- Registrations per owner, and wake-ups ---
+
+/// Deliveries of a subscription waiting for an attempt.
+fn pending(journal: &crate::EmbeddedJournal, subscription: &str) -> usize {
+    journal
+        .stats()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.id == subscription)
+        .map_or(0, |s| s.ready as usize)
+}
+
+#[test]
+fn each_owner_registers_its_own_set_and_a_subscription_lives_while_anyone_registers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(dir.path());
+    let orders = spec("shop/a/orders", "orders");
+    let audit = spec("shop/b/orders", "orders");
+    journal
+        .register("node-1", &[orders.clone(), audit.clone()])
+        .unwrap();
+    journal
+        .register("node-2", std::slice::from_ref(&orders))
+        .unwrap();
+    journal
+        .publish("shop", vec![message("orders", "1")])
+        .unwrap();
+    assert_eq!(pending(&journal, &orders.id), 1);
+    assert_eq!(pending(&journal, &audit.id), 1);
+
+    // node-1 drops `audit`: node-2 never had it, so it stops fanning out; `orders` stays.
+    journal
+        .register("node-1", std::slice::from_ref(&orders))
+        .unwrap();
+    journal
+        .publish("shop", vec![message("orders", "2")])
+        .unwrap();
+    assert_eq!(pending(&journal, &orders.id), 2);
+    assert_eq!(pending(&journal, &audit.id), 1, "kept, but no longer fed");
+    assert!(journal.lease(&audit.id, 10).unwrap().is_empty());
+
+    // node-2's registration alone keeps `orders` alive after node-1 withdraws.
+    journal.withdraw("node-1").unwrap();
+    journal
+        .publish("shop", vec![message("orders", "3")])
+        .unwrap();
+    assert_eq!(pending(&journal, &orders.id), 3);
+    journal.withdraw("node-2").unwrap();
+    journal
+        .publish("shop", vec![message("orders", "4")])
+        .unwrap();
+    assert_eq!(pending(&journal, &orders.id), 3);
+    assert!(journal.lease(&orders.id, 10).unwrap().is_empty());
+
+    // Registering again resumes where it stopped.
+    journal
+        .register("node-2", std::slice::from_ref(&orders))
+        .unwrap();
+    assert_eq!(journal.lease(&orders.id, 10).unwrap().len(), 3);
+    let error = journal.register("", &[]).unwrap_err();
+    assert!(matches!(error, EventError::Invalid(_)), "{error}");
+}
+
+#[test]
+fn publishes_and_redrives_wake_every_receiver_once_per_new_topic() {
+    use tessera_events::Wakeup;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(dir.path());
+    let sub = tessera_events::SubscriptionSpec {
+        max_attempts: 1,
+        ..spec("shop/a/orders", "orders")
+    };
+    journal
+        .register(DEFAULT_OWNER, std::slice::from_ref(&sub))
+        .unwrap();
+    let mut first = journal.wakeups();
+    let mut second = journal.wakeups();
+    journal
+        .publish(
+            "shop",
+            vec![
+                message_with_id("orders", "a"),
+                message_with_id("orders", "b"),
+                message_with_id("audit", "c"),
+            ],
+        )
+        .unwrap();
+    let topic = |t: &str| Wakeup::Topic {
+        app: "shop".into(),
+        topic: t.into(),
+    };
+    for receiver in [&mut first, &mut second] {
+        assert_eq!(receiver.try_recv().unwrap(), topic("orders"));
+        assert_eq!(receiver.try_recv().unwrap(), topic("audit"));
+        assert!(receiver.try_recv().is_err());
+    }
+    // A duplicate publishes nothing new, so it wakes no one.
+    journal
+        .publish("shop", vec![message_with_id("orders", "a")])
+        .unwrap();
+    assert!(first.try_recv().is_err());
+
+    let leased = journal.lease(&sub.id, 1).unwrap();
+    journal
+        .fail(&sub.id, &leased[0].message.id, &failure())
+        .unwrap();
+    assert_eq!(journal.redrive(&sub.id, None).unwrap(), 1);
+    assert_eq!(
+        first.try_recv().unwrap(),
+        Wakeup::Subscription(sub.id.clone())
+    );
+    assert_eq!(journal.redrive(&sub.id, None).unwrap(), 0);
+    assert!(
+        first.try_recv().is_err(),
+        "nothing re-driven, nothing to wake"
+    );
+}
+
+#[test]
+fn a_journal_from_before_registrations_keeps_its_subscriptions_until_someone_registers() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = spec("shop/a/orders", "orders");
+    {
+        let journal = open(dir.path());
+        journal
+            .register(DEFAULT_OWNER, std::slice::from_ref(&sub))
+            .unwrap();
+    }
+    // Back to schema 1, which had no registrations.
+    let conn = rusqlite::Connection::open(dir.path().join("events.db")).unwrap();
+    conn.execute_batch("DROP TABLE registrations; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(conn);
+    let journal = open(dir.path());
+    journal
+        .publish("shop", vec![message("orders", "1")])
+        .unwrap();
+    assert_eq!(
+        pending(&journal, &sub.id),
+        1,
+        "still active after the upgrade"
+    );
+    journal.register("node-1", &[]).unwrap();
+    journal
+        .publish("shop", vec![message("orders", "2")])
+        .unwrap();
+    assert_eq!(
+        pending(&journal, &sub.id),
+        1,
+        "no owner registers it any more"
+    );
 }
