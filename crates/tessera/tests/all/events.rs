@@ -36,6 +36,26 @@ async fn count(node: &Node, service: &str, name: &str) -> u64 {
         .map_or(0, |v| v.parse().unwrap())
 }
 
+/// Every key in the service's `default` bucket, page by page.
+async fn kv_keys(node: &Node, service: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut request = client().get(node.url(&format!("/{service}/kv/default")));
+        if let Some(c) = &cursor {
+            request = request.query(&[("cursor", c)]);
+        }
+        let page: Value = request.send().await.unwrap().json().await.unwrap();
+        for key in page["keys"].as_array().unwrap() {
+            keys.push(key.as_str().unwrap().to_string());
+        }
+        match page["cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return keys,
+        }
+    }
+}
+
 fn deploy(node: &Node, app: &Path) {
     ok(node.cli(TOKEN, &["deploy", app.to_str().unwrap()]));
 }
@@ -438,8 +458,12 @@ concurrency = 4
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Duplicates are allowed (at least once), but only as redeliveries of a known id.
+    for key in kv_keys(&node, "sink").await {
+        if let Some(id) = key.strip_prefix("seen:work:") {
+            assert!(ids.contains(id), "a delivery carried an unknown ce-id {id}");
+        }
+    }
     let total = count(&node, "sink", "work").await;
-    assert!(total >= 150, "{total}");
     let mut handled = 0;
     for id in &ids {
         handled += kv(&node, "sink", &format!("seen:work:{id}"))
@@ -448,5 +472,10 @@ concurrency = 4
             .parse::<u64>()
             .unwrap();
     }
-    assert_eq!(handled, total, "a delivery carried an unknown ce-id");
+    // The guest bumps `count:` before `seen:`, in two writes: a delivery killed between them
+    // counts once more than it is seen. At most `concurrency` deliveries were in flight.
+    assert!(
+        handled <= total && total <= handled + 4,
+        "{total} deliveries counted, {handled} seen"
+    );
 }
