@@ -36,6 +36,8 @@
 //!   limits, transactions only through [`SqlDatabase::batch`], and migrations tracked by
 //!   name and digest carry over unchanged.
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod limits;
 
 use std::sync::Arc;
@@ -82,6 +84,13 @@ pub enum KvError {
 /// `bucket` is always a name the runtime has already checked against the service's
 /// manifest. Keys are checked here (see [`limits::check_key`]).
 pub trait KvStore: Send + Sync {
+    /// Whether reads (`get`, `get_versioned`, `exists`, `list_keys`, `get_many`) are cheap
+    /// enough to run on the async worker that asks: a few microseconds from a local page
+    /// cache. A backend that may wait on a disk or the network says `false` (the default),
+    /// and its reads go to the blocking pool like every write.
+    fn reads_inline(&self) -> bool {
+        false
+    }
     /// The value of a key, or `None` if it is absent.
     fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, KvError>;
     /// The value and its version (changes on every write to the key) for compare-and-swap.

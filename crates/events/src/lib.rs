@@ -43,9 +43,12 @@
 //! back, so consumers must not rely on order.
 
 mod backoff;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod cron;
 mod dispatcher;
 mod error;
+pub mod invocation;
 
 use std::time::{Duration, SystemTime};
 

@@ -3,8 +3,11 @@
 //! service and nothing else. A guest names buckets, never services or files, so it cannot
 //! reach another service's data.
 //!
-//! Backends are synchronous (SQLite, or a blocking client of a remote store); each call
-//! runs on tokio's blocking pool so a slow disk never stalls the threads that run guests.
+//! Backends are synchronous (SQLite, or a blocking client of a remote store). Writes and
+//! long SQL run on tokio's blocking pool so a slow disk never stalls the threads that run
+//! guests; key-value reads and short queries run on the worker only when the backend says
+//! they are cheap there ([`tessera_data::KvStore::reads_inline`],
+//! [`tessera_data::SqlDatabase::query_quick`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -95,12 +98,19 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
     bindings::Data::add_to_linker::<InstanceState, HasSelf<InstanceState>>(linker, |s| s)
 }
 
-/// Runs a key-value read on the calling worker. Reads are served from SQLite's page cache
-/// or a small file read in a few microseconds, far less than the ~15-30 µs a hop to the
-/// blocking pool costs (measured in BENCHMARKS.md); writes, which wait for an fsync, and
-/// SQL, which may run until the request's deadline, always go to the blocking pool.
-fn read_inline<T>(f: impl FnOnce() -> T) -> wasmtime::Result<T> {
-    Ok(f())
+/// Runs a key-value read where the backend says it belongs: on the calling worker when
+/// reads are served from a local page cache in a few microseconds (far less than the
+/// ~15-30 µs a hop to the blocking pool costs, measured in BENCHMARKS.md), else on the
+/// blocking pool. Writes, which wait for an fsync, always go to the blocking pool.
+async fn read<T: Send + 'static>(
+    kv: Arc<dyn tessera_data::KvStore>,
+    f: impl FnOnce(&dyn tessera_data::KvStore) -> T + Send + 'static,
+) -> wasmtime::Result<T> {
+    if kv.reads_inline() {
+        Ok(f(kv.as_ref()))
+    } else {
+        blocking(move || f(kv.as_ref())).await
+    }
 }
 
 /// How long a query may run on the calling worker before it is stopped and run again
@@ -167,7 +177,9 @@ impl store::HostBucket for InstanceState {
             Ok(kv) => kv,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(read_inline(|| kv.get(&name, &key))?.map_err(kv_error))
+        Ok(read(kv, move |kv| kv.get(&name, &key))
+            .await?
+            .map_err(kv_error))
     }
 
     async fn set(
@@ -211,7 +223,9 @@ impl store::HostBucket for InstanceState {
             Ok(kv) => kv,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(read_inline(|| kv.exists(&name, &key))?.map_err(kv_error))
+        Ok(read(kv, move |kv| kv.exists(&name, &key))
+            .await?
+            .map_err(kv_error))
     }
 
     async fn list_keys(
@@ -224,7 +238,7 @@ impl store::HostBucket for InstanceState {
             Ok(kv) => kv,
             Err(e) => return Ok(Err(e)),
         };
-        let page = read_inline(|| kv.list_keys(&name, cursor.as_deref()))?;
+        let page = read(kv, move |kv| kv.list_keys(&name, cursor.as_deref())).await?;
         Ok(page
             .map(|(keys, cursor)| store::KeyResponse { keys, cursor })
             .map_err(kv_error))
@@ -294,7 +308,7 @@ impl atomics::HostCas for InstanceState {
             Err(e) => return Ok(Err(e)),
         };
         let (bucket_name, key_name) = (name.clone(), key.clone());
-        let seen = read_inline(|| kv.get_versioned(&bucket_name, &key_name))?;
+        let seen = read(kv, move |kv| kv.get_versioned(&bucket_name, &key_name)).await?;
         match seen {
             Ok(seen) => Ok(Ok(self.table.push(Cas {
                 bucket: name,
@@ -330,14 +344,15 @@ impl batch::Host for InstanceState {
             Ok(kv) => kv,
             Err(e) => return Ok(Err(e)),
         };
-        let found = read_inline(|| {
+        let found = read(kv, move |kv| {
             let values = kv.get_many(&name, &keys)?;
             Ok(keys
                 .into_iter()
                 .zip(values)
                 .map(|(key, value)| value.map(|v| (key, v)))
                 .collect())
-        })?;
+        })
+        .await?;
         Ok(found.map_err(kv_error))
     }
 
@@ -453,7 +468,7 @@ impl sql::Host for InstanceState {
         let params: Vec<SqlValue> = params.into_iter().map(to_value).collect();
         // Most queries are short reads: tried here first, within a bounded slice of this
         // worker's time; a write, a busy reader pool or a long query goes to the pool.
-        let rows = match read_inline(|| db.query_quick(&statement, &params, INLINE_QUERY_BUDGET))? {
+        let rows = match db.query_quick(&statement, &params, INLINE_QUERY_BUDGET) {
             Some(rows) => rows,
             None => blocking(move || db.query(&statement, &params, deadline)).await?,
         };

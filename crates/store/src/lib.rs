@@ -4,6 +4,8 @@
 //! embedded backend (SQLite and files) is `tessera-embedded`; a NATS JetStream backend
 //! implements the same traits and runs the same conformance suite.
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod error;
 mod seams;
 

@@ -1,13 +1,10 @@
-//! Tests of the embedded backend against real SQLite files in temporary directories.
+//! Tests of the embedded backend against real SQLite files in temporary directories: the
+//! conformance suite every data backend runs, then what is particular to files.
 
 mod backend;
-mod kv;
-mod sql;
-
-use std::sync::Arc;
 
 use crate::EmbeddedData;
-use tessera_data::{DataBackend, KvStore, SqlDatabase};
+use tessera_data::conformance;
 
 /// A backend in a fresh directory; the directory lives as long as the returned guard.
 fn backend() -> (tempfile::TempDir, EmbeddedData) {
@@ -16,16 +13,10 @@ fn backend() -> (tempfile::TempDir, EmbeddedData) {
     (dir, data)
 }
 
-/// The key-value store of service `web` of app `shop` in a fresh directory.
-fn kv() -> (tempfile::TempDir, Arc<dyn KvStore>) {
-    let (dir, data) = backend();
-    let kv = data.open_service("shop", "web").unwrap().kv;
-    (dir, kv)
-}
-
-/// The SQL database of service `web` of app `shop` in a fresh directory.
-fn sql() -> (tempfile::TempDir, Arc<dyn SqlDatabase>) {
-    let (dir, data) = backend();
-    let sql = data.open_service("shop", "web").unwrap().sql;
-    (dir, sql)
+#[test]
+fn data_conformance() {
+    conformance::run(|test| {
+        let (_dir, data) = backend();
+        test(&data);
+    });
 }

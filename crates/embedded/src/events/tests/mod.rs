@@ -13,50 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::{EmbeddedJournal, JournalConfig};
-use tessera_events::{Consumer, Delivery, Invoker, NewMessage, Outcome, SubscriptionSpec};
-
-/// A subscription of app `shop` to `topic` with one consumer, three attempts and short
-/// delays.
-fn spec(id: &str, topic: &str) -> SubscriptionSpec {
-    SubscriptionSpec {
-        id: id.into(),
-        app: "shop".into(),
-        topic: topic.into(),
-        consumers: vec![consumer("worker")],
-        max_attempts: 3,
-        backoff: Duration::from_millis(40),
-        max_backoff: Duration::from_millis(200),
-        concurrency: 8,
-        batch: 16,
-        timeout: Duration::from_secs(30),
-    }
-}
-
-fn consumer(service: &str) -> Consumer {
-    Consumer {
-        service: service.into(),
-        path: "/events".into(),
-    }
-}
-
-fn message(topic: &str, data: &str) -> NewMessage {
-    NewMessage {
-        id: None,
-        topic: topic.into(),
-        source: "/shop/api".into(),
-        kind: "com.example.order.created".into(),
-        content_type: Some("text/plain".into()),
-        data: data.as_bytes().to_vec(),
-        attributes: Vec::new(),
-    }
-}
-
-fn message_with_id(topic: &str, id: &str) -> NewMessage {
-    NewMessage {
-        id: Some(id.into()),
-        ..message(topic, id)
-    }
-}
+use tessera_events::conformance::{consumer, message, message_with_id, spec};
+use tessera_events::{Consumer, Delivery, Invoker, Outcome, SubscriptionSpec};
 
 fn open(dir: &Path) -> EmbeddedJournal {
     EmbeddedJournal::open(&dir.join("events.db")).unwrap()

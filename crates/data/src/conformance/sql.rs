@@ -1,9 +1,10 @@
-//! The SQL database: values, errors, batches, migrations, the authorizer, deadlines.
+//! The SQL database's part of the suite: values, errors, batches, migrations, the fences,
+//! deadlines and concurrent readers.
 
 use std::time::{Duration, Instant};
 
-use super::{backend, sql};
-use tessera_data::{
+use super::db_of;
+use crate::{
     Changes, DataBackend, MAX_BATCH_STATEMENTS, MAX_RESULT_BYTES, MAX_SQL_VALUE_BYTES, Migration,
     SqlDatabase, SqlError, SqlValue, Statement,
 };
@@ -48,9 +49,20 @@ fn refused(db: &dyn SqlDatabase, sql: &str) -> String {
     }
 }
 
-#[test]
-fn typed_values_round_trip() {
-    let (_dir, db) = sql();
+/// A path outside every service's data, unique to this process and call, that a guest's
+/// SQL must never be able to create.
+fn outside_path(name: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    std::env::temp_dir().join(format!(
+        "tessera-conformance-{}-{nanos}-{name}",
+        std::process::id()
+    ))
+}
+
+pub(super) fn typed_values_round_trip(data: &dyn DataBackend) {
+    let db = db_of(data);
     db.execute(
         "CREATE TABLE items (id INTEGER PRIMARY KEY, n INTEGER, x REAL, name TEXT, data BLOB, missing TEXT)",
         &[],
@@ -98,9 +110,8 @@ fn typed_values_round_trip() {
     );
 }
 
-#[test]
-fn execute_reports_rows_affected_and_only_its_own_insert_id() {
-    let (_dir, db) = sql();
+pub(super) fn execute_reports_rows_affected_and_only_its_own_insert_id(data: &dyn DataBackend) {
+    let db = db_of(data);
     db.execute(
         "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)",
         &[],
@@ -143,9 +154,8 @@ fn execute_reports_rows_affected_and_only_its_own_insert_id() {
     assert_eq!(changes.last_insert_id, None);
 }
 
-#[test]
-fn query_with_returning_runs_on_the_writer() {
-    let (_dir, db) = sql();
+pub(super) fn query_with_returning_runs_on_the_writer(data: &dyn DataBackend) {
+    let db = db_of(data);
     db.execute(
         "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)",
         &[],
@@ -163,9 +173,8 @@ fn query_with_returning_runs_on_the_writer() {
     assert_eq!(count(db.as_ref(), "t"), 1);
 }
 
-#[test]
-fn errors_fall_into_the_right_cases() {
-    let (_dir, db) = sql();
+pub(super) fn errors_fall_into_the_right_cases(data: &dyn DataBackend) {
+    let db = db_of(data);
     db.execute(
         "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
         &[],
@@ -224,9 +233,8 @@ fn errors_fall_into_the_right_cases() {
     assert!(matches!(err, SqlError::InvalidStatement(_)), "{err:?}");
 }
 
-#[test]
-fn several_statements_in_one_call_are_refused() {
-    let (_dir, db) = sql();
+pub(super) fn several_statements_in_one_call_are_refused(data: &dyn DataBackend) {
+    let db = db_of(data);
     db.execute("CREATE TABLE t (v INTEGER)", &[], soon())
         .unwrap();
     let err = db
@@ -247,9 +255,8 @@ fn several_statements_in_one_call_are_refused() {
     assert_eq!(count(db.as_ref(), "t"), 1);
 }
 
-#[test]
-fn oversized_values_and_results_are_refused() {
-    let (_dir, db) = sql();
+pub(super) fn oversized_values_and_results_are_refused(data: &dyn DataBackend) {
+    let db = db_of(data);
     db.execute("CREATE TABLE blobs (data BLOB)", &[], soon())
         .unwrap();
     let err = db
@@ -288,9 +295,8 @@ fn oversized_values_and_results_are_refused() {
     );
 }
 
-#[test]
-fn a_failing_batch_names_its_statement_and_applies_nothing() {
-    let (_dir, db) = sql();
+pub(super) fn a_failing_batch_names_its_statement_and_applies_nothing(data: &dyn DataBackend) {
+    let db = db_of(data);
     db.execute(
         "CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT UNIQUE)",
         &[],
@@ -337,9 +343,8 @@ fn a_failing_batch_names_its_statement_and_applies_nothing() {
     assert_eq!(count(db.as_ref(), "accounts"), 1);
 }
 
-#[test]
-fn batch_limits_and_errors_are_numbered() {
-    let (_dir, db) = sql();
+pub(super) fn batch_limits_and_errors_are_numbered(data: &dyn DataBackend) {
+    let db = db_of(data);
     let err = db
         .batch(
             &[statement("SELECT 1", vec![]), statement("BEGIN", vec![])],
@@ -359,9 +364,8 @@ fn batch_limits_and_errors_are_numbered() {
     assert_eq!(db.batch(&[], soon()).unwrap(), []);
 }
 
-#[test]
-fn migrations_apply_once_in_order() {
-    let (_dir, db) = sql();
+pub(super) fn migrations_apply_once_in_order(data: &dyn DataBackend) {
+    let db = db_of(data);
     let migrations = [
         migration(
             "0001_users.sql",
@@ -388,9 +392,8 @@ fn migrations_apply_once_in_order() {
     assert_eq!(count(db.as_ref(), "users"), 2);
 }
 
-#[test]
-fn a_changed_migration_is_refused_before_anything_applies() {
-    let (_dir, db) = sql();
+pub(super) fn a_changed_migration_is_refused_before_anything_applies(data: &dyn DataBackend) {
+    let db = db_of(data);
     db.migrate(&[migration("0001.sql", "CREATE TABLE a (v INTEGER);")])
         .unwrap();
     let err = db
@@ -409,9 +412,8 @@ fn a_changed_migration_is_refused_before_anything_applies() {
     ));
 }
 
-#[test]
-fn a_failing_migration_leaves_no_partial_effect() {
-    let (_dir, db) = sql();
+pub(super) fn a_failing_migration_leaves_no_partial_effect(data: &dyn DataBackend) {
+    let db = db_of(data);
     let err = db
         .migrate(&[
             migration("0001.sql", "CREATE TABLE a (v INTEGER);"),
@@ -440,9 +442,8 @@ fn a_failing_migration_leaves_no_partial_effect() {
     assert_eq!(applied, ["0002.sql"]);
 }
 
-#[test]
-fn migrations_cannot_escape_the_fence_either() {
-    let (_dir, db) = sql();
+pub(super) fn migrations_cannot_escape_the_fence_either(data: &dyn DataBackend) {
+    let db = db_of(data);
     let err = db
         .migrate(&[migration("0001.sql", "DELETE FROM _tessera_migrations;")])
         .unwrap_err();
@@ -450,10 +451,9 @@ fn migrations_cannot_escape_the_fence_either() {
     assert!(err.to_string().contains("reserved"), "{err}");
 }
 
-#[test]
-fn the_authorizer_refuses_what_could_escape_the_service() {
-    let (dir, db) = sql();
-    let outside = dir.path().join("stolen.db");
+pub(super) fn the_authorizer_refuses_what_could_escape_the_service(data: &dyn DataBackend) {
+    let db = db_of(data);
+    let outside = outside_path("stolen.db");
 
     let message = refused(
         db.as_ref(),
@@ -514,9 +514,24 @@ fn the_authorizer_refuses_what_could_escape_the_service() {
     assert!(!outside.exists());
 }
 
-#[test]
-fn introspection_pragmas_are_allowed() {
-    let (_dir, db) = sql();
+pub(super) fn vacuum_into_a_file_is_refused_and_creates_nothing(data: &dyn DataBackend) {
+    let db = db_of(data);
+    let target = outside_path("copy.db");
+    let err = db
+        .execute(&format!("VACUUM INTO '{}'", target.display()), &[], soon())
+        .unwrap_err();
+    assert!(matches!(err, SqlError::NotPermitted(_)), "{err:?}");
+    assert!(err.to_string().contains("VACUUM"), "{err}");
+    // Plain VACUUM attaches a scratch database too, so it is refused the same way.
+    assert!(matches!(
+        db.execute("VACUUM", &[], soon()),
+        Err(SqlError::NotPermitted(_))
+    ));
+    assert!(!target.exists());
+}
+
+pub(super) fn introspection_pragmas_are_allowed(data: &dyn DataBackend) {
+    let db = db_of(data);
     db.execute(
         "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)",
         &[],
@@ -542,26 +557,7 @@ fn introspection_pragmas_are_allowed() {
     assert_eq!(rows.rows, [[text("t")]]);
 }
 
-#[test]
-fn vacuum_into_a_file_is_refused_and_creates_nothing() {
-    let (dir, db) = sql();
-    let target = dir.path().join("copy.db");
-    let err = db
-        .execute(&format!("VACUUM INTO '{}'", target.display()), &[], soon())
-        .unwrap_err();
-    assert!(matches!(err, SqlError::NotPermitted(_)), "{err:?}");
-    assert!(err.to_string().contains("VACUUM"), "{err}");
-    // Plain VACUUM attaches a scratch database too, so it is refused the same way.
-    assert!(matches!(
-        db.execute("VACUUM", &[], soon()),
-        Err(SqlError::NotPermitted(_))
-    ));
-    assert!(!target.exists());
-}
-
-#[test]
-fn guest_sql_does_not_see_kv_data_but_kv_still_works() {
-    let (_dir, data) = backend();
+pub(super) fn guest_sql_does_not_see_kv_data_but_kv_still_works(data: &dyn DataBackend) {
     let service = data.open_service("shop", "web").unwrap();
     service.kv.set("default", "k", b"v").unwrap();
     assert!(
@@ -575,9 +571,10 @@ fn guest_sql_does_not_see_kv_data_but_kv_still_works() {
     service.kv.set("default", "k2", b"v2").unwrap();
 }
 
-#[test]
-fn a_runaway_query_stops_at_the_deadline_and_the_connection_recovers() {
-    let (_dir, db) = sql();
+pub(super) fn a_runaway_query_stops_at_the_deadline_and_the_connection_recovers(
+    data: &dyn DataBackend,
+) {
+    let db = db_of(data);
     let forever =
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n";
 
@@ -623,9 +620,8 @@ fn a_runaway_query_stops_at_the_deadline_and_the_connection_recovers() {
     assert!(matches!(err, SqlError::Timeout(_)), "{err:?}");
 }
 
-#[test]
-fn concurrent_readers_and_writers_see_committed_data() {
-    let (_dir, db) = sql();
+pub(super) fn concurrent_readers_and_writers_see_committed_data(data: &dyn DataBackend) {
+    let db = db_of(data);
     db.execute("CREATE TABLE t (v INTEGER)", &[], soon())
         .unwrap();
     std::thread::scope(|scope| {
@@ -650,9 +646,10 @@ fn concurrent_readers_and_writers_see_committed_data() {
     assert_eq!(count(db.as_ref(), "t"), 200);
 }
 
-#[test]
-fn quick_queries_read_on_a_free_reader_and_give_up_what_they_should_not_run() {
-    let (_dir, db) = sql();
+pub(super) fn quick_queries_read_on_a_free_reader_and_give_up_what_they_should_not_run(
+    data: &dyn DataBackend,
+) {
+    let db = db_of(data);
     db.execute("CREATE TABLE t (n INTEGER)", &[], soon())
         .unwrap();
     db.execute("INSERT INTO t VALUES (1), (2)", &[], soon())

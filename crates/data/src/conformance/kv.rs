@@ -1,15 +1,13 @@
-//! The key-value store.
+//! The key-value store's part of the suite: values, buckets, listing, counters,
+//! compare-and-swap, batches and limits.
 
 use std::sync::Arc;
 
-use super::{backend, kv};
-use tessera_data::{
-    DataBackend, KvError, LIST_PAGE, MAX_BATCH_KEYS, MAX_KEY_BYTES, MAX_VALUE_BYTES,
-};
+use super::kv_of;
+use crate::{DataBackend, KvError, LIST_PAGE, MAX_BATCH_KEYS, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
-#[test]
-fn set_get_exists_delete_round_trip() {
-    let (_dir, kv) = kv();
+pub(super) fn set_get_exists_delete_round_trip(data: &dyn DataBackend) {
+    let kv = kv_of(data);
     assert_eq!(kv.get("default", "a").unwrap(), None);
     assert!(!kv.exists("default", "a").unwrap());
 
@@ -37,9 +35,8 @@ fn set_get_exists_delete_round_trip() {
     kv.delete("default", "a").unwrap();
 }
 
-#[test]
-fn buckets_are_separate_namespaces() {
-    let (_dir, kv) = kv();
+pub(super) fn buckets_are_separate_namespaces(data: &dyn DataBackend) {
+    let kv = kv_of(data);
     kv.set("default", "k", b"d").unwrap();
     kv.set("sessions", "k", b"s").unwrap();
     assert_eq!(kv.get("default", "k").unwrap().unwrap(), b"d");
@@ -48,9 +45,8 @@ fn buckets_are_separate_namespaces() {
     assert_eq!(kv.get("default", "k").unwrap().unwrap(), b"d");
 }
 
-#[test]
-fn list_keys_pages_in_byte_order_with_cursors() {
-    let (_dir, kv) = kv();
+pub(super) fn list_keys_pages_in_byte_order_with_cursors(data: &dyn DataBackend) {
+    let kv = kv_of(data);
     let total = LIST_PAGE * 2 + 37;
     let entries: Vec<(String, Vec<u8>)> = (0..total)
         .map(|i| (format!("key-{i:05}"), i.to_string().into_bytes()))
@@ -82,9 +78,8 @@ fn list_keys_pages_in_byte_order_with_cursors() {
     assert_eq!(seen, expected);
 }
 
-#[test]
-fn list_keys_orders_by_bytes_not_by_locale() {
-    let (_dir, kv) = kv();
+pub(super) fn list_keys_orders_by_bytes_not_by_locale(data: &dyn DataBackend) {
+    let kv = kv_of(data);
     for key in ["b", "a", "B", "é", "aa"] {
         kv.set("default", key, b"x").unwrap();
     }
@@ -95,9 +90,8 @@ fn list_keys_orders_by_bytes_not_by_locale() {
     assert_eq!(keys, ["b", "é"]);
 }
 
-#[test]
-fn concurrent_increments_lose_no_update() {
-    let (_dir, kv) = kv();
+pub(super) fn concurrent_increments_lose_no_update(data: &dyn DataBackend) {
+    let kv = kv_of(data);
     std::thread::scope(|scope| {
         for _ in 0..8 {
             let kv = Arc::clone(&kv);
@@ -113,18 +107,16 @@ fn concurrent_increments_lose_no_update() {
     assert_eq!(kv.get("default", "counter").unwrap().unwrap(), b"4000");
 }
 
-#[test]
-fn increment_starts_from_zero_and_accepts_negative_deltas() {
-    let (_dir, kv) = kv();
+pub(super) fn increment_starts_from_zero_and_accepts_negative_deltas(data: &dyn DataBackend) {
+    let kv = kv_of(data);
     assert_eq!(kv.increment("default", "n", 5).unwrap(), 5);
     assert_eq!(kv.increment("default", "n", -7).unwrap(), -2);
     kv.set("default", "m", b"41").unwrap();
     assert_eq!(kv.increment("default", "m", 1).unwrap(), 42);
 }
 
-#[test]
-fn increment_of_a_non_integer_value_fails_and_keeps_the_value() {
-    let (_dir, kv) = kv();
+pub(super) fn increment_of_a_non_integer_value_fails_and_keeps_the_value(data: &dyn DataBackend) {
+    let kv = kv_of(data);
     kv.set("default", "name", b"alice").unwrap();
     let err = kv.increment("default", "name", 1).unwrap_err();
     assert!(matches!(err, KvError::NotAnInteger(_)), "{err:?}");
@@ -138,9 +130,8 @@ fn increment_of_a_non_integer_value_fails_and_keeps_the_value() {
     ));
 }
 
-#[test]
-fn increment_overflow_fails_and_keeps_the_value() {
-    let (_dir, kv) = kv();
+pub(super) fn increment_overflow_fails_and_keeps_the_value(data: &dyn DataBackend) {
+    let kv = kv_of(data);
     kv.set("default", "max", i64::MAX.to_string().as_bytes())
         .unwrap();
     let err = kv.increment("default", "max", 1).unwrap_err();
@@ -152,9 +143,10 @@ fn increment_overflow_fails_and_keeps_the_value() {
     );
 }
 
-#[test]
-fn competing_swaps_with_the_same_version_have_exactly_one_winner() {
-    let (_dir, kv) = kv();
+pub(super) fn competing_swaps_with_the_same_version_have_exactly_one_winner(
+    data: &dyn DataBackend,
+) {
+    let kv = kv_of(data);
     kv.set("default", "doc", b"v0").unwrap();
     let (_, version) = kv.get_versioned("default", "doc").unwrap().unwrap();
 
@@ -178,9 +170,8 @@ fn competing_swaps_with_the_same_version_have_exactly_one_winner() {
     assert_ne!(new_version, version);
 }
 
-#[test]
-fn swap_with_none_requires_the_key_to_be_absent() {
-    let (_dir, kv) = kv();
+pub(super) fn swap_with_none_requires_the_key_to_be_absent(data: &dyn DataBackend) {
+    let kv = kv_of(data);
     assert!(
         kv.compare_and_swap("default", "new", None, b"first")
             .unwrap()
@@ -194,9 +185,8 @@ fn swap_with_none_requires_the_key_to_be_absent() {
     assert_eq!(kv.get("default", "new").unwrap().unwrap(), b"first");
 }
 
-#[test]
-fn a_deleted_and_recreated_key_does_not_match_its_old_version() {
-    let (_dir, kv) = kv();
+pub(super) fn a_deleted_and_recreated_key_does_not_match_its_old_version(data: &dyn DataBackend) {
+    let kv = kv_of(data);
     kv.set("default", "k", b"same").unwrap();
     let (_, old) = kv.get_versioned("default", "k").unwrap().unwrap();
     kv.delete("default", "k").unwrap();
@@ -214,9 +204,8 @@ fn a_deleted_and_recreated_key_does_not_match_its_old_version() {
     assert_eq!(kv.get("default", "k").unwrap(), None);
 }
 
-#[test]
-fn every_write_changes_the_version() {
-    let (_dir, kv) = kv();
+pub(super) fn every_write_changes_the_version(data: &dyn DataBackend) {
+    let kv = kv_of(data);
     kv.set("default", "k", b"a").unwrap();
     let (_, v1) = kv.get_versioned("default", "k").unwrap().unwrap();
     kv.set("default", "k", b"a").unwrap();
@@ -228,9 +217,8 @@ fn every_write_changes_the_version() {
     assert!(kv.compare_and_swap("default", "k", Some(v3), b"c").unwrap());
 }
 
-#[test]
-fn oversized_keys_and_values_get_clear_errors() {
-    let (_dir, kv) = kv();
+pub(super) fn oversized_keys_and_values_get_clear_errors(data: &dyn DataBackend) {
+    let kv = kv_of(data);
     let long_key = "k".repeat(MAX_KEY_BYTES + 1);
     let err = kv.set("default", &long_key, b"v").unwrap_err();
     assert!(matches!(err, KvError::InvalidKey(_)), "{err:?}");
@@ -266,9 +254,8 @@ fn oversized_keys_and_values_get_clear_errors() {
     );
 }
 
-#[test]
-fn batch_operations_read_write_and_delete_several_keys() {
-    let (_dir, kv) = kv();
+pub(super) fn batch_operations_read_write_and_delete_several_keys(data: &dyn DataBackend) {
+    let kv = kv_of(data);
     let entries = vec![
         ("a".to_owned(), b"1".to_vec()),
         ("b".to_owned(), b"2".to_vec()),
@@ -293,9 +280,8 @@ fn batch_operations_read_write_and_delete_several_keys() {
     );
 }
 
-#[test]
-fn set_many_with_one_bad_entry_writes_nothing() {
-    let (_dir, kv) = kv();
+pub(super) fn set_many_with_one_bad_entry_writes_nothing(data: &dyn DataBackend) {
+    let kv = kv_of(data);
     let entries = vec![
         ("ok".to_owned(), b"1".to_vec()),
         ("big".to_owned(), vec![0; MAX_VALUE_BYTES + 1]),
@@ -307,9 +293,8 @@ fn set_many_with_one_bad_entry_writes_nothing() {
     assert_eq!(kv.get("default", "ok").unwrap(), None);
 }
 
-#[test]
-fn batches_over_the_key_limit_are_refused() {
-    let (_dir, kv) = kv();
+pub(super) fn batches_over_the_key_limit_are_refused(data: &dyn DataBackend) {
+    let kv = kv_of(data);
     let keys: Vec<String> = (0..=MAX_BATCH_KEYS).map(|i| format!("k{i}")).collect();
     let err = kv.get_many("default", &keys).unwrap_err();
     assert!(matches!(err, KvError::TooLarge(_)), "{err:?}");
@@ -320,9 +305,7 @@ fn batches_over_the_key_limit_are_refused() {
     ));
 }
 
-#[test]
-fn services_of_one_app_do_not_see_each_others_keys() {
-    let (_dir, data) = backend();
+pub(super) fn services_of_one_app_do_not_see_each_others_keys(data: &dyn DataBackend) {
     let web = data.open_service("shop", "web").unwrap().kv;
     let api = data.open_service("shop", "api").unwrap().kv;
     web.set("default", "secret", b"web's").unwrap();
