@@ -85,12 +85,9 @@ pub fn router(node: Node, telemetry: Telemetry, auth: Auth) -> Router {
         )
         .route(
             "/v1/apps/{app}/topics/{topic}",
-            post(publish).layer(DefaultBodyLimit::max(tessera_runtime::MAX_MESSAGE_BYTES)),
+            post(publish).layer(DefaultBodyLimit::max(tessera_events::MAX_DATA_BYTES)),
         )
-        .route(
-            "/v1/apps/{app}/services/{service}/invocations/{id}",
-            get(invocation),
-        )
+        .route(tessera_events::invocation::STATUS_ROUTE, get(invocation))
         .route("/v1/events", get(event_stats))
         .route("/v1/dead-letters", get(list_dead_letters))
         .route("/v1/dead-letters/{id}", get(show_dead_letter))
@@ -352,7 +349,7 @@ async fn publish(
             "too_large",
             format!(
                 "a message may be at most {} bytes: {e}",
-                tessera_runtime::MAX_MESSAGE_BYTES
+                tessera_events::MAX_DATA_BYTES
             ),
         )
     })?;

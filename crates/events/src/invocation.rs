@@ -16,7 +16,10 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of the response is kept as the result: the status shows it and the callback
 /// sends it.
 pub const MAX_RESULT: usize = MAX_RESULT_BODY_BYTES;
-const _: () = assert!(MAX_RESULT <= MAX_BODY, "a result is never larger than a request");
+const _: () = assert!(
+    MAX_RESULT <= MAX_BODY,
+    "a result is never larger than a request"
+);
 
 /// Attempts before an invocation is dead-lettered.
 pub const ATTEMPTS: u32 = 3;

@@ -26,16 +26,12 @@ pub use dispatch::{Failure, dispatch};
 pub use errors::{failure_response, invoke_error_response, json_error};
 pub use listener::{FdBudget, ListenerConfig, default_per_client, serve_connections};
 pub use routes::{
-    AsyncAccepted, AsyncRefusal, AsyncRequest, AsyncSink, Backend, Lease, LoadError, Loaded,
-    RouteTable, Routes, ServiceSlot, Target,
+    AsyncAccepted, AsyncRefusal, AsyncSink, Backend, Lease, LoadError, Loaded, RouteTable, Routes,
+    ServiceSlot, Target,
 };
+use tessera_events::invocation;
 pub use tessera_runtime::ResponseBody;
-
-/// The header carrying a request's id, in both directions.
-pub const REQUEST_ID: &str = "x-request-id";
-/// The header naming the revision that served a response; on a request it pins the
-/// request to that revision (`r7` or `7`).
-pub const REVISION: &str = "x-tessera-revision";
+use tessera_runtime::headers;
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
@@ -94,7 +90,9 @@ async fn handle(
     let start = Instant::now();
     let request_id = request_id(&request);
     let id_header = HeaderValue::from_str(&request_id).expect("request ids are visible ASCII");
-    request.headers_mut().insert(REQUEST_ID, id_header.clone());
+    request
+        .headers_mut()
+        .insert(headers::REQUEST_ID, id_header.clone());
     strip_platform_headers(request.headers_mut());
 
     let table = routes.current();
@@ -117,43 +115,32 @@ async fn handle(
             ),
         },
     };
-    response.headers_mut().insert(REQUEST_ID, id_header);
+    response
+        .headers_mut()
+        .insert(headers::REQUEST_ID, id_header);
     Ok(response)
 }
 
 /// Removes what only the platform may say from an outside request: who is calling and how
-/// deep (`x-tessera-caller`, `x-tessera-call-depth`), that this is an event delivery and
-/// which attempt (`ce-*`, `x-tessera-attempt`), and every other `x-tessera-*` header but
-/// the ones a client uses to talk to the gateway itself. So a client can pose neither as
-/// another service of the app nor as the platform delivering an event.
-fn strip_platform_headers(headers: &mut http::HeaderMap) {
-    let forged: Vec<http::HeaderName> = headers
+/// deep, that this is an event delivery and which attempt (`ce-*`), and every other
+/// `x-tessera-*` header but the ones a client uses to talk to the gateway itself
+/// ([`headers::is_platform_only`]). So a client can pose neither as another service of
+/// the app nor as the platform delivering an event.
+fn strip_platform_headers(request_headers: &mut http::HeaderMap) {
+    let forged: Vec<http::HeaderName> = request_headers
         .keys()
-        .filter(|name| {
-            let name = name.as_str();
-            name.starts_with("ce-")
-                || (name.starts_with("x-tessera-") && !matches!(name, REVISION | ASYNC | CALLBACK))
-        })
+        .filter(|name| headers::is_platform_only(name.as_str()))
         .cloned()
         .collect();
     for name in forged {
-        headers.remove(name);
+        request_headers.remove(name);
     }
 }
-
-/// Header asking to run a request later: `x-tessera-async: 1`.
-const ASYNC: &str = "x-tessera-async";
-/// Header naming where to `POST` an async invocation's result.
-const CALLBACK: &str = "x-tessera-callback";
-/// Largest body of an async request, which is stored until it runs.
-pub const MAX_ASYNC_BODY: usize = 1 << 20;
-/// How long an async request's body may take to arrive.
-pub const ASYNC_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn wants_async<B>(request: &Request<B>) -> bool {
     request
         .headers()
-        .get(ASYNC)
+        .get(headers::ASYNC)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| matches!(v.trim(), "1" | "true"))
 }
@@ -177,7 +164,7 @@ async fn enqueue(
     };
     let callback = request
         .headers()
-        .get(CALLBACK)
+        .get(headers::CALLBACK)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     if let Some(url) = &callback
@@ -186,7 +173,10 @@ async fn enqueue(
         return json_error(
             StatusCode::BAD_REQUEST,
             "invalid_callback",
-            &format!("{CALLBACK} must be an http:// or https:// URL, not `{url}`"),
+            &format!(
+                "{} must be an http:// or https:// URL, not `{url}`",
+                headers::CALLBACK
+            ),
             request_id,
         );
     }
@@ -194,52 +184,80 @@ async fn enqueue(
         return refusal_response(refusal, request_id);
     }
     let (parts, body) = request.into_parts();
-    // The body is stored until the invocation runs: it must arrive whole, and in time (a
-    // request in flight is exempt from the connection's idle timeout).
+    let body = match read_async_body(body).await {
+        Ok(body) => body,
+        Err((status, code, message)) => return json_error(status, code, &message, request_id),
+    };
+    let async_request = invocation::Request {
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_string(), |p| p.to_string()),
+        headers: stored_headers(&parts.headers),
+        body,
+        callback,
+    };
+    match tokio::task::spawn_blocking(move || sink.enqueue(async_request)).await {
+        Ok(Ok(accepted)) => accepted_response(&accepted),
+        Ok(Err(refusal)) => refusal_response(refusal, request_id),
+        Err(e) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &format!("cannot queue the invocation: {e}"),
+            request_id,
+        ),
+    }
+}
+
+/// Reads an async request's body, which is stored until the invocation runs: it must
+/// arrive whole and in time (a request in flight is exempt from the connection's idle
+/// timeout). Errors are (status, code, message) for the client.
+async fn read_async_body(body: Incoming) -> Result<Vec<u8>, (StatusCode, &'static str, String)> {
     let collected = tokio::time::timeout(
-        ASYNC_BODY_TIMEOUT,
-        http_body_util::Limited::new(body, MAX_ASYNC_BODY).collect(),
+        invocation::BODY_TIMEOUT,
+        http_body_util::Limited::new(body, invocation::MAX_BODY).collect(),
     )
     .await;
-    let body = match collected {
-        Ok(Ok(collected)) => collected.to_bytes(),
+    match collected {
+        Ok(Ok(collected)) => Ok(collected.to_bytes().to_vec()),
         Ok(Err(e))
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            return json_error(
+            Err((
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
-                &format!("an async request body may be at most {MAX_ASYNC_BODY} bytes"),
-                request_id,
-            );
-        }
-        Ok(Err(e)) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                &format!("cannot read the request body: {e}"),
-                request_id,
-            );
-        }
-        Err(_) => {
-            return json_error(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                &format!(
-                    "an async request body must arrive within {}s",
-                    ASYNC_BODY_TIMEOUT.as_secs()
+                format!(
+                    "an async request body may be at most {} bytes",
+                    invocation::MAX_BODY
                 ),
-                request_id,
-            );
+            ))
         }
-    };
-    let headers = parts
-        .headers
+        Ok(Err(e)) => Err((
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("cannot read the request body: {e}"),
+        )),
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "an async request body must arrive within {}s",
+                invocation::BODY_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
+
+/// The headers an async request keeps: not the platform's, not hop-by-hop ones, and not
+/// the length of a body that is stored whole.
+fn stored_headers(request_headers: &http::HeaderMap) -> Vec<(String, String)> {
+    request_headers
         .iter()
         .filter(|(name, _)| {
             let name = name.as_str();
-            !name.starts_with("x-tessera-")
+            !name.starts_with(headers::PLATFORM_PREFIX)
                 && !matches!(
                     name,
                     "host"
@@ -252,40 +270,23 @@ async fn enqueue(
                 )
         })
         .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
-        .collect();
-    let async_request = AsyncRequest {
-        method: parts.method.to_string(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| parts.uri.path().to_string(), |p| p.to_string()),
-        headers,
-        body,
-        callback,
-    };
-    match tokio::task::spawn_blocking(move || sink.enqueue(async_request)).await {
-        Ok(Ok(accepted)) => {
-            let body = serde_json::json!({ "id": accepted.id, "status": accepted.status_path });
-            let mut response = Response::new(errors::full(body.to_string()));
-            *response.status_mut() = StatusCode::ACCEPTED;
-            let headers = response.headers_mut();
-            headers.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            if let Ok(value) = HeaderValue::from_str(&accepted.id) {
-                headers.insert("x-tessera-invocation", value);
-            }
-            response
-        }
-        Ok(Err(refusal)) => refusal_response(refusal, request_id),
-        Err(e) => json_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &format!("cannot queue the invocation: {e}"),
-            request_id,
-        ),
+        .collect()
+}
+
+/// `202 Accepted` with the invocation's id and where to read its status.
+fn accepted_response(accepted: &AsyncAccepted) -> Response<ResponseBody> {
+    let body = serde_json::json!({ "id": accepted.id, "status": accepted.status_path });
+    let mut response = Response::new(errors::full(body.to_string()));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    let response_headers = response.headers_mut();
+    response_headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&accepted.id) {
+        response_headers.insert(headers::INVOCATION, value);
     }
+    response
 }
 
 fn refusal_response(refusal: AsyncRefusal, request_id: &str) -> Response<ResponseBody> {
@@ -307,7 +308,7 @@ fn refusal_response(refusal: AsyncRefusal, request_id: &str) -> Response<Respons
 /// The backend for a request: the pinned revision if the request names one, else the
 /// next one by weight.
 fn choose<'t, B>(target: &'t Target, request: &Request<B>) -> Result<&'t Backend, String> {
-    if let Some(pinned) = request.headers().get(REVISION) {
+    if let Some(pinned) = request.headers().get(headers::REVISION) {
         let text = pinned.to_str().unwrap_or_default();
         let id = text.strip_prefix('r').unwrap_or(text).parse::<u32>().ok();
         return id.and_then(|id| target.revision(id)).ok_or_else(|| {
@@ -349,7 +350,7 @@ async fn forward(
     };
     if let Some(revision) = backend.revision {
         let value = HeaderValue::from_str(&format!("r{revision}")).expect("ascii");
-        response.headers_mut().insert(REVISION, value);
+        response.headers_mut().insert(headers::REVISION, value);
     }
     response
 }
@@ -373,7 +374,7 @@ fn request_host<B>(request: &Request<B>) -> Option<String> {
 fn request_id<B>(request: &Request<B>) -> String {
     let client = request
         .headers()
-        .get(REQUEST_ID)
+        .get(headers::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
     match client {

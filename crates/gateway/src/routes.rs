@@ -34,19 +34,6 @@ pub struct Target {
     async_sink: Option<Arc<dyn AsyncSink>>,
 }
 
-/// A request to run later, as the gateway hands it over.
-#[derive(Debug, Clone)]
-pub struct AsyncRequest {
-    pub method: String,
-    /// Path and query, as received.
-    pub path: String,
-    /// The request's headers, without hop-by-hop and `x-tessera-*` ones.
-    pub headers: Vec<(String, String)>,
-    pub body: bytes::Bytes,
-    /// Where to `POST` the result when the invocation ends.
-    pub callback: Option<String>,
-}
-
 /// What the gateway answers an accepted async request with.
 #[derive(Debug, Clone)]
 pub struct AsyncAccepted {
@@ -88,7 +75,10 @@ pub trait AsyncSink: Send + Sync {
         Ok(())
     }
 
-    fn enqueue(&self, request: AsyncRequest) -> Result<AsyncAccepted, AsyncRefusal>;
+    fn enqueue(
+        &self,
+        request: tessera_events::invocation::Request,
+    ) -> Result<AsyncAccepted, AsyncRefusal>;
 }
 
 /// One revision of a service with its share of the traffic.

@@ -181,7 +181,7 @@ pub(crate) async fn call_back(
         "id": id,
         "state": if succeeded { "succeeded" } else { "failed" },
         "status": outcome.status,
-        "body": String::from_utf8_lossy(&outcome.body[..outcome.body.len().min(crate::MAX_RESULT_BODY)]),
+        "body": String::from_utf8_lossy(&outcome.body[..outcome.body.len().min(tessera_events::invocation::MAX_RESULT)]),
         "error": outcome.error,
         "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
     });

@@ -15,41 +15,22 @@ use bytes::Bytes;
 use http_body_util::Full;
 use tessera_events::{
     Consumer, CronScheduler, CronSpec, Delivery, Dispatcher, DispatcherConfig, Invoker, Journal,
-    MissedTicks, NewMessage, Outcome, Schedule, SubscriptionSpec,
+    MissedTicks, NewMessage, Outcome, Schedule, SubscriptionSpec, invocation,
 };
 use tessera_gateway::{Rejection, Target};
-use tessera_runtime::{InvokeError, OutgoingMessage, Publisher};
+use tessera_runtime::{InvokeError, OutgoingMessage, Publisher, headers};
 use tessera_store::AppState;
 
-/// Largest response body kept as an event's result (async invocation status).
-pub const MAX_RESULT_BODY: usize = 1 << 20;
 /// Delivery settings of cron ticks and async invocations (subscriptions set their own).
 const TICK_ATTEMPTS: u32 = 3;
-const ASYNC_ATTEMPTS: u32 = 3;
 const INTERNAL_BACKOFF: Duration = Duration::from_secs(1);
 const INTERNAL_MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Extra lease time beyond a service's request timeout, so a delivery that is still
 /// being handled is not handed out twice.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
-/// Attribute names an async invocation carries in its message.
-pub const ATTR_METHOD: &str = "method";
-pub const ATTR_PATH: &str = "path";
-pub const ATTR_CALLBACK: &str = "callback";
-pub const ATTR_HEADER_PREFIX: &str = "header:";
-
 /// Services that can take deliveries, by (app, service).
 pub(crate) type TargetMap = HashMap<(String, String), Arc<Target>>;
-
-/// The subscription id of a service's async invocations.
-pub fn async_subscription(app: &str, service: &str) -> String {
-    format!("{app}/{service}/$async")
-}
-
-/// The internal topic of a service's async invocations.
-pub fn async_topic(service: &str) -> String {
-    format!("$async/{service}")
-}
 
 /// The node's event machinery. The journal exists from the start (publishing works before
 /// anything is delivered); the dispatcher and scheduler start with the node's listeners.
@@ -278,14 +259,14 @@ fn triggers(apps: &[AppState]) -> Result<(Vec<SubscriptionSpec>, Vec<CronSpec>),
             }
             // Every service takes async invocations on any of its routes.
             subs.push(SubscriptionSpec {
-                id: async_subscription(&app.name, &service.name),
+                id: invocation::subscription(&app.name, &service.name),
                 app: app.name.clone(),
-                topic: async_topic(&service.name),
+                topic: invocation::topic(&service.name),
                 consumers: vec![Consumer {
                     service: service.name.clone(),
                     path: "/".into(),
                 }],
-                max_attempts: ASYNC_ATTEMPTS,
+                max_attempts: invocation::ATTEMPTS,
                 backoff: INTERNAL_BACKOFF,
                 max_backoff: INTERNAL_MAX_BACKOFF,
                 concurrency: 64,
@@ -343,9 +324,10 @@ impl Invoker for NodeInvoker {
         let final_attempt = delivery.attempt >= subscription.max_attempts;
         let callbacks = CallbackPolicy::clone(&self.callbacks.load());
         Box::pin(async move {
-            let callback = attribute(&delivery, ATTR_CALLBACK).map(str::to_string);
+            let invocation = invocation::Request::from_message(&delivery.message);
+            let callback = invocation.as_ref().and_then(|i| i.callback.clone());
             let message_id = delivery.message.id.clone();
-            let outcome = deliver(target, &app, &consumer, delivery).await;
+            let outcome = deliver(target, &app, &consumer, delivery, invocation).await;
             let succeeded = outcome.error.is_none() && (200..300).contains(&outcome.status);
             if let Some(url) = callback
                 && (succeeded || final_attempt)
@@ -363,20 +345,12 @@ impl Invoker for NodeInvoker {
     }
 }
 
-fn attribute<'d>(delivery: &'d Delivery, name: &str) -> Option<&'d str> {
-    delivery
-        .message
-        .attributes
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
 async fn deliver(
     target: Option<Arc<Target>>,
     app: &str,
     consumer: &Consumer,
     delivery: Delivery,
+    invocation: Option<invocation::Request>,
 ) -> Outcome {
     let failed = |status: u16, error: String| Outcome {
         status,
@@ -401,7 +375,7 @@ async fn deliver(
             ),
         );
     };
-    let request = match cloud_event_request(consumer, &delivery) {
+    let request = match cloud_event_request(consumer, &delivery, invocation) {
         Ok(request) => request,
         Err(e) => return failed(400, format!("cannot build the request: {e}")),
     };
@@ -423,7 +397,7 @@ async fn deliver(
     };
     let request_id = uuid::Uuid::now_v7().to_string();
     match service
-        .handle_to_completion(request, &request_id, MAX_RESULT_BODY)
+        .handle_to_completion(request, &request_id, invocation::MAX_RESULT)
         .await
     {
         Ok(done) => Outcome {
@@ -444,36 +418,41 @@ async fn deliver(
 }
 
 /// The CloudEvents HTTP binding, binary mode: attributes as `ce-*` headers, the data as
-/// the body. Async invocations carry their original method, path and headers instead.
+/// the body. An async invocation is its original request (method, path, headers, body)
+/// with the same `ce-*` headers.
 fn cloud_event_request(
     consumer: &Consumer,
     delivery: &Delivery,
+    invocation: Option<invocation::Request>,
 ) -> Result<hyper::Request<Full<Bytes>>, http::Error> {
     let message = &delivery.message;
-    let method = attribute(delivery, ATTR_METHOD).unwrap_or("POST");
-    let path = attribute(delivery, ATTR_PATH).unwrap_or(&consumer.path);
     let time = humantime::format_rfc3339_millis(message.time).to_string();
     let mut builder = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, format!("{}.internal", consumer.service));
-    for (name, value) in &message.attributes {
-        if let Some(header) = name.strip_prefix(ATTR_HEADER_PREFIX) {
-            builder = builder.header(header, value);
-        }
-    }
-    builder = builder
+        .header(http::header::HOST, format!("{}.internal", consumer.service))
         .header("ce-specversion", "1.0")
         .header("ce-id", &message.id)
         .header("ce-source", &message.source)
         .header("ce-type", &message.kind)
         .header("ce-time", time)
-        .header("x-tessera-attempt", delivery.attempt.to_string());
-    if attribute(delivery, ATTR_METHOD).is_none() {
-        builder = builder.header("ce-subject", &message.topic);
-    }
-    if let Some(content_type) = &message.content_type {
-        builder = builder.header(http::header::CONTENT_TYPE, content_type);
-    }
-    builder.body(Full::new(Bytes::from(message.data.clone())))
+        .header(headers::ATTEMPT, delivery.attempt.to_string());
+    let body = match invocation {
+        Some(request) => {
+            builder = builder.method(request.method.as_str()).uri(request.path);
+            for (name, value) in request.headers {
+                builder = builder.header(name, value);
+            }
+            request.body
+        }
+        None => {
+            builder = builder
+                .method("POST")
+                .uri(&consumer.path)
+                .header("ce-subject", &message.topic);
+            if let Some(content_type) = &message.content_type {
+                builder = builder.header(http::header::CONTENT_TYPE, content_type);
+            }
+            message.data.clone()
+        }
+    };
+    builder.body(Full::new(Bytes::from(body)))
 }

@@ -17,8 +17,6 @@ use crate::events::TargetMap;
 pub const TRIP_AFTER: u32 = 5;
 /// How long an open circuit refuses calls before letting one trial call through.
 pub const OPEN_FOR: Duration = Duration::from_secs(5);
-/// Response header saying a call was refused by an open circuit.
-pub const CIRCUIT_HEADER: &str = "x-tessera-circuit";
 
 /// The node's router for internal calls.
 pub(crate) struct Router {
@@ -131,7 +129,10 @@ impl InternalRouter for Router {
                     ),
                 );
                 let headers = response.headers_mut();
-                headers.insert(CIRCUIT_HEADER, http::HeaderValue::from_static("open"));
+                headers.insert(
+                    tessera_runtime::headers::CIRCUIT,
+                    http::HeaderValue::from_static("open"),
+                );
                 if let Ok(value) = http::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
                     headers.insert(http::header::RETRY_AFTER, value);
                 }

@@ -22,7 +22,6 @@ mod scaling;
 
 pub use callback::CallbackPolicy;
 
-pub use events::{MAX_RESULT_BODY, async_subscription};
 pub use scaling::{DEFAULT_MEMORY_BUDGET, MEMORY_BUDGET_ENV};
 
 use arc_swap::ArcSwapOption;
@@ -30,6 +29,7 @@ use tessera_data::{DataBackend, DataError, Migration, SqlError};
 use tessera_embedded::{ControlStore, EmbeddedData, EmbeddedJournal};
 use tessera_events::{
     DeadLetter, DeliveryStatus, EventError, Journal, NewMessage, Published, SubscriptionStats,
+    invocation,
 };
 use tessera_gateway::{Admission, AsyncRefusal, Backend, Limiter, RouteTable, Routes, Target};
 use tessera_manifest::{Limits, Origin, RoutePrefix};
@@ -724,10 +724,10 @@ impl Node {
         id: Option<String>,
     ) -> Result<Published, NodeError> {
         tessera_manifest::check_topic(topic).map_err(NodeError::Invalid)?;
-        if data.len() > tessera_runtime::MAX_MESSAGE_BYTES {
+        if data.len() > tessera_events::MAX_DATA_BYTES {
             return Err(NodeError::Invalid(format!(
                 "a message may be at most {} bytes, not {}",
-                tessera_runtime::MAX_MESSAGE_BYTES,
+                tessera_events::MAX_DATA_BYTES,
                 data.len()
             )));
         }
@@ -793,7 +793,7 @@ impl Node {
             .inner
             .events
             .journal
-            .status(&events::async_subscription(app, service), id)?)
+            .status(&invocation::subscription(app, service), id)?)
     }
 
     /// Names of a service's secrets with when each was last set.
@@ -1096,45 +1096,17 @@ impl tessera_gateway::AsyncSink for AsyncQueue {
 
     fn enqueue(
         &self,
-        request: tessera_gateway::AsyncRequest,
+        request: invocation::Request,
     ) -> Result<tessera_gateway::AsyncAccepted, AsyncRefusal> {
-        let size = request.body.len()
-            + request
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + 16)
-                .sum::<usize>()
-            + request.path.len()
-            + request.callback.as_ref().map_or(0, String::len);
-        let subscription = events::async_subscription(&self.app, &self.service);
+        let subscription = invocation::subscription(&self.app, &self.service);
         let journal = &self.events.journal;
         let reservation = self
             .quota
-            .admit(size as u64, || journal.stored_bytes(&subscription))
+            .admit(request.stored_size() as u64, || {
+                journal.stored_bytes(&subscription)
+            })
             .map_err(|refusal| refusal.into_async_refusal(&self.service))?;
-        let mut attributes = vec![
-            (events::ATTR_METHOD.to_string(), request.method),
-            (events::ATTR_PATH.to_string(), request.path),
-        ];
-        if let Some(callback) = request.callback {
-            attributes.push((events::ATTR_CALLBACK.to_string(), callback));
-        }
-        let mut content_type = None;
-        for (name, value) in request.headers {
-            if name == "content-type" {
-                content_type = Some(value);
-            } else {
-                attributes.push((format!("{}{name}", events::ATTR_HEADER_PREFIX), value));
-            }
-        }
-        let message = NewMessage::new(
-            events::async_topic(&self.service),
-            format!("/apps/{}/services/{}", self.app, self.service),
-            "dev.tessera.invocation",
-            request.body.to_vec(),
-        )
-        .with_content_type(content_type)
-        .with_attributes(attributes);
+        let message = request.into_message(&self.app, &self.service);
         let unavailable = |message: String| {
             AsyncRefusal::new(
                 http::StatusCode::SERVICE_UNAVAILABLE,
@@ -1160,10 +1132,7 @@ impl tessera_gateway::AsyncSink for AsyncQueue {
             .map(|p| p.id)
             .ok_or_else(|| unavailable("the journal returned no id".into()))?;
         Ok(tessera_gateway::AsyncAccepted {
-            status_path: format!(
-                "/v1/apps/{}/services/{}/invocations/{id}",
-                self.app, self.service
-            ),
+            status_path: invocation::status_path(&self.app, &self.service, &id),
             id,
         })
     }

@@ -13,10 +13,6 @@ use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 
 /// Host suffix that addresses a service of the caller's own app.
 pub const INTERNAL_SUFFIX: &str = ".internal";
-/// Header carrying how many internal calls deep a request is (0 for a request from outside).
-pub const CALL_DEPTH_HEADER: &str = "x-tessera-call-depth";
-/// Header naming the calling service (`app/service`) on an internal call.
-pub const CALLER_HEADER: &str = "x-tessera-caller";
 /// Deepest chain of internal calls; a call beyond it is answered `508 Loop Detected`.
 pub const MAX_CALL_DEPTH: u32 = 8;
 

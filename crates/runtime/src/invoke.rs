@@ -18,7 +18,8 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
 use crate::data::DataState;
-use crate::internal::{CALL_DEPTH_HEADER, Caller, InternalRouter, MAX_CALL_DEPTH};
+use crate::headers;
+use crate::internal::{Caller, InternalRouter, MAX_CALL_DEPTH};
 use crate::messaging::{OutgoingMessage, Publisher};
 use crate::outbound::OutboundPolicy;
 use crate::output::{GuestLogSink, GuestOutput, OutputStream};
@@ -350,7 +351,7 @@ impl Service {
         // How deep in a chain of internal calls this request is (0 from outside).
         let depth = request
             .headers()
-            .get(CALL_DEPTH_HEADER)
+            .get(headers::CALL_DEPTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u32>().ok())
             .unwrap_or(0)

@@ -8,6 +8,7 @@
 mod cache;
 mod data;
 mod engine;
+pub mod headers;
 mod internal;
 mod invoke;
 mod messaging;
@@ -27,11 +28,10 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 pub use cache::content_hash;
 pub use data::ServiceDataAccess;
 pub use internal::{
-    CALL_DEPTH_HEADER, CALLER_HEADER, CallFuture, Caller, INTERNAL_SUFFIX, InternalRouter,
-    MAX_CALL_DEPTH, platform_response,
+    CallFuture, Caller, INTERNAL_SUFFIX, InternalRouter, MAX_CALL_DEPTH, platform_response,
 };
 pub use invoke::{Completed, InvokeError};
-pub use messaging::{MAX_MESSAGE_BYTES, OutgoingMessage, Publisher};
+pub use messaging::{OutgoingMessage, Publisher};
 pub use output::{GuestLogSink, OutputStream as GuestStream, TerminalLog};
 pub use tessera_manifest::{Limits, Origin};
 pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody as ResponseBody;

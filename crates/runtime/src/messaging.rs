@@ -7,11 +7,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use tessera_events::MAX_DATA_BYTES;
+
 use crate::data::bindings::tessera::messaging::producer;
 use crate::state::InstanceState;
 
-/// Largest message payload, in bytes.
-pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// Most messages one request may publish.
 pub const MAX_MESSAGES_PER_REQUEST: usize = 1000;
 /// Largest total payload one request may publish, in bytes.
@@ -54,9 +54,9 @@ impl Outbox {
 
     fn push(&self, message: OutgoingMessage) -> Result<(), String> {
         let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if message.data.len() > MAX_MESSAGE_BYTES {
+        if message.data.len() > MAX_DATA_BYTES {
             return Err(format!(
-                "a message is {} bytes; the limit is {MAX_MESSAGE_BYTES} bytes",
+                "a message is {} bytes; the limit is {MAX_DATA_BYTES} bytes",
                 message.data.len()
             ));
         }

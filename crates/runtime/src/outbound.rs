@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use tessera_manifest::{Origin, Scheme};
 
-use crate::internal::{
-    CALL_DEPTH_HEADER, CALLER_HEADER, Caller, InternalRouter, MAX_CALL_DEPTH, platform_response,
-};
+use crate::headers;
+use crate::internal::{Caller, InternalRouter, MAX_CALL_DEPTH, platform_response};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// Bounds on one outgoing request, so a slow peer ties up a guest no longer than this
@@ -105,9 +104,12 @@ impl OutboundPolicy {
         };
         let headers = request.headers_mut();
         for (name, value) in [
-            (CALL_DEPTH_HEADER, depth.to_string()),
-            ("x-request-id", caller.request_id.to_string()),
-            (CALLER_HEADER, format!("{}/{}", caller.app, caller.service)),
+            (headers::CALL_DEPTH, depth.to_string()),
+            (headers::REQUEST_ID, caller.request_id.to_string()),
+            (
+                headers::CALLER,
+                format!("{}/{}", caller.app, caller.service),
+            ),
         ] {
             if let Ok(value) = http::HeaderValue::from_str(&value) {
                 headers.insert(name, value);

@@ -837,11 +837,7 @@ pub fn invocation(args: InvocationArgs) -> anyhow::Result<()> {
     let app = resolve_app(&client, &args.service, args.app)?;
     let view: InvocationView = client.call(
         Method::GET,
-        &format!(
-            "/v1/apps/{app}/services/{}/invocations/{}",
-            args.service,
-            encode(&args.id)
-        ),
+        &tessera_events::invocation::status_path(&app, &args.service, &encode(&args.id)),
         None,
     )?;
     println!("{}", serde_json::to_string_pretty(&view)?);

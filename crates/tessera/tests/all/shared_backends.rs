@@ -158,7 +158,7 @@ async fn served_within(
             let status = response.status().as_u16();
             let revision = response
                 .headers()
-                .get(tessera_gateway::REVISION)
+                .get(tessera_runtime::headers::REVISION)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_string();
