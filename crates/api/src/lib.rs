@@ -248,7 +248,12 @@ async fn deploy(
             "traffic for a new revision must be between 1 and 99 percent",
         ));
     }
-    let services: Vec<ServiceRelease> = request.services.into_iter().map(Into::into).collect();
+    let services = request
+        .services
+        .into_iter()
+        .map(ServiceSpecJson::into_release)
+        .collect::<Result<Vec<ServiceRelease>, String>>()
+        .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, "invalid", message))?;
     let options = DeployOptions {
         only: request.only,
         traffic: request.traffic,

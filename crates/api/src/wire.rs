@@ -2,109 +2,55 @@
 
 use serde::{Deserialize, Serialize};
 use tessera_data::Migration;
+use tessera_model::wire::RevisionJson;
 use tessera_node::ServiceRelease;
-use tessera_store::{
-    AppState, CronConfig, DeployOutcome, Revision, RevisionConfig, ScalingConfig, ServiceDeploy,
-    ServiceState, SubscriptionConfig,
-};
+use tessera_store::{AppState, DeployOutcome, Revision, ServiceDeploy, ServiceState};
 
-/// One service of a deploy request: its component (already uploaded) and configuration.
+/// One service of a deploy request: its component (already uploaded), its settings in the
+/// model's one JSON form ([`RevisionJson`]) and its migrations. Unknown keys are refused.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "serde_json::Map<String, serde_json::Value>")]
 pub struct ServiceSpecJson {
     pub name: String,
     pub sha256: String,
-    pub routes: Vec<String>,
-    pub memory: u64,
-    pub timeout_ms: u64,
-    #[serde(default)]
-    pub outbound: Vec<String>,
-    /// Origins an async invocation's callback may go to.
-    #[serde(default)]
-    pub callbacks: Vec<String>,
-    #[serde(default)]
-    pub env: Vec<(String, String)>,
-    /// Configuration served through `wasi:config/store`.
-    #[serde(default)]
-    pub config: Vec<(String, String)>,
-    /// Key-value buckets besides `default`.
-    #[serde(default)]
-    pub buckets: Vec<String>,
+    #[serde(flatten)]
+    pub revision: RevisionJson,
     /// SQL migrations, in order, applied once each before the revision takes traffic.
     #[serde(default)]
     pub migrations: Vec<MigrationJson>,
-    /// Schedules whose ticks are POSTed to a route.
+}
+
+/// [`ServiceSpecJson`] as serde reads it once its keys are known to be valid.
+#[derive(Deserialize)]
+struct ServiceSpecFields {
+    name: String,
+    sha256: String,
+    #[serde(flatten)]
+    revision: RevisionJson,
     #[serde(default)]
-    pub cron: Vec<CronJson>,
-    /// Topics whose messages are POSTed to a route.
-    #[serde(default)]
-    pub subscribe: Vec<SubscriptionJson>,
-    /// Requests of the service running at once on the node (default 100).
-    #[serde(default = "default_concurrency")]
-    pub concurrency: u32,
-    /// Requests waiting for a slot beyond those; more are answered 429 (default 100).
-    #[serde(default = "default_queue")]
-    pub queue: u32,
-    /// Longest wait in the queue before a 503 (default 10 s).
-    #[serde(default = "default_queue_timeout_ms")]
-    pub queue_timeout_ms: u64,
-    /// Unload a revision after this long without requests (default 5 min); `null`: never.
-    #[serde(default = "default_idle_ms")]
-    pub idle_ms: Option<u64>,
-    /// Async invocations accepted per second (default 100); more are answered 503.
-    #[serde(default = "default_async_rate")]
-    pub async_rate: u32,
-    /// Bytes queued async invocations may hold (default 64 MiB); past it
-    /// async requests are answered 507.
-    #[serde(default = "default_async_stored")]
-    pub async_stored: u64,
+    migrations: Vec<MigrationJson>,
 }
 
-fn default_async_rate() -> u32 {
-    ScalingConfig::default().async_rate
-}
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for ServiceSpecJson {
+    type Error = String;
 
-fn default_async_stored() -> u64 {
-    ScalingConfig::default().async_stored
-}
-
-fn default_concurrency() -> u32 {
-    ScalingConfig::default().concurrency
-}
-
-fn default_queue() -> u32 {
-    ScalingConfig::default().queue
-}
-
-fn default_queue_timeout_ms() -> u64 {
-    ScalingConfig::default().queue_timeout_ms
-}
-
-fn default_idle_ms() -> Option<u64> {
-    ScalingConfig::default().idle_ms
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CronJson {
-    pub schedule: String,
-    pub path: String,
-    #[serde(default)]
-    pub run_missed: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SubscriptionJson {
-    pub topic: String,
-    pub path: String,
-    #[serde(default)]
-    pub queue: Option<String>,
-    pub max_attempts: u32,
-    pub backoff_ms: u64,
-    pub max_backoff_ms: u64,
-    pub concurrency: u32,
-    pub batch: u32,
+    fn try_from(map: serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+        const OWN: &[&str] = &["name", "sha256", "migrations"];
+        if let Some(key) = map
+            .keys()
+            .find(|k| !OWN.contains(&k.as_str()) && !RevisionJson::KEYS.contains(&k.as_str()))
+        {
+            return Err(format!("unknown field `{key}` in a service"));
+        }
+        let fields: ServiceSpecFields =
+            serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| e.to_string())?;
+        Ok(ServiceSpecJson {
+            name: fields.name,
+            sha256: fields.sha256,
+            revision: fields.revision,
+            migrations: fields.migrations,
+        })
+    }
 }
 
 /// One SQL migration: a name (the file name) and its statements.
@@ -115,56 +61,23 @@ pub struct MigrationJson {
     pub sql: String,
 }
 
-impl From<ServiceSpecJson> for ServiceRelease {
-    fn from(s: ServiceSpecJson) -> Self {
-        ServiceRelease {
+impl ServiceSpecJson {
+    /// The release it asks for, its settings checked against the model's bounds: this is
+    /// the edge where a deploy through the API enters.
+    pub fn into_release(self) -> Result<ServiceRelease, String> {
+        let name = self.name;
+        let config = self
+            .revision
+            .into_config(Vec::new())
+            .and_then(|config| config.validate().map(|()| config))
+            .map_err(|invalid| format!("service `{name}`: {invalid}"))?;
+        Ok(ServiceRelease {
             service: ServiceDeploy {
-                name: s.name,
-                sha256: s.sha256,
-                config: RevisionConfig {
-                    routes: s.routes,
-                    memory: s.memory,
-                    timeout_ms: s.timeout_ms,
-                    outbound: s.outbound,
-                    callbacks: s.callbacks,
-                    env: s.env,
-                    config: s.config,
-                    buckets: s.buckets,
-                    migrations: Vec::new(),
-                    cron: s
-                        .cron
-                        .into_iter()
-                        .map(|c| CronConfig {
-                            schedule: c.schedule,
-                            path: c.path,
-                            run_missed: c.run_missed,
-                        })
-                        .collect(),
-                    subscriptions: s
-                        .subscribe
-                        .into_iter()
-                        .map(|s| SubscriptionConfig {
-                            topic: s.topic,
-                            path: s.path,
-                            queue: s.queue,
-                            max_attempts: s.max_attempts,
-                            backoff_ms: s.backoff_ms,
-                            max_backoff_ms: s.max_backoff_ms,
-                            concurrency: s.concurrency,
-                            batch: s.batch,
-                        })
-                        .collect(),
-                    scaling: ScalingConfig {
-                        concurrency: s.concurrency,
-                        queue: s.queue,
-                        queue_timeout_ms: s.queue_timeout_ms,
-                        idle_ms: s.idle_ms,
-                        async_rate: s.async_rate,
-                        async_stored: s.async_stored,
-                    },
-                },
+                name,
+                sha256: self.sha256,
+                config,
             },
-            migrations: s
+            migrations: self
                 .migrations
                 .into_iter()
                 .map(|m| Migration {
@@ -172,53 +85,16 @@ impl From<ServiceSpecJson> for ServiceRelease {
                     sql: m.sql,
                 })
                 .collect(),
-        }
+        })
     }
 }
 
 impl From<ServiceRelease> for ServiceSpecJson {
     fn from(r: ServiceRelease) -> Self {
-        let config = r.service.config;
         ServiceSpecJson {
+            revision: RevisionJson::from(&r.service.config),
             name: r.service.name,
             sha256: r.service.sha256,
-            routes: config.routes,
-            memory: config.memory,
-            timeout_ms: config.timeout_ms,
-            outbound: config.outbound,
-            callbacks: config.callbacks,
-            env: config.env,
-            config: config.config,
-            buckets: config.buckets,
-            cron: config
-                .cron
-                .into_iter()
-                .map(|c| CronJson {
-                    schedule: c.schedule,
-                    path: c.path,
-                    run_missed: c.run_missed,
-                })
-                .collect(),
-            subscribe: config
-                .subscriptions
-                .into_iter()
-                .map(|s| SubscriptionJson {
-                    topic: s.topic,
-                    path: s.path,
-                    queue: s.queue,
-                    max_attempts: s.max_attempts,
-                    backoff_ms: s.backoff_ms,
-                    max_backoff_ms: s.max_backoff_ms,
-                    concurrency: s.concurrency,
-                    batch: s.batch,
-                })
-                .collect(),
-            concurrency: config.scaling.concurrency,
-            queue: config.scaling.queue,
-            queue_timeout_ms: config.scaling.queue_timeout_ms,
-            idle_ms: config.scaling.idle_ms,
-            async_rate: config.scaling.async_rate,
-            async_stored: config.scaling.async_stored,
             migrations: r
                 .migrations
                 .into_iter()
@@ -361,7 +237,7 @@ impl From<&ServiceState> for ServiceView {
             name: s.name.clone(),
             routes: s
                 .primary()
-                .map(|r| r.config.routes.clone())
+                .map(|r| r.config.routes.iter().map(|p| p.to_string()).collect())
                 .unwrap_or_default(),
             primary: s.primary().map(|r| r.id),
             traffic: s
@@ -393,16 +269,17 @@ pub struct RevisionView {
 
 impl From<&Revision> for RevisionView {
     fn from(r: &Revision) -> Self {
+        let json = RevisionJson::from(&r.config);
         RevisionView {
             id: r.id,
             sha256: r.sha256.clone(),
             created_at: r.created_at,
-            routes: r.config.routes.clone(),
-            memory: r.config.memory,
-            timeout_ms: r.config.timeout_ms,
-            outbound: r.config.outbound.clone(),
-            callbacks: r.config.callbacks.clone(),
-            env: r.config.env.iter().map(|(k, _)| k.clone()).collect(),
+            routes: json.routes,
+            memory: json.memory,
+            timeout_ms: json.timeout_ms,
+            outbound: json.outbound,
+            callbacks: json.callbacks,
+            env: json.env.into_iter().map(|(k, _)| k).collect(),
         }
     }
 }

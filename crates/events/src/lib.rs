@@ -116,7 +116,7 @@ impl SubscriptionSpec {
         if self.app.is_empty() {
             return fail("app must not be empty");
         }
-        check_topic(&self.topic).or_else(|e| fail(&e))?;
+        check_journal_topic(&self.topic).or_else(|e| fail(&e))?;
         if self.consumers.is_empty() {
             return fail("needs at least one consumer");
         }
@@ -247,7 +247,7 @@ pub fn validate_message(message: &NewMessage) -> Result<(), EventError> {
             return invalid(format!("message id {id:?} contains a control character"));
         }
     }
-    check_topic(&message.topic).or_else(invalid)?;
+    check_journal_topic(&message.topic).or_else(invalid)?;
     if message.source.is_empty() {
         return invalid(format!(
             "message to topic {:?}: source must not be empty",
@@ -270,20 +270,48 @@ pub fn validate_message(message: &NewMessage) -> Result<(), EventError> {
     Ok(())
 }
 
-fn check_topic(topic: &str) -> Result<(), String> {
+/// The topic names users choose (manifests, the API, guests): letters, digits, `.`, `-`
+/// and `_`, with no empty `.`-separated part, 1 to [`MAX_TOPIC_BYTES`] bytes — what both
+/// the embedded journal and NATS subjects accept.
+pub fn check_topic(topic: &str) -> Result<(), String> {
     if topic.is_empty() {
         return Err("topic must not be empty".into());
     }
     if topic.len() > MAX_TOPIC_BYTES {
         return Err(format!(
-            "topic is {} bytes, the most is {MAX_TOPIC_BYTES}",
+            "topic must be 1-{MAX_TOPIC_BYTES} bytes long, not {}",
             topic.len()
         ));
     }
-    if topic.chars().any(char::is_control) {
-        return Err(format!("topic {topic:?} contains a control character"));
+    if let Some(c) = topic
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(format!(
+            "topic `{topic}` has the character {c:?}; use letters, digits, `.`, `-` and `_`"
+        ));
+    }
+    if topic.starts_with('.') || topic.ends_with('.') || topic.contains("..") {
+        return Err(format!("topic `{topic}` has an empty `.`-separated part"));
     }
     Ok(())
+}
+
+/// The platform's own topics (async invocations: `$async/SERVICE`) start with `$`, which
+/// no user topic can.
+pub const INTERNAL_TOPIC_PREFIX: char = '$';
+
+/// What the journal accepts: a user topic ([`check_topic`]) or one of the platform's own.
+fn check_journal_topic(topic: &str) -> Result<(), String> {
+    match topic.strip_prefix(INTERNAL_TOPIC_PREFIX) {
+        Some(rest) if !rest.is_empty() && topic.len() <= MAX_TOPIC_BYTES => {
+            if topic.chars().any(char::is_control) {
+                return Err(format!("topic {topic:?} contains a control character"));
+            }
+            Ok(())
+        }
+        _ => check_topic(topic),
+    }
 }
 
 /// A stored message. Its `id` is the `ce-id` of every delivery of it, on every attempt.

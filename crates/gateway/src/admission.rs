@@ -21,9 +21,9 @@ pub struct Admission {
 impl Default for Admission {
     fn default() -> Self {
         Admission {
-            concurrency: tessera_manifest::DEFAULT_SERVICE_CONCURRENCY,
-            queue: tessera_manifest::DEFAULT_QUEUE,
-            queue_timeout: tessera_manifest::DEFAULT_QUEUE_TIMEOUT,
+            concurrency: tessera_model::DEFAULT_SERVICE_CONCURRENCY,
+            queue: tessera_model::DEFAULT_QUEUE,
+            queue_timeout: tessera_model::DEFAULT_QUEUE_TIMEOUT,
         }
     }
 }

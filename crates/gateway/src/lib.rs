@@ -362,7 +362,7 @@ fn request_host<B>(request: &Request<B>) -> Option<String> {
         Some(authority) => authority.host().to_string(),
         None => {
             let host = request.headers().get(http::header::HOST)?.to_str().ok()?;
-            let (name, _) = tessera_manifest::split_host_port(host)?;
+            let (name, _) = tessera_model::split_host_port(host)?;
             name.to_string()
         }
     };

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use arc_swap::ArcSwap;
-use tessera_manifest::RoutePrefix;
+use tessera_model::RoutePrefix;
 use tessera_runtime::Service;
 use tessera_telemetry::{LogStream, ServiceLabels, Telemetry};
 

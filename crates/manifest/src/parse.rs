@@ -9,16 +9,17 @@ use toml::de::{DeArray, DeTable, DeValue};
 
 use std::time::Duration;
 
-use crate::{
-    BuildSpec, CronTrigger, Limits, MAX_ASYNC_RATE, MAX_ASYNC_STORED, MAX_IDLE, MAX_MEMORY,
-    MAX_QUEUE, MAX_QUEUE_TIMEOUT, MAX_SERVICE_CONCURRENCY, MAX_TIMEOUT, MIN_ASYNC_STORED, MIN_IDLE,
-    Manifest, ManifestError, MissedTicks, Origin, RoutePrefix, Scaling, ServiceSpec, Subscription,
-    check_name, parse_duration, parse_size,
+use tessera_model::bounds::{
+    check_async_rate, check_async_stored, check_backoff, check_batch, check_concurrency,
+    check_idle, check_max_attempts, check_memory, check_queue, check_queue_timeout,
+    check_subscription_concurrency, check_timeout,
 };
+use tessera_model::{check_bucket, check_env_name, check_trigger_path};
 
-/// Smallest memory limit that still fits a useful guest (one 64 KiB page is not enough for
-/// any toolchain's runtime; 1 MiB is the stack Rust alone reserves).
-const MIN_MEMORY: u64 = 1024 * 1024;
+use crate::{
+    BuildSpec, CronTrigger, Limits, Manifest, ManifestError, MissedTicks, Origin, RoutePrefix,
+    Scaling, ServiceSpec, Subscription, check_name, parse_duration, parse_size,
+};
 
 type Value<'i> = Spanned<DeValue<'i>>;
 
@@ -376,53 +377,25 @@ fn parse_service(
             }
             "memory" => {
                 let bytes = size(cx, value, &path)?;
-                if !(MIN_MEMORY..=MAX_MEMORY).contains(&bytes) {
-                    return Err(cx.error(
-                        value.span(),
-                        &path,
-                        "memory limit must be between 1MiB and 4GiB",
-                    ));
-                }
-                limits.memory = bytes;
+                limits.memory =
+                    check_memory(bytes).map_err(|m| cx.error(value.span(), &path, m))?;
             }
-            "timeout" => {
-                limits.timeout = duration_within(
-                    cx,
-                    value,
-                    &path,
-                    MAX_TIMEOUT,
-                    "timeout must be more than 0 and at most 1h",
-                )?;
-            }
-            "concurrency" => {
-                scaling.concurrency = positive(cx, value, &path, MAX_SERVICE_CONCURRENCY)?;
-            }
-            "queue" => scaling.queue = count(cx, value, &path, MAX_QUEUE)?,
+            "timeout" => limits.timeout = duration(cx, value, &path, check_timeout)?,
+            "concurrency" => scaling.concurrency = integer(cx, value, &path, check_concurrency)?,
+            "queue" => scaling.queue = integer(cx, value, &path, check_queue)?,
             "queue_timeout" => {
-                scaling.queue_timeout = duration_within(
-                    cx,
-                    value,
-                    &path,
-                    MAX_QUEUE_TIMEOUT,
-                    "queue timeout must be more than 0 and at most 1h",
-                )?;
+                scaling.queue_timeout = duration(cx, value, &path, check_queue_timeout)?;
             }
             "idle" => {
                 let text = cx.str(value, &path)?;
-                scaling.idle = if text.trim() == "never" {
+                let idle = if text.trim() == "never" {
                     None
                 } else {
                     let idle = parse_duration(text)
                         .map_err(|m| cx.error(value.span(), &path, format!("{m}, or \"never\"")))?;
-                    if !(MIN_IDLE..=MAX_IDLE).contains(&idle) {
-                        return Err(cx.error(
-                            value.span(),
-                            &path,
-                            "idle must be between 1s and 7 days, or \"never\"",
-                        ));
-                    }
                     Some(idle)
                 };
+                scaling.idle = check_idle(idle).map_err(|m| cx.error(value.span(), &path, m))?;
             }
             "outbound" => {
                 for (text, span) in cx.strings(value, &path)? {
@@ -440,13 +413,7 @@ fn parse_service(
                 for (var, val) in cx.table(value, &path)?.iter() {
                     let var_name = var.get_ref().as_ref();
                     let var_path = format!("{path}.{var_name}");
-                    if var_name.is_empty() || var_name.contains(['=', '\0']) {
-                        return Err(cx.error(
-                            var.span(),
-                            &var_path,
-                            "invalid environment variable name",
-                        ));
-                    }
+                    check_env_name(var_name).map_err(|m| cx.error(var.span(), &var_path, m))?;
                     let text = cx.str(val, &var_path)?;
                     env.push((var_name.to_string(), text.to_string()));
                 }
@@ -454,15 +421,7 @@ fn parse_service(
             "config" => config = config_table(cx, value, &path)?,
             "buckets" => {
                 for (text, span) in cx.strings(value, &path)? {
-                    check_name(text).map_err(|m| cx.error(span.clone(), &path, m))?;
-                    if text == "default" || buckets.iter().any(|b| b == text) {
-                        let message = if text == "default" {
-                            "bucket `default` always exists; list only further buckets".to_string()
-                        } else {
-                            format!("bucket `{text}` is listed twice")
-                        };
-                        return Err(cx.error(span, &path, message));
-                    }
+                    check_bucket(text, &buckets).map_err(|m| cx.error(span, &path, m))?;
                     buckets.push(text.to_string());
                 }
             }
@@ -511,18 +470,12 @@ fn parse_service(
                     let key_path = format!("{path}.{name}");
                     match name {
                         "rate" => {
-                            scaling.async_rate = positive(cx, item, &key_path, MAX_ASYNC_RATE)?;
+                            scaling.async_rate = integer(cx, item, &key_path, check_async_rate)?;
                         }
                         "stored" => {
                             let bytes = size(cx, item, &key_path)?;
-                            if !(MIN_ASYNC_STORED..=MAX_ASYNC_STORED).contains(&bytes) {
-                                return Err(cx.error(
-                                    item.span(),
-                                    &key_path,
-                                    "stored must be between 1MiB and 64GiB",
-                                ));
-                            }
-                            scaling.async_stored = bytes;
+                            scaling.async_stored = check_async_stored(bytes)
+                                .map_err(|m| cx.error(item.span(), &key_path, m))?;
                         }
                         other => {
                             return Err(cx.unknown_key(
@@ -639,17 +592,17 @@ fn parse_build(
 /// A trigger's `path`: the route of the service it is delivered to.
 fn trigger_path(cx: &Cx<'_>, value: &Value<'_>, key: &str) -> Result<String, ManifestError> {
     let text = cx.str(value, key)?;
-    if !text.starts_with('/') || text.chars().any(|c| c.is_whitespace() || c == '#') {
-        return Err(cx.error(
-            value.span(),
-            key,
-            format!("`{text}` is not a path: it must start with `/` and have no spaces"),
-        ));
-    }
+    check_trigger_path(text).map_err(|m| cx.error(value.span(), key, m))?;
     Ok(text.to_string())
 }
 
-fn positive(cx: &Cx<'_>, value: &Value<'_>, key: &str, max: u32) -> Result<u32, ManifestError> {
+/// An integer checked by the model's `check` for its key.
+fn integer(
+    cx: &Cx<'_>,
+    value: &Value<'_>,
+    key: &str,
+    check: fn(i64) -> Result<u32, String>,
+) -> Result<u32, ManifestError> {
     let DeValue::Integer(i) = value.get_ref() else {
         return Err(cx.error(
             value.span(),
@@ -657,33 +610,11 @@ fn positive(cx: &Cx<'_>, value: &Value<'_>, key: &str, max: u32) -> Result<u32, 
             format!("expected an integer, found {}", value.get_ref().type_str()),
         ));
     };
-    match i.as_str().parse::<u32>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(cx.error(
-            value.span(),
-            key,
-            format!("must be between 1 and {max}, not {}", i.as_str()),
-        )),
-    }
-}
-
-/// A count that may be 0, such as a queue length.
-fn count(cx: &Cx<'_>, value: &Value<'_>, key: &str, max: u32) -> Result<u32, ManifestError> {
-    let DeValue::Integer(i) = value.get_ref() else {
-        return Err(cx.error(
-            value.span(),
-            key,
-            format!("expected an integer, found {}", value.get_ref().type_str()),
-        ));
-    };
-    match i.as_str().parse::<u32>() {
-        Ok(n) if n <= max => Ok(n),
-        _ => Err(cx.error(
-            value.span(),
-            key,
-            format!("must be between 0 and {max}, not {}", i.as_str()),
-        )),
-    }
+    let n = i
+        .as_str()
+        .parse::<i64>()
+        .map_err(|_| cx.error(value.span(), key, format!("`{}` is too large", i.as_str())))?;
+    check(n).map_err(|m| cx.error(value.span(), key, m))
 }
 
 /// A size: bytes as an integer, or text such as `"64MiB"`.
@@ -702,25 +633,16 @@ fn size(cx: &Cx<'_>, value: &Value<'_>, key: &str) -> Result<u64, ManifestError>
     .map_err(|m| cx.error(value.span(), key, m))
 }
 
-fn duration(cx: &Cx<'_>, value: &Value<'_>, key: &str) -> Result<Duration, ManifestError> {
-    let day = Duration::from_secs(24 * 3600);
-    duration_within(cx, value, key, day, "must be more than 0 and at most 24h")
-}
-
-/// A duration more than zero and at most `max`; `message` otherwise.
-fn duration_within(
+/// A duration checked by the model's `check` for its key.
+fn duration(
     cx: &Cx<'_>,
     value: &Value<'_>,
     key: &str,
-    max: Duration,
-    message: &str,
+    check: fn(Duration) -> Result<Duration, String>,
 ) -> Result<Duration, ManifestError> {
     let text = cx.str(value, key)?;
     let d = parse_duration(text).map_err(|m| cx.error(value.span(), key, m))?;
-    if d.is_zero() || d > max {
-        return Err(cx.error(value.span(), key, message));
-    }
-    Ok(d)
+    check(d).map_err(|m| cx.error(value.span(), key, m))
 }
 
 fn parse_cron(cx: &Cx<'_>, value: &Value<'_>, base: &str) -> Result<CronTrigger, ManifestError> {
@@ -778,16 +700,7 @@ fn parse_subscription(
 ) -> Result<Subscription, ManifestError> {
     let table = cx.table(value, base)?;
     let (mut topic, mut path, mut queue) = (None, None, None);
-    let mut sub = Subscription {
-        topic: String::new(),
-        path: String::new(),
-        queue: None,
-        max_attempts: crate::DEFAULT_MAX_ATTEMPTS,
-        backoff: crate::DEFAULT_BACKOFF,
-        max_backoff: crate::DEFAULT_MAX_BACKOFF,
-        concurrency: crate::DEFAULT_CONCURRENCY,
-        batch: crate::DEFAULT_BATCH,
-    };
+    let mut sub = Subscription::new("", "");
     for (key, item) in table.iter() {
         let name = key.get_ref().as_ref();
         let key_path = format!("{base}.{name}");
@@ -803,11 +716,13 @@ fn parse_subscription(
                 check_name(text).map_err(|m| cx.error(item.span(), &key_path, m))?;
                 queue = Some(text.to_string());
             }
-            "max_attempts" => sub.max_attempts = positive(cx, item, &key_path, 100)?,
-            "backoff" => sub.backoff = duration(cx, item, &key_path)?,
-            "max_backoff" => sub.max_backoff = duration(cx, item, &key_path)?,
-            "concurrency" => sub.concurrency = positive(cx, item, &key_path, 10_000)?,
-            "batch" => sub.batch = positive(cx, item, &key_path, 1000)?,
+            "max_attempts" => sub.max_attempts = integer(cx, item, &key_path, check_max_attempts)?,
+            "backoff" => sub.backoff = duration(cx, item, &key_path, check_backoff)?,
+            "max_backoff" => sub.max_backoff = duration(cx, item, &key_path, check_backoff)?,
+            "concurrency" => {
+                sub.concurrency = integer(cx, item, &key_path, check_subscription_concurrency)?;
+            }
+            "batch" => sub.batch = integer(cx, item, &key_path, check_batch)?,
             other => {
                 return Err(cx.unknown_key(key.span(), &format!("{base}.{other}"), SUBSCRIBE_KEYS));
             }

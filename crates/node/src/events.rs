@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use tessera_events::{
     Consumer, CronScheduler, CronSpec, Delivery, Dispatcher, DispatcherConfig, Invoker, Journal,
-    MissedTicks, NewMessage, Outcome, Schedule, SubscriptionSpec, invocation,
+    NewMessage, Outcome, Schedule, SubscriptionSpec, invocation,
 };
 use tessera_gateway::{Rejection, Target};
 use tessera_runtime::{InvokeError, OutgoingMessage, Publisher, headers};
@@ -187,9 +187,7 @@ fn triggers(apps: &[AppState]) -> Result<(Vec<SubscriptionSpec>, Vec<CronSpec>),
             };
             let config = &primary.config;
             // A delivery may wait in the service's queue before it runs.
-            let timeout = Duration::from_millis(config.timeout_ms)
-                + Duration::from_millis(config.scaling.queue_timeout_ms)
-                + LEASE_MARGIN;
+            let timeout = config.limits.timeout + config.scaling.queue_timeout + LEASE_MARGIN;
             for sub in &config.subscriptions {
                 let consumer = Consumer {
                     service: service.name.clone(),
@@ -204,8 +202,8 @@ fn triggers(apps: &[AppState]) -> Result<(Vec<SubscriptionSpec>, Vec<CronSpec>),
                     topic: sub.topic.clone(),
                     consumers: vec![consumer.clone()],
                     max_attempts: sub.max_attempts,
-                    backoff: Duration::from_millis(sub.backoff_ms),
-                    max_backoff: Duration::from_millis(sub.max_backoff_ms),
+                    backoff: sub.backoff,
+                    max_backoff: sub.max_backoff,
                     concurrency: sub.concurrency,
                     batch: sub.batch,
                     timeout,
@@ -250,11 +248,7 @@ fn triggers(apps: &[AppState]) -> Result<(Vec<SubscriptionSpec>, Vec<CronSpec>),
                     app: app.name.clone(),
                     topic,
                     schedule,
-                    missed: if cron.run_missed {
-                        MissedTicks::RunOnce
-                    } else {
-                        MissedTicks::Skip
-                    },
+                    missed: cron.missed,
                 });
             }
             // Every service takes async invocations on any of its routes.

@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 mod callback;
 mod events;
@@ -32,7 +31,7 @@ use tessera_events::{
     invocation,
 };
 use tessera_gateway::{Admission, AsyncRefusal, Backend, Limiter, RouteTable, Routes, Target};
-use tessera_manifest::{Limits, Origin, RoutePrefix};
+use tessera_manifest::{Limits, Origin};
 use tessera_runtime::{
     CodeSource, LoadReport, Runtime, RuntimeConfig, RuntimeError, Service, ServiceConfig,
     ServiceDataAccess,
@@ -475,17 +474,8 @@ impl Node {
         for release in releases {
             let mut service = release.service.clone();
             check_name(&service.name, "service")?;
-            for bucket in &service.config.buckets {
-                check_name(bucket, "bucket")?;
-            }
-            for (key, _) in &service.config.config {
-                tessera_manifest::check_config_key(key).map_err(|m| {
-                    NodeError::Invalid(format!("service `{}`: config {m}", service.name))
-                })?;
-            }
             // The revision records which migrations its deploy ran or found.
             service.config.migrations = release.migrations.iter().map(|m| m.name.clone()).collect();
-            validate_config(&service.name, &service.config)?;
             services.push(service);
         }
         let services = &services[..];
@@ -506,7 +496,7 @@ impl Node {
         for service in services {
             let path = self.inner.artifacts.artifact_path(&service.sha256)?;
             let (_, report) = self.inner.runtime.load_service_known(
-                runtime_config(&service.name, &service.config, ServiceDataAccess::default())?,
+                runtime_config(&service.name, &service.config, ServiceDataAccess::default()),
                 &path,
                 &service.sha256,
             )?;
@@ -881,7 +871,7 @@ impl Node {
                 let admission = Admission {
                     concurrency: scaling.concurrency,
                     queue: scaling.queue,
-                    queue_timeout: Duration::from_millis(scaling.queue_timeout_ms),
+                    queue_timeout: scaling.queue_timeout,
                 };
                 let name = (app.name.clone(), service.name.clone());
                 let limiter = match serving.limiters.get(&name) {
@@ -902,7 +892,7 @@ impl Node {
                     events: self.inner.events.clone(),
                     app: app.name.clone(),
                     service: service.name.clone(),
-                    callbacks: parse_origins(&primary.config.callbacks).unwrap_or_default(),
+                    callbacks: primary.config.callbacks.clone(),
                     quota: quota.clone(),
                 });
                 let target = Arc::new(
@@ -913,10 +903,7 @@ impl Node {
                 );
                 targets.insert(name, target.clone());
                 for route in &primary.config.routes {
-                    match RoutePrefix::new(route) {
-                        Ok(prefix) => entries.push((prefix, target.clone())),
-                        Err(e) => tracing::error!(app = %app.name, service = %service.name, "{e}"),
-                    }
+                    entries.push((route.clone(), target.clone()));
                 }
             }
         }
@@ -957,7 +944,7 @@ impl NodeInner {
             config: config.into_iter().collect::<Vec<_>>().into(),
             publisher: Some(self.events.publisher(app)),
         };
-        let mut config = runtime_config(service, &revision.config, access)?;
+        let mut config = runtime_config(service, &revision.config, access);
         config.app = app.to_string();
         // The revision records its component's digest: a cached load maps the compiled
         // code without reading and hashing the component again.
@@ -971,84 +958,20 @@ fn check_name(name: &str, what: &str) -> Result<(), NodeError> {
     tessera_manifest::check_name(name).map_err(|m| NodeError::Invalid(format!("{what} {m}")))
 }
 
-fn validate_config(service: &str, config: &RevisionConfig) -> Result<(), NodeError> {
-    let invalid = |m: String| NodeError::Invalid(format!("service `{service}`: {m}"));
-    if config.routes.is_empty() {
-        return Err(invalid("at least one route is required".into()));
-    }
-    for route in &config.routes {
-        RoutePrefix::new(route).map_err(invalid)?;
-    }
-    validate_scaling(&config.scaling).map_err(invalid)?;
-    runtime_config(service, config, ServiceDataAccess::default()).map(|_| ())
-}
-
-/// The same bounds the manifest enforces, for deploys that come through the API.
-fn validate_scaling(scaling: &tessera_store::ScalingConfig) -> Result<(), String> {
-    use tessera_manifest::{
-        MAX_ASYNC_RATE, MAX_ASYNC_STORED, MAX_IDLE, MAX_QUEUE, MAX_QUEUE_TIMEOUT,
-        MAX_SERVICE_CONCURRENCY, MIN_ASYNC_STORED, MIN_IDLE,
-    };
-    if !(1..=MAX_ASYNC_RATE).contains(&scaling.async_rate) {
-        return Err(format!(
-            "async rate must be between 1 and {MAX_ASYNC_RATE}, not {}",
-            scaling.async_rate
-        ));
-    }
-    if !(MIN_ASYNC_STORED..=MAX_ASYNC_STORED).contains(&scaling.async_stored) {
-        return Err("async stored must be between 1MiB and 64GiB".into());
-    }
-    if !(1..=MAX_SERVICE_CONCURRENCY).contains(&scaling.concurrency) {
-        return Err(format!(
-            "concurrency must be between 1 and {MAX_SERVICE_CONCURRENCY}, not {}",
-            scaling.concurrency
-        ));
-    }
-    if scaling.queue > MAX_QUEUE {
-        return Err(format!(
-            "queue must be between 0 and {MAX_QUEUE}, not {}",
-            scaling.queue
-        ));
-    }
-    let queue_timeout = Duration::from_millis(scaling.queue_timeout_ms);
-    if queue_timeout.is_zero() || queue_timeout > MAX_QUEUE_TIMEOUT {
-        return Err("queue timeout must be more than 0 and at most 1h".into());
-    }
-    if let Some(idle) = scaling.idle_ms.map(Duration::from_millis)
-        && !(MIN_IDLE..=MAX_IDLE).contains(&idle)
-    {
-        return Err("idle must be between 1s and 7 days, or never".into());
-    }
-    Ok(())
-}
-
 /// The runtime's view of a revision's configuration.
 fn runtime_config(
     service: &str,
     config: &RevisionConfig,
     data: ServiceDataAccess,
-) -> Result<ServiceConfig, NodeError> {
-    let invalid = |m: String| NodeError::Invalid(format!("service `{service}`: {m}"));
-    if !(1 << 20..=tessera_manifest::MAX_MEMORY).contains(&config.memory) {
-        return Err(invalid("memory limit must be between 1MiB and 4GiB".into()));
-    }
-    let timeout = Duration::from_millis(config.timeout_ms);
-    if timeout.is_zero() || timeout > tessera_manifest::MAX_TIMEOUT {
-        return Err(invalid("timeout must be more than 0 and at most 1h".into()));
-    }
-    let outbound = parse_origins(&config.outbound).map_err(invalid)?;
-    parse_origins(&config.callbacks).map_err(|m| invalid(format!("callbacks: {m}")))?;
-    Ok(ServiceConfig {
+) -> ServiceConfig {
+    ServiceConfig {
         app: String::new(),
         name: service.to_string(),
-        limits: Limits {
-            memory: config.memory,
-            timeout,
-        },
-        outbound,
+        limits: config.limits,
+        outbound: config.outbound.clone(),
         env: config.env.clone(),
         data,
-    })
+    }
 }
 
 /// The configuration an upload is checked with: a component alone, granted nothing.
@@ -1061,10 +984,6 @@ fn probe_config(name: &str) -> ServiceConfig {
         env: Vec::new(),
         data: ServiceDataAccess::default(),
     }
-}
-
-fn parse_origins(origins: &[String]) -> Result<Vec<Origin>, String> {
-    origins.iter().map(|o| Origin::parse(o)).collect()
 }
 
 /// Queues a service's async invocations in the event journal.

@@ -215,7 +215,7 @@ impl Slot {
     ) -> Slot {
         let labels = ServiceLabels::new(&key.0, &key.1, Some(key.2));
         Slot {
-            idle: revision.config.scaling.idle_ms.map(Duration::from_millis),
+            idle: revision.config.scaling.idle,
             labels,
             key,
             revision,

@@ -41,7 +41,7 @@ pub trait InternalRouter: Send + Sync {
 /// the same app.
 pub(crate) fn callee(host: &str) -> Option<&str> {
     host.strip_suffix(INTERNAL_SUFFIX)
-        .filter(|name| tessera_manifest::check_name(name).is_ok())
+        .filter(|name| tessera_model::check_name(name).is_ok())
 }
 
 /// A JSON error response made by the platform for an internal call.

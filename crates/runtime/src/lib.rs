@@ -33,7 +33,7 @@ pub use internal::{
 pub use invoke::{Completed, InvokeError};
 pub use messaging::{OutgoingMessage, Publisher};
 pub use output::{GuestLogSink, OutputStream as GuestStream, TerminalLog};
-pub use tessera_manifest::{Limits, Origin};
+pub use tessera_model::{Limits, Origin};
 pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody as ResponseBody;
 
 use cache::CompileCache;
@@ -64,7 +64,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             cache_dir: None,
             max_instances: 1000,
-            max_memory: tessera_manifest::MAX_MEMORY,
+            max_memory: tessera_model::MAX_MEMORY,
             instance_memory: default_instance_memory(),
             log_sink: Arc::new(TerminalLog),
             internal: None,

@@ -88,7 +88,7 @@ impl producer::Host for InstanceState {
                 "this component was loaded without a message journal".into(),
             )));
         }
-        if let Err(message) = tessera_manifest::check_topic(&topic) {
+        if let Err(message) = tessera_model::check_topic(&topic) {
             return Ok(Err(producer::Error::InvalidTopic(message)));
         }
         let id = uuid::Uuid::now_v7().to_string();

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tessera_manifest::{Origin, Scheme};
+use tessera_model::{Origin, Scheme};
 
 use crate::headers;
 use crate::internal::{Caller, InternalRouter, MAX_CALL_DEPTH, platform_response};

@@ -5,11 +5,13 @@
 //! the helpers below.
 
 use std::ops::Range;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tessera_model::{MissedTicks, Origin, RoutePrefix};
 
 use crate::{
-    AppState, ArtifactStore, ChangeKind, ControlState, CronConfig, DeployOptions, DeployOutcome,
-    RevisionConfig, ScalingConfig, ServiceDeploy, ServiceState, StoreError, SubscriptionConfig,
+    AppState, ArtifactStore, ChangeKind, ControlState, CronTrigger, DeployOptions, DeployOutcome,
+    RevisionConfig, Scaling, ServiceDeploy, ServiceState, StoreError, Subscription,
 };
 
 /// What the suite exercises: the control state and the artifacts of one backend.
@@ -85,51 +87,45 @@ fn now() -> u64 {
 
 /// A revision config with these routes and defaults elsewhere.
 pub fn config(routes: &[&str]) -> RevisionConfig {
-    RevisionConfig {
-        routes: routes.iter().map(|r| r.to_string()).collect(),
-        memory: 64 * 1024 * 1024,
-        timeout_ms: 30_000,
-        outbound: Vec::new(),
-        callbacks: Vec::new(),
-        env: Vec::new(),
-        config: Vec::new(),
-        buckets: Vec::new(),
-        migrations: Vec::new(),
-        cron: Vec::new(),
-        subscriptions: Vec::new(),
-        scaling: ScalingConfig::default(),
-    }
+    let mut config = RevisionConfig::new(
+        routes
+            .iter()
+            .map(|r| RoutePrefix::new(r).expect("a valid route"))
+            .collect(),
+    );
+    config.limits.memory = 64 * 1024 * 1024;
+    config
 }
 
 /// A revision config with every setting away from its default.
 pub fn full_config() -> RevisionConfig {
     let mut cfg = config(&["/cart", "/basket"]);
-    cfg.outbound = vec!["https://example.com".into()];
-    cfg.callbacks = vec!["https://hooks.example.com".into()];
+    cfg.outbound = vec![Origin::parse("https://example.com").unwrap()];
+    cfg.callbacks = vec![Origin::parse("https://hooks.example.com").unwrap()];
     cfg.env = vec![("B".into(), "2".into()), ("A".into(), "1".into())];
     cfg.config = vec![("currency".into(), "EUR".into())];
     cfg.buckets = vec!["sessions".into()];
     cfg.migrations = vec!["0001_init.sql".into()];
-    cfg.cron = vec![CronConfig {
+    cfg.cron = vec![CronTrigger {
         schedule: "@every 2s".into(),
         path: "/tick".into(),
-        run_missed: true,
+        missed: MissedTicks::RunOnce,
     }];
-    cfg.subscriptions = vec![SubscriptionConfig {
+    cfg.subscriptions = vec![Subscription {
         topic: "orders.created".into(),
         path: "/on-order".into(),
         queue: Some("workers".into()),
         max_attempts: 3,
-        backoff_ms: 1000,
-        max_backoff_ms: 60_000,
+        backoff: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(60),
         concurrency: 4,
         batch: 8,
     }];
-    cfg.scaling = ScalingConfig {
+    cfg.scaling = Scaling {
         concurrency: 8,
         queue: 0,
-        queue_timeout_ms: 250,
-        idle_ms: None,
+        queue_timeout: Duration::from_millis(250),
+        idle: None,
         async_rate: 7,
         async_stored: 2 << 20,
     };
@@ -267,7 +263,7 @@ fn first_deploy_creates_revision_one_with_all_traffic(store: &dyn Control) {
     let web = artifact(store, "web");
     let api = artifact(store, "api");
     let mut api_deploy = svc("api", &api, &["/api"]);
-    api_deploy.config.outbound = vec!["https://example.com".into()];
+    api_deploy.config.outbound = vec![Origin::parse("https://example.com").unwrap()];
     api_deploy.config.env = vec![("B".into(), "2".into()), ("A".into(), "1".into())];
 
     let before = now();
@@ -324,7 +320,7 @@ fn a_new_component_or_a_new_config_creates_a_revision_with_all_traffic(store: &d
 
     // Same component, different memory limit: still a new revision.
     let mut bigger = svc("web", &v2, &["/"]);
-    bigger.config.memory *= 2;
+    bigger.config.limits.memory *= 2;
     let out = deploy(store, "shop", &[bigger.clone()]);
     assert_eq!(out.created, [("web".to_owned(), 3)]);
     let web = service(store, "shop", "web");
@@ -904,7 +900,7 @@ fn many_threads_can_deploy_at_once(store: &dyn Control) {
                     &[svc("web", sha, &[&format!("/app{t}")])],
                 );
                 let mut shared = svc("web", sha, &["/shared"]);
-                shared.config.memory = (t + 1) << 20;
+                shared.config.limits.memory = (t + 1) << 20;
                 deploy(store, "shared", &[shared]);
             });
         }
@@ -1039,7 +1035,7 @@ fn every_setting_of_a_revision_round_trips(store: &dyn Control) {
         config: full_config(),
     };
     let mut api = svc("api", &sha, &["/api"]);
-    api.config.scaling.idle_ms = Some(1000);
+    api.config.scaling.idle = Some(Duration::from_secs(1));
     deploy(store, "shop", &[full.clone(), api.clone()]);
     // The config comes back exactly as given, env order included.
     assert_eq!(

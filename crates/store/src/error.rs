@@ -33,14 +33,13 @@ pub enum StoreError {
         supported: i64,
     },
     #[error(
-        "app `{app}`, service `{service}`, revision {revision}: stored config is unreadable: {source}"
+        "app `{app}`, service `{service}`, revision {revision}: stored config is unreadable: {message}"
     )]
     CorruptConfig {
         app: String,
         service: String,
         revision: u32,
-        #[source]
-        source: serde_json::Error,
+        message: String,
     },
     #[error("`{0}` is not a sha256 digest (64 lowercase hex digits)")]
     InvalidDigest(String),

@@ -15,92 +15,10 @@ pub use seams::{ArtifactStore, ControlState, DEFAULT_CHANGE_HISTORY};
 /// How many revisions a service keeps when `DeployOptions::keep` is 0.
 pub const DEFAULT_KEEP: usize = 10;
 
-/// How one revision of a service runs: everything about it except the component bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RevisionConfig {
-    /// Path prefixes the service answers.
-    pub routes: Vec<String>,
-    /// Memory limit of one instance, in bytes.
-    pub memory: u64,
-    /// Deadline of one request, in milliseconds.
-    pub timeout_ms: u64,
-    /// Origins the service may call.
-    pub outbound: Vec<String>,
-    /// Origins an async invocation's callback may go to.
-    pub callbacks: Vec<String>,
-    /// Environment variables granted to the guest.
-    pub env: Vec<(String, String)>,
-    /// Configuration values served through `wasi:config/store`, sorted by key.
-    pub config: Vec<(String, String)>,
-    /// Key-value buckets the service may open besides `default`.
-    pub buckets: Vec<String>,
-    /// Names of the SQL migrations the deploy of this revision applied or found applied,
-    /// in order (for display: the service's database records what ran).
-    pub migrations: Vec<String>,
-    /// Schedules whose ticks are delivered to a route of the service.
-    pub cron: Vec<CronConfig>,
-    /// Topics whose messages are delivered to a route of the service.
-    pub subscriptions: Vec<SubscriptionConfig>,
-    /// Admission control and scale-to-zero. The primary revision's setting applies to the
-    /// whole service.
-    pub scaling: ScalingConfig,
-}
-
-/// How many requests of a service may run and wait on a node, and when an idle revision is
-/// unloaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ScalingConfig {
-    /// Requests running at once across the service's revisions.
-    pub concurrency: u32,
-    /// Requests waiting for a slot; beyond that they are refused at once.
-    pub queue: u32,
-    /// Longest wait in the queue, in milliseconds.
-    pub queue_timeout_ms: u64,
-    /// Milliseconds without requests after which a revision is unloaded; `None`: never.
-    pub idle_ms: Option<u64>,
-    /// Async invocations accepted per second.
-    pub async_rate: u32,
-    /// Bytes the service's queued async invocations may hold.
-    pub async_stored: u64,
-}
-
-impl Default for ScalingConfig {
-    /// The manifest's defaults (`tessera_manifest::Scaling::default()`); revisions stored
-    /// before these settings existed get them too.
-    fn default() -> Self {
-        ScalingConfig {
-            concurrency: 100,
-            queue: 100,
-            queue_timeout_ms: 10_000,
-            idle_ms: Some(300_000),
-            async_rate: 100,
-            async_stored: 64 << 20,
-        }
-    }
-}
-
-/// A schedule of a revision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CronConfig {
-    pub schedule: String,
-    pub path: String,
-    /// Fire one tick for ticks missed while the node was down (otherwise skip them).
-    pub run_missed: bool,
-}
-
-/// A subscription of a revision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubscriptionConfig {
-    pub topic: String,
-    pub path: String,
-    /// Work-sharing group shared with other services of the app.
-    pub queue: Option<String>,
-    pub max_attempts: u32,
-    pub backoff_ms: u64,
-    pub max_backoff_ms: u64,
-    pub concurrency: u32,
-    pub batch: u32,
-}
+/// How a revision runs, as the model crate defines it for every edge.
+pub use tessera_model::{
+    CronTrigger, Limits, MissedTicks, Origin, RevisionConfig, RoutePrefix, Scaling, Subscription,
+};
 
 /// One service as a deploy asks for it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,10 +7,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
+use tessera_model::wire::RevisionJson;
 use tessera_store::{
-    AppState, Change, ChangeBatch, ChangeKind, CronConfig, DEFAULT_CHANGE_HISTORY, DEFAULT_KEEP,
-    DeployOptions, DeployOutcome, Revision, RevisionConfig, ScalingConfig, ServiceDeploy,
-    ServiceState, StoreError, SubscriptionConfig,
+    AppState, Change, ChangeBatch, ChangeKind, DEFAULT_CHANGE_HISTORY, DEFAULT_KEEP, DeployOptions,
+    DeployOutcome, Revision, RevisionConfig, ServiceDeploy, ServiceState, StoreError,
 };
 
 /// An error inside an operation. Database failures are given their context (which
@@ -64,126 +64,21 @@ pub(crate) fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// How a `RevisionConfig` is stored: as JSON text in `revisions.config`. The mirror keeps
-/// serde off the public model type.
+/// How a `RevisionConfig` is stored: as JSON text in `revisions.config`, in the model's
+/// one JSON form with the names of the migrations its deploy ran beside it.
 #[derive(Serialize, Deserialize)]
 struct StoredConfig {
-    routes: Vec<String>,
-    memory: u64,
-    timeout_ms: u64,
-    outbound: Vec<String>,
-    env: Vec<(String, String)>,
+    #[serde(flatten)]
+    config: RevisionJson,
     // Added after the first release: absent in older rows.
     #[serde(default)]
-    callbacks: Vec<String>,
-    #[serde(default)]
-    config: Vec<(String, String)>,
-    #[serde(default)]
-    buckets: Vec<String>,
-    #[serde(default)]
     migrations: Vec<String>,
-    #[serde(default)]
-    cron: Vec<StoredCron>,
-    #[serde(default)]
-    subscriptions: Vec<StoredSubscription>,
-    #[serde(default = "default_concurrency")]
-    concurrency: u32,
-    #[serde(default = "default_queue")]
-    queue: u32,
-    #[serde(default = "default_queue_timeout_ms")]
-    queue_timeout_ms: u64,
-    /// `null` means never; absent (an older row) means the default.
-    #[serde(default = "default_idle_ms")]
-    idle_ms: Option<u64>,
-    #[serde(default = "default_async_rate")]
-    async_rate: u32,
-    #[serde(default = "default_async_stored")]
-    async_stored: u64,
-}
-
-fn default_async_rate() -> u32 {
-    ScalingConfig::default().async_rate
-}
-
-fn default_async_stored() -> u64 {
-    ScalingConfig::default().async_stored
-}
-
-fn default_concurrency() -> u32 {
-    ScalingConfig::default().concurrency
-}
-
-fn default_queue() -> u32 {
-    ScalingConfig::default().queue
-}
-
-fn default_queue_timeout_ms() -> u64 {
-    ScalingConfig::default().queue_timeout_ms
-}
-
-fn default_idle_ms() -> Option<u64> {
-    ScalingConfig::default().idle_ms
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredCron {
-    schedule: String,
-    path: String,
-    run_missed: bool,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredSubscription {
-    topic: String,
-    path: String,
-    queue: Option<String>,
-    max_attempts: u32,
-    backoff_ms: u64,
-    max_backoff_ms: u64,
-    concurrency: u32,
-    batch: u32,
 }
 
 fn config_json(config: &RevisionConfig) -> String {
     let stored = StoredConfig {
-        routes: config.routes.clone(),
-        memory: config.memory,
-        timeout_ms: config.timeout_ms,
-        outbound: config.outbound.clone(),
-        callbacks: config.callbacks.clone(),
-        env: config.env.clone(),
-        config: config.config.clone(),
-        buckets: config.buckets.clone(),
+        config: RevisionJson::from(config),
         migrations: config.migrations.clone(),
-        cron: config
-            .cron
-            .iter()
-            .map(|c| StoredCron {
-                schedule: c.schedule.clone(),
-                path: c.path.clone(),
-                run_missed: c.run_missed,
-            })
-            .collect(),
-        subscriptions: config
-            .subscriptions
-            .iter()
-            .map(|s| StoredSubscription {
-                topic: s.topic.clone(),
-                path: s.path.clone(),
-                queue: s.queue.clone(),
-                max_attempts: s.max_attempts,
-                backoff_ms: s.backoff_ms,
-                max_backoff_ms: s.max_backoff_ms,
-                concurrency: s.concurrency,
-                batch: s.batch,
-            })
-            .collect(),
-        concurrency: config.scaling.concurrency,
-        queue: config.scaling.queue,
-        queue_timeout_ms: config.scaling.queue_timeout_ms,
-        idle_ms: config.scaling.idle_ms,
-        async_rate: config.scaling.async_rate,
-        async_stored: config.scaling.async_stored,
     };
     serde_json::to_string(&stored).expect("strings and integers always serialise to JSON")
 }
@@ -194,55 +89,17 @@ fn parse_config(
     service: &str,
     revision: u32,
 ) -> Result<RevisionConfig, StoreError> {
-    let stored: StoredConfig =
-        serde_json::from_str(json).map_err(|source| StoreError::CorruptConfig {
-            app: app.to_owned(),
-            service: service.to_owned(),
-            revision,
-            source,
-        })?;
-    Ok(RevisionConfig {
-        routes: stored.routes,
-        memory: stored.memory,
-        timeout_ms: stored.timeout_ms,
-        outbound: stored.outbound,
-        callbacks: stored.callbacks,
-        env: stored.env,
-        config: stored.config,
-        buckets: stored.buckets,
-        migrations: stored.migrations,
-        cron: stored
-            .cron
-            .into_iter()
-            .map(|c| CronConfig {
-                schedule: c.schedule,
-                path: c.path,
-                run_missed: c.run_missed,
-            })
-            .collect(),
-        subscriptions: stored
-            .subscriptions
-            .into_iter()
-            .map(|s| SubscriptionConfig {
-                topic: s.topic,
-                path: s.path,
-                queue: s.queue,
-                max_attempts: s.max_attempts,
-                backoff_ms: s.backoff_ms,
-                max_backoff_ms: s.max_backoff_ms,
-                concurrency: s.concurrency,
-                batch: s.batch,
-            })
-            .collect(),
-        scaling: ScalingConfig {
-            concurrency: stored.concurrency,
-            queue: stored.queue,
-            queue_timeout_ms: stored.queue_timeout_ms,
-            idle_ms: stored.idle_ms,
-            async_rate: stored.async_rate,
-            async_stored: stored.async_stored,
-        },
-    })
+    let corrupt = |message: String| StoreError::CorruptConfig {
+        app: app.to_owned(),
+        service: service.to_owned(),
+        revision,
+        message,
+    };
+    let stored: StoredConfig = serde_json::from_str(json).map_err(|e| corrupt(e.to_string()))?;
+    stored
+        .config
+        .into_config(stored.migrations)
+        .map_err(|e| corrupt(e.to_string()))
 }
 
 /// Reads every app, or just `only`, with services, revisions and traffic.
@@ -758,7 +615,7 @@ fn check_routes(tx: &Transaction<'_>, app: &str, claimants: &[&str]) -> Result<(
                 .or(others.first());
             if let Some(&(holder_app, holder_service)) = holder {
                 return Err(StoreError::RouteConflict {
-                    route: route.clone(),
+                    route: route.to_string(),
                     app: holder_app.to_owned(),
                     service: holder_service.to_owned(),
                 }

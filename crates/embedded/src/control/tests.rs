@@ -8,7 +8,7 @@ use super::{ARTIFACTS_DIR, ControlStore, DATABASE_FILE};
 use tessera_store::conformance::{
     self, artifact, deploy, full_config, service, svc, three_revisions,
 };
-use tessera_store::{DeployOptions, ScalingConfig, ServiceDeploy, StoreError};
+use tessera_store::{DeployOptions, Scaling, ServiceDeploy, StoreError};
 
 fn store() -> (TempDir, ControlStore) {
     let dir = TempDir::new().expect("create temp dir");
@@ -285,5 +285,5 @@ fn revisions_stored_before_scaling_settings_existed_get_the_defaults() {
     )
     .unwrap();
     let api = service(&store, "shop", "api");
-    assert_eq!(api.revisions[0].config.scaling, ScalingConfig::default());
+    assert_eq!(api.revisions[0].config.scaling, Scaling::default());
 }

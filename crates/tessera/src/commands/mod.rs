@@ -7,9 +7,9 @@ pub mod up;
 
 use anyhow::{Context, bail};
 use tessera_data::Migration;
-use tessera_manifest::{Manifest, MissedTicks, ServiceSpec};
+use tessera_manifest::{Manifest, ServiceSpec};
 use tessera_node::ServiceRelease;
-use tessera_store::{CronConfig, RevisionConfig, ScalingConfig, ServiceDeploy, SubscriptionConfig};
+use tessera_store::ServiceDeploy;
 use tracing_subscriber::EnvFilter;
 
 /// What a deploy of a manifest's service carries: its revision configuration (with the
@@ -56,59 +56,10 @@ pub fn release(
         service: ServiceDeploy {
             name: spec.name.clone(),
             sha256,
-            config: RevisionConfig {
-                routes: spec.routes.iter().map(|r| r.to_string()).collect(),
-                memory: spec.limits.memory,
-                timeout_ms: millis(spec.limits.timeout),
-                outbound: spec.outbound.iter().map(|o| o.to_string()).collect(),
-                callbacks: spec.callbacks.iter().map(|o| o.to_string()).collect(),
-                env: spec.env.clone(),
-                config,
-                buckets: spec.buckets.clone(),
-                migrations: Vec::new(),
-                cron: spec
-                    .cron
-                    .iter()
-                    .map(|c| CronConfig {
-                        schedule: c.schedule.clone(),
-                        path: c.path.clone(),
-                        run_missed: c.missed == MissedTicks::RunOnce,
-                    })
-                    .collect(),
-                subscriptions: spec
-                    .subscribe
-                    .iter()
-                    .map(|s| SubscriptionConfig {
-                        topic: s.topic.clone(),
-                        path: s.path.clone(),
-                        queue: s.queue.clone(),
-                        max_attempts: s.max_attempts,
-                        backoff_ms: millis(s.backoff),
-                        max_backoff_ms: millis(s.max_backoff),
-                        concurrency: s.concurrency,
-                        batch: s.batch,
-                    })
-                    .collect(),
-                scaling: scaling_config(&spec.scaling),
-            },
+            config: spec.revision(config),
         },
         migrations,
     })
-}
-
-fn millis(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn scaling_config(scaling: &tessera_manifest::Scaling) -> ScalingConfig {
-    ScalingConfig {
-        concurrency: scaling.concurrency,
-        queue: scaling.queue,
-        queue_timeout_ms: millis(scaling.queue_timeout),
-        idle_ms: scaling.idle.map(millis),
-        async_rate: scaling.async_rate,
-        async_stored: scaling.async_stored,
-    }
 }
 
 /// Platform logs go to stderr through `tracing`; `RUST_LOG` sets the level (default:
@@ -330,18 +281,5 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("received SIGINT; shutting down"),
         () = term => tracing::info!("received SIGTERM; shutting down"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// Revisions stored before the scaling settings existed, and API clients that leave
-    /// them out, get what a manifest without them gets.
-    #[test]
-    fn stored_scaling_defaults_are_the_manifest_defaults() {
-        assert_eq!(
-            super::scaling_config(&tessera_manifest::Scaling::default()),
-            tessera_store::ScalingConfig::default()
-        );
     }
 }

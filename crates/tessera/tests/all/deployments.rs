@@ -583,3 +583,83 @@ routes = ["/"]
     assert!(!listing.contains("rival"), "{listing}");
     assert!(listing.contains("shop.localhost/"), "{listing}");
 }
+
+#[tokio::test]
+async fn a_value_out_of_range_gets_the_same_message_from_a_manifest_and_the_api() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::serve(data.path(), TOKEN);
+    let app = App::new(
+        r#"
+[app]
+name = "shop"
+
+[services.front]
+component = "{guest:hello}"
+routes = ["/front"]
+memory = "512KiB"
+"#,
+    );
+    let out = node.cli(TOKEN, &["deploy", app.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let message = "memory limit must be between 1MiB and 4GiB";
+    assert!(stderr.contains("services.front.memory"), "{stderr}");
+    assert!(stderr.contains(message), "{stderr}");
+
+    // The component must be stored for the API to get as far as the settings.
+    let hello = std::fs::read(guest("hello")).unwrap();
+    let http = client();
+    let r = http
+        .put(node.admin_url(&format!("/v1/artifacts/{}", sha256(&hello))))
+        .bearer_auth(TOKEN)
+        .body(hello)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let post = |body: serde_json::Value| {
+        http.post(node.admin_url("/v1/apps/shop/deploy"))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+    };
+    let mut body = front_deploy(1000);
+    body["services"][0]["memory"] = serde_json::json!(512 << 10);
+    let r = post(body).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let json: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(json["error"]["code"], "invalid");
+    assert_eq!(
+        json["error"]["message"],
+        format!("service `front`: memory: {message}")
+    );
+
+    let mut body = front_deploy(1000);
+    body["services"][0]["subscribe"] = serde_json::json!([{
+        "topic": "orders created", "path": "/front/on", "max_attempts": 3,
+        "backoff_ms": 10, "max_backoff_ms": 10, "concurrency": 1, "batch": 1
+    }]);
+    let r = post(body).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let json: serde_json::Value = r.json().await.unwrap();
+    let text = json["error"]["message"].as_str().unwrap();
+    assert!(text.contains("subscribe[0].topic"), "{text}");
+
+    // A key no service has is refused, not ignored.
+    let mut body = front_deploy(1000);
+    body["services"][0]["memroy"] = serde_json::json!(1);
+    let r = post(body).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let json: serde_json::Value = r.json().await.unwrap();
+    let text = json["error"]["message"].as_str().unwrap();
+    assert!(text.contains("unknown field `memroy`"), "{text}");
+
+    let r = http
+        .get(node.admin_url("/v1/apps"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let json: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(json["apps"], serde_json::json!([]), "nothing was deployed");
+}

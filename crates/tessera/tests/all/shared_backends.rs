@@ -15,9 +15,8 @@ use tessera_embedded::{ControlStore, EmbeddedData, EmbeddedJournal};
 use tessera_events::DispatcherConfig;
 use tessera_node::{Node, NodeBuilder, NodeError, ServiceRelease};
 use tessera_runtime::RuntimeConfig;
-use tessera_store::{
-    DeployOptions, RevisionConfig, ScalingConfig, ServiceDeploy, StoreError, SubscriptionConfig,
-};
+use tessera_store::conformance::config;
+use tessera_store::{DeployOptions, RevisionConfig, ServiceDeploy, StoreError, Subscription};
 
 use crate::util::{client, guest};
 
@@ -103,23 +102,6 @@ impl Pair {
         }
         self.a.stop_events().await;
         self.b.stop_events().await;
-    }
-}
-
-fn config(routes: &[&str]) -> RevisionConfig {
-    RevisionConfig {
-        routes: routes.iter().map(|r| r.to_string()).collect(),
-        memory: 64 << 20,
-        timeout_ms: 30_000,
-        outbound: Vec::new(),
-        callbacks: Vec::new(),
-        env: Vec::new(),
-        config: Vec::new(),
-        buckets: Vec::new(),
-        migrations: Vec::new(),
-        cron: Vec::new(),
-        subscriptions: Vec::new(),
-        scaling: ScalingConfig::default(),
     }
 }
 
@@ -329,15 +311,13 @@ async fn a_publish_through_one_node_is_delivered_by_the_other_without_a_poll() {
     // bring the delivery.
     let pair = pair(false).await;
     let mut config = config(&["/app"]);
-    config.subscriptions = vec![SubscriptionConfig {
-        topic: "orders".into(),
-        path: "/app/on/orders".into(),
-        queue: None,
+    config.subscriptions = vec![Subscription {
         max_attempts: 3,
-        backoff_ms: 100,
-        max_backoff_ms: 1_000,
+        backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(1),
         concurrency: 4,
         batch: 8,
+        ..Subscription::new("orders", "/app/on/orders")
     }];
     let svc = release(&pair.a, "svc", &guest("data"), config);
     let node = pair.a.clone();

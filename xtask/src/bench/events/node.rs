@@ -34,7 +34,8 @@ use tessera_node::{
     COMPILED_DIR, EVENTS_FILE, Node, NodeBuilder, SERVICE_DATA_DIR, ServiceRelease,
 };
 use tessera_runtime::RuntimeConfig;
-use tessera_store::{DeployOptions, RevisionConfig, ServiceDeploy, SubscriptionConfig};
+
+use tessera_store::{DeployOptions, RevisionConfig, RoutePrefix, ServiceDeploy, Subscription};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -116,27 +117,14 @@ fn deploy(
     node: &Node,
     app: &str,
     component: &[u8],
-    subscriptions: Vec<SubscriptionConfig>,
+    subscriptions: Vec<Subscription>,
 ) -> Result<()> {
     let sha256 = node.upload(component).context("uploading the component")?;
-    let config = RevisionConfig {
-        routes: vec!["/".into()],
-        memory: 64 << 20,
-        timeout_ms: 30_000,
-        outbound: Vec::new(),
-        callbacks: Vec::new(),
-        env: Vec::new(),
-        config: Vec::new(),
-        buckets: Vec::new(),
-        migrations: Vec::new(),
-        cron: Vec::new(),
-        subscriptions,
-        scaling: tessera_store::ScalingConfig {
-            concurrency: 10_000,
-            queue: 100_000,
-            ..Default::default()
-        },
-    };
+    let mut config = RevisionConfig::new(vec![RoutePrefix::new("/").expect("a route")]);
+    config.limits.memory = 64 << 20;
+    config.subscriptions = subscriptions;
+    config.scaling.concurrency = 10_000;
+    config.scaling.queue = 100_000;
     let release = ServiceRelease {
         service: ServiceDeploy {
             name: SERVICE.into(),
@@ -214,15 +202,12 @@ fn handled(
         &node,
         APP,
         component,
-        vec![SubscriptionConfig {
-            topic: TOPIC.into(),
-            path: "/".into(),
-            queue: None,
+        vec![Subscription {
             max_attempts: 3,
-            backoff_ms: 1000,
-            max_backoff_ms: 60_000,
+            max_backoff: Duration::from_secs(60),
             concurrency: settings.concurrency,
             batch: settings.batch,
+            ..Subscription::new(TOPIC, "/")
         }],
     )?;
     let run = Delivering {
