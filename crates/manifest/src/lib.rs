@@ -50,7 +50,8 @@ impl Manifest {
         service: &ServiceSpec,
         environment: Option<&str>,
     ) -> Result<Vec<(String, String)>, String> {
-        let mut config: BTreeMap<String, String> = service.config.iter().cloned().collect();
+        let mut config: BTreeMap<String, String> =
+            service.revision.config.iter().cloned().collect();
         if let Some(name) = environment {
             let Some(overrides) = self.environments.get(name) else {
                 let known: Vec<&str> = self.environments.keys().map(String::as_str).collect();
@@ -81,27 +82,13 @@ pub struct ServiceSpec {
     pub name: String,
     /// Path of the component file, resolved against the manifest's directory.
     pub component: PathBuf,
-    /// Path prefixes this service answers.
-    pub routes: Vec<RoutePrefix>,
-    pub limits: Limits,
-    /// How many requests may run and wait, and when the service is unloaded.
-    pub scaling: Scaling,
-    /// Origins the service may call through `wasi:http/outgoing-handler`.
-    pub outbound: Vec<Origin>,
-    /// Origins an async invocation's `x-tessera-callback` may name; none unless listed.
-    pub callbacks: Vec<Origin>,
-    /// Environment variables granted to the guest; none unless listed.
-    pub env: Vec<(String, String)>,
-    /// Configuration values served through `wasi:config/store`, sorted by key.
-    pub config: Vec<(String, String)>,
-    /// Key-value buckets the service may open besides `default`.
-    pub buckets: Vec<String>,
+    /// How its revisions run: routes, limits, scaling, grants, configuration, buckets,
+    /// schedules and subscriptions. Its `config` is the service's own table (an
+    /// environment's overrides are applied by [`ServiceSpec::revision`]); its `migrations`
+    /// are empty (a deploy records the ones it ran).
+    pub revision: RevisionConfig,
     /// SQL files applied once each, in this order, to the service's database at deploy.
     pub migrations: Vec<PathBuf>,
-    /// Schedules (`[[services.NAME.cron]]`) whose ticks are delivered to a route.
-    pub cron: Vec<CronTrigger>,
-    /// Topics (`[[services.NAME.subscribe]]`) whose messages are delivered to a route.
-    pub subscribe: Vec<Subscription>,
     /// How `tessera build` makes the component from its sources (`[services.NAME.build]`).
     pub build: Option<BuildSpec>,
 }
@@ -111,18 +98,8 @@ impl ServiceSpec {
     /// (its own with an environment's overrides, [`Manifest::config_for`]).
     pub fn revision(&self, config: Vec<(String, String)>) -> RevisionConfig {
         RevisionConfig {
-            routes: self.routes.clone(),
-            limits: self.limits,
-            scaling: self.scaling,
-            outbound: self.outbound.clone(),
-            callbacks: self.callbacks.clone(),
-            env: self.env.clone(),
             config,
-            buckets: self.buckets.clone(),
-            // The deploy records the migrations it ran or found applied.
-            migrations: Vec::new(),
-            cron: self.cron.clone(),
-            subscriptions: self.subscribe.clone(),
+            ..self.revision.clone()
         }
     }
 }

@@ -17,8 +17,8 @@ use tessera_model::bounds::{
 use tessera_model::{check_bucket, check_env_name, check_trigger_path};
 
 use crate::{
-    BuildSpec, CronTrigger, Limits, Manifest, ManifestError, MissedTicks, Origin, RoutePrefix,
-    Scaling, ServiceSpec, Subscription, check_name, parse_duration, parse_size,
+    BuildSpec, CronTrigger, Manifest, ManifestError, MissedTicks, Origin, RevisionConfig,
+    RoutePrefix, Scaling, ServiceSpec, Subscription, check_name, parse_duration, parse_size,
 };
 
 type Value<'i> = Spanned<DeValue<'i>>;
@@ -205,7 +205,11 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Manifest, ManifestError> 
     // Which service claimed each route first, to report conflicts.
     let mut claimed: BTreeMap<RoutePrefix, String> = BTreeMap::new();
     for (name, value) in table.iter() {
-        let spec = parse_service(&cx, dir, name, value, host.as_deref(), &mut claimed)?;
+        let mut claims = RouteClaims {
+            app_host: host.as_deref(),
+            claimed: &mut claimed,
+        };
+        let spec = parse_service(&cx, dir, name, value, &mut claims)?;
         specs.push(spec);
     }
     specs.sort_by(|a, b| a.name.cmp(&b.name));
@@ -310,13 +314,19 @@ fn parse_app(cx: &Cx<'_>, value: &Value<'_>) -> Result<(String, Option<String>),
     Ok((name, host))
 }
 
+/// Where a service's routes are checked against the others': the app's host (which binds
+/// every route without a host of its own) and which service claimed each route first.
+struct RouteClaims<'a> {
+    app_host: Option<&'a str>,
+    claimed: &'a mut BTreeMap<RoutePrefix, String>,
+}
+
 fn parse_service(
     cx: &Cx<'_>,
     dir: &Path,
     name: &Spanned<std::borrow::Cow<'_, str>>,
     value: &Value<'_>,
-    app_host: Option<&str>,
-    claimed: &mut BTreeMap<RoutePrefix, String>,
+    claims: &mut RouteClaims<'_>,
 ) -> Result<ServiceSpec, ManifestError> {
     let service = name.get_ref().as_ref();
     let base = format!("services.{service}");
@@ -325,16 +335,8 @@ fn parse_service(
 
     let mut component = None;
     let mut routes = None;
-    let mut limits = Limits::default();
-    let mut scaling = Scaling::default();
-    let mut outbound = Vec::new();
-    let mut callbacks = Vec::new();
-    let mut env = Vec::new();
-    let mut config = Vec::new();
-    let mut buckets: Vec<String> = Vec::new();
+    let mut revision = RevisionConfig::new(Vec::new());
     let mut migrations = Vec::new();
-    let mut cron = Vec::new();
-    let mut subscribe: Vec<Subscription> = Vec::new();
     let mut build = None;
     for (key, value) in table.iter() {
         let key_name = key.get_ref().as_ref();
@@ -347,146 +349,35 @@ fn parse_service(
                 }
                 component = Some(dir.join(text));
             }
-            "routes" => {
-                let items = cx.strings(value, &path)?;
-                if items.is_empty() {
-                    return Err(cx.error(value.span(), &path, "at least one route is required"));
-                }
-                let mut prefixes = Vec::with_capacity(items.len());
-                for (text, span) in items {
-                    let mut prefix =
-                        RoutePrefix::new(text).map_err(|m| cx.error(span.clone(), &path, m))?;
-                    // An app bound to a host binds every route without a host of its own.
-                    if let (Some(host), None) = (app_host, prefix.host()) {
-                        prefix = prefix
-                            .with_host(host)
-                            .map_err(|m| cx.error(span.clone(), &path, m))?;
-                    }
-                    if let Some(owner) = claimed.get(&prefix) {
-                        let message = if owner == service {
-                            format!("route `{prefix}` is listed twice")
-                        } else {
-                            format!("route `{prefix}` is already claimed by service `{owner}`")
-                        };
-                        return Err(cx.error(span, &path, message));
-                    }
-                    claimed.insert(prefix.clone(), service.to_string());
-                    prefixes.push(prefix);
-                }
-                routes = Some(prefixes);
-            }
+            "routes" => routes = Some(parse_routes(cx, value, &path, service, claims)?),
             "memory" => {
                 let bytes = size(cx, value, &path)?;
-                limits.memory =
+                revision.limits.memory =
                     check_memory(bytes).map_err(|m| cx.error(value.span(), &path, m))?;
             }
-            "timeout" => limits.timeout = duration(cx, value, &path, check_timeout)?,
-            "concurrency" => scaling.concurrency = integer(cx, value, &path, check_concurrency)?,
-            "queue" => scaling.queue = integer(cx, value, &path, check_queue)?,
-            "queue_timeout" => {
-                scaling.queue_timeout = duration(cx, value, &path, check_queue_timeout)?;
+            "timeout" => revision.limits.timeout = duration(cx, value, &path, check_timeout)?,
+            "concurrency" | "queue" | "queue_timeout" | "idle" | "async" => {
+                parse_scaling(cx, key_name, value, &path, &mut revision.scaling)?;
             }
-            "idle" => {
-                let text = cx.str(value, &path)?;
-                let idle = if text.trim() == "never" {
-                    None
-                } else {
-                    let idle = parse_duration(text)
-                        .map_err(|m| cx.error(value.span(), &path, format!("{m}, or \"never\"")))?;
-                    Some(idle)
-                };
-                scaling.idle = check_idle(idle).map_err(|m| cx.error(value.span(), &path, m))?;
-            }
-            "outbound" => {
-                for (text, span) in cx.strings(value, &path)? {
-                    let origin = Origin::parse(text).map_err(|m| cx.error(span, &path, m))?;
-                    outbound.push(origin);
-                }
-            }
-            "callbacks" => {
-                for (text, span) in cx.strings(value, &path)? {
-                    let origin = Origin::parse(text).map_err(|m| cx.error(span, &path, m))?;
-                    callbacks.push(origin);
-                }
-            }
-            "env" => {
-                for (var, val) in cx.table(value, &path)?.iter() {
-                    let var_name = var.get_ref().as_ref();
-                    let var_path = format!("{path}.{var_name}");
-                    check_env_name(var_name).map_err(|m| cx.error(var.span(), &var_path, m))?;
-                    let text = cx.str(val, &var_path)?;
-                    env.push((var_name.to_string(), text.to_string()));
-                }
-            }
-            "config" => config = config_table(cx, value, &path)?,
+            "outbound" => revision.outbound = origins(cx, value, &path)?,
+            "callbacks" => revision.callbacks = origins(cx, value, &path)?,
+            "env" => revision.env = parse_env(cx, value, &path)?,
+            "config" => revision.config = config_table(cx, value, &path)?,
             "buckets" => {
                 for (text, span) in cx.strings(value, &path)? {
-                    check_bucket(text, &buckets).map_err(|m| cx.error(span, &path, m))?;
-                    buckets.push(text.to_string());
+                    check_bucket(text, &revision.buckets).map_err(|m| cx.error(span, &path, m))?;
+                    revision.buckets.push(text.to_string());
                 }
             }
-            "migrations" => {
-                for (text, span) in cx.strings(value, &path)? {
-                    if text.trim().is_empty() {
-                        return Err(cx.error(span, &path, "migration path is empty"));
-                    }
-                    let file = dir.join(text);
-                    if migrations.contains(&file) {
-                        return Err(cx.error(
-                            span,
-                            &path,
-                            format!("migration `{text}` is listed twice"),
-                        ));
-                    }
-                    migrations.push(file);
-                }
-            }
+            "migrations" => migrations = parse_migrations(cx, dir, value, &path)?,
             "cron" => {
                 for (index, item) in cx.array(value, &path)?.iter().enumerate() {
-                    cron.push(parse_cron(cx, item, &format!("{path}[{index}]"))?);
+                    let trigger = parse_cron(cx, item, &format!("{path}[{index}]"))?;
+                    revision.cron.push(trigger);
                 }
             }
-            "subscribe" => {
-                for (index, item) in cx.array(value, &path)?.iter().enumerate() {
-                    let item_path = format!("{path}[{index}]");
-                    let sub = parse_subscription(cx, item, &item_path)?;
-                    if subscribe
-                        .iter()
-                        .any(|s| s.topic == sub.topic && s.queue == sub.queue)
-                    {
-                        return Err(cx.error(
-                            item.span(),
-                            &item_path,
-                            format!("the service already subscribes to `{}`", sub.topic),
-                        ));
-                    }
-                    subscribe.push(sub);
-                }
-            }
+            "subscribe" => revision.subscriptions = parse_subscriptions(cx, value, &path)?,
             "build" => build = Some(parse_build(cx, dir, value, &path)?),
-            "async" => {
-                for (key, item) in cx.table(value, &path)?.iter() {
-                    let name = key.get_ref().as_ref();
-                    let key_path = format!("{path}.{name}");
-                    match name {
-                        "rate" => {
-                            scaling.async_rate = integer(cx, item, &key_path, check_async_rate)?;
-                        }
-                        "stored" => {
-                            let bytes = size(cx, item, &key_path)?;
-                            scaling.async_stored = check_async_stored(bytes)
-                                .map_err(|m| cx.error(item.span(), &key_path, m))?;
-                        }
-                        other => {
-                            return Err(cx.unknown_key(
-                                key.span(),
-                                &format!("{path}.{other}"),
-                                ASYNC_KEYS,
-                            ));
-                        }
-                    }
-                }
-            }
             other => {
                 return Err(cx.unknown_key(key.span(), &format!("{base}.{other}"), SERVICE_KEYS));
             }
@@ -500,7 +391,7 @@ fn parse_service(
         "component",
         ": the path of the service's .wasm file",
     )?;
-    let routes = cx.required(
+    revision.routes = cx.required(
         routes,
         value,
         &base,
@@ -510,19 +401,164 @@ fn parse_service(
     Ok(ServiceSpec {
         name: service.to_string(),
         component,
-        routes,
-        limits,
-        scaling,
-        outbound,
-        callbacks,
-        env,
-        config,
-        buckets,
+        revision,
         migrations,
-        cron,
-        subscribe,
         build,
     })
+}
+
+/// `routes`: at least one, each bound to the app's host unless it names its own, none
+/// claimed by another service.
+fn parse_routes(
+    cx: &Cx<'_>,
+    value: &Value<'_>,
+    path: &str,
+    service: &str,
+    claims: &mut RouteClaims<'_>,
+) -> Result<Vec<RoutePrefix>, ManifestError> {
+    let items = cx.strings(value, path)?;
+    if items.is_empty() {
+        return Err(cx.error(value.span(), path, "at least one route is required"));
+    }
+    let mut prefixes = Vec::with_capacity(items.len());
+    for (text, span) in items {
+        let mut prefix = RoutePrefix::new(text).map_err(|m| cx.error(span.clone(), path, m))?;
+        if let (Some(host), None) = (claims.app_host, prefix.host()) {
+            prefix = prefix
+                .with_host(host)
+                .map_err(|m| cx.error(span.clone(), path, m))?;
+        }
+        if let Some(owner) = claims.claimed.get(&prefix) {
+            let message = if owner == service {
+                format!("route `{prefix}` is listed twice")
+            } else {
+                format!("route `{prefix}` is already claimed by service `{owner}`")
+            };
+            return Err(cx.error(span, path, message));
+        }
+        claims.claimed.insert(prefix.clone(), service.to_string());
+        prefixes.push(prefix);
+    }
+    Ok(prefixes)
+}
+
+/// The admission and scale-to-zero keys of a service, and its `[async]` table.
+fn parse_scaling(
+    cx: &Cx<'_>,
+    key: &str,
+    value: &Value<'_>,
+    path: &str,
+    scaling: &mut Scaling,
+) -> Result<(), ManifestError> {
+    match key {
+        "concurrency" => scaling.concurrency = integer(cx, value, path, check_concurrency)?,
+        "queue" => scaling.queue = integer(cx, value, path, check_queue)?,
+        "queue_timeout" => scaling.queue_timeout = duration(cx, value, path, check_queue_timeout)?,
+        "idle" => {
+            let text = cx.str(value, path)?;
+            let idle = if text.trim() == "never" {
+                None
+            } else {
+                let idle = parse_duration(text)
+                    .map_err(|m| cx.error(value.span(), path, format!("{m}, or \"never\"")))?;
+                Some(idle)
+            };
+            scaling.idle = check_idle(idle).map_err(|m| cx.error(value.span(), path, m))?;
+        }
+        _ => {
+            for (key, item) in cx.table(value, path)?.iter() {
+                let name = key.get_ref().as_ref();
+                let key_path = format!("{path}.{name}");
+                match name {
+                    "rate" => scaling.async_rate = integer(cx, item, &key_path, check_async_rate)?,
+                    "stored" => {
+                        let bytes = size(cx, item, &key_path)?;
+                        scaling.async_stored = check_async_stored(bytes)
+                            .map_err(|m| cx.error(item.span(), &key_path, m))?;
+                    }
+                    other => {
+                        return Err(cx.unknown_key(
+                            key.span(),
+                            &format!("{path}.{other}"),
+                            ASYNC_KEYS,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A list of origins (`outbound`, `callbacks`).
+fn origins(cx: &Cx<'_>, value: &Value<'_>, path: &str) -> Result<Vec<Origin>, ManifestError> {
+    cx.strings(value, path)?
+        .into_iter()
+        .map(|(text, span)| Origin::parse(text).map_err(|m| cx.error(span, path, m)))
+        .collect()
+}
+
+/// `env`: variables granted to the guest.
+fn parse_env(
+    cx: &Cx<'_>,
+    value: &Value<'_>,
+    path: &str,
+) -> Result<Vec<(String, String)>, ManifestError> {
+    let mut env = Vec::new();
+    for (var, val) in cx.table(value, path)?.iter() {
+        let var_name = var.get_ref().as_ref();
+        let var_path = format!("{path}.{var_name}");
+        check_env_name(var_name).map_err(|m| cx.error(var.span(), &var_path, m))?;
+        let text = cx.str(val, &var_path)?;
+        env.push((var_name.to_string(), text.to_string()));
+    }
+    Ok(env)
+}
+
+/// `migrations`: SQL files relative to the manifest, each once.
+fn parse_migrations(
+    cx: &Cx<'_>,
+    dir: &Path,
+    value: &Value<'_>,
+    path: &str,
+) -> Result<Vec<std::path::PathBuf>, ManifestError> {
+    let mut migrations = Vec::new();
+    for (text, span) in cx.strings(value, path)? {
+        if text.trim().is_empty() {
+            return Err(cx.error(span, path, "migration path is empty"));
+        }
+        let file = dir.join(text);
+        if migrations.contains(&file) {
+            return Err(cx.error(span, path, format!("migration `{text}` is listed twice")));
+        }
+        migrations.push(file);
+    }
+    Ok(migrations)
+}
+
+/// `[[services.NAME.subscribe]]`: one subscription per topic and queue.
+fn parse_subscriptions(
+    cx: &Cx<'_>,
+    value: &Value<'_>,
+    path: &str,
+) -> Result<Vec<Subscription>, ManifestError> {
+    let mut subscribe: Vec<Subscription> = Vec::new();
+    for (index, item) in cx.array(value, path)?.iter().enumerate() {
+        let item_path = format!("{path}[{index}]");
+        let sub = parse_subscription(cx, item, &item_path)?;
+        if subscribe
+            .iter()
+            .any(|s| s.topic == sub.topic && s.queue == sub.queue)
+        {
+            return Err(cx.error(
+                item.span(),
+                &item_path,
+                format!("the service already subscribes to `{}`", sub.topic),
+            ));
+        }
+        subscribe.push(sub);
+    }
+    Ok(subscribe)
 }
 
 /// `build = "command"`, or a table with `command`, `workdir` and `watch`.

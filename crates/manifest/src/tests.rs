@@ -48,22 +48,22 @@ fn full_manifest_parses_with_defaults() {
     let greeter = &m.services[0];
     assert_eq!(greeter.name, "greeter");
     assert_eq!(greeter.component, Path::new("/apps/demo/greeter.wasm"));
-    assert_eq!(greeter.limits.memory, 64 << 20);
-    assert_eq!(greeter.limits.timeout, Duration::from_secs(5));
+    assert_eq!(greeter.revision.limits.memory, 64 << 20);
+    assert_eq!(greeter.revision.limits.timeout, Duration::from_secs(5));
     assert_eq!(
-        greeter.outbound,
+        greeter.revision.outbound,
         vec![Origin {
             scheme: Scheme::Https,
             host: "api.example.com".into(),
             port: 443
         }]
     );
-    assert_eq!(greeter.env, vec![("GREETING".into(), "hi".into())]);
+    assert_eq!(greeter.revision.env, vec![("GREETING".into(), "hi".into())]);
     let users = &m.services[1];
-    assert_eq!(users.limits.memory, crate::DEFAULT_MEMORY);
-    assert_eq!(users.limits.timeout, crate::DEFAULT_TIMEOUT);
-    assert!(users.outbound.is_empty() && users.env.is_empty());
-    assert_eq!(users.routes.len(), 2);
+    assert_eq!(users.revision.limits.memory, crate::DEFAULT_MEMORY);
+    assert_eq!(users.revision.limits.timeout, crate::DEFAULT_TIMEOUT);
+    assert!(users.revision.outbound.is_empty() && users.revision.env.is_empty());
+    assert_eq!(users.revision.routes.len(), 2);
 }
 
 #[test]
@@ -206,7 +206,10 @@ fn routes_can_be_bound_to_a_host() {
         "name = \"hello\"\nhost = \"shop.localhost\"",
     ));
     assert_eq!(m.host.as_deref(), Some("shop.localhost"));
-    assert_eq!(m.services[0].routes[0].as_str(), "shop.localhost/hello");
+    assert_eq!(
+        m.services[0].revision.routes[0].as_str(),
+        "shop.localhost/hello"
+    );
     let (_, _, key, _) =
         err(&GOOD.replace("name = \"hello\"", "name = \"hello\"\nhost = \"Shop:80\""));
     assert_eq!(key, "app.host");
@@ -237,7 +240,7 @@ region = "us-east"
 fn data_keys_parse() {
     let m = ok(DATA);
     let cart = &m.services[0];
-    assert_eq!(cart.buckets, vec!["sessions", "cache"]);
+    assert_eq!(cart.revision.buckets, vec!["sessions", "cache"]);
     assert_eq!(
         cart.migrations,
         vec![
@@ -251,7 +254,7 @@ fn data_keys_parse() {
             .collect()
     };
     assert_eq!(
-        cart.config,
+        cart.revision.config,
         pairs(&[
             ("beta", "true"),
             ("currency", "EUR"),
@@ -259,7 +262,7 @@ fn data_keys_parse() {
             ("tax", "0.2")
         ])
     );
-    assert_eq!(m.config_for(cart, None).unwrap(), cart.config);
+    assert_eq!(m.config_for(cart, None).unwrap(), cart.revision.config);
     assert_eq!(
         m.config_for(cart, Some("production")).unwrap(),
         pairs(&[
@@ -310,7 +313,7 @@ fn data_key_errors_name_the_key() {
 #[test]
 fn scaling_keys_parse_with_defaults() {
     let m = ok(GOOD);
-    assert_eq!(m.services[0].scaling, crate::Scaling::default());
+    assert_eq!(m.services[0].revision.scaling, crate::Scaling::default());
     assert_eq!(
         crate::Scaling::default(),
         crate::Scaling {
@@ -327,7 +330,7 @@ fn scaling_keys_parse_with_defaults() {
         "timeout = \"5s\"\nconcurrency = 8\nqueue = 0\nqueue_timeout = \"250ms\"\nidle = \"never\"",
     ));
     assert_eq!(
-        m.services[0].scaling,
+        m.services[0].revision.scaling,
         crate::Scaling {
             concurrency: 8,
             queue: 0,
@@ -337,7 +340,10 @@ fn scaling_keys_parse_with_defaults() {
         }
     );
     let m = ok(&GOOD.replace("timeout = \"5s\"", "idle = \"90s\""));
-    assert_eq!(m.services[0].scaling.idle, Some(Duration::from_secs(90)));
+    assert_eq!(
+        m.services[0].revision.scaling.idle,
+        Some(Duration::from_secs(90))
+    );
 }
 
 #[test]

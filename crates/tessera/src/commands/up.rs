@@ -112,7 +112,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let drain_timeout = manifest
         .services
         .iter()
-        .map(|s| s.limits.timeout)
+        .map(|s| s.revision.limits.timeout)
         .max()
         .unwrap_or(Duration::from_secs(30));
     let (gateway, admin) = args.connections.configs(drain_timeout)?;
