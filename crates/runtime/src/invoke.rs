@@ -330,179 +330,256 @@ impl Service {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let inner = self.inner.clone();
-        let timeout = inner.config.limits.timeout;
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + inner.config.limits.timeout;
         let internal = |e: wasmtime::Error| InvokeError::Internal {
             service: inner.config.name.clone(),
             message: format!("{e:#}"),
         };
-
-        // HTTP/1.0 clients may send neither an absolute URI nor a Host header; the guest
-        // API requires an authority, so give it a neutral one.
-        if request.uri().authority().is_none()
-            && !request.headers().contains_key(http::header::HOST)
-        {
-            request.headers_mut().insert(
-                http::header::HOST,
-                http::HeaderValue::from_static("localhost"),
-            );
-        }
-
-        // How deep in a chain of internal calls this request is (0 from outside).
-        let depth = request
-            .headers()
-            .get(headers::CALL_DEPTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
-            .min(MAX_CALL_DEPTH + 1);
-        let mut store = inner.new_store(request_id, deadline, depth);
-        let outbox = store.data().data.outbox.clone();
-        let publisher = inner.config.data.publisher.clone();
+        ensure_authority(&mut request);
+        let mut store = inner.new_store(request_id, deadline, call_depth(&request));
+        let head = HeadWatch::default();
         let (sender, receiver) = oneshot::channel();
-        let responded = Arc::new(AtomicBool::new(false));
-        let responded_flag = responded.clone();
-        // 0 until the guest sets a response head; its status after.
-        let status = Arc::new(AtomicU16::new(0));
-        let status_cell = status.clone();
-        let callback_outbox = outbox.clone();
-        let callback_publisher = publisher.clone();
-        let service_name = inner.config.name.clone();
         let incoming = store
             .data_mut()
             .http()
             .new_incoming_request(Scheme::Http, request)
             .map_err(internal)?;
+        let on_head = head.on_response(
+            store.data().data.outbox.clone(),
+            inner.config.data.publisher.clone(),
+            inner.config.name.clone(),
+            request_id.to_string(),
+            sender,
+        );
         let outparam = store
             .data_mut()
             .http()
-            .new_response_outparam_from_callback(move |response| {
-                responded_flag.store(true, Ordering::Release);
-                let code = response.as_ref().map_or(0, |r| r.status().as_u16());
-                status_cell.store(code, Ordering::Release);
-                let early = callback_outbox.take();
-                match (callback_publisher, early.is_empty(), code) {
-                    (Some(publisher), false, 1..500) => {
-                        // Published before answering: durable before the client hears.
-                        tokio::spawn(commit_then_answer(
-                            publisher,
-                            service_name,
-                            early,
-                            response,
-                            sender,
-                        ));
-                    }
-                    _ => {
-                        if !early.is_empty() {
-                            tracing::debug!(service = %service_name, discarded = early.len(), "failed request: its messages are not published");
-                        }
-                        let _ = sender.send(response);
-                    }
-                }
-            })
+            .new_response_outparam_from_callback(on_head)
             .map_err(internal)?;
+        let task = tokio::spawn(run_guest(
+            inner.clone(),
+            store,
+            incoming,
+            outparam,
+            head,
+            deadline,
+            request_id.to_string(),
+        ));
+        await_head(&inner, receiver, task, deadline, request_id).await
+    }
+}
 
-        let pre = inner.pre.clone();
-        let task_inner = inner.clone();
-        let request_id_owned = request_id.to_string();
-        let task = tokio::spawn(async move {
-            let result = tokio::time::timeout_at(deadline, async {
-                let proxy = pre.instantiate_async(&mut store).await?;
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, incoming, outparam)
-                    .await
-            })
-            .await;
-            let code = status.load(Ordering::Acquire);
-            let late = outbox.take();
-            let mut publish_error = None;
-            if !late.is_empty() {
-                match (&publisher, &result, code) {
-                    (Some(publisher), Ok(Ok(())), 1..500) => {
-                        publish_error = publish(publisher.clone(), &task_inner.config.name, late)
-                            .await
-                            .err();
-                    }
-                    _ => {
-                        tracing::debug!(service = %task_inner.config.name, request_id = %request_id_owned, discarded = late.len(), "failed request: its messages are not published")
-                    }
-                }
-            }
-            let limiter = &store.data().limiter;
-            task_inner
-                .last_memory
-                .store(limiter.peak as u64, Ordering::Relaxed);
-            let outcome = Outcome {
-                result,
-                hits: LimitHits {
-                    memory: limiter.hit,
-                    budget: limiter.budget_hit,
-                },
-                publish_error,
-            };
-            // Once the head is out, nobody awaits this task: report late failures here.
-            if responded.load(Ordering::Acquire) {
-                match &outcome.result {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(
-                        service = %task_inner.config.name,
-                        request_id = %request_id_owned,
-                        error = %format!("{e:?}"),
-                        "guest failed after sending its response head; body cut short"
-                    ),
-                    Err(_) => tracing::warn!(
-                        service = %task_inner.config.name,
-                        request_id = %request_id_owned,
-                        "deadline reached while the guest was still streaming its response body"
-                    ),
-                }
-                if let Some(error) = &outcome.publish_error {
-                    tracing::error!(service = %task_inner.config.name, request_id = %request_id_owned, %error, "messages published after the response head were not published");
-                }
-            }
-            outcome
-        });
+/// HTTP/1.0 clients may send neither an absolute URI nor a Host header; the guest API
+/// requires an authority, so give it a neutral one.
+fn ensure_authority<B>(request: &mut hyper::Request<B>) {
+    if request.uri().authority().is_none() && !request.headers().contains_key(http::header::HOST) {
+        request.headers_mut().insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("localhost"),
+        );
+    }
+}
 
-        let timed_out = || InvokeError::Timeout {
-            service: inner.config.name.clone(),
-            timeout,
-        };
-        match tokio::time::timeout_at(deadline, receiver).await {
-            Ok(Ok(Ok(response))) => Ok(Running {
-                response,
-                task,
-                deadline,
-            }),
-            Ok(Ok(Err(code))) => Err(InvokeError::GuestError {
-                service: inner.config.name.clone(),
-                code: error_code_text(&code),
-            }),
-            // The guest dropped the response outparam: its task is over or ending.
-            Ok(Err(_)) => match task.await {
-                Ok(Outcome {
-                    result: Ok(Ok(())), ..
-                }) => Err(InvokeError::NoResponse {
-                    service: inner.config.name.clone(),
-                }),
-                Ok(Outcome {
-                    result: Ok(Err(error)),
-                    hits,
-                    ..
-                }) => {
-                    tracing::debug!(service = %inner.config.name, request_id, error = %format!("{error:?}"), "guest failed");
-                    Err(inner.classify(error, hits))
+/// How deep in a chain of internal calls a request is (0 from outside).
+fn call_depth<B>(request: &hyper::Request<B>) -> u32 {
+    request
+        .headers()
+        .get(headers::CALL_DEPTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(0)
+        .min(MAX_CALL_DEPTH + 1)
+}
+
+/// The rule for a request's messages, for those published before the response head and
+/// after it alike: they count only if the request succeeds — the guest set a head below
+/// 500 and its handler has not failed (so far, for the early ones).
+fn may_publish(status: u16, handler_ok: bool) -> bool {
+    handler_ok && (1..500).contains(&status)
+}
+
+fn discarded(service: &str, request_id: &str, count: usize) {
+    tracing::debug!(
+        service,
+        request_id,
+        discarded = count,
+        "failed request: its messages are not published"
+    );
+}
+
+/// What the guest's task and the caller learn about the response head.
+#[derive(Clone, Default)]
+struct HeadWatch {
+    /// Whether the guest has set the head (after which nobody awaits the task).
+    responded: Arc<AtomicBool>,
+    /// 0 until the guest sets a response head; its status after.
+    status: Arc<AtomicU16>,
+}
+
+type HeadResult = Result<hyper::Response<HyperOutgoingBody>, ErrorCode>;
+
+impl HeadWatch {
+    /// The callback the guest's response outparam calls with the head: it records the
+    /// status and hands the head to the caller, first committing what was published so
+    /// far if the request may publish.
+    fn on_response(
+        &self,
+        outbox: crate::messaging::Outbox,
+        publisher: Option<Arc<dyn Publisher>>,
+        service: String,
+        request_id: String,
+        sender: HeadSender,
+    ) -> impl FnOnce(HeadResult) + Send + 'static {
+        let watch = self.clone();
+        move |response| {
+            watch.responded.store(true, Ordering::Release);
+            let code = response.as_ref().map_or(0, |r| r.status().as_u16());
+            watch.status.store(code, Ordering::Release);
+            let early = outbox.take();
+            match publisher {
+                Some(publisher) if !early.is_empty() && may_publish(code, true) => {
+                    // Published before answering: durable before the client hears.
+                    tokio::spawn(commit_then_answer(
+                        publisher, service, early, response, sender,
+                    ));
                 }
-                Ok(Outcome { result: Err(_), .. }) => Err(timed_out()),
-                Err(join) => Err(InvokeError::Internal {
-                    service: inner.config.name.clone(),
-                    message: format!("guest task failed: {join}"),
-                }),
-            },
-            Err(_) => {
-                task.abort();
-                Err(timed_out())
+                _ => {
+                    if !early.is_empty() {
+                        discarded(&service, &request_id, early.len());
+                    }
+                    let _ = sender.send(response);
+                }
             }
+        }
+    }
+}
+
+/// Runs the guest's handler to its end (or the deadline), then commits what it published
+/// after the head if the request may publish, and reports failures nobody awaits.
+async fn run_guest(
+    inner: Arc<ServiceInner>,
+    mut store: Store<InstanceState>,
+    incoming: wasmtime::component::Resource<
+        wasmtime_wasi_http::p2::bindings::http::types::IncomingRequest,
+    >,
+    outparam: wasmtime::component::Resource<
+        wasmtime_wasi_http::p2::bindings::http::types::ResponseOutparam,
+    >,
+    head: HeadWatch,
+    deadline: Instant,
+    request_id: String,
+) -> Outcome {
+    let pre = inner.pre.clone();
+    let result = tokio::time::timeout_at(deadline, async {
+        let proxy = pre.instantiate_async(&mut store).await?;
+        proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, incoming, outparam)
+            .await
+    })
+    .await;
+    let service = &inner.config.name;
+    let late = store.data().data.outbox.take();
+    let mut publish_error = None;
+    if !late.is_empty() {
+        let code = head.status.load(Ordering::Acquire);
+        match &inner.config.data.publisher {
+            Some(publisher) if may_publish(code, matches!(result, Ok(Ok(())))) => {
+                publish_error = publish(publisher.clone(), service, late).await.err();
+            }
+            _ => discarded(service, &request_id, late.len()),
+        }
+    }
+    let limiter = &store.data().limiter;
+    inner
+        .last_memory
+        .store(limiter.peak as u64, Ordering::Relaxed);
+    let outcome = Outcome {
+        result,
+        hits: LimitHits {
+            memory: limiter.hit,
+            budget: limiter.budget_hit,
+        },
+        publish_error,
+    };
+    if head.responded.load(Ordering::Acquire) {
+        report_late_failure(service, &request_id, &outcome);
+    }
+    outcome
+}
+
+/// Once the head is out, nobody awaits the guest's task: its failures are logged here.
+fn report_late_failure(service: &str, request_id: &str, outcome: &Outcome) {
+    match &outcome.result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(
+            service,
+            request_id,
+            error = %format!("{e:?}"),
+            "guest failed after sending its response head; body cut short"
+        ),
+        Err(_) => tracing::warn!(
+            service,
+            request_id,
+            "deadline reached while the guest was still streaming its response body"
+        ),
+    }
+    if let Some(error) = &outcome.publish_error {
+        tracing::error!(
+            service,
+            request_id,
+            %error,
+            "messages published after the response head were not published"
+        );
+    }
+}
+
+/// Waits for the guest's response head until the deadline; a guest that ends without
+/// one is classified by how its task ended.
+async fn await_head(
+    inner: &ServiceInner,
+    receiver: oneshot::Receiver<HeadResult>,
+    task: tokio::task::JoinHandle<Outcome>,
+    deadline: Instant,
+    request_id: &str,
+) -> Result<Running, InvokeError> {
+    let service = || inner.config.name.clone();
+    let timed_out = || InvokeError::Timeout {
+        service: service(),
+        timeout: inner.config.limits.timeout,
+    };
+    match tokio::time::timeout_at(deadline, receiver).await {
+        Ok(Ok(Ok(response))) => Ok(Running {
+            response,
+            task,
+            deadline,
+        }),
+        Ok(Ok(Err(code))) => Err(InvokeError::GuestError {
+            service: service(),
+            code: error_code_text(&code),
+        }),
+        // The guest dropped the response outparam: its task is over or ending.
+        Ok(Err(_)) => match task.await {
+            Ok(Outcome {
+                result: Ok(Ok(())), ..
+            }) => Err(InvokeError::NoResponse { service: service() }),
+            Ok(Outcome {
+                result: Ok(Err(error)),
+                hits,
+                ..
+            }) => {
+                tracing::debug!(service = %inner.config.name, request_id, error = %format!("{error:?}"), "guest failed");
+                Err(inner.classify(error, hits))
+            }
+            Ok(Outcome { result: Err(_), .. }) => Err(timed_out()),
+            Err(join) => Err(InvokeError::Internal {
+                service: service(),
+                message: format!("guest task failed: {join}"),
+            }),
+        },
+        Err(_) => {
+            task.abort();
+            Err(timed_out())
         }
     }
 }
