@@ -186,91 +186,123 @@ fn triggers(apps: &[AppState]) -> Result<(Vec<SubscriptionSpec>, Vec<CronSpec>),
                 continue;
             };
             let config = &primary.config;
-            // A delivery may wait in the service's queue before it runs.
-            let timeout = config.limits.timeout + config.scaling.queue_timeout + LEASE_MARGIN;
+            let at = ServiceAt {
+                app: &app.name,
+                service: &service.name,
+                // A delivery may wait in the service's queue before it runs.
+                timeout: config.limits.timeout + config.scaling.queue_timeout + LEASE_MARGIN,
+            };
             for sub in &config.subscriptions {
-                let consumer = Consumer {
-                    service: service.name.clone(),
-                    path: sub.path.clone(),
-                };
-                let spec = SubscriptionSpec {
-                    id: match &sub.queue {
-                        Some(queue) => format!("{}/queue:{queue}/{}", app.name, sub.topic),
-                        None => format!("{}/{}/{}", app.name, service.name, sub.topic),
-                    },
-                    app: app.name.clone(),
-                    topic: sub.topic.clone(),
-                    consumers: vec![consumer.clone()],
-                    max_attempts: sub.max_attempts,
-                    backoff: sub.backoff,
-                    max_backoff: sub.max_backoff,
-                    concurrency: sub.concurrency,
-                    batch: sub.batch,
-                    timeout,
-                };
+                let spec = at.subscription(sub);
                 match &sub.queue {
                     // The first service (by name) sets the group's delivery settings.
-                    Some(queue) => queues
-                        .entry((sub.topic.clone(), queue.clone()))
-                        .and_modify(|group| {
-                            group.consumers.push(consumer.clone());
-                            group.timeout = group.timeout.max(timeout);
-                        })
-                        .or_insert(spec),
-                    None => {
-                        subs.push(spec);
-                        continue;
+                    Some(queue) => {
+                        queues
+                            .entry((sub.topic.clone(), queue.clone()))
+                            .and_modify(|group| {
+                                group.consumers.extend(spec.consumers.iter().cloned());
+                                group.timeout = group.timeout.max(spec.timeout);
+                            })
+                            .or_insert(spec);
                     }
-                };
+                    None => subs.push(spec),
+                }
             }
             for (index, cron) in config.cron.iter().enumerate() {
-                let id = format!("{}/{}/cron:{index}", app.name, service.name);
-                let topic = format!("$cron/{}/{index}", service.name);
-                let schedule = Schedule::parse(&cron.schedule)
-                    .map_err(|m| format!("service `{}`: schedule: {m}", service.name))?;
-                subs.push(SubscriptionSpec {
-                    id: id.clone(),
-                    app: app.name.clone(),
-                    topic: topic.clone(),
-                    consumers: vec![Consumer {
-                        service: service.name.clone(),
-                        path: cron.path.clone(),
-                    }],
-                    max_attempts: TICK_ATTEMPTS,
-                    backoff: INTERNAL_BACKOFF,
-                    max_backoff: INTERNAL_MAX_BACKOFF,
-                    concurrency: 1,
-                    batch: 16,
-                    timeout,
-                });
-                crons.push(CronSpec {
-                    id,
-                    app: app.name.clone(),
-                    topic,
-                    schedule,
-                    missed: cron.missed,
-                });
+                let (sub, cron) = at.cron(index, cron)?;
+                subs.push(sub);
+                crons.push(cron);
             }
             // Every service takes async invocations on any of its routes.
-            subs.push(SubscriptionSpec {
-                id: invocation::subscription(&app.name, &service.name),
-                app: app.name.clone(),
-                topic: invocation::topic(&service.name),
-                consumers: vec![Consumer {
-                    service: service.name.clone(),
-                    path: "/".into(),
-                }],
-                max_attempts: invocation::ATTEMPTS,
-                backoff: INTERNAL_BACKOFF,
-                max_backoff: INTERNAL_MAX_BACKOFF,
-                concurrency: 64,
-                batch: 64,
-                timeout,
-            });
+            subs.push(at.invocations());
         }
         subs.extend(queues.into_values());
     }
     Ok((subs, crons))
+}
+
+/// One service's triggers, as the journal and the scheduler take them.
+struct ServiceAt<'a> {
+    app: &'a str,
+    service: &'a str,
+    /// The lease of its deliveries.
+    timeout: Duration,
+}
+
+impl ServiceAt<'_> {
+    fn consumer(&self, path: &str) -> Consumer {
+        Consumer {
+            service: self.service.to_string(),
+            path: path.to_string(),
+        }
+    }
+
+    /// A topic subscription: its own, or (with a queue) the app's group for the topic.
+    fn subscription(&self, sub: &tessera_store::Subscription) -> SubscriptionSpec {
+        SubscriptionSpec {
+            id: match &sub.queue {
+                Some(queue) => format!("{}/queue:{queue}/{}", self.app, sub.topic),
+                None => format!("{}/{}/{}", self.app, self.service, sub.topic),
+            },
+            app: self.app.to_string(),
+            topic: sub.topic.clone(),
+            consumers: vec![self.consumer(&sub.path)],
+            max_attempts: sub.max_attempts,
+            backoff: sub.backoff,
+            max_backoff: sub.max_backoff,
+            concurrency: sub.concurrency,
+            batch: sub.batch,
+            timeout: self.timeout,
+        }
+    }
+
+    /// A schedule: its ticks are published to an internal topic its subscription takes.
+    fn cron(
+        &self,
+        index: usize,
+        cron: &tessera_store::CronTrigger,
+    ) -> Result<(SubscriptionSpec, CronSpec), String> {
+        let id = format!("{}/{}/cron:{index}", self.app, self.service);
+        let topic = format!("$cron/{}/{index}", self.service);
+        let schedule = Schedule::parse(&cron.schedule)
+            .map_err(|m| format!("service `{}`: schedule: {m}", self.service))?;
+        let sub = SubscriptionSpec {
+            id: id.clone(),
+            app: self.app.to_string(),
+            topic: topic.clone(),
+            consumers: vec![self.consumer(&cron.path)],
+            max_attempts: TICK_ATTEMPTS,
+            backoff: INTERNAL_BACKOFF,
+            max_backoff: INTERNAL_MAX_BACKOFF,
+            concurrency: 1,
+            batch: 16,
+            timeout: self.timeout,
+        };
+        let cron = CronSpec {
+            id,
+            app: self.app.to_string(),
+            topic,
+            schedule,
+            missed: cron.missed,
+        };
+        Ok((sub, cron))
+    }
+
+    /// The service's async invocations.
+    fn invocations(&self) -> SubscriptionSpec {
+        SubscriptionSpec {
+            id: invocation::subscription(self.app, self.service),
+            app: self.app.to_string(),
+            topic: invocation::topic(self.service),
+            consumers: vec![self.consumer("/")],
+            max_attempts: invocation::ATTEMPTS,
+            backoff: INTERNAL_BACKOFF,
+            max_backoff: INTERNAL_MAX_BACKOFF,
+            concurrency: 64,
+            batch: 64,
+            timeout: self.timeout,
+        }
+    }
 }
 
 struct AppPublisher {

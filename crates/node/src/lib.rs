@@ -31,7 +31,7 @@ use tessera_events::{
     invocation,
 };
 use tessera_gateway::{Admission, AsyncRefusal, Backend, Limiter, RouteTable, Routes, Target};
-use tessera_manifest::{Limits, Origin};
+use tessera_manifest::{Limits, Origin, RoutePrefix};
 use tessera_runtime::{
     CodeSource, LoadReport, Runtime, RuntimeConfig, RuntimeError, Service, ServiceConfig,
     ServiceDataAccess,
@@ -820,107 +820,140 @@ impl Node {
     fn rebuild(&self, serving: &mut Serving, renew: &Renew) -> Result<(), NodeError> {
         let apps = self.inner.store.apps()?;
         let telemetry = self.inner.telemetry.load_full();
-        let residency = &self.inner.residency;
-        let mut slots = HashMap::new();
-        let mut limiters = HashMap::new();
-        let mut quotas = HashMap::new();
-        let mut entries = Vec::new();
-        let mut targets = HashMap::new();
+        let mut next = Rebuilt::default();
         for app in &apps {
             for service in &app.services {
                 let Some(primary) = service.primary() else {
                     continue;
                 };
                 let renewed = renew.covers(&app.name, &service.name);
-                let mut backends = Vec::new();
-                for (id, weight) in &service.traffic {
-                    let Some(revision) = service.revision(*id) else {
-                        continue;
-                    };
-                    let key = (app.name.clone(), service.name.clone(), *id);
-                    let existing = residency.existing(&key).filter(|_| !renewed);
-                    let slot = match existing {
-                        Some(slot) => slot,
-                        None => {
-                            if let Err(e) = self.inner.artifacts.artifact_path(&revision.sha256) {
-                                tracing::error!(app = %app.name, service = %service.name, revision = id, error = %e, "cannot serve revision; it takes no traffic");
-                                continue;
-                            }
-                            Arc::new(scaling::Slot::new(
-                                key.clone(),
-                                revision.clone(),
-                                Arc::downgrade(&self.inner),
-                                residency,
-                            ))
-                        }
-                    };
-                    slots.insert(key, slot.clone());
-                    backends.push(Backend {
-                        revision: Some(*id),
-                        weight: u32::from(*weight),
-                        labels: slot.labels().clone(),
-                        service: Arc::new(scaling::SlotRef(slot)),
-                    });
-                }
+                let backends = self.backends(&app.name, service, renewed, &mut next.slots);
                 if backends.is_empty() {
                     continue;
                 }
-                // Limits, like routes, belong to the service as its primary revision
-                // declares them.
-                let scaling = &primary.config.scaling;
-                let admission = Admission {
-                    concurrency: scaling.concurrency,
-                    queue: scaling.queue,
-                    queue_timeout: scaling.queue_timeout,
-                };
                 let name = (app.name.clone(), service.name.clone());
-                let limiter = match serving.limiters.get(&name) {
-                    Some(limiter) if limiter.config() == admission => limiter.clone(),
-                    _ => Arc::new(Limiter::new(admission)),
-                };
-                limiters.insert(name.clone(), limiter.clone());
-                let quota_settings = quota::QuotaSettings {
-                    rate: scaling.async_rate,
-                    stored: scaling.async_stored,
-                };
-                let quota = match serving.quotas.get(&name) {
-                    Some(quota) if quota.settings() == quota_settings => quota.clone(),
-                    _ => Arc::new(quota::AsyncQuota::new(quota_settings)),
-                };
-                quotas.insert(name.clone(), quota.clone());
-                let sink = Arc::new(AsyncQueue {
-                    events: self.inner.events.clone(),
-                    app: app.name.clone(),
-                    service: service.name.clone(),
-                    callbacks: primary.config.callbacks.clone(),
-                    quota: quota.clone(),
-                });
-                let target = Arc::new(
-                    Target::weighted(service.name.clone(), backends)
-                        .with_async(sink)
-                        .with_limiter(limiter)
-                        .with_telemetry(telemetry.as_deref().cloned()),
-                );
-                targets.insert(name, target.clone());
+                let target = self.target(serving, &mut next, name, primary, backends, &telemetry);
                 for route in &primary.config.routes {
-                    entries.push((route.clone(), target.clone()));
+                    next.entries.push((route.clone(), target.clone()));
                 }
             }
         }
-        serving.limiters = limiters;
-        serving.quotas = quotas;
-        self.inner.routes.swap(RouteTable::new(entries));
-        residency.replace(
-            slots,
+        serving.limiters = next.limiters;
+        serving.quotas = next.quotas;
+        self.inner.routes.swap(RouteTable::new(next.entries));
+        self.inner.residency.replace(
+            next.slots,
             &scaling::Cx {
                 telemetry: telemetry.as_deref(),
             },
         );
-        if let Err(error) = self.inner.events.update(&apps, targets) {
+        if let Err(error) = self.inner.events.update(&apps, next.targets) {
             tracing::error!(%error, "cannot install the event triggers");
         }
         Ok(())
     }
+
+    /// The revisions of a service that take traffic, each in its slot: the slot it had
+    /// unless `renewed`, a fresh one otherwise. A revision whose component is missing is
+    /// logged and left out.
+    fn backends(
+        &self,
+        app: &str,
+        service: &ServiceState,
+        renewed: bool,
+        slots: &mut HashMap<RevisionKey, Arc<scaling::Slot>>,
+    ) -> Vec<Backend> {
+        let residency = &self.inner.residency;
+        let mut backends = Vec::new();
+        for (id, weight) in &service.traffic {
+            let Some(revision) = service.revision(*id) else {
+                continue;
+            };
+            let key = (app.to_string(), service.name.clone(), *id);
+            let slot = match residency.existing(&key).filter(|_| !renewed) {
+                Some(slot) => slot,
+                None => {
+                    if let Err(e) = self.inner.artifacts.artifact_path(&revision.sha256) {
+                        tracing::error!(app, service = %service.name, revision = id, error = %e, "cannot serve revision; it takes no traffic");
+                        continue;
+                    }
+                    Arc::new(scaling::Slot::new(
+                        key.clone(),
+                        revision.clone(),
+                        Arc::downgrade(&self.inner),
+                        residency,
+                    ))
+                }
+            };
+            slots.insert(key, slot.clone());
+            backends.push(Backend {
+                revision: Some(*id),
+                weight: u32::from(*weight),
+                labels: slot.labels().clone(),
+                service: Arc::new(scaling::SlotRef(slot)),
+            });
+        }
+        backends
+    }
+
+    /// A service's target: its backends behind the admission limiter and async quotas
+    /// its primary revision declares (kept from the last table while those settings stay,
+    /// so requests in flight keep counting), and its async queue.
+    fn target(
+        &self,
+        serving: &Serving,
+        next: &mut Rebuilt,
+        name: (String, String),
+        primary: &tessera_store::Revision,
+        backends: Vec<Backend>,
+        telemetry: &Option<Arc<Telemetry>>,
+    ) -> Arc<Target> {
+        let scaling = &primary.config.scaling;
+        let admission = Admission {
+            concurrency: scaling.concurrency,
+            queue: scaling.queue,
+            queue_timeout: scaling.queue_timeout,
+        };
+        let limiter = match serving.limiters.get(&name) {
+            Some(limiter) if limiter.config() == admission => limiter.clone(),
+            _ => Arc::new(Limiter::new(admission)),
+        };
+        next.limiters.insert(name.clone(), limiter.clone());
+        let quota_settings = quota::QuotaSettings {
+            rate: scaling.async_rate,
+            stored: scaling.async_stored,
+        };
+        let quota = match serving.quotas.get(&name) {
+            Some(quota) if quota.settings() == quota_settings => quota.clone(),
+            _ => Arc::new(quota::AsyncQuota::new(quota_settings)),
+        };
+        next.quotas.insert(name.clone(), quota.clone());
+        let sink = Arc::new(AsyncQueue {
+            events: self.inner.events.clone(),
+            app: name.0.clone(),
+            service: name.1.clone(),
+            callbacks: primary.config.callbacks.clone(),
+            quota,
+        });
+        let target = Arc::new(
+            Target::weighted(name.1.clone(), backends)
+                .with_async(sink)
+                .with_limiter(limiter)
+                .with_telemetry(telemetry.as_deref().cloned()),
+        );
+        next.targets.insert(name, target.clone());
+        target
+    }
+}
+
+/// What a rebuild gathers before it swaps anything in.
+#[derive(Default)]
+struct Rebuilt {
+    slots: HashMap<RevisionKey, Arc<scaling::Slot>>,
+    limiters: HashMap<(String, String), Arc<Limiter>>,
+    quotas: HashMap<(String, String), Arc<quota::AsyncQuota>>,
+    entries: Vec<(RoutePrefix, Arc<Target>)>,
+    targets: events::TargetMap,
 }
 
 impl NodeInner {
