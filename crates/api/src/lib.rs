@@ -4,6 +4,7 @@
 //!
 //! Only this crate derives serde for wire types; the node and store speak plain Rust.
 
+pub mod client;
 mod error;
 mod logs;
 mod openapi;
