@@ -13,39 +13,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tessera_data::{KvError, SqlError, SqlValue};
-use wasmtime::component::{HasSelf, Linker, Resource};
+use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 
-use crate::state::InstanceState;
-
-pub(crate) mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "tessera:platform/data",
-        imports: { default: async | trappable },
-        require_store_data_send: true,
-        with: {
-            "wasi:keyvalue/store.bucket": super::Bucket,
-            "wasi:keyvalue/atomics.cas": super::Cas,
-        },
-    });
-}
+use crate::bindings::{self, Bucket, Cas};
 
 use bindings::tessera::sql::sql;
 use bindings::wasi::config::store as config;
 use bindings::wasi::keyvalue::{atomics, batch, store};
-
-/// An open bucket: just its name, checked against the service's declared buckets when
-/// it was opened.
-pub struct Bucket {
-    name: Arc<str>,
-}
-
-/// A compare-and-swap handle: the key and the value and version seen when it was made.
-pub struct Cas {
-    bucket: Arc<str>,
-    key: String,
-    seen: Option<(Vec<u8>, u64)>,
-}
 
 /// What one service may reach: its data handles, its buckets and its configuration.
 /// Shared by every instance of the service.
@@ -90,12 +64,31 @@ impl Default for ServiceDataAccess {
 pub(crate) struct DataState {
     pub(crate) access: ServiceDataAccess,
     pub(crate) deadline: Instant,
-    /// Messages published during this request, committed only if it completes.
-    pub(crate) outbox: crate::messaging::Outbox,
+    /// The guest's open buckets and compare-and-swap handles.
+    pub(crate) table: ResourceTable,
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
-    bindings::Data::add_to_linker::<InstanceState, HasSelf<InstanceState>>(linker, |s| s)
+impl DataState {
+    pub(crate) fn new(access: ServiceDataAccess, deadline: Instant) -> DataState {
+        DataState {
+            access,
+            deadline,
+            table: ResourceTable::new(),
+        }
+    }
+}
+
+/// Adds the data interfaces to a linker whose store state holds a [`DataState`], which
+/// `get` reaches.
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut DataState,
+) -> wasmtime::Result<()> {
+    store::add_to_linker::<T, HasSelf<DataState>>(linker, get)?;
+    atomics::add_to_linker::<T, HasSelf<DataState>>(linker, get)?;
+    batch::add_to_linker::<T, HasSelf<DataState>>(linker, get)?;
+    config::add_to_linker::<T, HasSelf<DataState>>(linker, get)?;
+    sql::add_to_linker::<T, HasSelf<DataState>>(linker, get)
 }
 
 /// Runs a key-value read where the backend says it belongs: on the calling worker when
@@ -132,10 +125,9 @@ fn kv_error(error: KvError) -> store::Error {
 
 const NO_STORES: &str = "this component was loaded without data stores";
 
-impl InstanceState {
+impl DataState {
     fn kv(&self) -> Result<Arc<dyn tessera_data::KvStore>, store::Error> {
-        self.data
-            .access
+        self.access
             .stores
             .as_ref()
             .map(|s| s.kv.clone())
@@ -147,15 +139,15 @@ impl InstanceState {
     }
 }
 
-impl store::Host for InstanceState {
+impl store::Host for DataState {
     async fn open(
         &mut self,
         identifier: String,
     ) -> wasmtime::Result<Result<Resource<Bucket>, store::Error>> {
-        if self.data.access.stores.is_none() {
+        if self.access.stores.is_none() {
             return Ok(Err(store::Error::Other(NO_STORES.into())));
         }
-        let declared = identifier == "default" || self.data.access.buckets.contains(&identifier);
+        let declared = identifier == "default" || self.access.buckets.contains(&identifier);
         if !declared {
             return Ok(Err(store::Error::NoSuchStore));
         }
@@ -166,7 +158,7 @@ impl store::Host for InstanceState {
     }
 }
 
-impl store::HostBucket for InstanceState {
+impl store::HostBucket for DataState {
     async fn get(
         &mut self,
         bucket: Resource<Bucket>,
@@ -250,7 +242,7 @@ impl store::HostBucket for InstanceState {
     }
 }
 
-impl atomics::Host for InstanceState {
+impl atomics::Host for DataState {
     async fn increment(
         &mut self,
         bucket: Resource<Bucket>,
@@ -296,7 +288,7 @@ impl atomics::Host for InstanceState {
     }
 }
 
-impl atomics::HostCas for InstanceState {
+impl atomics::HostCas for DataState {
     async fn new(
         &mut self,
         bucket: Resource<Bucket>,
@@ -333,7 +325,7 @@ impl atomics::HostCas for InstanceState {
     }
 }
 
-impl batch::Host for InstanceState {
+impl batch::Host for DataState {
     async fn get_many(
         &mut self,
         bucket: Resource<Bucket>,
@@ -387,12 +379,12 @@ impl batch::Host for InstanceState {
     }
 }
 
-impl config::Host for InstanceState {
+impl config::Host for DataState {
     async fn get(
         &mut self,
         key: String,
     ) -> wasmtime::Result<Result<Option<String>, config::Error>> {
-        let config = &self.data.access.config;
+        let config = &self.access.config;
         Ok(Ok(config
             .binary_search_by(|(k, _)| k.as_str().cmp(&key))
             .ok()
@@ -400,14 +392,13 @@ impl config::Host for InstanceState {
     }
 
     async fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, config::Error>> {
-        Ok(Ok(self.data.access.config.to_vec()))
+        Ok(Ok(self.access.config.to_vec()))
     }
 }
 
-impl InstanceState {
+impl DataState {
     fn sql(&self) -> Result<Arc<dyn tessera_data::SqlDatabase>, sql::Error> {
-        self.data
-            .access
+        self.access
             .stores
             .as_ref()
             .map(|s| s.sql.clone())
@@ -454,7 +445,7 @@ fn changes(c: tessera_data::Changes) -> sql::Changes {
     }
 }
 
-impl sql::Host for InstanceState {
+impl sql::Host for DataState {
     async fn query(
         &mut self,
         statement: String,
@@ -464,7 +455,7 @@ impl sql::Host for InstanceState {
             Ok(db) => db,
             Err(e) => return Ok(Err(e)),
         };
-        let deadline = self.data.deadline;
+        let deadline = self.deadline;
         let params: Vec<SqlValue> = params.into_iter().map(to_value).collect();
         // Most queries are short reads: tried here first, within a bounded slice of this
         // worker's time; a write, a busy reader pool or a long query goes to the pool.
@@ -493,7 +484,7 @@ impl sql::Host for InstanceState {
             Ok(db) => db,
             Err(e) => return Ok(Err(e)),
         };
-        let deadline = self.data.deadline;
+        let deadline = self.deadline;
         let params: Vec<SqlValue> = params.into_iter().map(to_value).collect();
         let done = blocking(move || db.execute(&statement, &params, deadline)).await?;
         Ok(done.map(changes).map_err(sql_error))
@@ -507,7 +498,7 @@ impl sql::Host for InstanceState {
             Ok(db) => db,
             Err(e) => return Ok(Err(e)),
         };
-        let deadline = self.data.deadline;
+        let deadline = self.deadline;
         let statements: Vec<tessera_data::Statement> = statements
             .into_iter()
             .map(|s| tessera_data::Statement {

@@ -20,7 +20,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 use crate::data::DataState;
 use crate::headers;
 use crate::internal::{Caller, InternalRouter, MAX_CALL_DEPTH};
-use crate::messaging::{OutgoingMessage, Publisher};
+use crate::messaging::{MessagingState, OutgoingMessage, Publisher};
 use crate::outbound::OutboundPolicy;
 use crate::output::{GuestLogSink, GuestOutput, OutputStream};
 use crate::state::{InstanceState, MemoryLimiter};
@@ -149,9 +149,9 @@ impl ServiceInner {
                 own: self.own.clone(),
             },
             limiter: MemoryLimiter::new(self.config.limits.memory, self.budget.clone()),
-            data: DataState {
-                access: self.config.data.clone(),
-                deadline: deadline.into_std(),
+            data: DataState::new(self.config.data.clone(), deadline.into_std()),
+            messaging: MessagingState {
+                enabled: self.config.data.publisher.is_some(),
                 outbox: Default::default(),
             },
         };
@@ -345,7 +345,7 @@ impl Service {
             .new_incoming_request(Scheme::Http, request)
             .map_err(internal)?;
         let on_head = head.on_response(
-            store.data().data.outbox.clone(),
+            store.data().messaging.outbox.clone(),
             inner.config.data.publisher.clone(),
             inner.config.name.clone(),
             request_id.to_string(),
@@ -479,7 +479,7 @@ async fn run_guest(
     })
     .await;
     let service = &inner.config.name;
-    let late = store.data().data.outbox.take();
+    let late = store.data().messaging.outbox.take();
     let mut publish_error = None;
     if !late.is_empty() {
         let code = head.status.load(Ordering::Acquire);

@@ -5,6 +5,7 @@
 //! a component and a [`ServiceConfig`], and turns an HTTP request into an HTTP response
 //! or an [`InvokeError`] that says what went wrong.
 
+mod bindings;
 mod cache;
 mod data;
 mod engine;

@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use tessera_events::MAX_DATA_BYTES;
 
-use crate::data::bindings::tessera::messaging::producer;
-use crate::state::InstanceState;
+use wasmtime::component::{HasSelf, Linker};
+
+use crate::bindings::tessera::messaging::producer;
 
 /// Most messages one request may publish.
 pub const MAX_MESSAGES_PER_REQUEST: usize = 1000;
@@ -76,14 +77,30 @@ impl Outbox {
     }
 }
 
-impl producer::Host for InstanceState {
+/// Per-instance messaging state: whether the service may publish, and the request's
+/// outbox.
+pub(crate) struct MessagingState {
+    pub(crate) enabled: bool,
+    /// Messages published during this request, committed only if it completes.
+    pub(crate) outbox: Outbox,
+}
+
+/// Adds `tessera:messaging` to a linker whose store state holds a [`MessagingState`].
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut MessagingState,
+) -> wasmtime::Result<()> {
+    producer::add_to_linker::<T, HasSelf<MessagingState>>(linker, get)
+}
+
+impl producer::Host for MessagingState {
     async fn publish(
         &mut self,
         topic: String,
         data: Vec<u8>,
         content_type: Option<String>,
     ) -> wasmtime::Result<Result<String, producer::Error>> {
-        if self.data.access.publisher.is_none() {
+        if !self.enabled {
             return Ok(Err(producer::Error::Unavailable(
                 "this component was loaded without a message journal".into(),
             )));
@@ -98,7 +115,7 @@ impl producer::Host for InstanceState {
             data,
             content_type,
         };
-        Ok(match self.data.outbox.push(message) {
+        Ok(match self.outbox.push(message) {
             Ok(()) => Ok(id),
             Err(message) => Err(producer::Error::TooLarge(message)),
         })

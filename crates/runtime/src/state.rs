@@ -11,6 +11,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::RuntimeError;
 use crate::data::DataState;
+use crate::messaging::MessagingState;
 use crate::outbound::OutboundPolicy;
 
 /// Everything one instance can reach. Built fresh for every request and dropped with it.
@@ -21,6 +22,7 @@ pub(crate) struct InstanceState {
     pub(crate) outbound: OutboundPolicy,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) data: DataState,
+    pub(crate) messaging: MessagingState,
 }
 
 impl WasiView for InstanceState {
@@ -48,11 +50,12 @@ impl WasiHttpView for InstanceState {
 /// `wasi:config`, `tessera:sql`). What a guest may actually do is decided per
 /// request by the contexts, which deny everything not granted.
 pub(crate) fn linker(engine: &Engine) -> Result<Linker<InstanceState>, RuntimeError> {
-    let mut linker = Linker::new(engine);
+    let mut linker: Linker<InstanceState> = Linker::new(engine);
     let engine_error = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_error)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_error)?;
-    crate::data::add_to_linker(&mut linker).map_err(engine_error)?;
+    crate::data::add_to_linker(&mut linker, |s| &mut s.data).map_err(engine_error)?;
+    crate::messaging::add_to_linker(&mut linker, |s| &mut s.messaging).map_err(engine_error)?;
     Ok(linker)
 }
 
