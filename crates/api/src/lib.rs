@@ -479,6 +479,8 @@ async fn has_artifact(State(api): State<Api>, Path(sha256): Path<String>) -> Sta
 /// Streams an upload to a file beside the artifacts (never whole in memory), refusing a
 /// body that does not start like a component at its first bytes and one over the limit as
 /// soon as it passes it; at most [`CONCURRENT_UPLOADS`] are read and checked at once.
+// Long because the upload is one streaming loop whose refusals (preamble, limit, stall,
+// digest) must each clean up the staged file the same way.
 async fn upload_artifact(
     State(api): State<Api>,
     Path(sha256): Path<String>,

@@ -21,6 +21,7 @@ fn param(name: &str, description: &str) -> Value {
 }
 
 /// The document.
+// Long because it is the document itself, one JSON literal per path.
 pub fn document() -> Value {
     let app = param("app", "app name");
     let service = param("service", "service name");

@@ -175,6 +175,8 @@ impl Drop for ConnectionGuard {
 /// Serves `make_service(peer)` on every connection `listener` accepts until `shutdown`
 /// resolves, then stops accepting and waits (up to the drain timeout) for in-flight
 /// requests to finish.
+// Long because accepting, the connection caps, each connection's timeouts and the drain
+// share the loop's state (the budget, the per-client counts, the set of connections).
 pub async fn serve_connections<M, S, B>(
     listener: TcpListener,
     config: ListenerConfig,

@@ -91,6 +91,30 @@ fn record(breakers: &Mutex<HashMap<BreakerKey, Breaker>>, key: BreakerKey, faile
     }
 }
 
+/// The answer to a call refused by an open circuit: 503 `circuit_open`, marked with
+/// `x-tessera-circuit: open`, and when to try again.
+fn circuit_open(
+    caller: &str,
+    callee: &str,
+    wait: Duration,
+) -> http::Response<tessera_runtime::CallBody> {
+    let secs = wait.as_secs().max(1);
+    let mut response = platform_response(
+        503,
+        "circuit_open",
+        &format!(
+            "calls from `{caller}` to `{callee}` are paused after repeated failures; retry in {secs}s"
+        ),
+    );
+    let headers = response.headers_mut();
+    headers.insert(
+        tessera_runtime::headers::CIRCUIT,
+        http::HeaderValue::from_static("open"),
+    );
+    headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+    response
+}
+
 impl InternalRouter for Router {
     fn call(
         &self,
@@ -119,24 +143,7 @@ impl InternalRouter for Router {
                 ));
             };
             if let Admission::Refuse(wait) = admit(&breakers, &key) {
-                let mut response = platform_response(
-                    503,
-                    "circuit_open",
-                    &format!(
-                        "calls from `{}` to `{callee}` are paused after repeated failures; retry in {}s",
-                        caller.service,
-                        wait.as_secs().max(1)
-                    ),
-                );
-                let headers = response.headers_mut();
-                headers.insert(
-                    tessera_runtime::headers::CIRCUIT,
-                    http::HeaderValue::from_static("open"),
-                );
-                if let Ok(value) = http::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-                    headers.insert(http::header::RETRY_AFTER, value);
-                }
-                return Ok(response);
+                return Ok(circuit_open(&caller.service, &callee, wait));
             }
             let Some(backend) = target.pick() else {
                 return Ok(platform_response(

@@ -35,6 +35,8 @@ pub use invoke::{Completed, InvokeError};
 pub use messaging::{OutgoingMessage, Publisher};
 pub use output::{GuestLogSink, OutputStream as GuestStream, TerminalLog};
 pub use tessera_model::{Limits, Origin};
+/// The body of an internal call's response.
+pub use wasmtime_wasi_http::WasiBody as CallBody;
 pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody as ResponseBody;
 
 use cache::CompileCache;

@@ -152,6 +152,8 @@ fn gauge_value(bytes: u64) -> i64 {
 }
 
 impl Metrics {
+    // Long because it registers every metric family with its help text, one after the
+    // other: a list, not logic.
     pub(crate) fn new() -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<DetailLabels, Counter>::default();

@@ -103,6 +103,8 @@ fn parse_config(
 }
 
 /// Reads every app, or just `only`, with services, revisions and traffic.
+// Long because it assembles apps from four queries (apps, services, revisions, traffic)
+// in one pass each, without a query per service.
 fn load(conn: &Connection, only: Option<&str>) -> Result<Vec<AppState>, Failure> {
     let mut apps: BTreeMap<String, BTreeMap<String, ServiceState>> = BTreeMap::new();
     let mut generations = BTreeMap::new();
@@ -294,6 +296,8 @@ impl<'a> DeployPlan<'a> {
     }
 }
 
+// Long because a deploy is one transaction whose steps read what the previous ones wrote
+// (generation, revisions created, canary split, pruning, route check, change record).
 pub(crate) fn deploy(
     conn: &mut Connection,
     plan: &DeployPlan<'_>,

@@ -47,6 +47,8 @@ pub struct UpArgs {
     connections: super::ListenArgs,
 }
 
+// Long because start-up is a sequence that must keep its order: validate the manifest
+// and every component, open the node, deploy, bind, serve.
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.build {
         super::source::build(&super::source::BuildArgs {
