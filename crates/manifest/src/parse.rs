@@ -680,6 +680,9 @@ fn duration(
 ) -> Result<Duration, ManifestError> {
     let text = cx.str(value, key)?;
     let d = parse_duration(text).map_err(|m| cx.error(value.span(), key, m))?;
+    // Settings are kept in whole milliseconds: checked as they will be stored, so `500us`
+    // is refused as 0 rather than stored as 0.
+    let d = Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     check(d).map_err(|m| cx.error(value.span(), key, m))
 }
 

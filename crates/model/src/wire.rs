@@ -38,8 +38,8 @@ pub struct RevisionJson {
     /// Schedules whose ticks are POSTed to a route.
     #[serde(default)]
     pub cron: Vec<CronJson>,
-    /// Topics whose messages are POSTed to a route (`subscriptions` in rows stored
-    /// before the API and the store shared this form).
+    /// Topics whose messages are POSTed to a route. The control store keeps this key
+    /// under its older name, `subscriptions` (see [`STORED_SUBSCRIPTIONS`]).
     #[serde(default, alias = "subscriptions")]
     pub subscribe: Vec<SubscriptionJson>,
     /// Requests of the service running at once on the node (default 100).
@@ -63,6 +63,10 @@ pub struct RevisionJson {
     pub async_stored: u64,
 }
 
+/// The name the embedded control store has always stored `subscribe` under; reading
+/// accepts it, and a store writes it so older binaries still see subscriptions.
+pub const STORED_SUBSCRIPTIONS: &str = "subscriptions";
+
 impl RevisionJson {
     /// Every key of the form, for edges that refuse unknown keys around it.
     pub const KEYS: &'static [&'static str] = &[
@@ -76,7 +80,6 @@ impl RevisionJson {
         "buckets",
         "cron",
         "subscribe",
-        "subscriptions",
         "concurrency",
         "queue",
         "queue_timeout_ms",
@@ -305,11 +308,7 @@ mod tests {
             .map(|k| k.as_str())
             .collect();
         written.sort_unstable();
-        let mut keys: Vec<&str> = RevisionJson::KEYS
-            .iter()
-            .copied()
-            .filter(|k| *k != "subscriptions")
-            .collect();
+        let mut keys: Vec<&str> = RevisionJson::KEYS.to_vec();
         keys.sort_unstable();
         assert_eq!(written, keys);
     }

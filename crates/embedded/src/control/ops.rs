@@ -80,7 +80,15 @@ fn config_json(config: &RevisionConfig) -> String {
         config: RevisionJson::from(config),
         migrations: config.migrations.clone(),
     };
-    serde_json::to_string(&stored).expect("strings and integers always serialise to JSON")
+    let mut value =
+        serde_json::to_value(&stored).expect("strings and integers always serialise to JSON");
+    // Stored under the name every earlier release reads.
+    if let Some(map) = value.as_object_mut()
+        && let Some(subs) = map.remove("subscribe")
+    {
+        map.insert(tessera_model::wire::STORED_SUBSCRIPTIONS.into(), subs);
+    }
+    value.to_string()
 }
 
 fn parse_config(

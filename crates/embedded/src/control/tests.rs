@@ -287,3 +287,39 @@ fn revisions_stored_before_scaling_settings_existed_get_the_defaults() {
     let api = service(&store, "shop", "api");
     assert_eq!(api.revisions[0].config.scaling, Scaling::default());
 }
+
+#[test]
+fn rows_keep_the_stored_form_every_release_reads() {
+    let (dir, store) = store();
+    let sha = artifact(&store, "golden");
+    let cart = ServiceDeploy {
+        name: "cart".into(),
+        sha256: sha,
+        config: full_config(),
+    };
+    deploy(&store, "shop", std::slice::from_ref(&cart));
+    let conn = rusqlite::Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+    let written: String = conn
+        .query_row("SELECT config FROM revisions", [], |row| row.get(0))
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&written).unwrap();
+    assert!(json.get("subscriptions").is_some(), "{written}");
+    assert!(json.get("subscribe").is_none(), "{written}");
+
+    // A row as the release before the shared form wrote it.
+    let old = r#"{"routes":["/cart"],"memory":67108864,"timeout_ms":30000,
+        "outbound":["https://example.com:443"],"env":[],"callbacks":["https://hooks.example.com:443"],
+        "config":[],"buckets":["sessions"],"migrations":["0001_init.sql"],
+        "cron":[{"schedule":"@every 2s","path":"/tick","run_missed":true}],
+        "subscriptions":[{"topic":"orders.created","path":"/on-order","queue":null,
+        "max_attempts":3,"backoff_ms":1000,"max_backoff_ms":60000,"concurrency":4,"batch":8}],
+        "concurrency":100,"queue":100,"queue_timeout_ms":10000,"idle_ms":300000,
+        "async_rate":100,"async_stored":67108864}"#;
+    conn.execute("UPDATE revisions SET config = ?1", [old])
+        .unwrap();
+    let config = service(&store, "shop", "cart").revisions[0].config.clone();
+    assert_eq!(config.subscriptions[0].topic, "orders.created");
+    assert_eq!(config.cron[0].path, "/tick");
+    assert_eq!(config.callbacks.len(), 1);
+    assert_eq!(config.migrations, ["0001_init.sql"]);
+}
