@@ -18,6 +18,8 @@ pub fn run() -> Result<()> {
     // The polyglot tests build Python, JavaScript, C and Go guests with these.
     println!("==> cargo xtask toolchains");
     toolchains::install()?;
+    // The cluster tests start real NATS servers.
+    toolchains::system_packages()?;
 
     cargo_step(&["fmt", "--all", "--", "--check"])?;
     // The example's manifest is a virtual workspace, which cargo fmt only formats with --all.

@@ -100,3 +100,31 @@ fn stamp(dir: &Path, pins: &str) -> Result<()> {
     fs::write(dir.join(".tessera-pins"), pins)
         .with_context(|| format!("cannot write {}", dir.join(".tessera-pins").display()))
 }
+
+/// The system packages the tests start as real processes: `nats-server` (Debian's 2.9.10)
+/// for the cluster tests. Installed with apt when missing.
+pub fn system_packages() -> Result<()> {
+    let installed = |program: &str| {
+        Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if installed("nats-server") {
+        return Ok(());
+    }
+    let install = || {
+        run_step(
+            "apt-get install -y nats-server",
+            Command::new("apt-get")
+                .args(["install", "-y", "nats-server"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    if install().is_err() {
+        // A fresh machine may not have read the package lists yet.
+        run_step("apt-get update", Command::new("apt-get").arg("update"))?;
+        install()?;
+    }
+    Ok(())
+}

@@ -61,6 +61,9 @@ impl From<NodeError> for ApiError {
                 StoreError::InvalidTraffic(_) => (StatusCode::BAD_REQUEST, "invalid_traffic"),
                 StoreError::RouteConflict { .. } => (StatusCode::CONFLICT, "route_conflict"),
                 StoreError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
+                StoreError::Unavailable { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable")
+                }
                 StoreError::NoEarlierRevision { .. } => {
                     (StatusCode::CONFLICT, "no_earlier_revision")
                 }

@@ -300,4 +300,10 @@ pub trait DataBackend: Send + Sync {
     /// handles opened before fail afterwards). Purging an app without data is not an
     /// error.
     fn purge_app(&self, app: &str) -> Result<(), DataError>;
+    /// Whether services' SQL databases are available. A backend without them (a cluster,
+    /// until its replicated databases exist) says `false`, and the node refuses to deploy
+    /// a service that uses SQL rather than serve it half-working.
+    fn sql_available(&self) -> bool {
+        true
+    }
 }

@@ -162,6 +162,28 @@ fn shorten(key: &str) -> String {
     format!("{}…", &key[..end])
 }
 
+/// What `increment` stores after adding `delta` to a key's value: the value must be a
+/// counter as `increment` writes it (decimal ASCII, optionally signed, nothing else; an
+/// absent key counts as 0) and the sum must fit 64 bits.
+pub fn next_counter(key: &str, current: Option<&[u8]>, delta: i64) -> Result<i64, KvError> {
+    let current = match current {
+        None => 0,
+        Some(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| text.parse::<i64>().ok())
+            .ok_or_else(|| {
+                KvError::NotAnInteger(format!(
+                    "the value of key `{key}` is not a decimal integer, so it cannot be incremented"
+                ))
+            })?,
+    };
+    current.checked_add(delta).ok_or_else(|| {
+        KvError::NotAnInteger(format!(
+            "incrementing key `{key}` ({current}) by {delta} overflows a 64-bit integer"
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ mod control;
 mod data;
 mod events;
 
+pub use control::artifacts::{ArtifactDir, digest, is_digest};
 pub use control::{ARTIFACTS_DIR, ControlStore, DATABASE_FILE};
 pub use data::EmbeddedData;
 pub use events::{EmbeddedJournal, JournalConfig};

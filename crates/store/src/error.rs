@@ -92,4 +92,8 @@ pub enum StoreError {
     DuplicateService { app: String, service: String },
     #[error("service `{service}` is selected for the deploy of app `{app}` but not given")]
     NotInDeploy { app: String, service: String },
+    /// The shared store (a cluster's NATS JetStream) cannot be reached or did not answer
+    /// in time; nothing is known to have changed. Reads of what a node has loaded go on.
+    #[error("the cluster is unavailable: cannot {action}: {message}")]
+    Unavailable { action: String, message: String },
 }

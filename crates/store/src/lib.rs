@@ -7,6 +7,7 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod error;
+pub mod rules;
 mod seams;
 
 pub use error::StoreError;

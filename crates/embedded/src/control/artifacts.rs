@@ -10,38 +10,49 @@ use sha2::{Digest, Sha256};
 use tessera_store::StoreError;
 
 /// Lowercase hex sha256 of `bytes`: the identity of a component everywhere in Tessera.
-pub(crate) fn digest(bytes: &[u8]) -> String {
+pub fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
 /// Whether `sha256` is exactly 64 lowercase hex digits. Anything else is refused before
 /// it can become part of a path, so a digest from the network can never name `..` or a
 /// file outside the artifact directory.
-pub(crate) fn is_digest(sha256: &str) -> bool {
+pub fn is_digest(sha256: &str) -> bool {
     sha256.len() == 64
         && sha256
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// The artifact directory of a store.
+/// A directory of content-addressed artifacts, `<sha256>.wasm`: the embedded store's
+/// artifacts, and a cluster node's local cache of the shared ones.
 #[derive(Debug)]
-pub(crate) struct Artifacts {
+pub struct ArtifactDir {
     dir: PathBuf,
 }
 
-impl Artifacts {
-    pub(crate) fn new(dir: PathBuf) -> Self {
-        Artifacts { dir }
+impl ArtifactDir {
+    pub fn new(dir: PathBuf) -> Self {
+        ArtifactDir { dir }
     }
 
-    pub(crate) fn dir(&self) -> &Path {
+    /// The directory `dir`, created if needed.
+    pub fn create(dir: PathBuf) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            action: "create the artifact directory",
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(ArtifactDir { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// Moves a complete staged file into place under `sha256` (which the caller checked),
     /// durably: file synced, renamed, directory synced.
-    pub(crate) fn put_file(&self, staged: &Path, sha256: &str) -> Result<(), StoreError> {
+    pub fn put_file(&self, staged: &Path, sha256: &str) -> Result<(), StoreError> {
         if !is_digest(sha256) {
             return Err(StoreError::InvalidDigest(sha256.to_owned()));
         }
@@ -71,11 +82,11 @@ impl Artifacts {
         self.dir.join(format!("{sha256}.wasm"))
     }
 
-    pub(crate) fn contains(&self, sha256: &str) -> bool {
+    pub fn contains(&self, sha256: &str) -> bool {
         is_digest(sha256) && self.file(sha256).is_file()
     }
 
-    pub(crate) fn path(&self, sha256: &str) -> Result<PathBuf, StoreError> {
+    pub fn path(&self, sha256: &str) -> Result<PathBuf, StoreError> {
         if !is_digest(sha256) {
             return Err(StoreError::InvalidDigest(sha256.to_owned()));
         }
@@ -91,7 +102,7 @@ impl Artifacts {
     /// synced, renamed into place and the directory synced, so a file under its final
     /// name is always complete and survives a power cut. That ordering is what lets a
     /// deploy, committed after this returns, trust that its artifacts exist.
-    pub(crate) fn put(&self, bytes: &[u8]) -> Result<String, StoreError> {
+    pub fn put(&self, bytes: &[u8]) -> Result<String, StoreError> {
         let sha256 = digest(bytes);
         let path = self.file(&sha256);
         // Content addressing makes an existing file the same bytes, and it is complete
@@ -127,7 +138,7 @@ impl Artifacts {
 }
 
 /// Makes a directory's entries (a rename, a new file or subdirectory) durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     let io = |source| StoreError::Io {
         action: "sync directory",
         path: dir.to_owned(),

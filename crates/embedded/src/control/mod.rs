@@ -2,7 +2,7 @@
 //! `artifacts/<sha256>.wasm` under the node's data directory. Every change that takes more
 //! than one step runs in one transaction, so a node never holds half a deploy.
 
-mod artifacts;
+pub(crate) mod artifacts;
 mod ops;
 mod schema;
 #[cfg(test)]
@@ -28,7 +28,7 @@ pub struct ControlStore {
     /// One connection behind a mutex: writes to SQLite are serialised anyway, and control
     /// operations are rare and short, so a pool would buy nothing.
     conn: Mutex<Connection>,
-    artifacts: artifacts::Artifacts,
+    artifacts: artifacts::ArtifactDir,
     /// The latest change's sequence number, sent after every commit that records one.
     /// Only this process writes the database (the node locks its data directory), so
     /// every change passes through here.
@@ -69,7 +69,7 @@ impl ControlStore {
         Ok(ControlStore {
             dir: dir.to_owned(),
             conn: Mutex::new(conn),
-            artifacts: artifacts::Artifacts::new(artifact_dir),
+            artifacts: artifacts::ArtifactDir::new(artifact_dir),
             latest: tokio::sync::watch::Sender::new(latest),
         })
     }
@@ -197,7 +197,7 @@ impl ControlStore {
         services: &[ServiceDeploy],
         options: &DeployOptions,
     ) -> Result<DeployOutcome, StoreError> {
-        let plan = ops::DeployPlan::new(app, services, options)?;
+        let plan = tessera_store::rules::DeployPlan::new(app, services, options)?;
         // Artifacts are never deleted, so checking them before the transaction cannot
         // race with anything that would make the check stale.
         for service in &plan.selected {

@@ -1,7 +1,7 @@
 //! The control-state operations on the SQLite connection: reading apps, and each change
 //! (deploy, traffic, rollback, removal) as one transaction.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, Transaction, TransactionBehavior, params};
@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use tessera_model::wire::RevisionJson;
 use tessera_store::{
-    AppState, Change, ChangeBatch, ChangeKind, DEFAULT_CHANGE_HISTORY, DEFAULT_KEEP, DeployOptions,
-    DeployOutcome, Revision, RevisionConfig, ServiceDeploy, ServiceState, StoreError,
+    AppState, Change, ChangeBatch, ChangeKind, DEFAULT_CHANGE_HISTORY, DeployOutcome, Revision,
+    RevisionConfig, ServiceState, StoreError, rules,
 };
 
 /// An error inside an operation. Database failures are given their context (which
@@ -235,96 +235,17 @@ pub(crate) fn app(conn: &mut Connection, name: &str) -> Result<Option<AppState>,
     finish(result, || format!("read app `{name}`"))
 }
 
-/// A deploy request, validated as far as it can be without the database.
-pub(crate) struct DeployPlan<'a> {
-    app: &'a str,
-    /// The services to deploy, sorted by name.
-    pub(crate) selected: Vec<&'a ServiceDeploy>,
-    /// Whether the app's services that the deploy does not name are removed.
-    whole_app: bool,
-    traffic: Option<u8>,
-    keep: usize,
-    if_generation: Option<u64>,
-}
-
-impl<'a> DeployPlan<'a> {
-    pub(crate) fn new(
-        app: &'a str,
-        services: &'a [ServiceDeploy],
-        options: &DeployOptions,
-    ) -> Result<Self, StoreError> {
-        // An app without services cannot serve anything; removing one is `remove_app`.
-        if services.is_empty() {
-            return Err(StoreError::EmptyDeploy(app.to_owned()));
-        }
-        let mut by_name = BTreeMap::new();
-        for service in services {
-            if by_name.insert(service.name.as_str(), service).is_some() {
-                return Err(StoreError::DuplicateService {
-                    app: app.to_owned(),
-                    service: service.name.clone(),
-                });
-            }
-        }
-        if let Some(share) = options.traffic
-            && !(1..=99).contains(&share)
-        {
-            return Err(StoreError::InvalidTraffic(format!(
-                "canary share for app `{app}` must be between 1 and 99 percent, not {share}"
-            )));
-        }
-        let selected = if options.only.is_empty() {
-            by_name.into_values().collect()
-        } else {
-            let only: BTreeSet<&str> = options.only.iter().map(String::as_str).collect();
-            only.into_iter()
-                .map(|name| {
-                    by_name
-                        .get(name)
-                        .copied()
-                        .ok_or_else(|| StoreError::NotInDeploy {
-                            app: app.to_owned(),
-                            service: name.to_owned(),
-                        })
-                })
-                .collect::<Result<_, _>>()?
-        };
-        Ok(DeployPlan {
-            app,
-            selected,
-            whole_app: options.only.is_empty(),
-            traffic: options.traffic,
-            if_generation: options.if_generation,
-            keep: if options.keep == 0 {
-                DEFAULT_KEEP
-            } else {
-                options.keep
-            },
-        })
-    }
-}
-
 // Long because a deploy is one transaction whose steps read what the previous ones wrote
 // (generation, revisions created, canary split, pruning, route check, change record).
 pub(crate) fn deploy(
     conn: &mut Connection,
-    plan: &DeployPlan<'_>,
+    plan: &rules::DeployPlan<'_>,
     now: u64,
 ) -> Result<DeployOutcome, StoreError> {
     let app = plan.app;
     let result = write(conn, |tx| {
         let current = load(tx, Some(app))?.pop();
-        let generation = current.as_ref().map_or(0, |a| a.generation);
-        if let Some(expected) = plan.if_generation
-            && expected != generation
-        {
-            return Err(StoreError::Conflict {
-                app: app.to_owned(),
-                expected,
-                found: generation,
-            }
-            .into());
-        }
+        plan.check_generation(current.as_ref().map_or(0, |a| a.generation))?;
         let current = current.map_or_else(Vec::new, |a| a.services);
         let changes_before = tx.total_changes();
         tx.execute("INSERT OR IGNORE INTO apps (name) VALUES (?1)", [app])?;
@@ -406,7 +327,7 @@ pub(crate) fn set_traffic(
 ) -> Result<ServiceState, StoreError> {
     let result = write(conn, |tx| {
         let state = load_service(tx, app, service)?;
-        validate_weights(app, &state, weights)?;
+        rules::validate_weights(app, &state, weights)?;
         replace_traffic(tx, app, service, weights)?;
         // The primary revision may change, and with it the service's routes.
         check_routes(tx, app, &[service])?;
@@ -418,78 +339,20 @@ pub(crate) fn set_traffic(
     })
 }
 
-fn validate_weights(
-    app: &str,
-    state: &ServiceState,
-    weights: &[(u32, u8)],
-) -> Result<(), StoreError> {
-    let invalid = |what: String| {
-        StoreError::InvalidTraffic(format!("service `{}` of app `{app}`: {what}", state.name))
-    };
-    let mut seen = BTreeSet::new();
-    let mut sum = 0u32;
-    for &(id, percent) in weights {
-        if state.revision(id).is_none() {
-            return Err(invalid(format!("there is no revision {id}")));
-        }
-        if !seen.insert(id) {
-            return Err(invalid(format!("revision {id} is given more than once")));
-        }
-        if percent > 100 {
-            return Err(invalid(format!(
-                "revision {id} cannot have {percent} percent of the traffic"
-            )));
-        }
-        sum += u32::from(percent);
-    }
-    if sum != 100 {
-        return Err(invalid(format!(
-            "the shares add up to {sum} percent, not 100"
-        )));
-    }
-    Ok(())
-}
-
 pub(crate) fn rollback(
     conn: &mut Connection,
     app: &str,
     service: &str,
     to: Option<u32>,
 ) -> Result<ServiceState, StoreError> {
-    let result =
-        write(conn, |tx| {
-            let state = load_service(tx, app, service)?;
-            let target =
-                match to {
-                    Some(id) => state.revision(id).map(|r| r.id).ok_or_else(|| {
-                        StoreError::NoSuchRevision {
-                            app: app.to_owned(),
-                            service: service.to_owned(),
-                            revision: id,
-                        }
-                    })?,
-                    None => {
-                        // Every service has a primary revision; were one ever without traffic,
-                        // rolling back to its newest revision is the repair that makes sense.
-                        let primary = state.primary().map_or(u32::MAX, |r| r.id);
-                        state
-                            .revisions
-                            .iter()
-                            .rev()
-                            .map(|r| r.id)
-                            .find(|id| *id < primary)
-                            .ok_or_else(|| StoreError::NoEarlierRevision {
-                                app: app.to_owned(),
-                                service: service.to_owned(),
-                                primary,
-                            })?
-                    }
-                };
-            replace_traffic(tx, app, service, &[(target, 100)])?;
-            check_routes(tx, app, &[service])?;
-            record(tx, app, &ChangeKind::App)?;
-            load_service(tx, app, service)
-        });
+    let result = write(conn, |tx| {
+        let state = load_service(tx, app, service)?;
+        let target = rules::rollback_target(app, &state, to)?;
+        replace_traffic(tx, app, service, &[(target, 100)])?;
+        check_routes(tx, app, &[service])?;
+        record(tx, app, &ChangeKind::App)?;
+        load_service(tx, app, service)
+    });
     finish(result, || {
         format!("roll back service `{service}` of app `{app}`")
     })
@@ -585,57 +448,15 @@ fn prune(tx: &Transaction<'_>, app: &str, service: &str, keep: usize) -> Result<
 }
 
 /// Refuses the change if a route of a claimant (a service of `app` whose primary revision
-/// may have changed) is also a current route of any other service on the node. Current
-/// routes are those of each service's primary revision, read after the change is applied.
+/// may have changed) is also a current route of any other service on the node, read after
+/// the change is applied.
 fn check_routes(tx: &Transaction<'_>, app: &str, claimants: &[&str]) -> Result<(), Failure> {
     if claimants.is_empty() {
         return Ok(());
     }
-    let node = load(tx, None)?;
-    let mut owners: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
-    for a in &node {
-        for s in &a.services {
-            if let Some(primary) = s.primary() {
-                for route in &primary.config.routes {
-                    owners
-                        .entry(route.as_str())
-                        .or_default()
-                        .push((a.name.as_str(), s.name.as_str()));
-                }
-            }
-        }
-    }
-    let is_claimant = |a: &str, s: &str| a == app && claimants.contains(&s);
-    for &service in claimants {
-        let primary = node
-            .iter()
-            .find(|a| a.name == app)
-            .and_then(|a| a.services.iter().find(|s| s.name == service))
-            .and_then(ServiceState::primary);
-        let Some(primary) = primary else { continue };
-        for route in &primary.config.routes {
-            let others: Vec<(&str, &str)> = owners[route.as_str()]
-                .iter()
-                .copied()
-                .filter(|&(a, s)| (a, s) != (app, service))
-                .collect();
-            // Blame a service this change did not touch if there is one: it is the one
-            // that held the route before.
-            let holder = others
-                .iter()
-                .find(|&&(a, s)| !is_claimant(a, s))
-                .or(others.first());
-            if let Some(&(holder_app, holder_service)) = holder {
-                return Err(StoreError::RouteConflict {
-                    route: route.to_string(),
-                    app: holder_app.to_owned(),
-                    service: holder_service.to_owned(),
-                }
-                .into());
-            }
-        }
-    }
-    Ok(())
+    let apps = load(tx, None)?;
+    let apps: Vec<&AppState> = apps.iter().collect();
+    Ok(rules::check_routes(&apps, app, claimants)?)
 }
 
 pub(crate) fn set_secret(

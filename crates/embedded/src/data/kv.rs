@@ -101,21 +101,9 @@ impl KvStore for ServiceDb {
                 .prepare_cached(GET)?
                 .query_row(params![bucket, key], |row| row.get(0))
                 .optional()?;
-            let current = match current {
-                None => 0,
-                Some(bytes) => match parse_integer(&bytes) {
-                    Some(n) => n,
-                    None => {
-                        return Ok(Err(KvError::NotAnInteger(format!(
-                            "the value of key `{key}` is not a decimal integer, so it cannot be incremented"
-                        ))));
-                    }
-                },
-            };
-            let Some(new) = current.checked_add(delta) else {
-                return Ok(Err(KvError::NotAnInteger(format!(
-                    "incrementing key `{key}` ({current}) by {delta} overflows a 64-bit integer"
-                ))));
+            let new = match limits::next_counter(key, current.as_deref(), delta) {
+                Ok(new) => new,
+                Err(e) => return Ok(Err(e)),
             };
             let version = next_version(conn)?;
             put(conn, bucket, key, new.to_string().as_bytes(), version)?;
@@ -254,11 +242,6 @@ fn put(
     conn.prepare_cached(PUT)?
         .execute(params![bucket, key, value, version])?;
     Ok(())
-}
-
-/// A counter as `increment` stores it: decimal ASCII, optionally signed, nothing else.
-fn parse_integer(bytes: &[u8]) -> Option<i64> {
-    std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
 fn io(error: rusqlite::Error) -> KvError {

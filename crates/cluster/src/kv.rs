@@ -1,0 +1,410 @@
+//! [`ClusterData`]: services' key-value data in the JetStream KV bucket `TESSERA_KV`.
+//!
+//! A key lives under `<app>.<service>.<bucket>.<key>`, each part one token of the
+//! order-preserving encoding ([`crate::encode_token`]), so a service's handle can only
+//! form its own subjects and listing one bucket's subjects lists its keys in byte order.
+//! A key's version is its JetStream revision (the stream sequence of its last write):
+//! it changes on every write and never returns to an earlier value. Reads go to the stream
+//! leader (the bucket has no direct gets), so a write acknowledged through one node is
+//! read through every other.
+//!
+//! Differences from the embedded store, which keeps a service's keys in one SQLite
+//! transaction: `get_many` reads each key on its own (not one snapshot), and `set_many` /
+//! `delete_many` write each key atomically but not the batch as a whole — a batch is
+//! checked completely before its first write, so only a lost server can leave it half
+//! applied (as `wasi:keyvalue/batch` allows).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream::consumer::{self, DeliverPolicy};
+use async_nats::jetstream::kv::{self, Operation};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tessera_data::{
+    Changes, DataBackend, DataError, KvError, KvStore, LIST_PAGE, Migration, Rows, ServiceData,
+    SqlDatabase, SqlError, SqlValue, Statement, limits,
+};
+
+use crate::setup::KV_BUCKET;
+use crate::{Cluster, REQUEST_TIMEOUT, decode_token, encode_token};
+
+/// How often `increment` reads and swaps again when other writers keep winning.
+const INCREMENT_ATTEMPTS: usize = 10_000;
+
+/// A service's handles, and the flag that closes them when its app's data is deleted.
+type OpenService = (ServiceData, Arc<AtomicBool>);
+
+/// The data backend of a cluster node: key-value data shared by every node; no SQL yet.
+pub struct ClusterData {
+    cluster: Cluster,
+    store: kv::Store,
+    open: Mutex<HashMap<(String, String), OpenService>>,
+}
+
+impl ClusterData {
+    pub fn open(cluster: &Cluster) -> Result<ClusterData, DataError> {
+        let js = cluster.js();
+        let store = cluster
+            .bridge()
+            .run(async move { js.get_key_value(KV_BUCKET).await })
+            .map_err(|e| DataError::Open {
+                app: String::new(),
+                service: String::new(),
+                message: format!("cannot open the cluster's key-value bucket: {e}"),
+            })?;
+        Ok(ClusterData {
+            cluster: cluster.clone(),
+            store,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+impl DataBackend for ClusterData {
+    fn open_service(&self, app: &str, service: &str) -> Result<ServiceData, DataError> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (app.to_owned(), service.to_owned());
+        if let Some((data, _)) = open.get(&key) {
+            return Ok(data.clone());
+        }
+        let closed = Arc::new(AtomicBool::new(false));
+        let data = ServiceData {
+            kv: Arc::new(ServiceKv {
+                cluster: self.cluster.clone(),
+                store: self.store.clone(),
+                prefix: format!(
+                    "{}.{}.",
+                    encode_token(app.as_bytes()),
+                    encode_token(service.as_bytes())
+                ),
+                closed: closed.clone(),
+            }),
+            sql: Arc::new(NoSql),
+        };
+        open.insert(key, (data.clone(), closed));
+        Ok(data)
+    }
+
+    fn purge_app(&self, app: &str) -> Result<(), DataError> {
+        {
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            open.retain(|(a, _), (_, closed)| {
+                if a == app {
+                    closed.store(true, Ordering::SeqCst);
+                }
+                a != app
+            });
+        }
+        let stream = self.store.stream.clone();
+        let filter = format!("$KV.{KV_BUCKET}.{}.>", encode_token(app.as_bytes()));
+        self.cluster
+            .bridge()
+            .run(async move {
+                tokio::time::timeout(REQUEST_TIMEOUT, stream.purge().filter(filter))
+                    .await
+                    .map_err(|_| "timed out".to_owned())?
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|message| DataError::Purge {
+                app: app.to_owned(),
+                message,
+            })
+    }
+
+    fn sql_available(&self) -> bool {
+        false
+    }
+}
+
+/// One service's keys.
+struct ServiceKv {
+    cluster: Cluster,
+    store: kv::Store,
+    /// `<app>.<service>.`, encoded.
+    prefix: String,
+    closed: Arc<AtomicBool>,
+}
+
+fn io(e: impl std::fmt::Display) -> KvError {
+    KvError::Io(format!("the cluster's key-value store: {e}"))
+}
+
+impl ServiceKv {
+    fn key(&self, bucket: &str, key: &str) -> String {
+        format!(
+            "{}{}.{}",
+            self.prefix,
+            encode_token(bucket.as_bytes()),
+            encode_token(key.as_bytes())
+        )
+    }
+
+    /// Runs a call on the client's runtime, failing if the handle was closed or the call
+    /// takes longer than a request may.
+    fn run<T: Send + 'static>(
+        &self,
+        call: impl Future<Output = Result<T, KvError>> + Send + 'static,
+    ) -> Result<T, KvError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(KvError::Io(
+                "this service's data was deleted; the handle is closed".into(),
+            ));
+        }
+        self.cluster.bridge().run(async move {
+            tokio::time::timeout(REQUEST_TIMEOUT * 2, call)
+                .await
+                .map_err(|_| io("no answer in time"))?
+        })
+    }
+
+    fn entry(&self, bucket: &str, key: &str) -> Result<Option<(Bytes, u64)>, KvError> {
+        limits::check_key(key)?;
+        let store = self.store.clone();
+        let subject = self.key(bucket, key);
+        self.run(async move { read(&store, subject).await })
+    }
+}
+
+/// A key's value and revision, `None` when absent or deleted.
+async fn read(store: &kv::Store, key: String) -> Result<Option<(Bytes, u64)>, KvError> {
+    let entry = store.entry(key).await.map_err(io)?;
+    Ok(entry
+        .filter(|e| e.operation == Operation::Put)
+        .map(|e| (e.value, e.revision)))
+}
+
+impl KvStore for ServiceKv {
+    fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        Ok(self.entry(bucket, key)?.map(|(value, _)| value.to_vec()))
+    }
+
+    fn get_versioned(&self, bucket: &str, key: &str) -> Result<Option<(Vec<u8>, u64)>, KvError> {
+        Ok(self
+            .entry(bucket, key)?
+            .map(|(value, revision)| (value.to_vec(), revision)))
+    }
+
+    fn set(&self, bucket: &str, key: &str, value: &[u8]) -> Result<(), KvError> {
+        limits::check_key(key)?;
+        limits::check_value(key, value)?;
+        let store = self.store.clone();
+        let subject = self.key(bucket, key);
+        let value = Bytes::copy_from_slice(value);
+        self.run(async move { store.put(subject, value).await.map(|_| ()).map_err(io) })
+    }
+
+    fn delete(&self, bucket: &str, key: &str) -> Result<(), KvError> {
+        limits::check_key(key)?;
+        let store = self.store.clone();
+        let subject = self.key(bucket, key);
+        self.run(async move { store.delete(subject).await.map_err(io) })
+    }
+
+    fn exists(&self, bucket: &str, key: &str) -> Result<bool, KvError> {
+        Ok(self.entry(bucket, key)?.is_some())
+    }
+
+    fn list_keys(
+        &self,
+        bucket: &str,
+        after: Option<&str>,
+    ) -> Result<(Vec<String>, Option<String>), KvError> {
+        let store = self.store.clone();
+        let prefix = format!("{}{}.", self.prefix, encode_token(bucket.as_bytes()));
+        let client = self.cluster.client();
+        let mut keys = self.run(async move { list(&client, &store, prefix).await })?;
+        keys.sort();
+        if let Some(after) = after {
+            keys.retain(|k| k.as_str() > after);
+        }
+        let more = keys.len() > LIST_PAGE;
+        keys.truncate(LIST_PAGE);
+        let cursor = more.then(|| keys.last().cloned()).flatten();
+        Ok((keys, cursor))
+    }
+
+    fn increment(&self, bucket: &str, key: &str, delta: i64) -> Result<i64, KvError> {
+        limits::check_key(key)?;
+        let store = self.store.clone();
+        let subject = self.key(bucket, key);
+        let shown = key.to_owned();
+        self.run(async move {
+            for _ in 0..INCREMENT_ATTEMPTS {
+                let current = read(&store, subject.clone()).await?;
+                let next =
+                    limits::next_counter(&shown, current.as_ref().map(|(v, _)| &v[..]), delta)?;
+                let value = Bytes::from(next.to_string());
+                if swap(&store, &subject, current.map(|(_, r)| r), value).await? {
+                    return Ok(next);
+                }
+            }
+            Err(io("too many concurrent writers on one key"))
+        })
+    }
+
+    fn compare_and_swap(
+        &self,
+        bucket: &str,
+        key: &str,
+        expected: Option<u64>,
+        value: &[u8],
+    ) -> Result<bool, KvError> {
+        limits::check_key(key)?;
+        limits::check_value(key, value)?;
+        let store = self.store.clone();
+        let subject = self.key(bucket, key);
+        let value = Bytes::copy_from_slice(value);
+        self.run(async move { swap(&store, &subject, expected, value).await })
+    }
+
+    fn get_many(&self, bucket: &str, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        limits::check_keys(keys)?;
+        let store = self.store.clone();
+        let subjects: Vec<String> = keys.iter().map(|k| self.key(bucket, k)).collect();
+        self.run(async move {
+            let reads = subjects.into_iter().map(|s| read(&store, s));
+            futures_util::future::try_join_all(reads)
+                .await
+                .map(|values| {
+                    values
+                        .into_iter()
+                        .map(|v| v.map(|(value, _)| value.to_vec()))
+                        .collect()
+                })
+        })
+    }
+
+    fn set_many(&self, bucket: &str, entries: &[(String, Vec<u8>)]) -> Result<(), KvError> {
+        limits::check_entries(entries)?;
+        let store = self.store.clone();
+        let entries: Vec<(String, Bytes)> = entries
+            .iter()
+            .map(|(k, v)| (self.key(bucket, k), Bytes::copy_from_slice(v)))
+            .collect();
+        // In order, so a later duplicate key wins.
+        self.run(async move {
+            for (subject, value) in entries {
+                store.put(subject, value).await.map_err(io)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_many(&self, bucket: &str, keys: &[String]) -> Result<(), KvError> {
+        limits::check_keys(keys)?;
+        let store = self.store.clone();
+        let subjects: Vec<String> = keys.iter().map(|k| self.key(bucket, k)).collect();
+        self.run(async move {
+            for subject in subjects {
+                store.delete(subject).await.map_err(io)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Writes `value` only if the key is still at revision `expected` (`None`: absent or
+/// deleted). `Ok(false)` if someone wrote it meanwhile.
+async fn swap(
+    store: &kv::Store,
+    subject: &str,
+    expected: Option<u64>,
+    value: Bytes,
+) -> Result<bool, KvError> {
+    match expected {
+        None => match store.create(subject, value).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io(e)),
+        },
+        Some(revision) => match store.update(subject, value, revision).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(io(e)),
+        },
+    }
+}
+
+/// Every live key under `prefix` (encoded, ending in `.`), decoded, unsorted: the newest
+/// message of each subject, headers only.
+async fn list(
+    client: &async_nats::Client,
+    store: &kv::Store,
+    prefix: String,
+) -> Result<Vec<String>, KvError> {
+    let full = format!("$KV.{KV_BUCKET}.{prefix}");
+    let consumer = store
+        .stream
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: format!("{full}>"),
+            headers_only: true,
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .map_err(io)?;
+    let mut pending = consumer.cached_info().num_pending;
+    let mut keys = Vec::new();
+    if pending == 0 {
+        return Ok(keys);
+    }
+    let mut messages = consumer.messages().await.map_err(io)?;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(io)?;
+        let info = message.info().map_err(io)?;
+        pending = info.pending;
+        let deleted = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("KV-Operation"))
+            .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+        if !deleted
+            && let Some(token) = message.subject.strip_prefix(full.as_str())
+            && let Some(key) = decode_token(token).and_then(|b| String::from_utf8(b).ok())
+        {
+            keys.push(key);
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(keys)
+}
+
+/// The SQL handle of a cluster node until replicated databases exist: every call is
+/// refused with a message that says so (deploys of services that use SQL are refused
+/// before this is ever reached).
+struct NoSql;
+
+fn no_sql() -> SqlError {
+    SqlError::NotPermitted(
+        "tessera:sql is not available in cluster mode yet: services that use SQL run on a single node"
+            .into(),
+    )
+}
+
+impl SqlDatabase for NoSql {
+    fn query(&self, _: &str, _: &[SqlValue], _: std::time::Instant) -> Result<Rows, SqlError> {
+        Err(no_sql())
+    }
+
+    fn execute(&self, _: &str, _: &[SqlValue], _: std::time::Instant) -> Result<Changes, SqlError> {
+        Err(no_sql())
+    }
+
+    fn batch(&self, _: &[Statement], _: std::time::Instant) -> Result<Vec<Changes>, SqlError> {
+        Err(no_sql())
+    }
+
+    fn migrate(&self, migrations: &[Migration]) -> Result<Vec<String>, SqlError> {
+        if migrations.is_empty() {
+            Ok(Vec::new())
+        } else {
+            Err(no_sql())
+        }
+    }
+}

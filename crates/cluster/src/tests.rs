@@ -1,0 +1,314 @@
+//! The contract suites on a real `nats-server`, and what only a cluster has: several
+//! nodes sharing one state, and their registry.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_store::conformance::{self as control_suite, artifact, deploy, svc};
+use tessera_store::{ArtifactStore, ControlState};
+
+use crate::testing::NatsServer;
+use crate::*;
+
+fn config(server: &NatsServer, node: &str) -> ClusterConfig {
+    ClusterConfig {
+        urls: vec![server.url()],
+        node: node.into(),
+        replicas: None,
+    }
+}
+
+/// A node's control state and artifacts over `server`, caching in `cache`.
+struct Backend {
+    control: JetStreamControl,
+    artifacts: Arc<ObjectArtifacts>,
+    _cluster: Cluster,
+}
+
+impl Backend {
+    fn open(server: &NatsServer, node: &str, cache: &std::path::Path) -> Backend {
+        let cluster = Cluster::connect(&config(server, node)).expect("join the cluster");
+        let artifacts = Arc::new(ObjectArtifacts::open(&cluster, cache.join(node)).unwrap());
+        let control = JetStreamControl::open(&cluster, artifacts.clone()).unwrap();
+        Backend {
+            control,
+            artifacts,
+            _cluster: cluster,
+        }
+    }
+}
+
+impl ControlState for Backend {
+    fn changes(&self, after: u64) -> Result<tessera_store::ChangeBatch, tessera_store::StoreError> {
+        self.control.changes(after)
+    }
+    fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.control.watch()
+    }
+    fn apps(&self) -> Result<Vec<tessera_store::AppState>, tessera_store::StoreError> {
+        self.control.apps()
+    }
+    fn app(
+        &self,
+        name: &str,
+    ) -> Result<Option<tessera_store::AppState>, tessera_store::StoreError> {
+        self.control.app(name)
+    }
+    fn deploy(
+        &self,
+        app: &str,
+        services: &[tessera_store::ServiceDeploy],
+        options: &tessera_store::DeployOptions,
+    ) -> Result<tessera_store::DeployOutcome, tessera_store::StoreError> {
+        self.control.deploy(app, services, options)
+    }
+    fn set_traffic(
+        &self,
+        app: &str,
+        service: &str,
+        weights: &[(u32, u8)],
+    ) -> Result<tessera_store::ServiceState, tessera_store::StoreError> {
+        self.control.set_traffic(app, service, weights)
+    }
+    fn rollback(
+        &self,
+        app: &str,
+        service: &str,
+        to: Option<u32>,
+    ) -> Result<tessera_store::ServiceState, tessera_store::StoreError> {
+        self.control.rollback(app, service, to)
+    }
+    fn remove_app(&self, app: &str) -> Result<bool, tessera_store::StoreError> {
+        self.control.remove_app(app)
+    }
+    fn set_secret(
+        &self,
+        app: &str,
+        service: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<(), tessera_store::StoreError> {
+        self.control.set_secret(app, service, name, value)
+    }
+    fn delete_secret(
+        &self,
+        app: &str,
+        service: &str,
+        name: &str,
+    ) -> Result<bool, tessera_store::StoreError> {
+        self.control.delete_secret(app, service, name)
+    }
+    fn secret_names(
+        &self,
+        app: &str,
+        service: &str,
+    ) -> Result<Vec<(String, u64)>, tessera_store::StoreError> {
+        self.control.secret_names(app, service)
+    }
+    fn secrets(
+        &self,
+        app: &str,
+        service: &str,
+    ) -> Result<Vec<(String, String)>, tessera_store::StoreError> {
+        self.control.secrets(app, service)
+    }
+    fn purge_secrets(&self, app: &str) -> Result<(), tessera_store::StoreError> {
+        self.control.purge_secrets(app)
+    }
+}
+
+impl ArtifactStore for Backend {
+    fn has_artifact(&self, sha256: &str) -> bool {
+        self.artifacts.has_artifact(sha256)
+    }
+    fn put_artifact(&self, bytes: &[u8]) -> Result<String, tessera_store::StoreError> {
+        self.artifacts.put_artifact(bytes)
+    }
+    fn artifact_path(&self, sha256: &str) -> Result<std::path::PathBuf, tessera_store::StoreError> {
+        self.artifacts.artifact_path(sha256)
+    }
+    fn staging_dir(&self) -> std::path::PathBuf {
+        self.artifacts.staging_dir()
+    }
+    fn put_artifact_file(
+        &self,
+        path: &std::path::Path,
+        sha256: &str,
+    ) -> Result<(), tessera_store::StoreError> {
+        self.artifacts.put_artifact_file(path, sha256)
+    }
+}
+
+/// The cluster tests need a real server; `cargo xtask test` installs it.
+fn require_nats() {
+    assert!(
+        testing::available(),
+        "nats-server is not installed: run `cargo xtask test`, or `apt-get install -y nats-server`"
+    );
+}
+
+#[test]
+fn control_state_passes_the_conformance_suite() {
+    require_nats();
+    control_suite::run(|test| {
+        // A fresh server per test: an empty log and object store.
+        let server = NatsServer::start();
+        let cache = tempfile::tempdir().unwrap();
+        let backend = Backend::open(&server, "n1", cache.path());
+        test(&backend);
+    });
+}
+
+#[test]
+fn key_value_passes_the_conformance_suite() {
+    require_nats();
+    tessera_data::conformance::run_only(&["kv"], |test| {
+        let server = NatsServer::start();
+        let cluster = Cluster::connect(&config(&server, "n1")).unwrap();
+        let data = ClusterData::open(&cluster).unwrap();
+        test(&data);
+    });
+}
+
+#[test]
+fn two_nodes_share_one_control_state_and_read_their_own_writes() {
+    require_nats();
+    let server = NatsServer::start();
+    let cache = tempfile::tempdir().unwrap();
+    let a = Backend::open(&server, "a", cache.path());
+    let b = Backend::open(&server, "b", cache.path());
+    let b_changes = b.watch();
+    let sha = artifact(&a, "one");
+    deploy(&a, "shop", &[svc("web", &sha, &["/"])]);
+    // Read through the other node at once: it catches up before answering.
+    let seen = b.app("shop").unwrap().expect("node b sees the deploy");
+    assert_eq!(seen, a.app("shop").unwrap().unwrap());
+    assert!(b_changes.has_changed().unwrap());
+    // Its artifact is fetched from the object store into b's own cache, verified.
+    let path = b.artifact_path(&sha).unwrap();
+    assert!(path.starts_with(cache.path().join("b")));
+
+    // A route claimed through one node is refused through the other.
+    let err = b
+        .deploy("blog", &[svc("web", &sha, &["/"])], &Default::default())
+        .unwrap_err();
+    assert!(
+        matches!(err, tessera_store::StoreError::RouteConflict { .. }),
+        "{err:?}"
+    );
+
+    // Concurrent deploys of one app through both nodes: every one lands, none is lost,
+    // and revision ids stay unique.
+    std::thread::scope(|scope| {
+        for (node, backend) in [("a", &a), ("b", &b)] {
+            let sha = &sha;
+            scope.spawn(move || {
+                for i in 0..10 {
+                    let mut web = svc("web", sha, &["/"]);
+                    web.config.env = vec![("N".into(), format!("{node}{i}"))];
+                    deploy(backend, "shop", &[web]);
+                }
+            });
+        }
+    });
+    let web = tessera_store::conformance::service(&a, "shop", "web");
+    assert_eq!(web.revisions.last().unwrap().id, 21);
+    assert_eq!(web, tessera_store::conformance::service(&b, "shop", "web"));
+
+    // Secrets set through one node are read through the other.
+    a.set_secret("shop", "web", "TOKEN", "t").unwrap();
+    assert_eq!(
+        b.secrets("shop", "web").unwrap(),
+        [("TOKEN".into(), "t".into())]
+    );
+}
+
+#[test]
+fn a_node_that_joins_later_rebuilds_the_state_from_the_log() {
+    require_nats();
+    let server = NatsServer::start();
+    let cache = tempfile::tempdir().unwrap();
+    let a = Backend::open(&server, "a", cache.path());
+    let sha = artifact(&a, "one");
+    // More versions of one app than the log keeps per app.
+    for i in 0..(crate::setup::CONTROL_HISTORY + 6) {
+        let mut web = svc("web", &sha, &["/"]);
+        web.config.env = vec![("I".into(), i.to_string())];
+        deploy(&a, "shop", &[web]);
+    }
+    deploy(&a, "blog", &[svc("web", &sha, &["/blog"])]);
+    a.set_secret("blog", "web", "K", "v").unwrap();
+    assert!(a.remove_app("blog").unwrap());
+    let late = Backend::open(&server, "late", cache.path());
+    assert_eq!(late.apps().unwrap(), a.apps().unwrap());
+    assert_eq!(late.secrets("blog", "web").unwrap().len(), 1);
+    // It cannot tell which changes came before it joined.
+    assert!(late.changes(0).unwrap().gap);
+    // Revision ids continue after what the log dropped.
+    let out = deploy(
+        &late,
+        "shop",
+        &[svc("web", &artifact(&late, "two"), &["/"])],
+    );
+    assert_eq!(
+        out.created,
+        [("web".to_owned(), crate::setup::CONTROL_HISTORY as u32 + 7)]
+    );
+}
+
+#[test]
+fn registry_shows_nodes_up_and_a_silent_one_down_and_refuses_a_live_name() {
+    require_nats();
+    let server = NatsServer::start();
+    let loaded: Arc<dyn Fn() -> u64 + Send + Sync> = Arc::new(|| 3);
+    let join = |node: &str| {
+        let cluster = Cluster::connect(&config(&server, node)).unwrap();
+        let info = NodeInfo {
+            gateway: format!("{node}:3000"),
+            admin: format!("{node}:3001"),
+            version: "test".into(),
+            loaded: 0,
+        };
+        (
+            Registry::join(&cluster, info.clone(), loaded.clone()),
+            cluster,
+            info,
+        )
+    };
+    let (a, _ca, _) = join("a");
+    let a = a.unwrap();
+    let (b, cb, _) = join("b");
+    let b = b.unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let nodes = a.nodes().unwrap();
+    let names: Vec<&str> = nodes.iter().map(|(r, _)| r.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(nodes.iter().all(|(_, s)| *s == NodeState::Up), "{nodes:?}");
+    assert_eq!(nodes[1].0.info.gateway, "b:3000");
+    assert_eq!(nodes[1].0.info.loaded, 3);
+
+    // A second run under a live node's name is refused.
+    let (again, _, _) = join("b");
+    let err = again.err().expect("the name is held");
+    assert!(matches!(err, ClusterError::NodeNameTaken { .. }), "{err}");
+
+    // b falls silent (its heartbeat stops, as if killed): down within DOWN_AFTER + a beat.
+    drop(b);
+    drop(cb);
+    let silent = Instant::now();
+    loop {
+        let nodes = a.nodes().unwrap();
+        if let NodeState::Down { ago } = nodes[1].1 {
+            assert!(ago >= DOWN_AFTER);
+            break;
+        }
+        assert!(
+            silent.elapsed() < Duration::from_secs(5),
+            "b still up: {nodes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Its name can be taken again.
+    let (b, _cb2, _) = join("b");
+    b.expect("a dead node's name is taken over");
+}
