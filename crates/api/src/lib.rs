@@ -90,6 +90,7 @@ pub fn router(node: Node, telemetry: Telemetry, auth: Auth) -> Router {
         )
         .route(tessera_events::invocation::STATUS_ROUTE, get(invocation))
         .route("/v1/events", get(event_stats))
+        .route("/v1/nodes", get(list_nodes))
         .route("/v1/dead-letters", get(list_dead_letters))
         .route("/v1/dead-letters/{id}", get(show_dead_letter))
         .route("/v1/dead-letters/redrive", post(redrive))
@@ -177,6 +178,13 @@ async fn not_found() -> ApiError {
         "not_found",
         "no such endpoint; see /v1/openapi.json",
     )
+}
+
+async fn list_nodes(State(api): State<Api>) -> Result<Json<NodeList>, ApiError> {
+    let members = blocking(move || api.node.members()).await?;
+    Ok(Json(NodeList {
+        nodes: members.iter().map(NodeView::from).collect(),
+    }))
 }
 
 async fn list_apps(State(api): State<Api>) -> Result<Json<AppList>, ApiError> {

@@ -84,6 +84,9 @@ pub fn document() -> Value {
                 "EventStats": { "type": "object", "properties": { "subscriptions": { "type": "array", "items": { "type": "object", "properties": {
                     "id": { "type": "string" }, "active": { "type": "boolean" }, "ready": { "type": "integer" }, "in_flight": { "type": "integer" },
                     "retrying": { "type": "integer" }, "dead": { "type": "integer" }, "delivered": { "type": "integer" }, "retries": { "type": "integer" } } } } } },
+                "NodeList": { "type": "object", "properties": { "nodes": { "type": "array", "items": { "type": "object", "properties": {
+                    "name": { "type": "string" }, "state": { "type": "string", "enum": ["up", "down"] }, "last_seen_ms": { "type": "integer", "description": "how long before the freshest heartbeat this node's last one was" },
+                    "gateway": { "type": "string" }, "admin": { "type": "string" }, "version": { "type": "string" }, "loaded": { "type": "integer", "description": "revisions with code loaded" } } } } } },
                 "Message": { "type": "object", "properties": { "id": { "type": "string" }, "topic": { "type": "string" }, "source": { "type": "string" }, "type": { "type": "string" }, "time": { "type": "string" }, "content_type": { "type": "string", "nullable": true }, "data": { "type": "string" }, "size": { "type": "integer" } } },
                 "DeadLetter": { "type": "object", "properties": { "message": { "$ref": "#/components/schemas/Message" }, "attempts": { "type": "integer" }, "last_status": { "type": "integer" }, "last_error": { "type": "string" }, "failed_at": { "type": "string" } } },
                 "DeadLetterList": { "type": "object", "properties": { "subscription": { "type": "string" }, "dead_letters": { "type": "array", "items": { "$ref": "#/components/schemas/DeadLetter" } } } },
@@ -179,6 +182,9 @@ pub fn document() -> Value {
             "/v1/apps/{app}/services/{service}/invocations/{id}": {
                 "parameters": [app, service, param("id", "invocation id from the 202 answer")],
                 "get": { "summary": "an async invocation's state and result", "responses": { "200": json_response("the invocation", "Invocation"), "401": unauthorized, "404": error_response("unknown or expired") } }
+            },
+            "/v1/nodes": {
+                "get": { "summary": "every node that joined the cluster, up or down (outside a cluster: this node)", "responses": { "200": json_response("the nodes", "NodeList"), "401": unauthorized, "503": error_response("the cluster is unavailable") } }
             },
             "/v1/events": {
                 "get": { "summary": "delivery counts of every subscription", "responses": { "200": json_response("the counts", "EventStats"), "401": unauthorized } }

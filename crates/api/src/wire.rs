@@ -482,3 +482,38 @@ impl From<tessera_telemetry::LogEntry> for LogView {
 pub struct LogList {
     pub logs: Vec<LogView>,
 }
+
+/// `GET /v1/nodes`: every node that joined the cluster (one, this node, outside a cluster).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeList {
+    pub nodes: Vec<NodeView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: String,
+    /// `up` or `down`.
+    pub state: String,
+    /// How long before the freshest heartbeat this node's last one was, in milliseconds
+    /// (0 while up).
+    pub last_seen_ms: u64,
+    pub gateway: String,
+    pub admin: String,
+    pub version: String,
+    /// Revisions with code loaded now.
+    pub loaded: u64,
+}
+
+impl From<&tessera_node::Member> for NodeView {
+    fn from(m: &tessera_node::Member) -> Self {
+        NodeView {
+            name: m.name.clone(),
+            state: if m.up { "up" } else { "down" }.into(),
+            last_seen_ms: u64::try_from(m.last_seen.as_millis()).unwrap_or(u64::MAX),
+            gateway: m.gateway.clone(),
+            admin: m.admin.clone(),
+            version: m.version.clone(),
+            loaded: m.loaded,
+        }
+    }
+}

@@ -48,6 +48,12 @@ impl ObjectArtifacts {
 
     /// Whether the object store holds `sha256`.
     fn stored(&self, sha256: &str) -> Result<bool, StoreError> {
+        if !self.cluster.connected() {
+            return Err(unavailable(
+                "look up an artifact",
+                "this node is not connected to NATS",
+            ));
+        }
         let store = self.store.clone();
         let name = sha256.to_owned();
         self.cluster.bridge().run(async move {

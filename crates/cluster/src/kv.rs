@@ -153,6 +153,9 @@ impl ServiceKv {
                 "this service's data was deleted; the handle is closed".into(),
             ));
         }
+        if !self.cluster.connected() {
+            return Err(io("this node is not connected to NATS"));
+        }
         self.cluster.bridge().run(async move {
             tokio::time::timeout(REQUEST_TIMEOUT * 2, call)
                 .await

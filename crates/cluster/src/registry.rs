@@ -69,6 +69,8 @@ pub struct Registry {
     cluster: Cluster,
     store: kv::Store,
     record: Arc<Mutex<NodeRecord>>,
+    /// Wakes the heartbeat to write a changed record at once.
+    changed: Arc<tokio::sync::Notify>,
     heartbeat: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -106,11 +108,16 @@ impl Registry {
             cluster: cluster.clone(),
             store: store.clone(),
             record: Arc::new(Mutex::new(record)),
+            changed: Arc::new(tokio::sync::Notify::new()),
             heartbeat: Mutex::new(None),
         };
-        let task = cluster
-            .bridge()
-            .spawn(beat(store, registry.record.clone(), loaded, claimed));
+        let task = cluster.bridge().spawn(beat(
+            store,
+            registry.record.clone(),
+            registry.changed.clone(),
+            loaded,
+            claimed,
+        ));
         *registry.heartbeat.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         Ok(registry)
     }
@@ -118,10 +125,17 @@ impl Registry {
     /// Changes what the next heartbeats say (the listeners' addresses once bound).
     pub fn update(&self, change: impl FnOnce(&mut NodeInfo)) {
         change(&mut self.record.lock().unwrap_or_else(|e| e.into_inner()).info);
+        self.changed.notify_one();
     }
 
     /// Every node that joined, sorted by name, with its state.
     pub fn nodes(&self) -> Result<Vec<(NodeRecord, NodeState)>, StoreError> {
+        if !self.cluster.connected() {
+            return Err(StoreError::Unavailable {
+                action: "list the cluster's nodes".into(),
+                message: "this node is not connected to NATS".into(),
+            });
+        }
         let store = self.store.clone();
         let mut records = self
             .cluster
@@ -273,13 +287,17 @@ async fn claim(store: &kv::Store, record: &NodeRecord) -> Result<u64, ClusterErr
 async fn beat(
     store: kv::Store,
     record: Arc<Mutex<NodeRecord>>,
+    changed: Arc<tokio::sync::Notify>,
     loaded: Arc<dyn Fn() -> u64 + Send + Sync>,
     mut revision: u64,
 ) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = changed.notified() => {}
+        }
         let value = {
             let mut record = record.lock().unwrap_or_else(|e| e.into_inner());
             record.info.loaded = loaded();

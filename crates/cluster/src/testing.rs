@@ -44,6 +44,24 @@ impl NatsServer {
         server
     }
 
+    /// A single server without JetStream (for the start-up error).
+    pub fn start_without_jetstream() -> NatsServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let path = dir.path().join("plain.conf");
+        std::fs::write(&path, format!("listen: 127.0.0.1:{port}\n")).expect("write nats config");
+        let mut server = NatsServer {
+            child: None,
+            name: "plain".into(),
+            port,
+            cluster_port: 0,
+            config: path,
+            _dir: Some(dir),
+        };
+        server.spawn();
+        server
+    }
+
     fn configure(
         dir: &Path,
         name: &str,

@@ -138,6 +138,13 @@ pub struct ServiceRelease {
     pub migrations: Vec<Migration>,
 }
 
+/// The shared backends of a node: control state, artifacts, services' data.
+pub type Backends = (
+    Arc<dyn ControlState>,
+    Arc<dyn ArtifactStore>,
+    Arc<dyn DataBackend>,
+);
+
 /// Everything a node is made of, gathered before it is built, so a node is complete from
 /// its first routing table: its backends, its runtime (with the router for internal calls),
 /// its telemetry and its memory budget.
@@ -181,6 +188,21 @@ impl NodeBuilder {
     /// budget for loaded code from `TESSERA_MEMORY_BUDGET` (`512MiB`, `2GiB`, bytes) when
     /// that is set.
     pub fn embedded(data: &Path) -> Result<NodeBuilder, NodeError> {
+        NodeBuilder::local(data, |data| {
+            let store = Arc::new(ControlStore::open(data)?);
+            let service_data = Arc::new(EmbeddedData::new(data.join(SERVICE_DATA_DIR)));
+            Ok((store.clone(), store, service_data))
+        })
+    }
+
+    /// A node whose control state, artifacts and service data come from `backends`
+    /// (called with the data directory once it is locked; a cluster's shared backends, say)
+    /// and whose own files live in `data` as for [`NodeBuilder::embedded`]: the lock, the
+    /// compile cache and the event journal.
+    pub fn local(
+        data: &Path,
+        backends: impl FnOnce(&Path) -> Result<Backends, NodeError>,
+    ) -> Result<NodeBuilder, NodeError> {
         // First of all, so a second process touches none of the files.
         let dir_lock = lock_data_dir(data)?;
         let budget = match std::env::var(MEMORY_BUDGET_ENV) {
@@ -188,11 +210,10 @@ impl NodeBuilder {
                 .map_err(|m| NodeError::Invalid(format!("{MEMORY_BUDGET_ENV}: {m}")))?,
             _ => DEFAULT_MEMORY_BUDGET,
         };
-        let store = Arc::new(ControlStore::open(data)?);
-        let service_data = Arc::new(EmbeddedData::new(data.join(SERVICE_DATA_DIR)));
+        let (store, artifacts, service_data) = backends(data)?;
         let journal = Arc::new(EmbeddedJournal::open(&data.join(EVENTS_FILE))?);
         let mut builder =
-            NodeBuilder::new(store.clone(), store, service_data, journal).memory_budget(budget);
+            NodeBuilder::new(store, artifacts, service_data, journal).memory_budget(budget);
         builder.dir_lock = Some(dir_lock);
         builder.runtime.cache_dir = Some(data.join(COMPILED_DIR));
         Ok(builder)
@@ -269,6 +290,7 @@ impl NodeBuilder {
                 telemetry: ArcSwapOption::new(self.telemetry.map(Arc::new)),
                 reaper: Mutex::new(None),
                 watcher: Mutex::new(None),
+                membership: Mutex::new(None),
                 _dir_lock: self.dir_lock,
             }),
         };
@@ -307,8 +329,29 @@ struct NodeInner {
     reaper: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The task applying control changes made by anyone, once started.
     watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Who the node's peers are, once known.
+    membership: Mutex<Option<Arc<dyn Membership>>>,
     /// The exclusive lock on the data directory, held for the node's life (`Node::open`).
     _dir_lock: Option<std::fs::File>,
+}
+
+/// One node as `/v1/nodes` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub gateway: String,
+    pub admin: String,
+    pub version: String,
+    /// Revisions with code loaded.
+    pub loaded: u64,
+    pub up: bool,
+    /// How long before the freshest heartbeat this node's last one was (0 while up).
+    pub last_seen: std::time::Duration,
+}
+
+/// Where a node learns who its peers are: a cluster's registry, or just itself.
+pub trait Membership: Send + Sync {
+    fn members(&self) -> Result<Vec<Member>, NodeError>;
 }
 
 /// What successive routing tables share.
@@ -387,6 +430,34 @@ impl Node {
     /// The budget for loaded code, in bytes.
     pub fn memory_budget(&self) -> u64 {
         self.inner.residency.budget()
+    }
+
+    /// How many serving revisions have their code loaded now.
+    pub fn loaded_revisions(&self) -> u64 {
+        self.inner.residency.loaded()
+    }
+
+    /// Tells the node who its peers are (`/v1/nodes`); set once its listeners are bound.
+    pub fn set_membership(&self, membership: Arc<dyn Membership>) {
+        *self
+            .inner
+            .membership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(membership);
+    }
+
+    /// Every node sharing this one's state, this one included, sorted by name.
+    pub fn members(&self) -> Result<Vec<Member>, NodeError> {
+        let membership = self
+            .inner
+            .membership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match membership {
+            Some(membership) => membership.members(),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Bytes of compiled code loaded now, across every serving revision.
@@ -495,12 +566,27 @@ impl Node {
         // revision's first request only maps it.
         for service in services {
             let path = self.inner.artifacts.artifact_path(&service.sha256)?;
-            let (_, report) = self.inner.runtime.load_service_known(
+            let (loaded, report) = self.inner.runtime.load_service_known(
                 runtime_config(&service.name, &service.config, ServiceDataAccess::default()),
                 &path,
                 &service.sha256,
             )?;
             self.compile_cache(&report);
+            if !self.inner.data.sql_available()
+                && (loaded.imports_package("tessera:sql") || !service.config.migrations.is_empty())
+            {
+                return Err(NodeError::Invalid(format!(
+                    "service `{}` uses SQL ({}), which this node's data backend does not offer: \
+                     in cluster mode each service's SQL database is not replicated yet, so a \
+                     service that uses SQL runs on a single node (`tessera serve` without --cluster)",
+                    service.name,
+                    if service.config.migrations.is_empty() {
+                        "it imports tessera:sql"
+                    } else {
+                        "it declares migrations"
+                    }
+                )));
+            }
         }
         for release in releases {
             let name = &release.service.name;

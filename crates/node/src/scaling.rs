@@ -109,6 +109,14 @@ impl Residency {
             .sum()
     }
 
+    /// How many revisions have code loaded now.
+    pub(crate) fn loaded(&self) -> u64 {
+        self.lock()
+            .values()
+            .filter(|s| s.code_size.load(Ordering::Relaxed) > 0)
+            .count() as u64
+    }
+
     fn report(&self, cx: &Cx<'_>) {
         if let Some(telemetry) = cx.telemetry {
             telemetry.set_code_memory(self.used(), self.budget());

@@ -376,7 +376,13 @@ impl Runtime {
             let range = component.image_range();
             (range.end as usize).saturating_sub(range.start as usize)
         };
+        let imports = component
+            .component_type()
+            .imports(component.engine())
+            .map(|(name, _)| name.to_owned())
+            .collect();
         let service = Service {
+            imports,
             inner: Arc::new(invoke::ServiceInner::new(
                 config,
                 hash,
@@ -422,9 +428,19 @@ pub fn is_component(bytes: &[u8]) -> bool {
 #[derive(Clone)]
 pub struct Service {
     inner: Arc<invoke::ServiceInner>,
+    /// The interfaces the component imports (`tessera:sql/sql@0.1.0`, ...).
+    imports: Arc<[String]>,
 }
 
 impl Service {
+    /// Whether the component imports an interface of this package (`tessera:sql`), in
+    /// any version.
+    pub fn imports_package(&self, package: &str) -> bool {
+        self.imports
+            .iter()
+            .any(|name| name.split('/').next() == Some(package))
+    }
+
     pub fn name(&self) -> &str {
         &self.inner.config.name
     }

@@ -42,6 +42,8 @@ enum Command {
     Publish(commands::control::PublishArgs),
     /// Show every subscription's queue depth, in-flight, retried and dead-lettered counts.
     Events(commands::control::EventsArgs),
+    /// List the nodes of the cluster (up, or down and since when) and what each has loaded.
+    Nodes(commands::control::NodesArgs),
     /// Dead-letter queues: `dlq ls|show|redrive SUBSCRIPTION [ID...]`.
     Dlq(commands::control::DlqArgs),
     /// Show an async invocation's state and result.
@@ -78,6 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Secret(args) => commands::control::secret(args),
         Command::Publish(args) => commands::control::publish(args),
         Command::Events(args) => commands::control::events(args),
+        Command::Nodes(args) => commands::control::nodes(args),
         Command::Dlq(args) => commands::control::dlq(args),
         Command::Invocation(args) => commands::control::invocation(args),
         Command::Logs(args) => commands::control::logs(args),

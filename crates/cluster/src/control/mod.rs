@@ -156,6 +156,9 @@ impl JetStreamControl {
     /// Catches up for a read; when the cluster cannot be reached, the read answers from
     /// what this node has.
     fn sync_for_read(&self) {
+        if !self.cluster.connected() {
+            return;
+        }
         if let Err(error) = self.sync() {
             tracing::warn!(%error, "answering from this node's copy of the control state");
         }
@@ -169,6 +172,13 @@ impl JetStreamControl {
         plan: impl Fn(&Projection) -> Result<Planned<T>, StoreError>,
     ) -> Result<T, StoreError> {
         let _write = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        // Fail at once rather than after a timeout when the link is known to be down.
+        if !self.cluster.connected() {
+            return Err(StoreError::Unavailable {
+                action: action.to_owned(),
+                message: "this node is not connected to NATS".into(),
+            });
+        }
         let op = operation_id(self.cluster.node());
         for _ in 0..MAX_ATTEMPTS {
             let (expected, planned) = {

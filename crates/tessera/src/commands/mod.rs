@@ -1,5 +1,6 @@
 //! One module per subcommand, plus what they share.
 
+pub mod cluster;
 pub mod control;
 pub mod serve;
 pub mod source;

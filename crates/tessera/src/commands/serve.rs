@@ -38,6 +38,15 @@ pub struct ServeArgs {
     /// machine's memory.
     #[arg(long, env = "TESSERA_INSTANCE_MEMORY", value_name = "SIZE", value_parser = super::parse_size_arg)]
     instance_memory: Option<u64>,
+    /// Join a cluster: the NATS JetStream servers that hold the shared state
+    /// (`nats://host:4222`, comma-separated). Without it the node keeps everything in
+    /// its data directory.
+    #[arg(long, env = "TESSERA_CLUSTER", value_name = "URL[,URL...]")]
+    cluster: Option<String>,
+    /// This node's name in the cluster, unique among live nodes (default: the host
+    /// name).
+    #[arg(long, env = "TESSERA_NODE", requires = "cluster")]
+    node: Option<String>,
     #[command(flatten)]
     connections: super::ListenArgs,
 }
@@ -54,7 +63,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
     )?;
     let telemetry = Telemetry::new(TelemetryConfig::default());
-    let node = NodeBuilder::embedded(&args.data)
+    let (builder, joined) = match &args.cluster {
+        Some(urls) => {
+            let name = args
+                .node
+                .clone()
+                .unwrap_or_else(super::cluster::default_node_name);
+            let (builder, joined) = super::cluster::join(&args.data, urls, &name)?;
+            (Ok(builder), Some(joined))
+        }
+        None => (NodeBuilder::embedded(&args.data), None),
+    };
+    let node = builder
         .and_then(|builder| {
             builder
                 .runtime(RuntimeConfig {
@@ -82,6 +102,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             gateway,
             admin,
             allow_private_callbacks,
+            joined,
         },
     )
 }
@@ -92,6 +113,8 @@ pub struct Listeners {
     pub admin: ListenerConfig,
     /// Whether callbacks may go to private addresses (never to these listeners).
     pub allow_private_callbacks: bool,
+    /// The node's cluster membership, when it joined one.
+    pub joined: Option<super::cluster::Joined>,
 }
 
 /// Serves a node's gateway and control API until SIGINT/SIGTERM, then drains both.
@@ -120,6 +143,15 @@ pub fn run_node(
             allow_private: listeners.allow_private_callbacks,
             own: vec![gateway.local_addr()?, admin.local_addr()?],
         });
+        match &listeners.joined {
+            Some(joined) => joined.serving(&node, gateway.local_addr()?, admin.local_addr()?),
+            None => node.set_membership(Arc::new(super::cluster::LocalMembership {
+                node: node.clone(),
+                name: tessera_events::DEFAULT_OWNER.to_owned(),
+                gateway: gateway.local_addr()?,
+                admin: admin.local_addr()?,
+            })),
+        }
         node.start_events();
         tracing::info!("gateway listening on http://{}", gateway.local_addr()?);
 
@@ -164,6 +196,9 @@ pub fn run_node(
         // Deliveries still in flight finish (bounded); unfinished ones are retried after
         // the next start, since they were never acknowledged.
         node.stop_events().await;
+        if let Some(joined) = &listeners.joined {
+            joined.leave();
+        }
         api.context("control API failed")?;
         public.context("gateway failed")?;
         anyhow::Ok(())

@@ -129,6 +129,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             gateway,
             admin,
             allow_private_callbacks: args.connections.allow_private_callbacks,
+            joined: None,
         },
     )
 }

@@ -3,6 +3,7 @@
 //! `cargo xtask guests`.
 
 mod bad_input;
+mod cluster;
 mod data;
 mod deployments;
 mod events;

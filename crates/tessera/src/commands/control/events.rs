@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::Value;
 use tessera_api::client::{ClientError, Payload, encode};
 use tessera_api::{
-    AppList, DeadLetterList, DeadLetterView, EventStats, InvocationView, PublishResult,
+    AppList, DeadLetterList, DeadLetterView, EventStats, InvocationView, NodeList, PublishResult,
     RedriveRequest, Redriven,
 };
 
@@ -114,6 +114,33 @@ pub fn events(args: EventsArgs) -> anyhow::Result<()> {
         println!(
             "{:<48} {:>7} {:>9} {:>8} {:>6} {:>10} {:>8}",
             name, s.ready, s.in_flight, s.retrying, s.dead, s.delivered, s.retries
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    remote: Remote,
+}
+
+pub fn nodes(args: NodesArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.remote)?;
+    let list: NodeList = client.call(Method::GET, "/v1/nodes", None)?;
+    println!(
+        "{:<24} {:<18} {:<22} {:<22} {:<10} {:>6}",
+        "NODE", "STATE", "GATEWAY", "ADMIN", "VERSION", "LOADED"
+    );
+    for n in &list.nodes {
+        let state = if n.state == "up" {
+            "up".to_owned()
+        } else {
+            format!("down ({}s ago)", n.last_seen_ms.div_ceil(1000))
+        };
+        println!(
+            "{:<24} {:<18} {:<22} {:<22} {:<10} {:>6}",
+            n.name, state, n.gateway, n.admin, n.version, n.loaded
         );
     }
     Ok(())

@@ -19,7 +19,8 @@ pub use apps::{
     rollback, traffic,
 };
 pub use events::{
-    DlqArgs, EventsArgs, InvocationArgs, PublishArgs, dlq, events, invocation, publish,
+    DlqArgs, EventsArgs, InvocationArgs, NodesArgs, PublishArgs, dlq, events, invocation, nodes,
+    publish,
 };
 pub use logs::{LogsArgs, logs};
 pub use secrets::{SecretArgs, secret};
