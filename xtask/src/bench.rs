@@ -4,6 +4,7 @@
 //! child processes on free loopback ports and are always killed when the harness ends.
 
 mod client;
+pub mod cluster;
 pub mod data;
 pub mod events;
 pub mod polyglot;

@@ -48,6 +48,12 @@ commands:
                           compile, serve them all from one `tessera up`, time first,
                           warm and cold requests side by side, and update BENCHMARKS.md
                           (default: 20 cold and 500 warm requests, all five languages)
+  bench-cluster [--deploys N] [--ops N] [--duration SECS] [--connections N]
+                          three cluster nodes on three NATS servers and one embedded
+                          node: deploy-to-served-everywhere over N deploys, key-value
+                          get/set/increment embedded vs cluster, hello req/s of a
+                          cluster node vs the embedded node, and a joining node's first
+                          request; update BENCHMARKS.md (default: 20, 2000, 8 s, 32)
   help                    print this message";
 
 fn main() -> ExitCode {
@@ -90,6 +96,7 @@ fn run() -> Result<()> {
         }
         "bench" => bench::run(&rest),
         "bench-data" => bench::data::run(&rest),
+        "bench-cluster" => bench::cluster::run(&rest),
         "bench-scale" => bench::scale::run(&rest),
         "bench-polyglot" => bench::polyglot::run(&rest),
         // Hidden: `bench-polyglot` times Wasmtime's compile of each component in-process in

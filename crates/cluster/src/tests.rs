@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tessera_data::DataBackend;
 use tessera_store::conformance::{self as control_suite, artifact, deploy, svc};
 use tessera_store::{ArtifactStore, ControlState};
 
@@ -311,4 +312,137 @@ fn registry_shows_nodes_up_and_a_silent_one_down_and_refuses_a_live_name() {
     // Its name can be taken again.
     let (b, _cb2, _) = join("b");
     b.expect("a dead node's name is taken over");
+}
+
+/// The name of the server leading `stream`.
+fn leader_of(cluster: &Cluster, stream: &str) -> String {
+    let js = cluster.js();
+    let stream = stream.to_owned();
+    cluster.bridge().run(async move {
+        let mut s = js.get_stream(&stream).await.unwrap();
+        s.info()
+            .await
+            .unwrap()
+            .cluster
+            .clone()
+            .unwrap()
+            .leader
+            .unwrap_or_default()
+    })
+}
+
+#[test]
+fn killing_the_leading_nats_server_loses_no_acknowledged_write() {
+    require_nats();
+    let mut nats = crate::testing::NatsCluster::start();
+    let urls: Vec<String> = nats.servers.iter().map(NatsServer::url).collect();
+    let join = |node: &str| {
+        Cluster::connect(&ClusterConfig {
+            urls: urls.clone(),
+            node: node.into(),
+            replicas: None,
+        })
+        .unwrap()
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let (ca, cb) = (join("a"), join("b"));
+    assert_eq!(ca.replicas(), 3);
+    let open = |cluster: &Cluster, node: &str| {
+        let artifacts = Arc::new(ObjectArtifacts::open(cluster, cache.path().join(node)).unwrap());
+        let control = JetStreamControl::open(cluster, artifacts).unwrap();
+        let data = ClusterData::open(cluster).unwrap();
+        (control, data)
+    };
+    let (control_a, data_a) = open(&ca, "a");
+    let (control_b, data_b) = open(&cb, "b");
+    let leader = leader_of(&ca, crate::setup::CONTROL_STREAM);
+    let kv_leader = leader_of(&ca, &format!("KV_{}", crate::setup::KV_BUCKET));
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let started = Instant::now();
+    // Each writer records what was acknowledged and the longest stretch without an ack.
+    let write = |node: &str, control: &JetStreamControl, data: &ClusterData| {
+        let kv = data.open_service("shop", node).unwrap().kv;
+        let (mut acked_keys, mut acked_secrets) = (Vec::new(), Vec::new());
+        let mut acks = Vec::new();
+        let mut i = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            i += 1;
+            let key = format!("k{i}");
+            if kv.set("default", &key, key.as_bytes()).is_ok() {
+                acked_keys.push(key);
+                acks.push(started.elapsed());
+            }
+            if i.is_multiple_of(5) {
+                let name = format!("S{i}");
+                if control.set_secret("shop", node, &name, "v").is_ok() {
+                    acked_secrets.push(name);
+                }
+            }
+        }
+        (acked_keys, acked_secrets, acks)
+    };
+    let (a, b, killed) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| write("a", &control_a, &data_a));
+        let b = scope.spawn(|| write("b", &control_b, &data_b));
+        std::thread::sleep(Duration::from_secs(2));
+        let victim = nats
+            .servers
+            .iter_mut()
+            .find(|s| s.name == leader)
+            .expect("the leader is one of ours");
+        victim.kill();
+        let killed = started.elapsed();
+        std::thread::sleep(Duration::from_secs(12));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        (a.join().unwrap(), b.join().unwrap(), killed)
+    });
+    // How long after the kill each writer's next write was acknowledged.
+    let resumed = |acks: &[Duration]| {
+        acks.iter()
+            .find(|at| **at > killed)
+            .map(|at| *at - killed)
+            .expect("writes resumed after the kill")
+    };
+    eprintln!(
+        "killed {leader} (control leader; KV leader was {kv_leader}) at {killed:?}; \
+         a: {} keys, {} secrets acknowledged, first write after the kill {:?}; \
+         b: {} keys, {} secrets, first write after the kill {:?}",
+        a.0.len(),
+        a.1.len(),
+        resumed(&a.2),
+        b.0.len(),
+        b.1.len(),
+        resumed(&b.2)
+    );
+    // Writes resumed after the election.
+    for (node, (keys, _, _)) in [("a", &a), ("b", &b)] {
+        assert!(keys.len() > 20, "node {node} wrote almost nothing");
+    }
+    // Every acknowledged write survives, read through the other node.
+    for (node, (keys, secrets, _), reader, control) in [
+        ("a", &a, &data_b, &control_b),
+        ("b", &b, &data_a, &control_a),
+    ] {
+        let kv = reader.open_service("shop", node).unwrap().kv;
+        for key in keys {
+            assert_eq!(
+                kv.get("default", key).unwrap().as_deref(),
+                Some(key.as_bytes()),
+                "acknowledged key {key} of {node} lost"
+            );
+        }
+        let stored: std::collections::BTreeSet<String> = control
+            .secret_names("shop", node)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        for name in secrets {
+            assert!(
+                stored.contains(name),
+                "acknowledged secret {name} of {node} lost"
+            );
+        }
+    }
 }

@@ -34,13 +34,21 @@ impl Connection {
 
     /// `GET path`, leaving the connection open for the next request.
     pub fn get(&mut self, path: &str) -> io::Result<Reply> {
+        self.send("GET", path, b"")
+    }
+
+    /// `METHOD path` with `body`, leaving the connection open for the next request.
+    pub fn send(&mut self, method: &str, path: &str, body: &[u8]) -> io::Result<Reply> {
         // One write per request: with TCP_NODELAY a request split over several writes
         // could go out as several packets.
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUser-Agent: xtask-bench\r\n\r\n",
-            self.port
-        );
-        self.reader.get_mut().write_all(request.as_bytes())?;
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUser-Agent: xtask-bench\r\nContent-Length: {}\r\n\r\n",
+            self.port,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        self.reader.get_mut().write_all(&request)?;
         read_response(&mut self.reader)
     }
 
@@ -71,6 +79,7 @@ fn read_response(reader: &mut impl BufRead) -> io::Result<Reply> {
         .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
     let mut length = None;
     let mut chunked = false;
+    let mut revision = None;
     loop {
         let line = read_line(reader)?;
         if line.is_empty() {
@@ -88,6 +97,8 @@ fn read_response(reader: &mut impl BufRead) -> io::Result<Reply> {
             );
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = value.eq_ignore_ascii_case("chunked");
+        } else if name.eq_ignore_ascii_case("x-tessera-revision") {
+            revision = Some(value.to_owned());
         }
     }
     let body = match (chunked, length) {
@@ -104,7 +115,11 @@ fn read_response(reader: &mut impl BufRead) -> io::Result<Reply> {
             body
         }
     };
-    Ok(Reply { status, body })
+    Ok(Reply {
+        status,
+        body,
+        revision,
+    })
 }
 
 fn read_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {

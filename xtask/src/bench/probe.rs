@@ -21,6 +21,8 @@ const SEQUENTIAL_REQUESTS: usize = 50;
 pub struct Reply {
     pub status: u16,
     pub body: Vec<u8>,
+    /// The `x-tessera-revision` header: which revision answered.
+    pub revision: Option<String>,
 }
 
 /// What one server start looked like from a client's point of view.
@@ -152,19 +154,28 @@ fn parse_response(raw: &[u8]) -> Result<Reply, String> {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let chunked = lines.any(|line| {
-        line.split_once(':').is_some_and(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("transfer-encoding")
-                && value.trim().eq_ignore_ascii_case("chunked")
-        })
-    });
+    let (mut chunked, mut revision) = (false, None);
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            let (name, value) = (name.trim(), value.trim());
+            if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.eq_ignore_ascii_case("chunked");
+            } else if name.eq_ignore_ascii_case("x-tessera-revision") {
+                revision = Some(value.to_owned());
+            }
+        }
+    }
     let body = &raw[header_end + 4..];
     let body = if chunked {
         decode_chunked(body)?
     } else {
         body.to_vec()
     };
-    Ok(Reply { status, body })
+    Ok(Reply {
+        status,
+        body,
+        revision,
+    })
 }
 
 fn decode_chunked(mut data: &[u8]) -> Result<Vec<u8>, String> {

@@ -34,6 +34,8 @@ use state::{Entry, Planned, Projection};
 const MAX_ATTEMPTS: usize = 64;
 /// How long a read waits for the projection to catch up with the stream leader.
 const CATCH_UP: Duration = Duration::from_secs(5);
+/// How long the log's consumer may stay quiet before it is checked against the stream.
+const STALL_CHECK: Duration = Duration::from_secs(1);
 
 /// The cluster's control state. Cheap to share behind an `Arc`; one per node.
 pub struct JetStreamControl {
@@ -153,15 +155,15 @@ impl JetStreamControl {
         self.wait_applied(last, "catch up with the control log")
     }
 
-    /// Catches up for a read; when the cluster cannot be reached, the read answers from
-    /// what this node has.
-    fn sync_for_read(&self) {
+    /// Catches up for a read. When this node is cut off from NATS the read answers from
+    /// what it has; when NATS is reachable but the log cannot be caught up with, the read
+    /// fails rather than answer something older than a write the caller already saw.
+    fn sync_for_read(&self) -> Result<(), StoreError> {
         if !self.cluster.connected() {
-            return;
+            tracing::debug!("not connected to NATS: answering from this node's copy");
+            return Ok(());
         }
-        if let Err(error) = self.sync() {
-            tracing::warn!(%error, "answering from this node's copy of the control state");
-        }
+        self.sync()
     }
 
     /// Runs a transaction: computes it against the projection and commits its document
@@ -258,9 +260,9 @@ impl JetStreamControl {
         })
     }
 
-    fn read<T>(&self, read: impl FnOnce(&Projection) -> T) -> T {
-        self.sync_for_read();
-        read(&self.shared.projection())
+    fn read<T>(&self, read: impl FnOnce(&Projection) -> T) -> Result<T, StoreError> {
+        self.sync_for_read()?;
+        Ok(read(&self.shared.projection()))
     }
 }
 
@@ -308,7 +310,22 @@ async fn follow_from(
         })
         .await?;
     let mut messages = consumer.messages().await?;
-    while let Some(message) = messages.next().await {
+    loop {
+        let next = match tokio::time::timeout(STALL_CHECK, messages.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                // Quiet: fine if nothing was committed, a stalled consumer (its server
+                // lost, a leader elected) if the log moved on without it.
+                let stream =
+                    tokio::time::timeout(REQUEST_TIMEOUT, js.get_stream(CONTROL_STREAM)).await??;
+                let last = stream.cached_info().state.last_sequence;
+                if last > shared.projection().last {
+                    return Err(format!("consumer stalled behind sequence {last}").into());
+                }
+                continue;
+            }
+        };
+        let Some(message) = next else { break };
         let message = message?;
         let seq = message.info()?.stream_sequence;
         shared.apply(seq, &message.payload);
@@ -344,11 +361,11 @@ impl ControlState for JetStreamControl {
     }
 
     fn apps(&self) -> Result<Vec<AppState>, StoreError> {
-        Ok(self.read(Projection::apps))
+        self.read(Projection::apps)
     }
 
     fn app(&self, name: &str) -> Result<Option<AppState>, StoreError> {
-        Ok(self.read(|p| p.app(name)))
+        self.read(|p| p.app(name))
     }
 
     fn deploy(
@@ -418,21 +435,21 @@ impl ControlState for JetStreamControl {
     }
 
     fn secret_names(&self, app: &str, service: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        Ok(self.read(|p| {
+        self.read(|p| {
             p.secrets(app, service)
                 .into_iter()
                 .map(|(name, _, at)| (name, at))
                 .collect()
-        }))
+        })
     }
 
     fn secrets(&self, app: &str, service: &str) -> Result<Vec<(String, String)>, StoreError> {
-        Ok(self.read(|p| {
+        self.read(|p| {
             p.secrets(app, service)
                 .into_iter()
                 .map(|(name, value, _)| (name, value))
                 .collect()
-        }))
+        })
     }
 
     fn purge_secrets(&self, app: &str) -> Result<(), StoreError> {
