@@ -1,10 +1,13 @@
-//! [`ClusterData`]: services' key-value data in the JetStream KV bucket `TESSERA_KV`.
+//! [`ClusterData`]: services' key-value data in JetStream KV buckets `TESSERA_KV_00` to
+//! `TESSERA_KV_15` (a service's keys all in one, chosen by a hash of its app and name).
 //!
 //! A key lives under `<app>.<service>.<bucket>.<key>`, each part one token of the
 //! order-preserving encoding ([`crate::encode_token`]), so a service's handle can only
 //! form its own subjects and listing one bucket's subjects lists its keys in byte order.
 //! A key's version is its JetStream revision (the stream sequence of its last write):
-//! it changes on every write and never returns to an earlier value. Reads go to the stream
+//! it changes on every write and never returns to an earlier value. Compare-and-swap and
+//! `increment` are conditional writes of [`crate::cas`] (the KV's own revision check is
+//! not safe under concurrency on a 2.9 cluster). Reads go to the stream
 //! leader (the bucket has no direct gets), so a write acknowledged through one node is
 //! read through every other.
 //!
@@ -27,11 +30,8 @@ use tessera_data::{
     SqlDatabase, SqlError, SqlValue, Statement, limits,
 };
 
-use crate::setup::KV_BUCKET;
+use crate::setup::{KV_SHARDS, kv_bucket};
 use crate::{Cluster, REQUEST_TIMEOUT, decode_token, encode_token};
-
-/// How often `increment` reads and swaps again when other writers keep winning.
-const INCREMENT_ATTEMPTS: usize = 10_000;
 
 /// A service's handles, and the flag that closes them when its app's data is deleted.
 type OpenService = (ServiceData, Arc<AtomicBool>);
@@ -39,24 +39,30 @@ type OpenService = (ServiceData, Arc<AtomicBool>);
 /// The data backend of a cluster node: key-value data shared by every node; no SQL yet.
 pub struct ClusterData {
     cluster: Cluster,
-    store: kv::Store,
+    shards: Vec<kv::Store>,
     open: Mutex<HashMap<(String, String), OpenService>>,
 }
 
 impl ClusterData {
     pub fn open(cluster: &Cluster) -> Result<ClusterData, DataError> {
         let js = cluster.js();
-        let store = cluster
+        let shards = cluster
             .bridge()
-            .run(async move { js.get_key_value(KV_BUCKET).await })
+            .run(async move {
+                let mut shards = Vec::with_capacity(KV_SHARDS);
+                for i in 0..KV_SHARDS {
+                    shards.push(js.get_key_value(kv_bucket(i)).await?);
+                }
+                Ok::<_, async_nats::jetstream::context::KeyValueError>(shards)
+            })
             .map_err(|e| DataError::Open {
                 app: String::new(),
                 service: String::new(),
-                message: format!("cannot open the cluster's key-value bucket: {e}"),
+                message: format!("cannot open the cluster's key-value buckets: {e}"),
             })?;
         Ok(ClusterData {
             cluster: cluster.clone(),
-            store,
+            shards,
             open: Mutex::new(HashMap::new()),
         })
     }
@@ -73,7 +79,7 @@ impl DataBackend for ClusterData {
         let data = ServiceData {
             kv: Arc::new(ServiceKv {
                 cluster: self.cluster.clone(),
-                store: self.store.clone(),
+                store: self.shards[shard_of(app, service)].clone(),
                 prefix: format!(
                     "{}.{}.",
                     encode_token(app.as_bytes()),
@@ -97,16 +103,20 @@ impl DataBackend for ClusterData {
                 a != app
             });
         }
-        let stream = self.store.stream.clone();
-        let filter = format!("$KV.{KV_BUCKET}.{}.>", encode_token(app.as_bytes()));
+        let shards = self.shards.clone();
+        let app_token = encode_token(app.as_bytes());
         self.cluster
             .bridge()
             .run(async move {
-                tokio::time::timeout(REQUEST_TIMEOUT, stream.purge().filter(filter))
-                    .await
-                    .map_err(|_| "timed out".to_owned())?
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                // The app's services may be in any shard.
+                for store in shards {
+                    let filter = format!("$KV.{}.{app_token}.>", store.name);
+                    tokio::time::timeout(REQUEST_TIMEOUT, store.stream.purge().filter(filter))
+                        .await
+                        .map_err(|_| "timed out".to_owned())?
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
             })
             .map_err(|message| DataError::Purge {
                 app: app.to_owned(),
@@ -117,6 +127,17 @@ impl DataBackend for ClusterData {
     fn sql_available(&self) -> bool {
         false
     }
+}
+
+/// The shard holding a service's keys: FNV-1a of `app/service`, stable across nodes
+/// and releases.
+fn shard_of(app: &str, service: &str) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in app.bytes().chain([b'/']).chain(service.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % KV_SHARDS as u64) as usize
 }
 
 /// One service's keys.
@@ -139,6 +160,14 @@ impl ServiceKv {
             self.prefix,
             encode_token(bucket.as_bytes()),
             encode_token(key.as_bytes())
+        )
+    }
+
+    /// The stream and full subject of a key, for conditional writes.
+    fn conditional(&self, bucket: &str, key: &str) -> (String, String) {
+        (
+            self.store.stream_name.clone(),
+            format!("$KV.{}.{}", self.store.name, self.key(bucket, key)),
         )
     }
 
@@ -231,20 +260,21 @@ impl KvStore for ServiceKv {
 
     fn increment(&self, bucket: &str, key: &str, delta: i64) -> Result<i64, KvError> {
         limits::check_key(key)?;
-        let store = self.store.clone();
-        let subject = self.key(bucket, key);
+        let js = self.cluster.js();
+        let (stream, subject) = self.conditional(bucket, key);
         let shown = key.to_owned();
         self.run(async move {
-            for _ in 0..INCREMENT_ATTEMPTS {
-                let current = read(&store, subject.clone()).await?;
-                let next =
-                    limits::next_counter(&shown, current.as_ref().map(|(v, _)| &v[..]), delta)?;
-                let value = Bytes::from(next.to_string());
-                if swap(&store, &subject, current.map(|(_, r)| r), value).await? {
-                    return Ok(next);
-                }
-            }
-            Err(io("too many concurrent writers on one key"))
+            let mut next = 0;
+            crate::cas::write_if(&js, &stream, &subject, io, |current| {
+                let value = current.and_then(|c| c.value.as_deref());
+                next = limits::next_counter(&shown, value, delta)?;
+                Ok(Some(crate::cas::Write {
+                    payload: Bytes::from(next.to_string()),
+                    headers: Default::default(),
+                }))
+            })
+            .await?;
+            Ok(next)
         })
     }
 
@@ -257,10 +287,10 @@ impl KvStore for ServiceKv {
     ) -> Result<bool, KvError> {
         limits::check_key(key)?;
         limits::check_value(key, value)?;
-        let store = self.store.clone();
-        let subject = self.key(bucket, key);
+        let js = self.cluster.js();
+        let (stream, subject) = self.conditional(bucket, key);
         let value = Bytes::copy_from_slice(value);
-        self.run(async move { swap(&store, &subject, expected, value).await })
+        self.run(async move { swap(&js, &stream, &subject, expected, value).await })
     }
 
     fn get_many(&self, bucket: &str, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
@@ -312,23 +342,21 @@ impl KvStore for ServiceKv {
 /// Writes `value` only if the key is still at revision `expected` (`None`: absent or
 /// deleted). `Ok(false)` if someone wrote it meanwhile.
 async fn swap(
-    store: &kv::Store,
+    js: &async_nats::jetstream::Context,
+    stream: &str,
     subject: &str,
     expected: Option<u64>,
     value: Bytes,
 ) -> Result<bool, KvError> {
-    match expected {
-        None => match store.create(subject, value).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(io(e)),
-        },
-        Some(revision) => match store.update(subject, value, revision).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
-            Err(e) => Err(io(e)),
-        },
-    }
+    let written = crate::cas::write_if(js, stream, subject, io, |current| {
+        let live = current.filter(|c| c.value.is_some()).map(|c| c.seq);
+        Ok((live == expected).then(|| crate::cas::Write {
+            payload: value.clone(),
+            headers: Default::default(),
+        }))
+    })
+    .await?;
+    Ok(written.is_some())
 }
 
 /// Every live key under `prefix` (encoded, ending in `.`), decoded, unsorted: the newest
@@ -338,7 +366,7 @@ async fn list(
     store: &kv::Store,
     prefix: String,
 ) -> Result<Vec<String>, KvError> {
-    let full = format!("$KV.{KV_BUCKET}.{prefix}");
+    let full = format!("$KV.{}.{prefix}", store.name);
     let consumer = store
         .stream
         .create_consumer(consumer::push::OrderedConfig {

@@ -22,6 +22,7 @@
 
 mod artifacts;
 mod bridge;
+mod cas;
 mod control;
 mod error;
 mod kv;

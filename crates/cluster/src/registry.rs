@@ -102,7 +102,8 @@ impl Registry {
         let claimed = cluster.bridge().run({
             let store = store.clone();
             let record = record.clone();
-            async move { claim(&store, &record).await }
+            let js = cluster.js();
+            async move { claim(&js, &store, &record).await }
         })?;
         let registry = Registry {
             cluster: cluster.clone(),
@@ -205,7 +206,11 @@ impl Drop for Registry {
 
 /// Takes the name: creates the record, or takes over one that is stopped or stays
 /// unchanged for [`DOWN_AFTER`]. Returns the revision written.
-async fn claim(store: &kv::Store, record: &NodeRecord) -> Result<u64, ClusterError> {
+async fn claim(
+    js: &async_nats::jetstream::Context,
+    store: &kv::Store,
+    record: &NodeRecord,
+) -> Result<u64, ClusterError> {
     let value = Bytes::from(serde_json::to_vec(record).expect("records serialise"));
     let setup = |e: &dyn std::fmt::Display| ClusterError::Setup {
         what: format!("the registration of node `{}`", record.name),
@@ -225,21 +230,12 @@ async fn claim(store: &kv::Store, record: &NodeRecord) -> Result<u64, ClusterErr
                 (!held.stopped).then_some((e.revision, held))
             });
         let Some((revision, held)) = live else {
-            let written = match entry {
-                None => store
-                    .create(record.name.as_str(), value.clone())
-                    .await
-                    .map_err(|e| setup(&e)),
-                Some(e) => store
-                    .update(record.name.as_str(), value.clone(), e.revision)
-                    .await
-                    .map_err(|e| setup(&e)),
-            };
-            match written {
-                Ok(revision) => return Ok(revision),
+            let expected = entry.map(|e| e.revision);
+            match take(js, store, &record.name, expected, value.clone()).await {
+                Ok(Some(revision)) => return Ok(revision),
                 // Someone else claimed it meanwhile: look again.
-                Err(_) if started.elapsed() < DOWN_AFTER * 3 => continue,
-                Err(e) => return Err(e),
+                Ok(None) => continue,
+                Err(e) => return Err(setup(&e)),
             }
         };
         // Watch the record for a while: a live node rewrites it every heartbeat.
@@ -271,14 +267,39 @@ async fn claim(store: &kv::Store, record: &NodeRecord) -> Result<u64, ClusterErr
             }
         }
         // Unchanged for longer than a node may be silent: its node is dead.
-        match store
-            .update(record.name.as_str(), value.clone(), revision)
-            .await
-        {
-            Ok(revision) => return Ok(revision),
-            Err(_) => continue,
+        match take(js, store, &record.name, Some(revision), value.clone()).await {
+            Ok(Some(revision)) => return Ok(revision),
+            Ok(None) => continue,
+            Err(e) => return Err(setup(&e)),
         }
     }
+}
+
+/// Writes the record of `name` only if its newest message is still `expected` (`None`:
+/// there is none), as a conditional write that holds on a 2.9 cluster.
+async fn take(
+    js: &async_nats::jetstream::Context,
+    store: &kv::Store,
+    name: &str,
+    expected: Option<u64>,
+    value: Bytes,
+) -> Result<Option<u64>, String> {
+    let subject = format!("{}{name}", store.prefix);
+    crate::cas::write_if(
+        js,
+        &store.stream_name,
+        &subject,
+        |e| e,
+        |current| {
+            Ok(
+                (current.map(|c| c.seq) == expected).then(|| crate::cas::Write {
+                    payload: value.clone(),
+                    headers: Default::default(),
+                }),
+            )
+        },
+    )
+    .await
 }
 
 /// Rewrites the record every [`HEARTBEAT`] with the current load, for the node's life.

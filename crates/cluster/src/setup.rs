@@ -14,8 +14,14 @@ pub(crate) const CONTROL_SUBJECTS: &str = "tessera.control.>";
 /// How many versions of each app's document the control log keeps: the history other
 /// nodes catch up from. Older versions are superseded by the newest, which is always kept.
 pub(crate) const CONTROL_HISTORY: i64 = 64;
-/// Services' key-value data.
-pub(crate) const KV_BUCKET: &str = "TESSERA_KV";
+/// Services' key-value data is spread over this many buckets (each service's keys in one,
+/// by a hash of its name), so conditional writes of unrelated services rarely meet.
+pub(crate) const KV_SHARDS: usize = 16;
+
+/// The bucket of key-value shard `i`: `TESSERA_KV_00` ...
+pub(crate) fn kv_bucket(i: usize) -> String {
+    format!("TESSERA_KV_{i:02}")
+}
 /// The nodes that joined.
 pub(crate) const NODES_BUCKET: &str = "TESSERA_NODES";
 /// Component artifacts by sha256.
@@ -151,12 +157,16 @@ async fn create_all(js: &jetstream::Context, replicas: usize) -> Result<(), Clus
         },
     )
     .await?;
-    for (bucket, description) in [
-        (KV_BUCKET, "Tessera services' key-value data"),
-        (NODES_BUCKET, "Tessera nodes and their heartbeats"),
-    ] {
-        ensure_stream(js, kv_stream(bucket, description, replicas)).await?;
+    for i in 0..KV_SHARDS {
+        let bucket = kv_bucket(i);
+        let description = "Tessera services' key-value data (one shard)";
+        ensure_stream(js, kv_stream(&bucket, description, replicas)).await?;
     }
+    ensure_stream(
+        js,
+        kv_stream(NODES_BUCKET, "Tessera nodes and their heartbeats", replicas),
+    )
+    .await?;
     let objects = format!("OBJ_{ARTIFACTS_BUCKET}");
     match js.get_stream(&objects).await {
         Ok(_) => {}

@@ -356,7 +356,7 @@ fn killing_the_leading_nats_server_loses_no_acknowledged_write() {
     let (control_a, data_a) = open(&ca, "a");
     let (control_b, data_b) = open(&cb, "b");
     let leader = leader_of(&ca, crate::setup::CONTROL_STREAM);
-    let kv_leader = leader_of(&ca, &format!("KV_{}", crate::setup::KV_BUCKET));
+    let kv_leader = leader_of(&ca, &format!("KV_{}", crate::setup::kv_bucket(0)));
 
     let stop = std::sync::atomic::AtomicBool::new(false);
     let started = Instant::now();
@@ -445,4 +445,63 @@ fn killing_the_leading_nats_server_loses_no_acknowledged_write() {
             );
         }
     }
+}
+
+#[test]
+fn on_three_servers_concurrent_writers_are_serialised() {
+    require_nats();
+    let nats = crate::testing::NatsCluster::start();
+    let urls: Vec<String> = nats.servers.iter().map(NatsServer::url).collect();
+    let cache = tempfile::tempdir().unwrap();
+    let nodes: Vec<(Cluster, JetStreamControl, ClusterData)> = (0..3)
+        .map(|i| {
+            let cluster = Cluster::connect(&ClusterConfig {
+                // Each node talks to a different server, so proposals race at the leader.
+                urls: vec![urls[i].clone()],
+                node: format!("n{i}"),
+                replicas: Some(3),
+            })
+            .unwrap();
+            let artifacts = Arc::new(
+                ObjectArtifacts::open(&cluster, cache.path().join(format!("n{i}"))).unwrap(),
+            );
+            let control = JetStreamControl::open(&cluster, artifacts).unwrap();
+            let data = ClusterData::open(&cluster).unwrap();
+            (cluster, control, data)
+        })
+        .collect();
+    let sha = ObjectArtifacts::open(&nodes[0].0, cache.path().join("upload"))
+        .unwrap()
+        .put_artifact(b"component")
+        .unwrap();
+    const EACH: usize = 15;
+    std::thread::scope(|scope| {
+        for (i, (_, control, data)) in nodes.iter().enumerate() {
+            let sha = &sha;
+            scope.spawn(move || {
+                let kv = data.open_service("shop", "web").unwrap().kv;
+                for n in 0..EACH {
+                    let mut web = svc("web", sha, &["/"]);
+                    web.config.env = vec![("N".into(), format!("{i}-{n}"))];
+                    control.deploy("shop", &[web], &Default::default()).unwrap();
+                    for _ in 0..10 {
+                        kv.increment("default", "hits", 1).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let app = nodes[2].1.app("shop").unwrap().unwrap();
+    let web = &app.services[0];
+    assert_eq!(
+        web.revisions.last().unwrap().id,
+        (3 * EACH) as u32,
+        "a deploy was lost"
+    );
+    let kv = nodes[1].2.open_service("shop", "web").unwrap().kv;
+    assert_eq!(
+        kv.get("default", "hits").unwrap().as_deref(),
+        Some((3 * EACH * 10).to_string().as_bytes()),
+        "an increment was lost"
+    );
 }

@@ -102,6 +102,8 @@ fn read_response(reader: &mut impl BufRead) -> io::Result<Reply> {
         }
     }
     let body = match (chunked, length) {
+        // These never carry a body, whatever the headers say.
+        _ if status == 204 || status == 304 => Vec::new(),
         (true, _) => read_chunked(reader)?,
         (false, Some(length)) => {
             let mut body = vec![0; length];
