@@ -41,12 +41,19 @@ impl Bridge {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
+        use futures_util::FutureExt;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.handle().spawn(async move {
-            let _ = tx.send(future.await);
+            // A panic is carried to the caller's thread, where it belongs.
+            let _ = tx.send(std::panic::AssertUnwindSafe(future).catch_unwind().await);
         });
-        rx.recv()
+        match rx
+            .recv()
             .expect("the client's runtime runs every task it was given to completion")
+        {
+            Ok(output) => output,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
     }
 
     /// Starts a background task on the client's runtime.

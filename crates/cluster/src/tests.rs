@@ -505,3 +505,162 @@ fn on_three_servers_concurrent_writers_are_serialised() {
         "an increment was lost"
     );
 }
+
+/// What the events of the next cluster step rely on, checked on this server: a durable
+/// pull consumer per subscription keeps its settings (2.9 drops fields it does not know),
+/// the attempt number counts redeliveries, a NAK with a delay holds a retry back for that
+/// long, `+WPI` extends a lease, `+TERM` ends redelivery, and running out of attempts
+/// raises the max-deliveries advisory naming the message.
+#[test]
+fn server_keeps_what_event_delivery_relies_on() {
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
+    use async_nats::jetstream::{AckKind, stream};
+    use futures_util::StreamExt;
+
+    require_nats();
+    let server = NatsServer::start();
+    let cluster = Cluster::connect(&config(&server, "probe")).unwrap();
+    let js = cluster.js();
+    let client = cluster.client();
+    cluster.bridge().run(async move {
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: "PROBE_EVENTS".into(),
+                subjects: vec!["probe.events.>".into()],
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let wanted = pull::Config {
+            durable_name: Some("orders".into()),
+            filter_subject: "probe.events.orders".into(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_millis(400),
+            max_deliver: 3,
+            max_ack_pending: 64,
+            ..Default::default()
+        };
+        let mut consumer = stream.create_consumer(wanted.clone()).await.unwrap();
+        let echoed = consumer.info().await.unwrap().config.clone();
+        assert_eq!(echoed.filter_subject, wanted.filter_subject);
+        assert_eq!(echoed.ack_wait, wanted.ack_wait);
+        assert_eq!(echoed.max_deliver, wanted.max_deliver);
+        assert_eq!(echoed.max_ack_pending, wanted.max_ack_pending);
+
+        let mut advisories = client
+            .subscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.PROBE_EVENTS.orders")
+            .await
+            .unwrap();
+        // A second publish with the same id is a duplicate, and a message to another
+        // topic is not this consumer's.
+        let mut duplicates = Vec::new();
+        for subject in [
+            "probe.events.orders",
+            "probe.events.orders",
+            "probe.events.other",
+        ] {
+            let ack = js
+                .send_publish(
+                    subject,
+                    async_nats::jetstream::message::PublishMessage::build()
+                        .payload("x".into())
+                        .message_id(format!("m-{subject}")),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            duplicates.push(ack.duplicate);
+        }
+        assert_eq!(duplicates, [false, true, false]);
+        let fetch = |c: &async_nats::jetstream::consumer::Consumer<pull::Config>| {
+            let c = c.clone();
+            async move {
+                let mut batch = c
+                    .fetch()
+                    .max_messages(10)
+                    .expires(Duration::from_millis(900))
+                    .messages()
+                    .await
+                    .unwrap();
+                let mut out = Vec::new();
+                while let Some(m) = batch.next().await {
+                    out.push(m.unwrap());
+                }
+                out
+            }
+        };
+        let first = fetch(&consumer).await;
+        assert_eq!(first.len(), 1, "one message of this topic, deduplicated");
+        assert_eq!(first[0].info().unwrap().delivered, 1);
+        // A NAK with a delay holds the retry back.
+        let nacked = Instant::now();
+        first[0]
+            .ack_with(AckKind::Nak(Some(Duration::from_millis(300))))
+            .await
+            .unwrap();
+        let second = fetch(&consumer).await;
+        assert_eq!(second.len(), 1);
+        assert!(
+            nacked.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            nacked.elapsed()
+        );
+        assert_eq!(second[0].info().unwrap().delivered, 2);
+        // In progress: the lease is extended past ack_wait, so no redelivery yet.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            second[0].ack_with(AckKind::Progress).await.unwrap();
+        }
+        let none = consumer
+            .fetch()
+            .max_messages(10)
+            .expires(Duration::from_millis(300))
+            .messages()
+            .await
+            .unwrap()
+            .count()
+            .await;
+        assert_eq!(none, 0, "redelivered while in progress");
+        // Left to expire: the third attempt is the last. The advisory comes when a pull
+        // next asks for messages after that attempt's lease expired (not by itself), and the
+        // message is not delivered again.
+        let third = fetch(&consumer).await;
+        assert_eq!(third.len(), 1);
+        assert_eq!(third[0].info().unwrap().delivered, 3);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            fetch(&consumer).await.is_empty(),
+            "delivered past max_deliver"
+        );
+        let advisory = tokio::time::timeout(Duration::from_secs(3), advisories.next())
+            .await
+            .expect("a max-deliveries advisory")
+            .unwrap();
+        let advisory: serde_json::Value = serde_json::from_slice(&advisory.payload).unwrap();
+        assert_eq!(
+            advisory["stream_seq"],
+            third[0].info().unwrap().stream_sequence
+        );
+        assert_eq!(advisory["deliveries"], 3);
+
+        // TERM ends redelivery at once.
+        js.publish("probe.events.orders", "y".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let fresh = fetch(&consumer).await;
+        assert_eq!(fresh.len(), 1);
+        fresh[0].ack_with(AckKind::Term).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            fetch(&consumer).await.is_empty(),
+            "a terminated message came back"
+        );
+        let info = consumer.info().await.unwrap();
+        assert_eq!(info.num_ack_pending, 0);
+        assert_eq!(info.num_pending, 0);
+    });
+}
