@@ -128,23 +128,56 @@ routes = ["/books"]
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("SQL") && err.contains("cluster"), "{err}");
 
-    // Kill a with -9: b answers every request meanwhile and shows a down within 5 s.
+    // Kill a with -9 while eight clients keep b busy (reads and key-value writes): b
+    // answers every request, and shows a down within 5 s.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..8)
+        .map(|i| {
+            let (read, write) = (b.url("/c/get/hits"), b.url("/c/incr/load"));
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, 0u32);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let r = if i % 2 == 0 {
+                        client().get(&read).send().await
+                    } else {
+                        client().post(&write).send().await
+                    };
+                    match r {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     a.child.kill().unwrap();
     a.child.wait().unwrap();
     let killed = Instant::now();
     let mut down_after = None;
-    let mut served = 0;
     while killed.elapsed() < Duration::from_secs(6) {
-        let r = client().get(b.url("/c/get/hits")).send().await.unwrap();
-        assert_eq!(r.status(), 200, "b failed a request after a was killed");
-        served += 1;
         if down_after.is_none() && state_of(&nodes(&b).await, "a") == Some("down") {
             down_after = Some(killed.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut served, mut failed) = (0, 0);
+    for task in load {
+        let (ok, bad) = task.await.unwrap();
+        served += ok;
+        failed += bad;
+    }
+    assert_eq!(
+        failed, 0,
+        "b failed requests while a was killed ({served} served)"
+    );
     let down_after = down_after.expect("a shown down");
-    eprintln!("a shown down {down_after:?} after kill -9; b served {served} requests, 0 failed");
+    eprintln!(
+        "a shown down {down_after:?} after kill -9; b served {served} requests from 8 clients, 0 failed"
+    );
     assert!(down_after <= Duration::from_secs(5), "{down_after:?}");
     let table = ok(b.cli(TOKEN, &["nodes"]));
     assert!(table.contains("down ("), "{table}");
@@ -225,6 +258,28 @@ routes = ["/"]
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!("writes resumed {:?} after NATS restarted", start.elapsed());
+
+    // And it follows changes made elsewhere after the outage: a second node deploys.
+    let other_data = tempfile::tempdir().unwrap();
+    let other = cluster_node(other_data.path(), &nats.url(), "other");
+    let second = App::new(
+        r#"
+[app]
+name = "tally"
+
+[services.counter]
+component = "{guest:counter}"
+routes = ["/c"]
+"#,
+    );
+    ok(other.cli(TOKEN, &["deploy", second.path().to_str().unwrap()]));
+    until_served(
+        &node.url("/c/get/none"),
+        404,
+        "absent",
+        Duration::from_secs(5),
+    )
+    .await;
 }
 
 /// `tessera serve --cluster` with this URL, expected to fail before binding; its stderr.
