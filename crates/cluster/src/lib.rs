@@ -15,6 +15,8 @@
 //!   order-preserving way), read from the stream leader.
 //! - [`Registry`] keeps the nodes that joined, with a heartbeat, in the KV bucket
 //!   `TESSERA_NODES`.
+//! - [`ClaimedTicks`] wraps a node's own event journal so each cron tick is fired by one
+//!   node of the cluster (claims in `TESSERA_CRON`).
 //!
 //! The node-facing traits are synchronous (their callers run on blocking threads), so the
 //! NATS client runs on a small runtime of its own and each call waits for its answer:
@@ -33,6 +35,7 @@ mod setup;
 pub mod testing;
 #[cfg(test)]
 mod tests;
+mod ticks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +46,7 @@ pub use error::ClusterError;
 pub use kv::ClusterData;
 pub use names::{decode_token, encode_token};
 pub use registry::{DOWN_AFTER, HEARTBEAT, NodeInfo, NodeRecord, NodeState, Registry};
+pub use ticks::ClaimedTicks;
 
 use bridge::Bridge;
 

@@ -22,6 +22,8 @@ pub(crate) const KV_SHARDS: usize = 16;
 pub(crate) fn kv_bucket(i: usize) -> String {
     format!("TESSERA_KV_{i:02}")
 }
+/// Cron tick claims and each schedule's last tick.
+pub(crate) const CRON_BUCKET: &str = "TESSERA_CRON";
 /// The nodes that joined.
 pub(crate) const NODES_BUCKET: &str = "TESSERA_NODES";
 /// Component artifacts by sha256.
@@ -165,6 +167,14 @@ async fn create_all(js: &jetstream::Context, replicas: usize) -> Result<(), Clus
     ensure_stream(
         js,
         kv_stream(NODES_BUCKET, "Tessera nodes and their heartbeats", replicas),
+    )
+    .await?;
+    ensure_stream(
+        js,
+        stream::Config {
+            max_age: crate::ticks::CLAIM_AGE,
+            ..kv_stream(CRON_BUCKET, "Tessera cron tick claims", replicas)
+        },
     )
     .await?;
     let objects = format!("OBJ_{ARTIFACTS_BUCKET}");

@@ -664,3 +664,57 @@ fn server_keeps_what_event_delivery_relies_on() {
         assert_eq!(info.num_pending, 0);
     });
 }
+
+#[test]
+fn each_cron_tick_is_fired_by_one_node_and_the_last_tick_is_shared() {
+    use tessera_events::{Journal, NewMessage};
+    require_nats();
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let node = |name: &str| {
+        let cluster = Cluster::connect(&config(&server, name)).unwrap();
+        let journal =
+            tessera_embedded::EmbeddedJournal::open(&dir.path().join(format!("{name}.db")))
+                .unwrap();
+        let journal = ClaimedTicks::new(&cluster, Arc::new(journal));
+        let mut sub = tessera_events::conformance::spec("shop/web/cron:0", "$cron/0");
+        sub.max_attempts = 1;
+        journal.register(name, &[sub]).unwrap();
+        (journal, cluster)
+    };
+    let (a, _ca) = node("a");
+    let (b, _cb) = node("b");
+    let tick = |i: i64| tessera_events::from_unix_ms(1_700_000_000_000 + i * 1000);
+    let message = |i: i64| NewMessage {
+        id: Some(format!(
+            "shop/web/cron:0@{}",
+            tessera_events::unix_ms(tick(i))
+        )),
+        ..tessera_events::conformance::message("$cron/0", "tick")
+    };
+    let mut fired = 0;
+    for i in 0..6 {
+        // Whoever asks first gets it; the other is told it was not new.
+        let (first, second) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let x = first
+            .cron_fire("shop", "shop/web/cron:0", tick(i), message(i))
+            .unwrap();
+        let y = second
+            .cron_fire("shop", "shop/web/cron:0", tick(i), message(i))
+            .unwrap();
+        assert!(x && !y, "tick {i}: {x} {y}");
+        fired += 1;
+    }
+    let delivered = a.lease("shop/web/cron:0", 100).unwrap().len()
+        + b.lease("shop/web/cron:0", 100).unwrap().len();
+    assert_eq!(
+        delivered, fired,
+        "each tick delivered once across both nodes"
+    );
+    // A node that never fired the schedule knows its last tick from the cluster.
+    let (late, _cl) = node("late");
+    assert_eq!(
+        late.cron_last_tick("shop/web/cron:0").unwrap(),
+        Some(tick(5))
+    );
+}

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tessera_cluster::{
-    Cluster, ClusterConfig, ClusterData, JetStreamControl, NodeInfo, NodeState, ObjectArtifacts,
-    Registry,
+    ClaimedTicks, Cluster, ClusterConfig, ClusterData, JetStreamControl, NodeInfo, NodeState,
+    ObjectArtifacts, Registry,
 };
 use tessera_node::{Member, Membership, Node, NodeBuilder, NodeError};
 
@@ -86,6 +86,7 @@ pub fn join(data: &Path, urls: &str, node: &str) -> anyhow::Result<(NodeBuilder,
             Arc::new(ClusterData::open(&cluster).map_err(|e| NodeError::Invalid(e.to_string()))?);
         Ok((control, artifacts, service_data))
     })?
+    .wrap_journal(|journal| Arc::new(ClaimedTicks::new(&cluster, journal)))
     .id(node);
     Ok((
         builder,

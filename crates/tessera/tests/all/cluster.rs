@@ -319,3 +319,56 @@ fn start_up_errors_name_the_server_and_what_is_wrong() {
     let err = fails_to_start(&nats.url(), "taken");
     assert!(err.contains("held by a live node"), "{err}");
 }
+
+#[tokio::test]
+async fn a_cron_schedule_ticks_once_cluster_wide_and_survives_the_node_that_fired() {
+    let nats = NatsServer::start();
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = cluster_node(data_a.path(), &nats.url(), "a");
+    let b = cluster_node(data_b.path(), &nats.url(), "b");
+    let app = App::new(
+        r#"
+[app]
+name = "clock"
+
+[services.counter]
+component = "{guest:counter}"
+routes = ["/c"]
+
+[[services.counter.cron]]
+schedule = "@every 1s"
+path = "/c/incr/ticks"
+"#,
+    );
+    ok(a.cli(TOKEN, &["deploy", app.path().to_str().unwrap()]));
+    let count = |node: &Node| {
+        let url = node.url("/c/get/ticks");
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            match r.status().as_u16() {
+                200 => r.text().await.unwrap().parse::<u64>().unwrap(),
+                _ => 0,
+            }
+        }
+    };
+    // Both nodes run the schedule; each tick is delivered by one of them.
+    until_served(&b.url("/c/get/none"), 404, "absent", Duration::from_secs(5)).await;
+    let start = count(&b).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let ticked = count(&b).await - start;
+    assert!(
+        (4..=7).contains(&ticked),
+        "{ticked} ticks in 6 s on two nodes"
+    );
+
+    // Kill whichever node: the schedule goes on, once per tick.
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let before = count(&b).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = count(&b).await - before;
+    assert!(
+        (3..=6).contains(&after),
+        "{after} ticks in 5 s after a node was killed"
+    );
+}

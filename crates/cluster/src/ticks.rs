@@ -1,0 +1,185 @@
+//! [`ClaimedTicks`]: cron ticks fired once cluster-wide while each node keeps its own event
+//! journal.
+//!
+//! Every node runs the schedules of the revisions it serves, so without this each tick
+//! would be delivered once per node. Before a node publishes a tick into its journal it
+//! claims it in the KV bucket `TESSERA_CRON` (key `tick.<schedule>.<tick ms>`, a
+//! conditional create): one node wins and delivers it, the others move on. The winner also
+//! records the schedule's last tick there (`last.<schedule>`), so `missed = "once"` catches
+//! up once after a full outage whichever node comes back first, and the ticks keep coming
+//! when the node that fired the last one dies. Claims expire with the bucket's age limit.
+//!
+//! A tick claimed by a node that dies before its journal commits the tick's message is
+//! lost (at most one tick per schedule per node failure).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tessera_events::{
+    DeadLetter, Delivery, DeliveryStatus, EventError, Journal, NewMessage, Outcome, Published,
+    SubscriptionSpec, SubscriptionStats, Wakeup, from_unix_ms, unix_ms,
+};
+
+use crate::setup::CRON_BUCKET;
+use crate::{Cluster, REQUEST_TIMEOUT, encode_token};
+
+/// A node's journal whose cron ticks are claimed cluster-wide first.
+pub struct ClaimedTicks {
+    cluster: Cluster,
+    inner: Arc<dyn Journal>,
+}
+
+impl ClaimedTicks {
+    pub fn new(cluster: &Cluster, inner: Arc<dyn Journal>) -> ClaimedTicks {
+        ClaimedTicks {
+            cluster: cluster.clone(),
+            inner,
+        }
+    }
+
+    fn subject(key: &str) -> String {
+        format!("$KV.{CRON_BUCKET}.{key}")
+    }
+
+    /// Claims a tick: true for the one node that gets it.
+    fn claim(&self, schedule: &str, tick: SystemTime) -> Result<bool, EventError> {
+        let js = self.cluster.js();
+        let schedule_token = encode_token(schedule.as_bytes());
+        let tick_ms = unix_ms(tick);
+        let node = self.cluster.node().to_owned();
+        let stream = format!("KV_{CRON_BUCKET}");
+        let claimed = self.cluster.bridge().run(async move {
+            let subject = Self::subject(&format!("tick.{schedule_token}.{tick_ms}"));
+            let claim = crate::cas::write_if(
+                &js,
+                &stream,
+                &subject,
+                |e| e,
+                |current| {
+                    Ok(current.is_none().then(|| crate::cas::Write {
+                        payload: Bytes::from(node.clone()),
+                        headers: Default::default(),
+                    }))
+                },
+            );
+            let claimed = tokio::time::timeout(REQUEST_TIMEOUT, claim)
+                .await
+                .map_err(|_| "timed out".to_owned())??
+                .is_some();
+            if claimed {
+                // The newest tick of the schedule, for whoever starts next.
+                let last = Self::subject(&format!("last.{schedule_token}"));
+                js.publish(last, Bytes::from(tick_ms.to_string()))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(claimed)
+        });
+        claimed.map_err(|message| EventError::Storage {
+            message: format!("cannot claim a cron tick in the cluster: {message}"),
+            disk_full: false,
+        })
+    }
+
+    /// The schedule's newest tick anyone in the cluster fired.
+    fn cluster_last_tick(&self, schedule: &str) -> Option<SystemTime> {
+        let js = self.cluster.js();
+        let subject = Self::subject(&format!("last.{}", encode_token(schedule.as_bytes())));
+        let stream = format!("KV_{CRON_BUCKET}");
+        self.cluster
+            .bridge()
+            .run(async move {
+                let stream = js.get_stream(&stream).await.ok()?;
+                let current =
+                    tokio::time::timeout(REQUEST_TIMEOUT, crate::cas::current(&stream, &subject))
+                        .await
+                        .ok()?
+                        .ok()??;
+                std::str::from_utf8(&current.value?)
+                    .ok()?
+                    .parse::<i64>()
+                    .ok()
+            })
+            .map(from_unix_ms)
+    }
+}
+
+/// How long claims and last ticks are kept.
+pub(crate) const CLAIM_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl Journal for ClaimedTicks {
+    fn register(&self, owner: &str, subs: &[SubscriptionSpec]) -> Result<(), EventError> {
+        self.inner.register(owner, subs)
+    }
+    fn withdraw(&self, owner: &str) -> Result<(), EventError> {
+        self.inner.withdraw(owner)
+    }
+    fn wakeups(&self) -> tokio::sync::broadcast::Receiver<Wakeup> {
+        self.inner.wakeups()
+    }
+    fn publish(&self, app: &str, messages: Vec<NewMessage>) -> Result<Vec<Published>, EventError> {
+        self.inner.publish(app, messages)
+    }
+    fn lease(&self, subscription: &str, max: usize) -> Result<Vec<Delivery>, EventError> {
+        self.inner.lease(subscription, max)
+    }
+    fn ack(&self, subscription: &str, message: &str, outcome: &Outcome) -> Result<(), EventError> {
+        self.inner.ack(subscription, message, outcome)
+    }
+    fn fail(&self, subscription: &str, message: &str, outcome: &Outcome) -> Result<(), EventError> {
+        self.inner.fail(subscription, message, outcome)
+    }
+    fn dead_letters(
+        &self,
+        subscription: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, EventError> {
+        self.inner.dead_letters(subscription, limit)
+    }
+    fn dead_letter(
+        &self,
+        subscription: &str,
+        message: &str,
+    ) -> Result<Option<DeadLetter>, EventError> {
+        self.inner.dead_letter(subscription, message)
+    }
+    fn redrive(&self, subscription: &str, ids: Option<&[String]>) -> Result<u64, EventError> {
+        self.inner.redrive(subscription, ids)
+    }
+    fn stats(&self) -> Result<Vec<SubscriptionStats>, EventError> {
+        self.inner.stats()
+    }
+    fn stored_bytes(&self, subscription: &str) -> Result<u64, EventError> {
+        self.inner.stored_bytes(subscription)
+    }
+    fn next_ready(&self, subscription: &str) -> Result<Option<SystemTime>, EventError> {
+        self.inner.next_ready(subscription)
+    }
+    fn status(
+        &self,
+        subscription: &str,
+        message: &str,
+    ) -> Result<Option<DeliveryStatus>, EventError> {
+        self.inner.status(subscription, message)
+    }
+    fn cron_last_tick(&self, schedule: &str) -> Result<Option<SystemTime>, EventError> {
+        let local = self.inner.cron_last_tick(schedule)?;
+        Ok(local.max(self.cluster_last_tick(schedule)))
+    }
+    fn cron_fire(
+        &self,
+        app: &str,
+        schedule: &str,
+        tick: SystemTime,
+        message: NewMessage,
+    ) -> Result<bool, EventError> {
+        if !self.claim(schedule, tick)? {
+            tracing::debug!(schedule, "cron tick fired by another node");
+            return Ok(false);
+        }
+        self.inner.cron_fire(app, schedule, tick, message)
+    }
+}
