@@ -313,28 +313,34 @@ impl KvStore for ServiceKv {
     fn set_many(&self, bucket: &str, entries: &[(String, Vec<u8>)]) -> Result<(), KvError> {
         limits::check_entries(entries)?;
         let store = self.store.clone();
-        let entries: Vec<(String, Bytes)> = entries
-            .iter()
-            .map(|(k, v)| (self.key(bucket, k), Bytes::copy_from_slice(v)))
-            .collect();
-        // In order, so a later duplicate key wins.
+        // A later duplicate key wins: keep only each key's last value, then write them
+        // all at once (pipelined, each acknowledged before this returns).
+        let mut last: std::collections::HashMap<String, Bytes> = std::collections::HashMap::new();
+        for (k, v) in entries {
+            last.insert(self.key(bucket, k), Bytes::copy_from_slice(v));
+        }
         self.run(async move {
-            for (subject, value) in entries {
-                store.put(subject, value).await.map_err(io)?;
-            }
-            Ok(())
+            let puts = last
+                .into_iter()
+                .map(|(subject, value)| store.put(subject, value));
+            futures_util::future::try_join_all(puts)
+                .await
+                .map(|_| ())
+                .map_err(io)
         })
     }
 
     fn delete_many(&self, bucket: &str, keys: &[String]) -> Result<(), KvError> {
         limits::check_keys(keys)?;
         let store = self.store.clone();
-        let subjects: Vec<String> = keys.iter().map(|k| self.key(bucket, k)).collect();
+        let subjects: std::collections::HashSet<String> =
+            keys.iter().map(|k| self.key(bucket, k)).collect();
         self.run(async move {
-            for subject in subjects {
-                store.delete(subject).await.map_err(io)?;
-            }
-            Ok(())
+            let deletes = subjects.into_iter().map(|subject| store.delete(subject));
+            futures_util::future::try_join_all(deletes)
+                .await
+                .map(|_| ())
+                .map_err(io)
         })
     }
 }
