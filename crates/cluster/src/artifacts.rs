@@ -93,27 +93,29 @@ impl ObjectArtifacts {
         let name = sha256.to_owned();
         let bytes = self.cluster.bridge().run(async move {
             let read = async {
-                let mut object = store.get(&name).await?;
+                let mut object = match store.get(&name).await {
+                    Ok(object) => object,
+                    Err(e) if e.kind() == object_store::GetErrorKind::NotFound => {
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e.to_string()),
+                };
                 let mut bytes = Vec::new();
-                object.read_to_end(&mut bytes).await?;
-                Ok::<_, async_nats::Error>(bytes)
+                object
+                    .read_to_end(&mut bytes)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Some(bytes))
             };
-            match tokio::time::timeout(TRANSFER_TIMEOUT, read).await {
-                Err(_) => Err(None),
-                Ok(Ok(bytes)) => Ok(bytes),
-                Ok(Err(e)) => Err(Some(e.to_string())),
-            }
+            tokio::time::timeout(TRANSFER_TIMEOUT, read)
+                .await
+                .map_err(|_| "timed out".to_owned())?
         });
         let bytes = match bytes {
-            Ok(bytes) => bytes,
-            Err(Some(message)) if message.contains("not found") => {
-                return Err(StoreError::NoSuchArtifact(sha256.to_owned()));
-            }
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Err(StoreError::NoSuchArtifact(sha256.to_owned())),
             Err(message) => {
-                return Err(unavailable(
-                    "fetch an artifact from the cluster",
-                    message.unwrap_or_else(|| "timed out".into()),
-                ));
+                return Err(unavailable("fetch an artifact from the cluster", message));
             }
         };
         let found = hex::encode(Sha256::digest(&bytes));

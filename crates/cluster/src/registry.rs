@@ -113,6 +113,7 @@ impl Registry {
             heartbeat: Mutex::new(None),
         };
         let task = cluster.bridge().spawn(beat(
+            cluster.js(),
             store,
             registry.record.clone(),
             registry.changed.clone(),
@@ -184,9 +185,31 @@ impl Registry {
             .clone();
         record.stopped = true;
         let store = self.store.clone();
-        let _ = self.cluster.bridge().run(async move {
+        let js = self.cluster.js();
+        self.cluster.bridge().run(async move {
             let value = Bytes::from(serde_json::to_vec(&record).expect("records serialise"));
-            tokio::time::timeout(REQUEST_TIMEOUT, store.put(record.name.as_str(), value)).await
+            // Only while the record is still this run's: another run that took the name
+            // over must not be marked stopped.
+            for _ in 0..3 {
+                let Ok(Some(entry)) = store.entry(record.name.as_str()).await else {
+                    return;
+                };
+                let ours = serde_json::from_slice::<NodeRecord>(&entry.value)
+                    .is_ok_and(|r| r.instance == record.instance);
+                if !ours {
+                    return;
+                }
+                let written = take(
+                    &js,
+                    &store,
+                    &record.name,
+                    Some(entry.revision),
+                    value.clone(),
+                );
+                if let Ok(Ok(Some(_))) = tokio::time::timeout(REQUEST_TIMEOUT, written).await {
+                    return;
+                }
+            }
         });
     }
 }
@@ -216,7 +239,6 @@ async fn claim(
         what: format!("the registration of node `{}`", record.name),
         message: e.to_string(),
     };
-    let started = Instant::now();
     loop {
         let entry = store
             .entry(record.name.as_str())
@@ -239,7 +261,9 @@ async fn claim(
             }
         };
         // Watch the record for a while: a live node rewrites it every heartbeat.
-        let deadline = started + DOWN_AFTER + HEARTBEAT;
+        // From when this revision was seen, not from the start: after a lost race the
+        // record just written must be watched for a full period too.
+        let deadline = Instant::now() + DOWN_AFTER + HEARTBEAT;
         loop {
             tokio::time::sleep(HEARTBEAT / 4).await;
             let now = store
@@ -306,6 +330,7 @@ async fn take(
 /// Each write expects the revision of the previous one, so if another run of the same
 /// name took the record over, this one notices and stops claiming it.
 async fn beat(
+    js: async_nats::jetstream::Context,
     store: kv::Store,
     record: Arc<Mutex<NodeRecord>>,
     changed: Arc<tokio::sync::Notify>,
@@ -329,22 +354,22 @@ async fn beat(
             .unwrap_or_else(|e| e.into_inner())
             .name
             .clone();
-        match tokio::time::timeout(
+        let instance = record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .instance
+            .clone();
+        let written = tokio::time::timeout(
             REQUEST_TIMEOUT,
-            store.update(name.as_str(), value, revision),
+            take(&js, &store, &name, Some(revision), value),
         )
-        .await
-        {
-            Ok(Ok(next)) => revision = next,
-            Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                // Find out whether our own write landed (a lost ack) or another run took
-                // the name.
+        .await;
+        match written {
+            Ok(Ok(Some(next))) => revision = next,
+            Ok(Ok(None)) => {
+                // Someone wrote the record since our last beat: our own write whose answer
+                // was lost, or another run that took the name.
                 if let Ok(Some(entry)) = store.entry(name.as_str()).await {
-                    let instance = record
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .instance
-                        .clone();
                     let ours = serde_json::from_slice::<NodeRecord>(&entry.value)
                         .is_ok_and(|r| r.instance == instance);
                     if !ours {

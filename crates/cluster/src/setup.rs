@@ -22,8 +22,10 @@ pub(crate) const KV_SHARDS: usize = 16;
 pub(crate) fn kv_bucket(i: usize) -> String {
     format!("TESSERA_KV_{i:02}")
 }
-/// Cron tick claims and each schedule's last tick.
+/// Cron tick claims (kept a week).
 pub(crate) const CRON_BUCKET: &str = "TESSERA_CRON";
+/// Each schedule's last tick (kept).
+pub(crate) const CRON_LAST_BUCKET: &str = "TESSERA_CRON_LAST";
 /// The nodes that joined.
 pub(crate) const NODES_BUCKET: &str = "TESSERA_NODES";
 /// Component artifacts by sha256.
@@ -177,6 +179,15 @@ async fn create_all(js: &jetstream::Context, replicas: usize) -> Result<(), Clus
         },
     )
     .await?;
+    ensure_stream(
+        js,
+        kv_stream(
+            CRON_LAST_BUCKET,
+            "Tessera cron schedules' last ticks",
+            replicas,
+        ),
+    )
+    .await?;
     let objects = format!("OBJ_{ARTIFACTS_BUCKET}");
     match js.get_stream(&objects).await {
         Ok(_) => {}
@@ -196,11 +207,28 @@ async fn create_all(js: &jetstream::Context, replicas: usize) -> Result<(), Clus
         .get_stream(&objects)
         .await
         .map_err(|e| setup_error("the artifact store", e))?;
-    let info = stream
+    let mut config = stream
         .info()
         .await
-        .map_err(|e| setup_error("the artifact store", e))?;
-    check_echo(&objects, "num_replicas", replicas, info.config.num_replicas)?;
+        .map_err(|e| setup_error("the artifact store", e))?
+        .config
+        .clone();
+    // The object store is created with direct gets; reads must see what another node
+    // just stored, so they go to the leader.
+    if config.allow_direct {
+        config.allow_direct = false;
+        js.update_stream(&config)
+            .await
+            .map_err(|e| setup_error("the artifact store", e))?;
+        config = stream
+            .info()
+            .await
+            .map_err(|e| setup_error("the artifact store", e))?
+            .config
+            .clone();
+    }
+    check_echo(&objects, "num_replicas", replicas, config.num_replicas)?;
+    check_echo(&objects, "allow_direct", false, config.allow_direct)?;
     Ok(())
 }
 

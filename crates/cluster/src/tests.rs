@@ -222,6 +222,19 @@ fn two_nodes_share_one_control_state_and_read_their_own_writes() {
         b.secrets("shop", "web").unwrap(),
         [("TOKEN".into(), "t".into())]
     );
+
+    // A change through one node right after another through the other node is decided
+    // on the state that includes it: nothing is judged absent or unchanged from a stale view.
+    for i in 0..20 {
+        let app = format!("quick{i}");
+        deploy(&a, &app, &[svc("web", &sha, &[&format!("/quick{i}")])]);
+        assert!(
+            b.remove_app(&app).unwrap(),
+            "{app} removed through the other node"
+        );
+        b.set_secret(&app, "web", "K", "v").unwrap();
+        assert!(a.delete_secret(&app, "web", "K").unwrap());
+    }
 }
 
 #[test]

@@ -4,10 +4,11 @@
 //! Every node runs the schedules of the revisions it serves, so without this each tick
 //! would be delivered once per node. Before a node publishes a tick into its journal it
 //! claims it in the KV bucket `TESSERA_CRON` (key `tick.<schedule>.<tick ms>`, a
-//! conditional create): one node wins and delivers it, the others move on. The winner also
-//! records the schedule's last tick there (`last.<schedule>`), so `missed = "once"` catches
+//! conditional create holding the run's id): one node wins and delivers it, the others move
+//! on. The winner also records the schedule's last tick in `TESSERA_CRON_LAST`, so `missed = "once"` catches
 //! up once after a full outage whichever node comes back first, and the ticks keep coming
-//! when the node that fired the last one dies. Claims expire with the bucket's age limit.
+//! when the node that fired the last one dies. Claims expire with their bucket's age
+//! limit; last ticks do not.
 //!
 //! A tick claimed by a node that dies before its journal commits the tick's message is
 //! lost (at most one tick per schedule per node failure).
@@ -21,13 +22,16 @@ use tessera_events::{
     SubscriptionSpec, SubscriptionStats, Wakeup, from_unix_ms, unix_ms,
 };
 
-use crate::setup::CRON_BUCKET;
+use crate::setup::{CRON_BUCKET, CRON_LAST_BUCKET};
 use crate::{Cluster, REQUEST_TIMEOUT, encode_token};
 
 /// A node's journal whose cron ticks are claimed cluster-wide first.
 pub struct ClaimedTicks {
     cluster: Cluster,
     inner: Arc<dyn Journal>,
+    /// This run's id in its claims, so a claim whose acknowledgement was lost is known as
+    /// ours when the scheduler tries the tick again.
+    instance: String,
 }
 
 impl ClaimedTicks {
@@ -35,6 +39,7 @@ impl ClaimedTicks {
         ClaimedTicks {
             cluster: cluster.clone(),
             inner,
+            instance: crate::control::operation_id(cluster.node()),
         }
     }
 
@@ -42,39 +47,55 @@ impl ClaimedTicks {
         format!("$KV.{CRON_BUCKET}.{key}")
     }
 
+    fn last_subject(schedule: &str) -> String {
+        format!(
+            "$KV.{CRON_LAST_BUCKET}.{}",
+            encode_token(schedule.as_bytes())
+        )
+    }
+
     /// Claims a tick: true for the one node that gets it.
     fn claim(&self, schedule: &str, tick: SystemTime) -> Result<bool, EventError> {
         let js = self.cluster.js();
         let schedule_token = encode_token(schedule.as_bytes());
         let tick_ms = unix_ms(tick);
-        let node = self.cluster.node().to_owned();
+        let instance = Bytes::from(self.instance.clone());
         let stream = format!("KV_{CRON_BUCKET}");
+        let last = Self::last_subject(schedule);
         let claimed = self.cluster.bridge().run(async move {
             let subject = Self::subject(&format!("tick.{schedule_token}.{tick_ms}"));
+            let mut ours = false;
             let claim = crate::cas::write_if(
                 &js,
                 &stream,
                 &subject,
                 |e| e,
                 |current| {
+                    // An earlier try of this run may have committed without its answer.
+                    ours = current.is_some_and(|c| c.value.as_ref() == Some(&instance));
                     Ok(current.is_none().then(|| crate::cas::Write {
-                        payload: Bytes::from(node.clone()),
+                        payload: instance.clone(),
                         headers: Default::default(),
                     }))
                 },
             );
-            let claimed = tokio::time::timeout(REQUEST_TIMEOUT, claim)
+            let written = tokio::time::timeout(REQUEST_TIMEOUT, claim)
                 .await
                 .map_err(|_| "timed out".to_owned())??
                 .is_some();
+            let claimed = written || ours;
             if claimed {
-                // The newest tick of the schedule, for whoever starts next.
-                let last = Self::subject(&format!("last.{schedule_token}"));
-                js.publish(last, Bytes::from(tick_ms.to_string()))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .await
-                    .map_err(|e| e.to_string())?;
+                // The newest tick of the schedule, for whoever starts next; a failure
+                // here only costs a missed-tick catch-up, never the tick.
+                let recorded = async {
+                    js.publish(last, Bytes::from(tick_ms.to_string()))
+                        .await?
+                        .await
+                        .map_err(async_nats::Error::from)
+                };
+                if let Err(error) = recorded.await {
+                    tracing::warn!(%error, "cannot record the last cron tick in the cluster");
+                }
             }
             Ok::<_, String>(claimed)
         });
@@ -87,8 +108,8 @@ impl ClaimedTicks {
     /// The schedule's newest tick anyone in the cluster fired.
     fn cluster_last_tick(&self, schedule: &str) -> Option<SystemTime> {
         let js = self.cluster.js();
-        let subject = Self::subject(&format!("last.{}", encode_token(schedule.as_bytes())));
-        let stream = format!("KV_{CRON_BUCKET}");
+        let subject = Self::last_subject(schedule);
+        let stream = format!("KV_{CRON_LAST_BUCKET}");
         self.cluster
             .bridge()
             .run(async move {

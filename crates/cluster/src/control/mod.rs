@@ -34,6 +34,9 @@ use state::{Entry, Planned, Projection};
 const MAX_ATTEMPTS: usize = 64;
 /// How long a read waits for the projection to catch up with the stream leader.
 const CATCH_UP: Duration = Duration::from_secs(5);
+/// How long a node starting up may take to replay the log (up to 64 versions of every
+/// app).
+const FIRST_CATCH_UP: Duration = Duration::from_secs(120);
 /// How long the log's consumer may stay quiet before it is checked against the stream.
 const STALL_CHECK: Duration = Duration::from_secs(1);
 
@@ -112,15 +115,24 @@ impl JetStreamControl {
             artifacts,
             follower,
         };
-        control.wait_applied(last, "catch up with the control log")?;
+        control.wait_applied_within(last, FIRST_CATCH_UP, "catch up with the control log")?;
         Ok(control)
     }
 
     /// Waits until the projection has applied sequence `seq`.
     fn wait_applied(&self, seq: u64, action: &str) -> Result<(), StoreError> {
+        self.wait_applied_within(seq, CATCH_UP, action)
+    }
+
+    fn wait_applied_within(
+        &self,
+        seq: u64,
+        limit: Duration,
+        action: &str,
+    ) -> Result<(), StoreError> {
         let mut applied = self.shared.applied.subscribe();
         let reached = self.cluster.bridge().run(async move {
-            tokio::time::timeout(CATCH_UP, applied.wait_for(|v| *v >= seq))
+            tokio::time::timeout(limit, applied.wait_for(|v| *v >= seq))
                 .await
                 .map(|r| r.is_ok())
                 .unwrap_or(false)
@@ -130,7 +142,7 @@ impl JetStreamControl {
         } else {
             Err(StoreError::Unavailable {
                 action: action.to_owned(),
-                message: format!("the log was not caught up to sequence {seq} within {CATCH_UP:?}"),
+                message: format!("the log was not caught up to sequence {seq} within {limit:?}"),
             })
         }
     }
@@ -141,7 +153,9 @@ impl JetStreamControl {
         self.cluster
             .bridge()
             .run(async move {
-                // Stream info is answered by the stream's leader.
+                // Stream info is answered by the stream's leader (while a group has no
+                // leader, 2.9 may let a member answer: a read then waits for that
+                // member's view).
                 let stream =
                     tokio::time::timeout(REQUEST_TIMEOUT, js.get_stream(CONTROL_STREAM)).await??;
                 Ok::<_, async_nats::Error>(stream.cached_info().state.last_sequence)
@@ -181,6 +195,13 @@ impl JetStreamControl {
                 message: "this node is not connected to NATS".into(),
             });
         }
+        // Plan against everything committed so far: an answer decided on a stale view
+        // (nothing to remove, no such service, unchanged) would go back to the caller as
+        // it is, without the log ever refusing it.
+        self.sync().map_err(|e| StoreError::Unavailable {
+            action: action.to_owned(),
+            message: e.to_string(),
+        })?;
         let op = operation_id(self.cluster.node());
         for _ in 0..MAX_ATTEMPTS {
             let (expected, planned) = {
@@ -208,6 +229,12 @@ impl JetStreamControl {
                     return Ok(planned.value);
                 }
                 Ok(Published::Stale) => self.sync()?,
+                Ok(Published::Refused(message)) => {
+                    return Err(StoreError::Unavailable {
+                        action: action.to_owned(),
+                        message: format!("the cluster refused the change: {message}"),
+                    });
+                }
                 Err(message) => {
                     // Lost acknowledgement or an unreachable server: the change may or may
                     // not have committed. Find out once the log can be read.
@@ -255,6 +282,11 @@ impl JetStreamControl {
                 {
                     Ok(Published::Stale)
                 }
+                Ok(Err(e))
+                    if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded =>
+                {
+                    Ok(Published::Refused(e.to_string()))
+                }
                 Ok(Err(e)) => Err(e.to_string()),
             }
         })
@@ -278,6 +310,8 @@ enum Published {
     Duplicate(u64),
     /// Someone committed after the sequence the transaction was computed against.
     Stale,
+    /// The server can never take this message (too large): retrying is pointless.
+    Refused(String),
 }
 
 /// Applies the control log from where the projection is, for as long as the node lives;

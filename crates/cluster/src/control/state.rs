@@ -176,7 +176,7 @@ impl Projection {
         self.history.push_back(change);
         while self.history.len() as u64 > DEFAULT_CHANGE_HISTORY {
             if let Some(old) = self.history.pop_front() {
-                self.floor = old.seq;
+                self.floor = self.floor.max(old.seq);
             }
         }
         Ok(())
