@@ -9,7 +9,10 @@
 //! message, decides, and publishes expecting that last sequence: it commits only if
 //! nothing at all was written to the stream in between, and is computed again otherwise.
 //! Streams that take conditional writes are kept small (key-value data is spread over
-//! shards) so unrelated writes rarely force a retry.
+//! shards) so unrelated writes rarely force a retry. Every attempt of one write carries the
+//! same `Nats-Msg-Id`: when an acknowledgement is lost, the key is read again and a write
+//! carrying that id is recognised as this one, so an increment is never applied twice nor
+//! reported failed after it landed.
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
@@ -17,6 +20,9 @@ use bytes::Bytes;
 
 /// How often a conditional write is computed again when other writes keep landing first.
 const ATTEMPTS: usize = 10_000;
+/// How often a write whose outcome is unknown (no acknowledgement) is looked for again
+/// before the caller is told.
+const MAX_UNSURE: usize = 2;
 
 /// A subject's newest message as a key: its value (`None` for a delete or purge marker)
 /// and its sequence.
@@ -42,11 +48,28 @@ pub(crate) async fn current(
     stream: &stream::Stream,
     subject: &str,
 ) -> Result<Option<Current>, String> {
+    Ok(current_with_id(stream, subject).await?.map(|(c, _)| c))
+}
+
+/// [`current`], with the message id it was written with.
+async fn current_with_id(
+    stream: &stream::Stream,
+    subject: &str,
+) -> Result<Option<(Current, Option<String>)>, String> {
     match stream.get_last_raw_message_by_subject(subject).await {
-        Ok(message) => Ok(Some(Current {
-            value: (!is_marker(&message.headers)).then_some(message.payload),
-            seq: message.sequence,
-        })),
+        Ok(message) => {
+            let id = message
+                .headers
+                .get(async_nats::header::NATS_MESSAGE_ID)
+                .map(|v| v.as_str().to_owned());
+            Ok(Some((
+                Current {
+                    value: (!is_marker(&message.headers)).then_some(message.payload),
+                    seq: message.sequence,
+                },
+                id,
+            )))
+        }
         Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(e) => Err(e.to_string()),
     }
@@ -63,13 +86,24 @@ pub(crate) async fn write_if<E>(
     nats: impl Fn(String) -> E,
     mut decide: impl FnMut(Option<&Current>) -> Result<Option<Write>, E>,
 ) -> Result<Option<u64>, E> {
+    // One id for every attempt: a write whose acknowledgement was lost is recognised as
+    // ours when the key is read again (and a late copy is dropped by the server's dedup).
+    let id = nuid::next().to_string();
+    let mut unsure = 0;
     for _ in 0..ATTEMPTS {
         let stream = js
             .get_stream(stream_name)
             .await
             .map_err(|e| nats(e.to_string()))?;
         let last = stream.cached_info().state.last_sequence;
-        let now = current(&stream, subject).await.map_err(&nats)?;
+        let now = current_with_id(&stream, subject).await.map_err(&nats)?;
+        if unsure > 0
+            && let Some((current, Some(written))) = &now
+            && *written == id
+        {
+            return Ok(Some(current.seq));
+        }
+        let now = now.map(|(current, _)| current);
         if now.as_ref().is_some_and(|c| c.seq > last) {
             continue;
         }
@@ -81,14 +115,19 @@ pub(crate) async fn write_if<E>(
             async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
             last.to_string().as_str(),
         );
-        let ack = js
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        let ack = match js
             .publish_with_headers(subject.to_owned(), headers, write.payload)
             .await
-            .map_err(|e| nats(e.to_string()))?
-            .await;
+        {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
         match ack {
             Ok(ack) => return Ok(Some(ack.sequence)),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
+            // The write may or may not have landed: look once more before failing.
+            Err(_) if unsure < MAX_UNSURE => unsure += 1,
             Err(e) => return Err(nats(e.to_string())),
         }
     }

@@ -376,8 +376,12 @@ fn killing_the_leading_nats_server_loses_no_acknowledged_write() {
     // Each writer records what was acknowledged and the longest stretch without an ack.
     let write = |node: &str, control: &JetStreamControl, data: &ClusterData| {
         let kv = data.open_service("shop", node).unwrap().kv;
+        // One counter both nodes increment: what it ends at must lie between the
+        // increments acknowledged and those plus the ones that failed.
+        let shared = data.open_service("shop", "counter").unwrap().kv;
         let (mut acked_keys, mut acked_secrets) = (Vec::new(), Vec::new());
         let mut acks = Vec::new();
+        let mut increments = (0u64, 0u64);
         let mut i = 0u64;
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
             i += 1;
@@ -392,8 +396,14 @@ fn killing_the_leading_nats_server_loses_no_acknowledged_write() {
                     acked_secrets.push(name);
                 }
             }
+            if i.is_multiple_of(3) {
+                match shared.increment("default", "hits", 1) {
+                    Ok(_) => increments.0 += 1,
+                    Err(_) => increments.1 += 1,
+                }
+            }
         }
-        (acked_keys, acked_secrets, acks)
+        (acked_keys, acked_secrets, acks, increments)
     };
     let (a, b, killed) = std::thread::scope(|scope| {
         let a = scope.spawn(|| write("a", &control_a, &data_a));
@@ -429,11 +439,29 @@ fn killing_the_leading_nats_server_loses_no_acknowledged_write() {
         resumed(&b.2)
     );
     // Writes resumed after the election.
-    for (node, (keys, _, _)) in [("a", &a), ("b", &b)] {
+    for (node, (keys, _, _, _)) in [("a", &a), ("b", &b)] {
         assert!(keys.len() > 20, "node {node} wrote almost nothing");
     }
     // Every acknowledged write survives, read through the other node.
-    for (node, (keys, secrets, _), reader, control) in [
+    let counted: u64 = String::from_utf8(
+        data_b
+            .open_service("shop", "counter")
+            .unwrap()
+            .kv
+            .get("default", "hits")
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
+    let (ok, failed) = (a.3.0 + b.3.0, a.3.1 + b.3.1);
+    eprintln!("shared counter: {counted}; increments acknowledged {ok}, failed {failed}");
+    assert!(
+        (ok..=ok + failed).contains(&counted),
+        "counter {counted} outside acknowledged {ok} .. {ok} + failed {failed}"
+    );
+    for (node, (keys, secrets, _, _), reader, control) in [
         ("a", &a, &data_b, &control_b),
         ("b", &b, &data_a, &control_a),
     ] {
