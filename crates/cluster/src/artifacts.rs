@@ -10,7 +10,7 @@ use tessera_store::{ArtifactStore, StoreError};
 use tokio::io::AsyncReadExt;
 
 use crate::setup::ARTIFACTS_BUCKET;
-use crate::{Cluster, REQUEST_TIMEOUT};
+use crate::{Cluster, REQUEST_TIMEOUT, unavailable};
 
 /// Longest an artifact transfer may take, whatever its size.
 const TRANSFER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
@@ -165,12 +165,5 @@ impl ArtifactStore for ObjectArtifacts {
         })?;
         self.upload(sha256, bytes)?;
         self.cache.put_file(path, sha256)
-    }
-}
-
-fn unavailable(action: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable {
-        action: action.to_owned(),
-        message: e.to_string(),
     }
 }

@@ -54,6 +54,17 @@ use bridge::Bridge;
 /// unavailable.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The store error for an operation the cluster could not complete.
+pub(crate) fn unavailable(
+    action: &str,
+    message: impl std::fmt::Display,
+) -> tessera_store::StoreError {
+    tessera_store::StoreError::Unavailable {
+        action: action.to_owned(),
+        message: message.to_string(),
+    }
+}
+
 /// How to join a cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {

@@ -133,10 +133,10 @@ impl Registry {
     /// Every node that joined, sorted by name, with its state.
     pub fn nodes(&self) -> Result<Vec<(NodeRecord, NodeState)>, StoreError> {
         if !self.cluster.connected() {
-            return Err(StoreError::Unavailable {
-                action: "list the cluster's nodes".into(),
-                message: "this node is not connected to NATS".into(),
-            });
+            return Err(crate::unavailable(
+                "list the cluster's nodes",
+                "this node is not connected to NATS",
+            ));
         }
         let store = self.store.clone();
         let mut records = self
@@ -147,10 +147,7 @@ impl Registry {
                     .await
                     .map_err(|_| "timed out".to_owned())?
             })
-            .map_err(|message| StoreError::Unavailable {
-                action: "list the cluster's nodes".into(),
-                message,
-            })?;
+            .map_err(|message| crate::unavailable("list the cluster's nodes", message))?;
         records.sort_by(|a, b| a.name.cmp(&b.name));
         let newest = records.iter().map(|r| r.seen_ms).max().unwrap_or(0);
         Ok(records

@@ -26,7 +26,7 @@ use tessera_store::{
 };
 
 use crate::setup::{CONTROL_STREAM, CONTROL_SUBJECTS};
-use crate::{Cluster, REQUEST_TIMEOUT};
+use crate::{Cluster, REQUEST_TIMEOUT, unavailable};
 use state::{Entry, Planned, Projection};
 
 /// How often a transaction is computed again after losing the race to another node's
@@ -140,10 +140,10 @@ impl JetStreamControl {
         if reached {
             Ok(())
         } else {
-            Err(StoreError::Unavailable {
-                action: action.to_owned(),
-                message: format!("the log was not caught up to sequence {seq} within {limit:?}"),
-            })
+            Err(unavailable(
+                action,
+                format!("the log was not caught up to sequence {seq} within {limit:?}"),
+            ))
         }
     }
 
@@ -190,18 +190,13 @@ impl JetStreamControl {
         let _write = self.write.lock().unwrap_or_else(|e| e.into_inner());
         // Fail at once rather than after a timeout when the link is known to be down.
         if !self.cluster.connected() {
-            return Err(StoreError::Unavailable {
-                action: action.to_owned(),
-                message: "this node is not connected to NATS".into(),
-            });
+            return Err(unavailable(action, "this node is not connected to NATS"));
         }
         // Plan against everything committed so far: an answer decided on a stale view
         // (nothing to remove, no such service, unchanged) would go back to the caller as
         // it is, without the log ever refusing it.
-        self.sync().map_err(|e| StoreError::Unavailable {
-            action: action.to_owned(),
-            message: e.to_string(),
-        })?;
+        self.sync()
+            .map_err(|e| unavailable(action, e.to_string()))?;
         let op = operation_id(self.cluster.node());
         for _ in 0..MAX_ATTEMPTS {
             let (expected, planned) = {
@@ -230,30 +225,26 @@ impl JetStreamControl {
                 }
                 Ok(Published::Stale) => self.sync()?,
                 Ok(Published::Refused(message)) => {
-                    return Err(StoreError::Unavailable {
-                        action: action.to_owned(),
-                        message: format!("the cluster refused the change: {message}"),
-                    });
+                    return Err(unavailable(
+                        action,
+                        format!("the cluster refused the change: {message}"),
+                    ));
                 }
                 Err(message) => {
                     // Lost acknowledgement or an unreachable server: the change may or may
                     // not have committed. Find out once the log can be read.
-                    self.sync().map_err(|_| StoreError::Unavailable {
-                        action: action.to_owned(),
-                        message: message.clone(),
-                    })?;
+                    self.sync()
+                        .map_err(|_| unavailable(action, message.clone()))?;
                     if self.shared.projection().committed(&op).is_some() {
                         return Ok(planned.value);
                     }
                 }
             }
         }
-        Err(StoreError::Unavailable {
-            action: action.to_owned(),
-            message: format!(
-                "other nodes kept committing first; gave up after {MAX_ATTEMPTS} attempts"
-            ),
-        })
+        Err(unavailable(
+            action,
+            format!("other nodes kept committing first; gave up after {MAX_ATTEMPTS} attempts"),
+        ))
     }
 
     fn publish(
@@ -376,13 +367,6 @@ fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn unavailable(action: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable {
-        action: action.to_owned(),
-        message: e.to_string(),
-    }
 }
 
 impl ControlState for JetStreamControl {

@@ -189,6 +189,17 @@ routes = ["/books"]
     assert_eq!(state_of(&listed, "a"), Some("up"), "{listed:?}");
 }
 
+/// Sets a secret of the `greeter` app's `web` service through `node`'s control API.
+async fn put_secret(node: &Node) -> reqwest::Response {
+    client()
+        .put(node.admin_url("/v1/apps/greeter/services/web/secrets/KEY"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"value": "v"}))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_node_cut_off_from_nats_keeps_serving_and_refuses_writes_with_503() {
     let mut nats = NatsServer::start();
@@ -220,13 +231,7 @@ routes = ["/"]
         let r = client().get(node.url("/")).send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
-    let r = client()
-        .put(node.admin_url("/v1/apps/greeter/services/web/secrets/KEY"))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({"value": "v"}))
-        .send()
-        .await
-        .unwrap();
+    let r = put_secret(&node).await;
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "cluster_unavailable", "{body}");
@@ -240,13 +245,7 @@ routes = ["/"]
     nats.restart();
     let start = Instant::now();
     loop {
-        let r = client()
-            .put(node.admin_url("/v1/apps/greeter/services/web/secrets/KEY"))
-            .bearer_auth(TOKEN)
-            .json(&serde_json::json!({"value": "v"}))
-            .send()
-            .await
-            .unwrap();
+        let r = put_secret(&node).await;
         if r.status().is_success() {
             break;
         }
@@ -262,16 +261,7 @@ routes = ["/"]
     // And it follows changes made elsewhere after the outage: a second node deploys.
     let other_data = tempfile::tempdir().unwrap();
     let other = cluster_node(other_data.path(), &nats.url(), "other");
-    let second = App::new(
-        r#"
-[app]
-name = "tally"
-
-[services.counter]
-component = "{guest:counter}"
-routes = ["/c"]
-"#,
-    );
+    let second = counter_app();
     ok(other.cli(TOKEN, &["deploy", second.path().to_str().unwrap()]));
     until_served(
         &node.url("/c/get/none"),
