@@ -31,6 +31,16 @@ pub(crate) const NODES_BUCKET: &str = "TESSERA_NODES";
 /// Component artifacts by sha256.
 pub(crate) const ARTIFACTS_BUCKET: &str = "TESSERA_ARTIFACTS";
 
+/// Published events (`tessera.events.<app>.<topic>`) and re-drives
+/// (`tessera.redrive.<subscription>`), kept while a subscription has not acknowledged them.
+pub(crate) const EVENTS_STREAM: &str = "TESSERA_EVENTS";
+/// Dead letters, one subject per subscription and message.
+pub(crate) const DEAD_STREAM: &str = "TESSERA_DEAD";
+/// The status of async invocations' deliveries.
+pub(crate) const STATUS_STREAM: &str = "TESSERA_STATUS";
+/// Subscription records and nodes' delivery counts.
+pub(crate) const SUBS_STREAM: &str = "TESSERA_SUBS";
+
 /// The payload a server must accept: the largest key-value value and room for headers
 /// and the key.
 const NEEDED_PAYLOAD: usize = tessera_data::MAX_VALUE_BYTES + 64 * 1024;
@@ -188,6 +198,7 @@ async fn create_all(js: &jetstream::Context, replicas: usize) -> Result<(), Clus
         ),
     )
     .await?;
+    create_event_streams(js, replicas).await?;
     let objects = format!("OBJ_{ARTIFACTS_BUCKET}");
     match js.get_stream(&objects).await {
         Ok(_) => {}
@@ -232,6 +243,87 @@ async fn create_all(js: &jetstream::Context, replicas: usize) -> Result<(), Clus
     Ok(())
 }
 
+async fn create_event_streams(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<(), ClusterError> {
+    let events = stream::Config {
+        name: EVENTS_STREAM.into(),
+        description: Some("Tessera events, kept until every subscription took them".into()),
+        subjects: vec!["tessera.events.>".into(), "tessera.redrive.>".into()],
+        retention: stream::RetentionPolicy::Interest,
+        max_messages_per_subject: -1,
+        duplicate_window: crate::events::DEDUP_WINDOW,
+        max_message_size: i32::try_from(NEEDED_PAYLOAD).unwrap_or(i32::MAX),
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        discard: stream::DiscardPolicy::Old,
+        deny_delete: true,
+        deny_purge: true,
+        allow_direct: false,
+        ..Default::default()
+    };
+    let found = ensure_stream(js, events.clone()).await?;
+    check_echo(
+        EVENTS_STREAM,
+        "retention",
+        format!("{:?}", events.retention),
+        format!("{:?}", found.retention),
+    )?;
+    check_echo(
+        EVENTS_STREAM,
+        "duplicate_window",
+        format!("{:?}", events.duplicate_window),
+        format!("{:?}", found.duplicate_window),
+    )?;
+    let records = |name: &str, description: &str, subjects: &[&str], max_age| stream::Config {
+        name: name.into(),
+        description: Some(description.into()),
+        subjects: subjects.iter().map(|s| (*s).to_owned()).collect(),
+        max_messages_per_subject: 1,
+        max_age,
+        max_message_size: i32::try_from(NEEDED_PAYLOAD).unwrap_or(i32::MAX),
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        discard: stream::DiscardPolicy::Old,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: false,
+        ..Default::default()
+    };
+    ensure_stream(
+        js,
+        records(
+            DEAD_STREAM,
+            "Tessera dead letters",
+            &["tessera.dead.>"],
+            crate::events::DEAD_RETENTION,
+        ),
+    )
+    .await?;
+    ensure_stream(
+        js,
+        records(
+            STATUS_STREAM,
+            "Tessera async invocations' status",
+            &["tessera.status.>"],
+            crate::events::STATUS_RETENTION,
+        ),
+    )
+    .await?;
+    ensure_stream(
+        js,
+        records(
+            SUBS_STREAM,
+            "Tessera event subscriptions and delivery counts",
+            &["tessera.subs.>", "tessera.counts.>"],
+            Duration::ZERO,
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
 /// The stream behind a KV bucket, made by hand so that reads go to the leader
 /// (`allow_direct: false`): direct gets on replicas were measured stale right after an
 /// acknowledged write.
@@ -257,7 +349,7 @@ fn kv_stream(bucket: &str, description: &str, replicas: usize) -> stream::Config
 async fn ensure_stream(
     js: &jetstream::Context,
     config: stream::Config,
-) -> Result<(), ClusterError> {
+) -> Result<stream::Config, ClusterError> {
     let name = config.name.clone();
     let mut stream = js
         .get_or_create_stream(config.clone())
@@ -294,7 +386,7 @@ async fn ensure_stream(
         found.num_replicas,
     )?;
     check_echo(&name, "deny_delete", config.deny_delete, found.deny_delete)?;
-    Ok(())
+    Ok(found)
 }
 
 fn check_echo<T: PartialEq + std::fmt::Display>(

@@ -759,3 +759,14 @@ fn each_cron_tick_is_fired_by_one_node_and_the_last_tick_is_shared() {
         Some(tick(5))
     );
 }
+
+#[test]
+fn jetstream_journal_passes_the_journal_conformance_suite() {
+    require_nats();
+    tessera_events::conformance::run(|test| {
+        let server = NatsServer::start();
+        let cluster = Cluster::connect(&config(&server, "conformance")).unwrap();
+        let journal = JetStreamJournal::open(&cluster).unwrap();
+        test(&journal);
+    });
+}

@@ -108,23 +108,58 @@ impl ClaimedTicks {
     /// The schedule's newest tick anyone in the cluster fired.
     fn cluster_last_tick(&self, schedule: &str) -> Option<SystemTime> {
         let js = self.cluster.js();
-        let subject = Self::last_subject(schedule);
-        let stream = format!("KV_{CRON_LAST_BUCKET}");
+        let schedule = schedule.to_owned();
         self.cluster
             .bridge()
-            .run(async move {
-                let stream = js.get_stream(&stream).await.ok()?;
-                let current =
-                    tokio::time::timeout(REQUEST_TIMEOUT, crate::cas::current(&stream, &subject))
-                        .await
-                        .ok()?
-                        .ok()??;
-                std::str::from_utf8(&current.value?)
-                    .ok()?
-                    .parse::<i64>()
-                    .ok()
-            })
-            .map(from_unix_ms)
+            .run(async move { cluster_last_tick(&js, &schedule).await })
+    }
+}
+
+/// The schedule's newest tick anyone in the cluster fired, if it can be read.
+pub(crate) async fn cluster_last_tick(
+    js: &async_nats::jetstream::Context,
+    schedule: &str,
+) -> Option<SystemTime> {
+    let subject = ClaimedTicks::last_subject(schedule);
+    let stream = js.get_stream(format!("KV_{CRON_LAST_BUCKET}")).await.ok()?;
+    let current = tokio::time::timeout(REQUEST_TIMEOUT, crate::cas::current(&stream, &subject))
+        .await
+        .ok()?
+        .ok()??;
+    std::str::from_utf8(&current.value?)
+        .ok()?
+        .parse::<i64>()
+        .ok()
+        .map(from_unix_ms)
+}
+
+/// Records `tick` as the schedule's last unless a later one is recorded.
+pub(crate) async fn record_last_tick(
+    js: &async_nats::jetstream::Context,
+    schedule: &str,
+    tick: SystemTime,
+) -> Result<(), EventError> {
+    let tick_ms = unix_ms(tick);
+    let storage = |message: String| EventError::Storage {
+        message: format!("cannot record a cron tick in the cluster: {message}"),
+        disk_full: false,
+    };
+    let stream = format!("KV_{CRON_LAST_BUCKET}");
+    let subject = ClaimedTicks::last_subject(schedule);
+    let write = crate::cas::write_if(js, &stream, &subject, storage, |current| {
+        let recorded = current
+            .and_then(|c| c.value.as_ref())
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok());
+        Ok(
+            (recorded.is_none_or(|r| r < tick_ms)).then(|| crate::cas::Write {
+                payload: Bytes::from(tick_ms.to_string()),
+                headers: Default::default(),
+            }),
+        )
+    });
+    match tokio::time::timeout(REQUEST_TIMEOUT, write).await {
+        Ok(result) => result.map(|_| ()),
+        Err(_) => Err(storage("no answer in time".into())),
     }
 }
 

@@ -16,8 +16,8 @@
 //!
 //! [`Journal`] is the seam between delivery semantics and storage; this crate names no
 //! backend. `tessera_embedded::EmbeddedJournal` keeps everything in one SQLite file
-//! (group-committed, fsync'd). A cluster backend on NATS JetStream is planned behind the
-//! same trait, which is why it is shaped the way it is:
+//! (group-committed, fsync'd); `tessera_cluster::JetStreamJournal` keeps it in NATS
+//! JetStream, shared by every node of a cluster. The trait is shaped for both:
 //!
 //! - publishing is to a topic of an app, idempotent by message id (JetStream's
 //!   `Nats-Msg-Id` deduplication), and a message id is stable across retries, so it can
@@ -552,11 +552,16 @@ pub trait Journal: Send + Sync {
     fn stored_bytes(&self, subscription: &str) -> Result<u64, EventError>;
 
     /// When the subscription's earliest pending delivery becomes due (a past time means
-    /// now), counting lease expiries of in-flight ones; `None` if it holds none.
+    /// now), counting lease expiries of in-flight ones; `None` if it holds none. A journal
+    /// shared by many nodes may know only the retries this node scheduled, and answer
+    /// `None` for the rest: dispatchers poll every `idle_poll` regardless.
     fn next_ready(&self, subscription: &str) -> Result<Option<SystemTime>, EventError>;
 
     /// The last result recorded for a message on a subscription (async invocation
-    /// status), or `None` if there is no such delivery or it was pruned.
+    /// status), or `None` if there is no such delivery or it was pruned. Every backend
+    /// keeps it for subscriptions of the platform's own topics
+    /// ([`INTERNAL_TOPIC_PREFIX`]: async invocations); for other subscriptions a backend
+    /// may keep only what their dead letters say.
     fn status(
         &self,
         subscription: &str,

@@ -1,0 +1,1664 @@
+//! [`JetStreamJournal`]: the event journal of a cluster, on JetStream, shared by every node.
+//!
+//! - **Messages** are published to the stream `TESSERA_EVENTS`, subject
+//!   `tessera.events.<app>.<topic>` (both encoded as one token each), with
+//!   `Nats-Msg-Id: <app>/<id>`, so a publish retried within the stream's duplicate window
+//!   is recognised. A publish returns after JetStream's acknowledgement: the message is on
+//!   disk on a majority of its replicas. The stream keeps a message while some
+//!   subscription's consumer has not acknowledged it (interest retention).
+//! - **A subscription is a durable pull consumer** (`ev-<key>`, the key a hash of its id)
+//!   with the topic's subject as its only filter, created when a node first registers it.
+//!   Every node that serves the subscription's service pulls from the same consumer, so
+//!   deliveries are shared among them; a lease is a pull, the attempt number is the
+//!   server's delivery count, an acknowledgement is `+ACK`, a failed attempt a `-NAK` with
+//!   the backoff as its delay, and after the last attempt the delivery becomes a dead
+//!   letter (`TESSERA_DEAD`) and is terminated (`+TERM`). The consumer's ack wait is the
+//!   subscription's timeout, at most [`MAX_ACK_WAIT`]: a node extends its leases with
+//!   `+WPI` while the handler runs, so a dead node's deliveries come back within seconds
+//!   and a slow handler is not delivered twice.
+//! - **Re-drives** publish the dead letter to `tessera.redrive.<key>`, which only that
+//!   subscription's second consumer (`rd-<key>`, made on the first re-drive) reads.
+//! - **Registrations** are records in `TESSERA_SUBS` (one per subscription: its latest
+//!   settings, the nodes that register it, and the stretches of the stream published while
+//!   no node did, which it skips), written with [`crate::cas::write_if`].
+//! - **Status** of deliveries of the platform's own topics (async invocations) is a record
+//!   per delivery in `TESSERA_STATUS`, kept a day.
+//! - **Counts** (delivered, retries, in flight) are kept by each node and written to
+//!   `TESSERA_SUBS` every second; [`Journal::stats`] adds up every node's.
+//! - **Wake-ups** go over core NATS (`tessera.wake`), so a message published through one
+//!   node reaches a dispatcher on another without waiting for a poll.
+
+mod records;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::{self, AckKind, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tessera_events::{
+    DeadLetter, Delivery, DeliveryState, DeliveryStatus, EventError, INTERNAL_TOPIC_PREFIX,
+    Journal, NewMessage, Outcome, Published, SubscriptionSpec, SubscriptionStats, WAKEUP_CAPACITY,
+    Wakeup, jitter, retry_delay, unix_ms, validate_message, validate_subscriptions,
+};
+use tokio::sync::broadcast;
+
+use crate::setup::{DEAD_STREAM, EVENTS_STREAM, STATUS_STREAM, SUBS_STREAM};
+use crate::{Cluster, REQUEST_TIMEOUT, encode_token};
+use records::{
+    CountsRecord, DeadHead, MessageMeta, SpecRecord, StatusRecord, SubCounts, SubRecord, capped,
+    envelope, open_envelope,
+};
+
+/// The longest ack wait of a subscription's consumer. Longer leases are kept alive with
+/// `+WPI` while the handler runs, so a delivery held by a node that died is handed out
+/// again within this long.
+pub const MAX_ACK_WAIT: Duration = Duration::from_secs(5);
+/// How long a publish is remembered for deduplication by its id.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(120);
+/// How long dead letters are kept.
+pub const DEAD_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long the status of an async invocation is kept.
+pub const STATUS_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Most deliveries of one subscription leased or waiting out a retry at once.
+pub(crate) const MAX_ACK_PENDING: i64 = 100_000;
+/// How old a cached subscription record may be before a lease reads it again.
+const RECORD_FRESH: Duration = Duration::from_secs(1);
+/// How often a node writes its counts, and polls re-drive consumers.
+const EVERY: Duration = Duration::from_secs(1);
+/// Core NATS subject of wake-ups.
+const WAKE_SUBJECT: &str = "tessera.wake";
+
+/// The cluster's event journal. See the module documentation.
+pub struct JetStreamJournal {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for JetStreamJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamJournal").finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    cluster: Cluster,
+    /// This run's id in wake-ups, so a node ignores its own.
+    instance: String,
+    wakeups: broadcast::Sender<Wakeup>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Subscription records by id, as last read.
+    subs: HashMap<String, Cached>,
+    /// Consumer handles by name.
+    consumers: HashMap<String, PullConsumer>,
+    /// Deliveries this node leased and has not answered, by (subscription, message id).
+    in_flight: HashMap<(String, String), Lease>,
+    /// Retries this node scheduled: when each becomes due, by subscription and message.
+    retry_due: HashMap<String, HashMap<String, SystemTime>>,
+    /// Subscriptions whose re-drive consumer was last pulled, and when.
+    redrive_pulled: HashMap<String, Instant>,
+    /// Subscriptions re-driven lately: pull their re-drive consumer on every lease.
+    redrive_hot: HashMap<String, Instant>,
+    /// This node's counts, by subscription.
+    counts: HashMap<String, SubCounts>,
+    counts_written: bool,
+}
+
+struct Cached {
+    record: SubRecord,
+    read: Instant,
+}
+
+struct Lease {
+    reply: String,
+    attempt: u32,
+    message: tessera_events::Message,
+    /// Ends at `leased + timeout`; extended with `+WPI` until then.
+    leased: Instant,
+    timeout: Duration,
+    ack_wait: Duration,
+    progressed: Instant,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The journal error for a cluster call that failed.
+fn storage(action: &str, e: impl std::fmt::Display) -> EventError {
+    let message = e.to_string();
+    EventError::Storage {
+        disk_full: message.contains("insufficient resources"),
+        message: format!("cannot {action} in the cluster: {message}"),
+    }
+}
+
+/// A subscription's key in subjects and consumer names: a hash of its id, so any id fits.
+pub(crate) fn sub_key(id: &str) -> String {
+    tessera_embedded::digest(id.as_bytes())[..32].to_owned()
+}
+
+fn event_subject(app: &str, topic: &str) -> String {
+    format!(
+        "tessera.events.{}.{}",
+        encode_token(app.as_bytes()),
+        encode_token(topic.as_bytes())
+    )
+}
+
+fn redrive_subject(key: &str) -> String {
+    format!("tessera.redrive.{key}")
+}
+
+fn dead_subject(key: &str, id: &str) -> String {
+    format!("tessera.dead.{key}.{}", encode_token(id.as_bytes()))
+}
+
+fn status_subject(key: &str, id: &str) -> String {
+    format!("tessera.status.{key}.{}", encode_token(id.as_bytes()))
+}
+
+fn sub_subject(key: &str) -> String {
+    format!("tessera.subs.{key}")
+}
+
+fn counts_subject(node: &str) -> String {
+    format!("tessera.counts.{node}")
+}
+
+fn main_consumer(key: &str) -> String {
+    format!("ev-{key}")
+}
+
+fn redrive_consumer(key: &str) -> String {
+    format!("rd-{key}")
+}
+
+/// Whether deliveries of this topic keep a status record (async invocations do).
+fn keeps_status(topic: &str) -> bool {
+    topic.starts_with(INTERNAL_TOPIC_PREFIX)
+}
+
+fn ack_wait(timeout: Duration) -> Duration {
+    timeout.min(MAX_ACK_WAIT)
+}
+
+async fn timed<T, E: std::fmt::Display>(
+    action: &str,
+    future: impl Future<Output = Result<T, E>>,
+) -> Result<T, EventError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, future).await {
+        Ok(result) => result.map_err(|e| storage(action, e)),
+        Err(_) => Err(storage(action, "no answer in time")),
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WakeMessage {
+    instance: String,
+    #[serde(default)]
+    app: Option<String>,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    subscription: Option<String>,
+}
+
+impl JetStreamJournal {
+    /// The journal of `cluster` (whose setup made its streams). Starts listening for other
+    /// nodes' wake-ups, keeping leases alive and writing this node's counts.
+    pub fn open(cluster: &Cluster) -> Result<JetStreamJournal, EventError> {
+        let (wakeups, _) = broadcast::channel(WAKEUP_CAPACITY);
+        let shared = Arc::new(Shared {
+            cluster: cluster.clone(),
+            instance: crate::control::operation_id(cluster.node()),
+            wakeups,
+            state: Mutex::new(State::default()),
+        });
+        // Counts carry on from what this node wrote before.
+        let own = cluster.bridge().run({
+            let shared = shared.clone();
+            async move { read_counts(&shared).await }
+        })?;
+        if let Some(own) = own.get(cluster.node()) {
+            let mut state = lock(&shared.state);
+            for (id, counts) in &own.subs {
+                state.counts.insert(
+                    id.clone(),
+                    SubCounts {
+                        in_flight: 0,
+                        ..*counts
+                    },
+                );
+            }
+        }
+        let subscriber = cluster
+            .bridge()
+            .run({
+                let client = cluster.client();
+                async move { client.subscribe(WAKE_SUBJECT).await }
+            })
+            .map_err(|e| storage("listen for wake-ups", e))?;
+        let tasks = vec![
+            cluster
+                .bridge()
+                .spawn(pass_on_wakeups(Arc::downgrade(&shared), subscriber)),
+            cluster.bridge().spawn(keep_leases(Arc::downgrade(&shared))),
+            cluster
+                .bridge()
+                .spawn(write_counts(Arc::downgrade(&shared))),
+        ];
+        Ok(JetStreamJournal { shared, tasks })
+    }
+
+    /// Runs `call` on the client's runtime and waits for it.
+    fn run<F>(&self, call: impl FnOnce(Arc<Shared>) -> F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.shared.cluster.bridge().run(call(self.shared.clone()))
+    }
+}
+
+impl Drop for JetStreamJournal {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Sends an acknowledgement of some kind for a delivery and waits for the server to take
+/// it.
+async fn answer(client: &async_nats::Client, reply: &str, kind: AckKind) -> Result<(), EventError> {
+    let payload: Bytes = kind.into();
+    timed(
+        "answer a delivery",
+        client.request(reply.to_owned(), payload),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Up to `max` messages from a pull consumer: those waiting now, or, with `wait`, those
+/// that arrive within it.
+async fn pull(
+    consumer: &PullConsumer,
+    max: usize,
+    wait: Option<Duration>,
+) -> Result<Vec<jetstream::Message>, EventError> {
+    let batch = match wait {
+        None => consumer.fetch().max_messages(max).messages().await,
+        Some(wait) => {
+            consumer
+                .batch()
+                .max_messages(max)
+                .expires(wait)
+                .messages()
+                .await
+        }
+    };
+    let mut batch = batch.map_err(|e| storage("lease deliveries", e))?;
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(REQUEST_TIMEOUT, batch.next()).await {
+            Ok(Some(Ok(message))) => out.push(message),
+            Ok(Some(Err(e))) => {
+                if out.is_empty() {
+                    return Err(storage("lease deliveries", e));
+                }
+                // What was handed out stays leased; the rest comes with the next pull.
+                break;
+            }
+            Ok(None) => break,
+            Err(_) if out.is_empty() => {
+                return Err(storage("lease deliveries", "no answer in time"));
+            }
+            Err(_) => break,
+        }
+    }
+    Ok(out)
+}
+
+/// The newest message of each subject under `filter` (or, with `DeliverPolicy::All`, every
+/// message), up to `limit`: subject, payload and stream sequence.
+async fn read_subjects(
+    cluster: &Cluster,
+    stream_name: &str,
+    filter: String,
+    policy: DeliverPolicy,
+    limit: usize,
+) -> Result<Vec<(String, Bytes, u64)>, EventError> {
+    let action = "read records";
+    let stream = timed(action, cluster.js().get_stream(stream_name)).await?;
+    let consumer = timed(
+        action,
+        stream.create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: cluster.client().new_inbox(),
+            filter_subject: filter,
+            deliver_policy: policy,
+            ..Default::default()
+        }),
+    )
+    .await?;
+    let mut pending = consumer.cached_info().num_pending;
+    let mut out = Vec::new();
+    if pending == 0 || limit == 0 {
+        return Ok(out);
+    }
+    let mut messages = timed(action, consumer.messages()).await?;
+    while pending > 0 && out.len() < limit {
+        let Some(message) = tokio::time::timeout(REQUEST_TIMEOUT, messages.next())
+            .await
+            .map_err(|_| storage(action, "no answer in time"))?
+        else {
+            break;
+        };
+        let message = message.map_err(|e| storage(action, e))?;
+        let info = message.info().map_err(|e| storage(action, e))?;
+        pending = info.pending;
+        let seq = info.stream_sequence;
+        out.push((message.subject.to_string(), message.payload.clone(), seq));
+    }
+    Ok(out)
+}
+
+/// Every node's counts record, by node.
+async fn read_counts(shared: &Shared) -> Result<HashMap<String, CountsRecord>, EventError> {
+    let found = read_subjects(
+        &shared.cluster,
+        SUBS_STREAM,
+        "tessera.counts.>".into(),
+        DeliverPolicy::LastPerSubject,
+        usize::MAX,
+    )
+    .await?;
+    let mut out = HashMap::new();
+    for (subject, payload, _) in found {
+        let node = subject.trim_start_matches("tessera.counts.").to_owned();
+        match serde_json::from_slice::<CountsRecord>(&payload) {
+            Ok(record) => {
+                out.insert(node, record);
+            }
+            Err(e) => tracing::warn!(node, error = %e, "an unreadable counts record"),
+        }
+    }
+    Ok(out)
+}
+
+/// Passes other nodes' wake-ups on to this node's receivers.
+async fn pass_on_wakeups(shared: std::sync::Weak<Shared>, mut subscriber: async_nats::Subscriber) {
+    while let Some(message) = subscriber.next().await {
+        let Some(shared) = shared.upgrade() else {
+            break;
+        };
+        let Ok(wake) = serde_json::from_slice::<WakeMessage>(&message.payload) else {
+            continue;
+        };
+        if wake.instance == shared.instance {
+            continue;
+        }
+        let wakeup = match (wake.app, wake.topic, wake.subscription) {
+            (Some(app), Some(topic), _) => Wakeup::Topic { app, topic },
+            (_, _, Some(subscription)) => {
+                lock(&shared.state)
+                    .redrive_hot
+                    .insert(subscription.clone(), Instant::now());
+                Wakeup::Subscription(subscription)
+            }
+            _ => continue,
+        };
+        let _ = shared.wakeups.send(wakeup);
+    }
+}
+
+/// Extends this node's leases with `+WPI` while they last (their subscription's timeout),
+/// and forgets leases nobody answered long after they ended.
+async fn keep_leases(shared: std::sync::Weak<Shared>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let Some(shared) = shared.upgrade() else {
+            break;
+        };
+        let now = Instant::now();
+        let mut extend = Vec::new();
+        {
+            let mut state = lock(&shared.state);
+            state.in_flight.retain(|_, lease| {
+                let ends = lease.leased + lease.timeout;
+                if now > ends + MAX_ACK_WAIT {
+                    return false;
+                }
+                let server_ends = lease.progressed + lease.ack_wait;
+                if server_ends < ends && now >= lease.progressed + lease.ack_wait / 2 {
+                    lease.progressed = now;
+                    extend.push(lease.reply.clone());
+                }
+                true
+            });
+        }
+        let client = shared.cluster.client();
+        for reply in extend {
+            if let Err(e) = client.publish(reply, AckKind::Progress.into()).await {
+                tracing::debug!(error = %e, "cannot extend a lease");
+            }
+        }
+    }
+}
+
+/// Writes this node's counts every second when they changed (and while it holds leases,
+/// so the others know its in-flight numbers are current).
+async fn write_counts(shared: std::sync::Weak<Shared>) {
+    let mut last: Option<HashMap<String, SubCounts>> = None;
+    loop {
+        tokio::time::sleep(EVERY).await;
+        let Some(shared) = shared.upgrade() else {
+            break;
+        };
+        let now = shared.counts_now();
+        let busy = now.values().any(|c| c.in_flight > 0);
+        if !busy && last.as_ref() == Some(&now) {
+            continue;
+        }
+        let record = CountsRecord {
+            updated_ms: unix_ms(SystemTime::now()),
+            subs: now.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        };
+        let payload = Bytes::from(serde_json::to_vec(&record).expect("records serialise"));
+        let subject = counts_subject(shared.cluster.node());
+        let written = timed("write delivery counts", async {
+            shared.cluster.js().publish(subject, payload).await?.await
+        })
+        .await;
+        match written {
+            Ok(_) => {
+                lock(&shared.state).counts_written = true;
+                last = Some(now);
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot write delivery counts"),
+        }
+    }
+}
+
+impl Shared {
+    fn js(&self) -> jetstream::Context {
+        self.cluster.js()
+    }
+
+    /// This node's counts with its in-flight numbers as of now.
+    fn counts_now(&self) -> HashMap<String, SubCounts> {
+        let state = lock(&self.state);
+        let mut counts = state.counts.clone();
+        for c in counts.values_mut() {
+            c.in_flight = 0;
+        }
+        for (sub, _) in state.in_flight.keys() {
+            counts.entry(sub.clone()).or_default().in_flight += 1;
+        }
+        counts
+    }
+
+    fn count(&self, subscription: &str, change: impl FnOnce(&mut SubCounts)) {
+        change(
+            lock(&self.state)
+                .counts
+                .entry(subscription.to_owned())
+                .or_default(),
+        );
+    }
+
+    async fn stream(&self, name: &str) -> Result<stream::Stream, EventError> {
+        timed("find a stream", self.js().get_stream(name)).await
+    }
+
+    async fn events_last_seq(&self) -> Result<u64, EventError> {
+        Ok(self
+            .stream(EVENTS_STREAM)
+            .await?
+            .cached_info()
+            .state
+            .last_sequence)
+    }
+
+    fn remember(&self, record: &SubRecord) {
+        lock(&self.state).subs.insert(
+            record.spec.id.clone(),
+            Cached {
+                record: record.clone(),
+                read: Instant::now(),
+            },
+        );
+    }
+
+    /// The record of subscription `id`, read again when the cached one is older than
+    /// `fresh`.
+    async fn record(&self, id: &str, fresh: Duration) -> Result<Option<SubRecord>, EventError> {
+        if let Some(cached) = lock(&self.state).subs.get(id)
+            && cached.read.elapsed() < fresh
+        {
+            return Ok(Some(cached.record.clone()));
+        }
+        let stream = self.stream(SUBS_STREAM).await?;
+        let current = timed(
+            "read a subscription",
+            crate::cas::current(&stream, &sub_subject(&sub_key(id))),
+        )
+        .await?;
+        let record = match current.and_then(|c| c.value) {
+            Some(value) => Some(
+                serde_json::from_slice::<SubRecord>(&value)
+                    .map_err(|e| storage("read a subscription", e))?,
+            )
+            .filter(|r| r.spec.id == id),
+            None => None,
+        };
+        match &record {
+            Some(record) => self.remember(record),
+            None => {
+                lock(&self.state).subs.remove(id);
+            }
+        }
+        Ok(record)
+    }
+
+    async fn known(&self, id: &str, fresh: Duration) -> Result<SubRecord, EventError> {
+        self.record(id, fresh)
+            .await?
+            .ok_or_else(|| EventError::UnknownSubscription(id.to_owned()))
+    }
+
+    /// Every subscription record.
+    async fn all_records(&self) -> Result<Vec<SubRecord>, EventError> {
+        let found = read_subjects(
+            &self.cluster,
+            SUBS_STREAM,
+            "tessera.subs.>".into(),
+            DeliverPolicy::LastPerSubject,
+            usize::MAX,
+        )
+        .await?;
+        let mut records = Vec::new();
+        for (subject, payload, _) in found {
+            match serde_json::from_slice::<SubRecord>(&payload) {
+                Ok(record) => {
+                    self.remember(&record);
+                    records.push(record);
+                }
+                Err(e) => tracing::warn!(subject, error = %e, "an unreadable subscription record"),
+            }
+        }
+        Ok(records)
+    }
+
+    /// The consumer `name` reading `filter`, created (or its ack wait brought up to date)
+    /// when needed, with the settings the server echoes back checked.
+    async fn ensure_consumer(
+        &self,
+        name: &str,
+        description: &str,
+        filter: String,
+        ack_wait: Duration,
+    ) -> Result<PullConsumer, EventError> {
+        let action = "set up a subscription's consumer";
+        let wanted = pull::Config {
+            durable_name: Some(name.to_owned()),
+            description: Some(description.to_owned()),
+            filter_subject: filter,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait,
+            max_deliver: -1,
+            max_ack_pending: MAX_ACK_PENDING,
+            deliver_policy: DeliverPolicy::New,
+            ..Default::default()
+        };
+        let stream = self.stream(EVENTS_STREAM).await?;
+        let existing =
+            tokio::time::timeout(REQUEST_TIMEOUT, stream.get_consumer::<pull::Config>(name)).await;
+        let mut consumer = match existing {
+            Ok(Ok(consumer)) if consumer.cached_info().config.ack_wait == ack_wait => consumer,
+            // A 2.9 server updates the consumer's editable settings on a create.
+            _ => timed(action, stream.create_consumer(wanted.clone())).await?,
+        };
+        let echoed = timed(action, consumer.info()).await?.config.clone();
+        let dropped = |field: &str, wanted: String, found: String| {
+            storage(
+                action,
+                format!(
+                    "the server dropped {field} of consumer {name}: asked for {wanted}, holds {found}"
+                ),
+            )
+        };
+        if echoed.filter_subject != wanted.filter_subject {
+            return Err(dropped(
+                "filter_subject",
+                wanted.filter_subject,
+                echoed.filter_subject,
+            ));
+        }
+        if echoed.ack_wait != ack_wait || echoed.max_deliver != -1 {
+            return Err(dropped(
+                "ack_wait or max_deliver",
+                format!("{ack_wait:?}, -1"),
+                format!("{:?}, {}", echoed.ack_wait, echoed.max_deliver),
+            ));
+        }
+        lock(&self.state)
+            .consumers
+            .insert(name.to_owned(), consumer.clone());
+        Ok(consumer)
+    }
+
+    /// The subscription's main (or re-drive) consumer.
+    async fn consumer(
+        &self,
+        record: &SubRecord,
+        redrive: bool,
+    ) -> Result<PullConsumer, EventError> {
+        let key = sub_key(&record.spec.id);
+        let name = if redrive {
+            redrive_consumer(&key)
+        } else {
+            main_consumer(&key)
+        };
+        if let Some(consumer) = lock(&self.state).consumers.get(&name) {
+            return Ok(consumer.clone());
+        }
+        let filter = if redrive {
+            redrive_subject(&key)
+        } else {
+            event_subject(&record.spec.app, &record.spec.topic)
+        };
+        self.ensure_consumer(
+            &name,
+            &record.spec.id,
+            filter,
+            ack_wait(Duration::from_millis(record.spec.timeout_ms)),
+        )
+        .await
+    }
+
+    /// Writes status records (pipelined), each only if `only_new` finds none yet.
+    async fn write_statuses(
+        &self,
+        records: Vec<(String, StatusRecord)>,
+        only_new: bool,
+    ) -> Result<(), EventError> {
+        let js = self.js();
+        let mut acks = Vec::new();
+        for (subject, record) in records {
+            let mut message = jetstream::message::PublishMessage::build().payload(
+                serde_json::to_vec(&record)
+                    .expect("records serialise")
+                    .into(),
+            );
+            if only_new {
+                message = message.expected_last_subject_sequence(0);
+            }
+            acks.push(
+                timed(
+                    "record a delivery's status",
+                    js.send_publish(subject, message),
+                )
+                .await?,
+            );
+        }
+        for ack in acks {
+            match tokio::time::timeout(REQUEST_TIMEOUT, ack.into_future()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e))
+                    if only_new
+                        && e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {}
+                Ok(Err(e)) => return Err(storage("record a delivery's status", e)),
+                Err(_) => return Err(storage("record a delivery's status", "no answer in time")),
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_status(&self, key: &str, id: &str) -> Result<Option<StatusRecord>, EventError> {
+        let stream = self.stream(STATUS_STREAM).await?;
+        let current = timed(
+            "read a delivery's status",
+            crate::cas::current(&stream, &status_subject(key, id)),
+        )
+        .await?;
+        match current.and_then(|c| c.value) {
+            Some(value) => serde_json::from_slice(&value)
+                .map(Some)
+                .map_err(|e| storage("read a delivery's status", e)),
+            None => Ok(None),
+        }
+    }
+
+    /// The dead letter of message `id`, with its stream sequence.
+    async fn read_dead(
+        &self,
+        key: &str,
+        id: &str,
+    ) -> Result<Option<(DeadHead, Vec<u8>, u64)>, EventError> {
+        let stream = self.stream(DEAD_STREAM).await?;
+        let current = timed(
+            "read a dead letter",
+            crate::cas::current(&stream, &dead_subject(key, id)),
+        )
+        .await?;
+        match current {
+            Some(crate::cas::Current {
+                value: Some(value),
+                seq,
+            }) => {
+                let (head, data) = open_envelope::<DeadHead>(&value)
+                    .map_err(|e| storage("read a dead letter", e))?;
+                Ok(Some((head, data, seq)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn remove_dead(&self, key: &str, id: &str) -> Result<(), EventError> {
+        let stream = self.stream(DEAD_STREAM).await?;
+        timed(
+            "remove a dead letter",
+            stream.purge().filter(dead_subject(key, id)).into_future(),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Stores a dead letter and waits for JetStream to acknowledge it.
+    async fn write_dead(
+        &self,
+        key: &str,
+        message: &tessera_events::Message,
+        attempts: u32,
+        last_status: u16,
+        last_error: &str,
+    ) -> Result<(), EventError> {
+        let head = DeadHead {
+            message: MessageMeta::of(message),
+            attempts,
+            last_status,
+            last_error: capped(last_error),
+            failed_ms: unix_ms(SystemTime::now()),
+        };
+        let payload = envelope(&head, &message.data);
+        timed("store a dead letter", async {
+            self.js()
+                .publish(dead_subject(key, &message.id), payload)
+                .await?
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Tells this node's receivers, and every other node's, about new work.
+    async fn wake(&self, wakeups: Vec<Wakeup>) {
+        let client = self.cluster.client();
+        for wakeup in wakeups {
+            let _ = self.wakeups.send(wakeup.clone());
+            let message = match wakeup {
+                Wakeup::Topic { app, topic } => WakeMessage {
+                    instance: self.instance.clone(),
+                    app: Some(app),
+                    topic: Some(topic),
+                    subscription: None,
+                },
+                Wakeup::Subscription(subscription) => WakeMessage {
+                    instance: self.instance.clone(),
+                    app: None,
+                    topic: None,
+                    subscription: Some(subscription),
+                },
+            };
+            let payload = Bytes::from(serde_json::to_vec(&message).expect("records serialise"));
+            if let Err(e) = client.publish(WAKE_SUBJECT, payload).await {
+                tracing::debug!(error = %e, "cannot send a wake-up; other nodes find the work when they next poll");
+            }
+        }
+    }
+}
+
+async fn register(
+    shared: Arc<Shared>,
+    owner: String,
+    subs: Vec<SubscriptionSpec>,
+) -> Result<(), EventError> {
+    if owner.is_empty() {
+        return Err(EventError::Invalid("an owner must not be empty".into()));
+    }
+    validate_subscriptions(&subs)?;
+    let records = shared.all_records().await?;
+    let wanted: HashMap<String, SpecRecord> = subs
+        .iter()
+        .map(|s| (s.id.clone(), SpecRecord::from(s)))
+        .collect();
+    let mut changes: Vec<(String, Option<SpecRecord>)> = Vec::new();
+    for record in &records {
+        if record.owners.contains(&owner) && !wanted.contains_key(&record.spec.id) {
+            changes.push((record.spec.id.clone(), None));
+        }
+    }
+    let mut ids: Vec<&String> = wanted.keys().collect();
+    ids.sort();
+    for id in ids {
+        let spec = &wanted[id];
+        let current = records.iter().find(|r| &r.spec.id == id);
+        if current.is_some_and(|r| r.owners.contains(&owner) && &r.spec == spec) {
+            continue;
+        }
+        changes.push((id.clone(), Some(spec.clone())));
+    }
+    for (id, spec) in changes {
+        let key = sub_key(&id);
+        if let Some(spec) = &spec {
+            let wait = ack_wait(Duration::from_millis(spec.timeout_ms));
+            shared
+                .ensure_consumer(
+                    &main_consumer(&key),
+                    &id,
+                    event_subject(&spec.app, &spec.topic),
+                    wait,
+                )
+                .await?;
+            if records.iter().any(|r| r.spec.id == id && r.redrive) {
+                shared
+                    .ensure_consumer(&redrive_consumer(&key), &id, redrive_subject(&key), wait)
+                    .await?;
+            }
+        }
+        let last_seq = shared.events_last_seq().await?;
+        let mut written = None;
+        crate::cas::write_if(
+            &shared.js(),
+            SUBS_STREAM,
+            &sub_subject(&key),
+            |e| storage("register a subscription", e),
+            |current| {
+                let mut record = match current.and_then(|c| c.value.as_ref()) {
+                    Some(value) => serde_json::from_slice::<SubRecord>(value)
+                        .map_err(|e| storage("register a subscription", e))?,
+                    None => match &spec {
+                        Some(spec) => SubRecord {
+                            spec: spec.clone(),
+                            owners: BTreeSet::new(),
+                            paused_at: None,
+                            skip: Vec::new(),
+                            redrive: false,
+                        },
+                        None => return Ok(None),
+                    },
+                };
+                if let Some(spec) = &spec {
+                    record.spec = spec.clone();
+                }
+                record.set_owner(&owner, spec.is_some(), last_seq);
+                let payload = serde_json::to_vec(&record).expect("records serialise");
+                written = Some(record);
+                Ok(Some(crate::cas::Write {
+                    payload: payload.into(),
+                    headers: Default::default(),
+                }))
+            },
+        )
+        .await?;
+        if let Some(record) = written {
+            shared.remember(&record);
+        }
+    }
+    Ok(())
+}
+
+async fn publish(
+    shared: Arc<Shared>,
+    app: String,
+    messages: Vec<NewMessage>,
+) -> Result<Vec<Published>, EventError> {
+    let max_payload = shared.cluster.client().server_info().max_payload;
+    let time_ms = unix_ms(SystemTime::now());
+    let mut prepared = Vec::with_capacity(messages.len());
+    for message in messages {
+        let id = message
+            .id
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let meta = MessageMeta {
+            id: id.clone(),
+            topic: message.topic.clone(),
+            source: message.source,
+            kind: message.kind,
+            time_ms,
+            content_type: message.content_type,
+            attributes: message.attributes,
+        };
+        let payload = envelope(&meta, &message.data);
+        if payload.len() + 1024 > max_payload {
+            return Err(EventError::Invalid(format!(
+                "message to topic {:?}: its payload and attributes are {} bytes, more than the cluster's limit of {} bytes",
+                message.topic,
+                payload.len(),
+                max_payload - 1024
+            )));
+        }
+        prepared.push((id, message.topic, payload));
+    }
+    // The status of an async invocation exists before anyone can lease it.
+    let mut statuses = Vec::new();
+    {
+        let state = lock(&shared.state);
+        for (id, topic, _) in &prepared {
+            if !keeps_status(topic) {
+                continue;
+            }
+            for cached in state.subs.values() {
+                let spec = &cached.record.spec;
+                if cached.record.active() && spec.app == app && &spec.topic == topic {
+                    statuses.push((
+                        status_subject(&sub_key(&spec.id), id),
+                        StatusRecord::new(DeliveryState::Pending, 0, None),
+                    ));
+                }
+            }
+        }
+    }
+    if !statuses.is_empty() {
+        shared.write_statuses(statuses, true).await?;
+    }
+    let js = shared.js();
+    let mut acks = Vec::with_capacity(prepared.len());
+    for (id, topic, payload) in prepared {
+        let message = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .message_id(format!("{app}/{id}"));
+        let ack = timed(
+            "publish a message",
+            js.send_publish(event_subject(&app, &topic), message),
+        )
+        .await?;
+        acks.push((id, topic, ack));
+    }
+    let mut published = Vec::with_capacity(acks.len());
+    let mut woken: Vec<String> = Vec::new();
+    for (id, topic, ack) in acks {
+        let ack = timed("publish a message", ack.into_future()).await?;
+        let new = !ack.duplicate;
+        if new && !woken.contains(&topic) {
+            woken.push(topic);
+        }
+        published.push(Published { id, new });
+    }
+    shared
+        .wake(
+            woken
+                .into_iter()
+                .map(|topic| Wakeup::Topic {
+                    app: app.clone(),
+                    topic,
+                })
+                .collect(),
+        )
+        .await;
+    Ok(published)
+}
+
+async fn lease(
+    shared: Arc<Shared>,
+    subscription: String,
+    max: usize,
+) -> Result<Vec<Delivery>, EventError> {
+    let record = shared.known(&subscription, RECORD_FRESH).await?;
+    if !record.active() || max == 0 {
+        return Ok(Vec::new());
+    }
+    let spec = record.spec.spec();
+    let key = sub_key(&subscription);
+    let mut got = Vec::new();
+    if record.redrive {
+        let pull_now = {
+            let mut state = lock(&shared.state);
+            let hot = state
+                .redrive_hot
+                .get(&subscription)
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(30));
+            let due = state
+                .redrive_pulled
+                .get(&subscription)
+                .is_none_or(|at| at.elapsed() >= EVERY);
+            if hot || due {
+                state
+                    .redrive_pulled
+                    .insert(subscription.clone(), Instant::now());
+            }
+            hot || due
+        };
+        if pull_now {
+            let consumer = shared.consumer(&record, true).await?;
+            got = pull(&consumer, max, None).await?;
+            if !got.is_empty() {
+                lock(&shared.state)
+                    .redrive_hot
+                    .insert(subscription.clone(), Instant::now());
+            }
+        }
+    }
+    let consumer = shared.consumer(&record, false).await?;
+    if got.len() < max {
+        got.extend(pull(&consumer, max - got.len(), None).await?);
+    }
+    // A retry this node scheduled is due: the server may release it a moment after the
+    // time it was asked for.
+    let now = SystemTime::now();
+    let retry_due = lock(&shared.state)
+        .retry_due
+        .get(&subscription)
+        .is_some_and(|due| due.values().any(|at| *at <= now));
+    if got.len() < max && retry_due {
+        got.extend(pull(&consumer, max - got.len(), Some(Duration::from_millis(50))).await?);
+    }
+    if let Some(due) = lock(&shared.state).retry_due.get_mut(&subscription) {
+        due.retain(|_, at| *at > now);
+    }
+
+    let client = shared.cluster.client();
+    let mut deliveries = Vec::new();
+    let mut statuses = Vec::new();
+    for message in got {
+        let Some(reply) = message.reply.as_ref().map(|r| r.to_string()) else {
+            continue;
+        };
+        let info = message.info().map_err(|e| storage("lease deliveries", e))?;
+        let seq = info.stream_sequence;
+        let attempt = u32::try_from(info.delivered).unwrap_or(u32::MAX);
+        let redriven = message.subject.starts_with("tessera.redrive.");
+        if !redriven && record.skips(seq) {
+            // Published while no node registered the subscription: not its message.
+            answer(&client, &reply, AckKind::Ack).await?;
+            continue;
+        }
+        let (meta, data) = match open_envelope::<MessageMeta>(&message.payload) {
+            Ok(opened) => opened,
+            Err(e) => {
+                tracing::error!(subscription, seq, error = %e, "a stored event cannot be read; it is dropped");
+                answer(&client, &reply, AckKind::Term).await?;
+                continue;
+            }
+        };
+        let message = meta.into_message(data);
+        if attempt > spec.max_attempts {
+            // The last attempt's lease ran out without an answer (its node died, or this
+            // node gave up on it).
+            lock(&shared.state)
+                .in_flight
+                .remove(&(subscription.clone(), message.id.clone()));
+            let error = format!(
+                "no outcome before the lease of attempt {} expired",
+                spec.max_attempts
+            );
+            shared
+                .write_dead(&key, &message, spec.max_attempts, 0, &error)
+                .await?;
+            answer(&client, &reply, AckKind::Term).await?;
+            shared.count(&subscription, |c| c.retries += 1);
+            if keeps_status(&spec.topic) {
+                let outcome = Outcome::error(error);
+                statuses.push((
+                    status_subject(&key, &message.id),
+                    StatusRecord::new(DeliveryState::Failed, spec.max_attempts, Some(&outcome)),
+                ));
+            }
+            continue;
+        }
+        let started = Instant::now();
+        if keeps_status(&spec.topic) {
+            let mut status = StatusRecord::new(DeliveryState::Running, attempt, None);
+            status.expires_ms = Some(unix_ms(SystemTime::now() + spec.timeout));
+            statuses.push((status_subject(&key, &message.id), status));
+        }
+        lock(&shared.state).in_flight.insert(
+            (subscription.clone(), message.id.clone()),
+            Lease {
+                reply,
+                attempt,
+                message: message.clone(),
+                leased: started,
+                timeout: spec.timeout,
+                ack_wait: ack_wait(spec.timeout),
+                progressed: started,
+            },
+        );
+        deliveries.push(Delivery {
+            subscription: subscription.clone(),
+            message,
+            attempt,
+        });
+    }
+    if !statuses.is_empty() {
+        shared.write_statuses(statuses, false).await?;
+    }
+    Ok(deliveries)
+}
+
+async fn ack(
+    shared: Arc<Shared>,
+    subscription: String,
+    id: String,
+    outcome: Outcome,
+) -> Result<(), EventError> {
+    let record = shared.known(&subscription, Duration::MAX).await?;
+    let key = sub_key(&subscription);
+    let lease = lock(&shared.state)
+        .in_flight
+        .remove(&(subscription.clone(), id.clone()));
+    let attempts = match lease {
+        Some(lease) => {
+            answer(&shared.cluster.client(), &lease.reply, AckKind::Ack).await?;
+            lease.attempt
+        }
+        None => {
+            // A late success of a delivery dead-lettered meanwhile still counts.
+            if let Some((head, _, _)) = shared.read_dead(&key, &id).await? {
+                shared.remove_dead(&key, &id).await?;
+                head.attempts
+            } else if keeps_status(&record.spec.topic) {
+                return match shared.read_status(&key, &id).await? {
+                    Some(status) if status.state == DeliveryState::Succeeded.as_str() => Ok(()),
+                    _ => Err(EventError::NoDelivery {
+                        subscription,
+                        message: id,
+                    }),
+                };
+            } else {
+                // Answered before (acknowledging twice is harmless).
+                return Ok(());
+            }
+        }
+    };
+    shared.count(&subscription, |c| c.delivered += 1);
+    if keeps_status(&record.spec.topic) {
+        shared
+            .write_statuses(
+                vec![(
+                    status_subject(&key, &id),
+                    StatusRecord::new(DeliveryState::Succeeded, attempts, Some(&outcome)),
+                )],
+                false,
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+async fn fail(
+    shared: Arc<Shared>,
+    subscription: String,
+    id: String,
+    outcome: Outcome,
+) -> Result<(), EventError> {
+    let record = shared.known(&subscription, Duration::MAX).await?;
+    let spec = record.spec.spec();
+    let key = sub_key(&subscription);
+    let Some(lease) = lock(&shared.state)
+        .in_flight
+        .remove(&(subscription.clone(), id.clone()))
+    else {
+        return Ok(());
+    };
+    shared.count(&subscription, |c| c.retries += 1);
+    let client = shared.cluster.client();
+    let status = if lease.attempt >= spec.max_attempts {
+        shared
+            .write_dead(
+                &key,
+                &lease.message,
+                lease.attempt,
+                outcome.status,
+                &outcome.describe(),
+            )
+            .await?;
+        answer(&client, &lease.reply, AckKind::Term).await?;
+        StatusRecord::new(DeliveryState::Failed, lease.attempt, Some(&outcome))
+    } else {
+        let delay = jitter(retry_delay(lease.attempt, spec.backoff, spec.max_backoff));
+        let due = SystemTime::now() + delay;
+        answer(&client, &lease.reply, AckKind::Nak(Some(delay))).await?;
+        lock(&shared.state)
+            .retry_due
+            .entry(subscription.clone())
+            .or_default()
+            .insert(id.clone(), due);
+        StatusRecord::new(DeliveryState::Pending, lease.attempt, Some(&outcome))
+    };
+    if keeps_status(&spec.topic) {
+        shared
+            .write_statuses(vec![(status_subject(&key, &id), status)], false)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn dead_letters(
+    shared: Arc<Shared>,
+    subscription: String,
+    limit: usize,
+) -> Result<Vec<(DeadLetter, u64)>, EventError> {
+    shared.known(&subscription, RECORD_FRESH).await?;
+    let key = sub_key(&subscription);
+    let found = read_subjects(
+        &shared.cluster,
+        DEAD_STREAM,
+        format!("tessera.dead.{key}.>"),
+        DeliverPolicy::All,
+        limit,
+    )
+    .await?;
+    let mut out = Vec::with_capacity(found.len());
+    for (subject, payload, seq) in found {
+        match open_envelope::<DeadHead>(&payload) {
+            Ok((head, data)) => out.push((head.into_dead_letter(data), seq)),
+            Err(e) => tracing::warn!(subject, error = %e, "an unreadable dead letter"),
+        }
+    }
+    Ok(out)
+}
+
+async fn redrive(
+    shared: Arc<Shared>,
+    subscription: String,
+    ids: Option<Vec<String>>,
+) -> Result<u64, EventError> {
+    let record = shared.known(&subscription, RECORD_FRESH).await?;
+    let key = sub_key(&subscription);
+    let dead: Vec<(DeadLetter, u64)> = match ids {
+        None => dead_letters(shared.clone(), subscription.clone(), usize::MAX).await?,
+        Some(ids) => {
+            let mut found = Vec::new();
+            let mut seen = HashSet::new();
+            for id in ids {
+                if !seen.insert(id.clone()) {
+                    continue;
+                }
+                if let Some((head, data, seq)) = shared.read_dead(&key, &id).await? {
+                    found.push((head.into_dead_letter(data), seq));
+                }
+            }
+            found
+        }
+    };
+    if dead.is_empty() {
+        return Ok(0);
+    }
+    // The re-drive consumer exists before anything is published to it.
+    shared.consumer(&record, true).await?;
+    if !record.redrive {
+        let mut written = None;
+        crate::cas::write_if(
+            &shared.js(),
+            SUBS_STREAM,
+            &sub_subject(&key),
+            |e| storage("re-drive dead letters", e),
+            |current| {
+                let Some(value) = current.and_then(|c| c.value.as_ref()) else {
+                    return Ok(None);
+                };
+                let mut record = serde_json::from_slice::<SubRecord>(value)
+                    .map_err(|e| storage("re-drive dead letters", e))?;
+                if record.redrive {
+                    return Ok(None);
+                }
+                record.redrive = true;
+                let payload = serde_json::to_vec(&record).expect("records serialise");
+                written = Some(record);
+                Ok(Some(crate::cas::Write {
+                    payload: payload.into(),
+                    headers: Default::default(),
+                }))
+            },
+        )
+        .await?;
+        if let Some(record) = written {
+            shared.remember(&record);
+        } else {
+            shared.record(&subscription, Duration::ZERO).await?;
+        }
+    }
+    let js = shared.js();
+    let mut statuses = Vec::new();
+    for (letter, seq) in &dead {
+        let payload = envelope(&MessageMeta::of(&letter.message), &letter.message.data);
+        let message = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .message_id(format!("redrive/{key}/{seq}"));
+        timed("re-drive a dead letter", async {
+            js.send_publish(redrive_subject(&key), message).await?.await
+        })
+        .await?;
+        shared.remove_dead(&key, &letter.message.id).await?;
+        if keeps_status(&record.spec.topic) {
+            statuses.push((
+                status_subject(&key, &letter.message.id),
+                StatusRecord::new(DeliveryState::Pending, 0, None),
+            ));
+        }
+    }
+    if !statuses.is_empty() {
+        shared.write_statuses(statuses, false).await?;
+    }
+    lock(&shared.state)
+        .redrive_hot
+        .insert(subscription.clone(), Instant::now());
+    shared.wake(vec![Wakeup::Subscription(subscription)]).await;
+    Ok(dead.len() as u64)
+}
+
+/// How many messages of `subject` the stream holds after sequence `after`.
+async fn count_after(shared: &Shared, subject: String, after: u64) -> Result<u64, EventError> {
+    let action = "count messages";
+    let stream = shared.stream(EVENTS_STREAM).await?;
+    let consumer = timed(
+        action,
+        stream.create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: shared.cluster.client().new_inbox(),
+            filter_subject: subject,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
+            headers_only: true,
+            ..Default::default()
+        }),
+    )
+    .await?;
+    Ok(consumer.cached_info().num_pending)
+}
+
+async fn stats(shared: Arc<Shared>) -> Result<Vec<SubscriptionStats>, EventError> {
+    let records = shared.all_records().await?;
+    let others = read_counts(&shared).await?;
+    let own = shared.counts_now();
+    let node = shared.cluster.node().to_owned();
+    let fresh_after = unix_ms(SystemTime::now()) - 3 * EVERY.as_millis() as i64;
+    let stream = shared.stream(EVENTS_STREAM).await?;
+    let dead_stream = shared.stream(DEAD_STREAM).await?;
+    let mut out = Vec::new();
+    for record in records {
+        let id = record.spec.id.clone();
+        let key = sub_key(&id);
+        let mut pending = 0u64;
+        let mut ack_pending = 0u64;
+        let mut names = vec![main_consumer(&key)];
+        if record.redrive {
+            names.push(redrive_consumer(&key));
+        }
+        for name in names {
+            match tokio::time::timeout(REQUEST_TIMEOUT, stream.consumer_info(&name)).await {
+                Ok(Ok(info)) => {
+                    pending += info.num_pending;
+                    ack_pending += info.num_ack_pending as u64;
+                }
+                Ok(Err(e)) => tracing::debug!(consumer = name, error = %e, "no consumer info"),
+                Err(_) => return Err(storage("count deliveries", "no answer in time")),
+            }
+        }
+        if let Some(at) = record.paused_at {
+            let skipped = count_after(
+                &shared,
+                event_subject(&record.spec.app, &record.spec.topic),
+                at,
+            )
+            .await?;
+            pending = pending.saturating_sub(skipped);
+        }
+        let mut dead = 0u64;
+        let mut subjects = timed(
+            "count dead letters",
+            dead_stream.info_with_subjects(format!("tessera.dead.{key}.>")),
+        )
+        .await?;
+        while let Some(entry) = tokio::time::timeout(REQUEST_TIMEOUT, subjects.next())
+            .await
+            .map_err(|_| storage("count dead letters", "no answer in time"))?
+        {
+            entry.map_err(|e| storage("count dead letters", e))?;
+            dead += 1;
+        }
+        let mut counts = own.get(&id).copied().unwrap_or_default();
+        for (other, record) in &others {
+            if other == &node {
+                continue;
+            }
+            if let Some(c) = record.subs.get(&id) {
+                counts.delivered += c.delivered;
+                counts.retries += c.retries;
+                if record.updated_ms >= fresh_after {
+                    counts.in_flight += c.in_flight;
+                }
+            }
+        }
+        let in_flight = counts.in_flight.min(ack_pending);
+        let retrying = ack_pending - in_flight;
+        let stats = SubscriptionStats {
+            id,
+            active: record.active(),
+            ready: pending + retrying,
+            in_flight,
+            retrying,
+            dead,
+            delivered: counts.delivered,
+            retries: counts.retries,
+        };
+        if stats.active || stats.ready + stats.in_flight + stats.dead > 0 {
+            out.push(stats);
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+async fn stored_bytes(shared: Arc<Shared>, subscription: String) -> Result<u64, EventError> {
+    let Some(record) = shared.record(&subscription, Duration::MAX).await? else {
+        return Ok(0);
+    };
+    let stream = shared.stream(EVENTS_STREAM).await?;
+    let state = &stream.cached_info().state;
+    if state.messages == 0 {
+        return Ok(0);
+    }
+    let average = state.bytes / state.messages;
+    let subject = event_subject(&record.spec.app, &record.spec.topic);
+    let mut subjects = timed(
+        "measure stored messages",
+        stream.info_with_subjects(&subject),
+    )
+    .await?;
+    let mut count = 0u64;
+    while let Some(entry) = tokio::time::timeout(REQUEST_TIMEOUT, subjects.next())
+        .await
+        .map_err(|_| storage("measure stored messages", "no answer in time"))?
+    {
+        let (_, n) = entry.map_err(|e| storage("measure stored messages", e))?;
+        count += n as u64;
+    }
+    Ok(count * average)
+}
+
+async fn status(
+    shared: Arc<Shared>,
+    subscription: String,
+    id: String,
+) -> Result<Option<DeliveryStatus>, EventError> {
+    let record = shared.known(&subscription, RECORD_FRESH).await?;
+    let key = sub_key(&subscription);
+    if keeps_status(&record.spec.topic) {
+        return Ok(shared
+            .read_status(&key, &id)
+            .await?
+            .map(|s| s.status(SystemTime::now())));
+    }
+    // Other subscriptions keep no status; a dead letter still tells its story.
+    Ok(shared
+        .read_dead(&key, &id)
+        .await?
+        .map(|(head, _, _)| DeliveryStatus {
+            state: DeliveryState::Failed,
+            attempts: head.attempts,
+            last: Some(Outcome {
+                status: head.last_status,
+                body: Vec::new(),
+                error: Some(head.last_error.clone()),
+            }),
+            updated: tessera_events::from_unix_ms(head.failed_ms),
+        }))
+}
+
+async fn cron_last_tick(shared: Arc<Shared>, schedule: String) -> Option<SystemTime> {
+    crate::ticks::cluster_last_tick(&shared.js(), &schedule).await
+}
+
+async fn cron_fire(
+    shared: Arc<Shared>,
+    app: String,
+    schedule: String,
+    tick: SystemTime,
+    message: NewMessage,
+) -> Result<bool, EventError> {
+    let published = publish(shared.clone(), app, vec![message]).await?;
+    crate::ticks::record_last_tick(&shared.js(), &schedule, tick).await?;
+    Ok(published.first().is_some_and(|p| p.new))
+}
+
+impl Journal for JetStreamJournal {
+    fn register(&self, owner: &str, subs: &[SubscriptionSpec]) -> Result<(), EventError> {
+        let (owner, subs) = (owner.to_owned(), subs.to_vec());
+        self.run(move |shared| register(shared, owner, subs))
+    }
+
+    fn withdraw(&self, owner: &str) -> Result<(), EventError> {
+        let owner = owner.to_owned();
+        self.run(move |shared| register(shared, owner, Vec::new()))
+    }
+
+    fn wakeups(&self) -> broadcast::Receiver<Wakeup> {
+        self.shared.wakeups.subscribe()
+    }
+
+    fn publish(&self, app: &str, messages: Vec<NewMessage>) -> Result<Vec<Published>, EventError> {
+        if app.is_empty() {
+            return Err(EventError::Invalid("an app must not be empty".into()));
+        }
+        for message in &messages {
+            validate_message(message)?;
+        }
+        let app = app.to_owned();
+        self.run(move |shared| publish(shared, app, messages))
+    }
+
+    fn lease(&self, subscription: &str, max: usize) -> Result<Vec<Delivery>, EventError> {
+        let subscription = subscription.to_owned();
+        self.run(move |shared| lease(shared, subscription, max))
+    }
+
+    fn ack(
+        &self,
+        subscription: &str,
+        message_id: &str,
+        outcome: &Outcome,
+    ) -> Result<(), EventError> {
+        let (subscription, id, outcome) = (
+            subscription.to_owned(),
+            message_id.to_owned(),
+            outcome.clone(),
+        );
+        self.run(move |shared| ack(shared, subscription, id, outcome))
+    }
+
+    fn fail(
+        &self,
+        subscription: &str,
+        message_id: &str,
+        outcome: &Outcome,
+    ) -> Result<(), EventError> {
+        let (subscription, id, outcome) = (
+            subscription.to_owned(),
+            message_id.to_owned(),
+            outcome.clone(),
+        );
+        self.run(move |shared| fail(shared, subscription, id, outcome))
+    }
+
+    fn dead_letters(
+        &self,
+        subscription: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, EventError> {
+        let subscription = subscription.to_owned();
+        let found = self.run(move |shared| dead_letters(shared, subscription, limit))?;
+        Ok(found.into_iter().map(|(letter, _)| letter).collect())
+    }
+
+    fn dead_letter(
+        &self,
+        subscription: &str,
+        message_id: &str,
+    ) -> Result<Option<DeadLetter>, EventError> {
+        let (subscription, id) = (subscription.to_owned(), message_id.to_owned());
+        self.run(move |shared| async move {
+            shared.known(&subscription, RECORD_FRESH).await?;
+            Ok(shared
+                .read_dead(&sub_key(&subscription), &id)
+                .await?
+                .map(|(head, data, _)| head.into_dead_letter(data)))
+        })
+    }
+
+    fn redrive(&self, subscription: &str, ids: Option<&[String]>) -> Result<u64, EventError> {
+        let (subscription, ids) = (subscription.to_owned(), ids.map(<[String]>::to_vec));
+        self.run(move |shared| redrive(shared, subscription, ids))
+    }
+
+    fn stats(&self) -> Result<Vec<SubscriptionStats>, EventError> {
+        self.run(stats)
+    }
+
+    fn stored_bytes(&self, subscription: &str) -> Result<u64, EventError> {
+        let subscription = subscription.to_owned();
+        self.run(move |shared| stored_bytes(shared, subscription))
+    }
+
+    fn next_ready(&self, subscription: &str) -> Result<Option<SystemTime>, EventError> {
+        Ok(lock(&self.shared.state)
+            .retry_due
+            .get(subscription)
+            .and_then(|due| due.values().min().copied()))
+    }
+
+    fn status(
+        &self,
+        subscription: &str,
+        message_id: &str,
+    ) -> Result<Option<DeliveryStatus>, EventError> {
+        let (subscription, id) = (subscription.to_owned(), message_id.to_owned());
+        self.run(move |shared| status(shared, subscription, id))
+    }
+
+    fn cron_last_tick(&self, schedule: &str) -> Result<Option<SystemTime>, EventError> {
+        let schedule = schedule.to_owned();
+        Ok(self.run(move |shared| cron_last_tick(shared, schedule)))
+    }
+
+    fn cron_fire(
+        &self,
+        app: &str,
+        schedule: &str,
+        tick: SystemTime,
+        message: NewMessage,
+    ) -> Result<bool, EventError> {
+        validate_message(&message)?;
+        let (app, schedule) = (app.to_owned(), schedule.to_owned());
+        self.run(move |shared| cron_fire(shared, app, schedule, tick, message))
+    }
+}
