@@ -84,6 +84,7 @@ impl Events {
             return;
         }
         let invoker = Arc::new(NodeInvoker {
+            node: self.dispatcher.owner.clone(),
             targets: self.targets.clone(),
             callbacks: self.callbacks.clone(),
         });
@@ -329,6 +330,8 @@ impl Publisher for AppPublisher {
 }
 
 struct NodeInvoker {
+    /// This node's id, told to guests in `x-tessera-node`.
+    node: String,
     targets: Arc<ArcSwap<TargetMap>>,
     callbacks: Arc<ArcSwap<CallbackPolicy>>,
 }
@@ -349,11 +352,12 @@ impl Invoker for NodeInvoker {
         let app = subscription.app.clone();
         let final_attempt = delivery.attempt >= subscription.max_attempts;
         let callbacks = CallbackPolicy::clone(&self.callbacks.load());
+        let node = self.node.clone();
         Box::pin(async move {
             let invocation = invocation::Request::from_message(&delivery.message);
             let callback = invocation.as_ref().and_then(|i| i.callback.clone());
             let message_id = delivery.message.id.clone();
-            let outcome = deliver(target, &app, &consumer, delivery, invocation).await;
+            let outcome = deliver(target, &app, &node, &consumer, delivery, invocation).await;
             let succeeded = outcome.error.is_none() && (200..300).contains(&outcome.status);
             if let Some(url) = callback
                 && (succeeded || final_attempt)
@@ -374,6 +378,7 @@ impl Invoker for NodeInvoker {
 async fn deliver(
     target: Option<Arc<Target>>,
     app: &str,
+    node: &str,
     consumer: &Consumer,
     delivery: Delivery,
     invocation: Option<invocation::Request>,
@@ -401,7 +406,7 @@ async fn deliver(
             ),
         );
     };
-    let request = match cloud_event_request(consumer, &delivery, invocation) {
+    let request = match cloud_event_request(consumer, node, &delivery, invocation) {
         Ok(request) => request,
         Err(e) => return failed(400, format!("cannot build the request: {e}")),
     };
@@ -448,6 +453,7 @@ async fn deliver(
 /// with the same `ce-*` headers.
 fn cloud_event_request(
     consumer: &Consumer,
+    node: &str,
     delivery: &Delivery,
     invocation: Option<invocation::Request>,
 ) -> Result<hyper::Request<Full<Bytes>>, http::Error> {
@@ -460,7 +466,8 @@ fn cloud_event_request(
         .header("ce-source", &message.source)
         .header("ce-type", &message.kind)
         .header("ce-time", time)
-        .header(headers::ATTEMPT, delivery.attempt.to_string());
+        .header(headers::ATTEMPT, delivery.attempt.to_string())
+        .header(headers::NODE, node);
     let body = match invocation {
         Some(request) => {
             builder = builder.method(request.method.as_str()).uri(request.path);

@@ -138,12 +138,15 @@ pub struct ServiceRelease {
     pub migrations: Vec<Migration>,
 }
 
-/// The shared backends of a node: control state, artifacts, services' data.
-pub type Backends = (
-    Arc<dyn ControlState>,
-    Arc<dyn ArtifactStore>,
-    Arc<dyn DataBackend>,
-);
+/// The shared backends of a node: control state, artifacts, services' data and, when they
+/// are shared too, events.
+pub struct Backends {
+    pub control: Arc<dyn ControlState>,
+    pub artifacts: Arc<dyn ArtifactStore>,
+    pub data: Arc<dyn DataBackend>,
+    /// `None`: the embedded journal in the node's data directory.
+    pub journal: Option<Arc<dyn Journal>>,
+}
 
 /// Everything a node is made of, gathered before it is built, so a node is complete from
 /// its first routing table: its backends, its runtime (with the router for internal calls),
@@ -191,14 +194,20 @@ impl NodeBuilder {
         NodeBuilder::local(data, |data| {
             let store = Arc::new(ControlStore::open(data)?);
             let service_data = Arc::new(EmbeddedData::new(data.join(SERVICE_DATA_DIR)));
-            Ok((store.clone(), store, service_data))
+            Ok(Backends {
+                control: store.clone(),
+                artifacts: store,
+                data: service_data,
+                journal: None,
+            })
         })
     }
 
-    /// A node whose control state, artifacts and service data come from `backends`
-    /// (called with the data directory once it is locked; a cluster's shared backends, say)
-    /// and whose own files live in `data` as for [`NodeBuilder::embedded`]: the lock, the
-    /// compile cache and the event journal.
+    /// A node whose control state, artifacts, service data and (if given) event journal
+    /// come from `backends` (called with the data directory once it is locked; a cluster's
+    /// shared backends, say) and whose own files live in `data` as for
+    /// [`NodeBuilder::embedded`]: the lock, the compile cache and, unless `backends` gave
+    /// one, the event journal.
     pub fn local(
         data: &Path,
         backends: impl FnOnce(&Path) -> Result<Backends, NodeError>,
@@ -210,8 +219,16 @@ impl NodeBuilder {
                 .map_err(|m| NodeError::Invalid(format!("{MEMORY_BUDGET_ENV}: {m}")))?,
             _ => DEFAULT_MEMORY_BUDGET,
         };
-        let (store, artifacts, service_data) = backends(data)?;
-        let journal = Arc::new(EmbeddedJournal::open(&data.join(EVENTS_FILE))?);
+        let Backends {
+            control: store,
+            artifacts,
+            data: service_data,
+            journal,
+        } = backends(data)?;
+        let journal: Arc<dyn Journal> = match journal {
+            Some(journal) => journal,
+            None => Arc::new(EmbeddedJournal::open(&data.join(EVENTS_FILE))?),
+        };
         let mut builder =
             NodeBuilder::new(store, artifacts, service_data, journal).memory_budget(budget);
         builder.dir_lock = Some(dir_lock);

@@ -17,6 +17,8 @@ pub const CALLBACK: &str = "x-tessera-callback";
 pub const INVOCATION: &str = "x-tessera-invocation";
 /// Which attempt an event delivery is, counted from 1 (platform to guest).
 pub const ATTEMPT: &str = "x-tessera-attempt";
+/// The node that delivers an event, by its id (platform to guest).
+pub const NODE: &str = "x-tessera-node";
 /// Says an internal call was refused by the caller's open circuit (platform to guest).
 pub const CIRCUIT: &str = "x-tessera-circuit";
 /// How deep in a chain of internal calls a request is (platform to guest).
@@ -48,6 +50,7 @@ mod tests {
         }
         for name in [
             ATTEMPT,
+            NODE,
             CALLER,
             CALL_DEPTH,
             CIRCUIT,

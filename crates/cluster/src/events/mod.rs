@@ -68,6 +68,9 @@ pub(crate) const MAX_ACK_PENDING: i64 = 100_000;
 const RECORD_FRESH: Duration = Duration::from_secs(1);
 /// How often a node writes its counts, and polls re-drive consumers.
 const EVERY: Duration = Duration::from_secs(1);
+/// How long a publish keeps trying while JetStream elects a stream leader or the client
+/// reconnects to another server. Trying again is safe: the message id deduplicates.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(10);
 /// Core NATS subject of wake-ups.
 const WAKE_SUBJECT: &str = "tessera.wake";
 
@@ -272,6 +275,44 @@ impl Drop for JetStreamJournal {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+/// Whether a publish that failed this way may succeed if sent again soon.
+fn passes(kind: jetstream::context::PublishErrorKind) -> bool {
+    use jetstream::context::PublishErrorKind::*;
+    matches!(kind, StreamNotFound | TimedOut | BrokenPipe)
+}
+
+/// Publishes until JetStream acknowledges, trying again while the failure passes (see
+/// [`PUBLISH_PATIENCE`]) and `deadline` is not reached.
+async fn publish_patiently(
+    js: &jetstream::Context,
+    subject: String,
+    payload: Bytes,
+    msg_id: &str,
+    deadline: Instant,
+) -> Result<jetstream::publish::PublishAck, EventError> {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let message = jetstream::message::PublishMessage::build()
+            .payload(payload.clone())
+            .message_id(msg_id);
+        let attempt = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            js.send_publish(subject.clone(), message).await?.await
+        })
+        .await;
+        let error = match attempt {
+            Ok(Ok(ack)) => return Ok(ack),
+            Ok(Err(e)) if !passes(e.kind()) => return Err(storage("publish a message", e)),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer in time".to_owned(),
+        };
+        if Instant::now() + pause >= deadline {
+            return Err(storage("publish a message", error));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
     }
 }
 
@@ -971,22 +1012,34 @@ async fn publish(
         shared.write_statuses(statuses, true).await?;
     }
     let js = shared.js();
-    let mut acks = Vec::with_capacity(prepared.len());
+    let deadline = Instant::now() + PUBLISH_PATIENCE;
+    // All sent at once, then each acknowledgement awaited; one that fails for a reason
+    // that passes (no stream leader yet, a reconnect) is sent again on its own.
+    let mut sent = Vec::with_capacity(prepared.len());
     for (id, topic, payload) in prepared {
+        let subject = event_subject(&app, &topic);
+        let msg_id = format!("{app}/{id}");
         let message = jetstream::message::PublishMessage::build()
-            .payload(payload)
-            .message_id(format!("{app}/{id}"));
-        let ack = timed(
-            "publish a message",
-            js.send_publish(event_subject(&app, &topic), message),
-        )
-        .await?;
-        acks.push((id, topic, ack));
+            .payload(payload.clone())
+            .message_id(&msg_id);
+        let ack = js.send_publish(subject.clone(), message).await.ok();
+        sent.push((id, topic, subject, msg_id, payload, ack));
     }
-    let mut published = Vec::with_capacity(acks.len());
+    let mut published = Vec::with_capacity(sent.len());
     let mut woken: Vec<String> = Vec::new();
-    for (id, topic, ack) in acks {
-        let ack = timed("publish a message", ack.into_future()).await?;
+    for (id, topic, subject, msg_id, payload, ack) in sent {
+        let first = match ack {
+            Some(ack) => match tokio::time::timeout(REQUEST_TIMEOUT, ack.into_future()).await {
+                Ok(Ok(ack)) => Some(ack),
+                Ok(Err(e)) if !passes(e.kind()) => return Err(storage("publish a message", e)),
+                _ => None,
+            },
+            None => None,
+        };
+        let ack = match first {
+            Some(ack) => ack,
+            None => publish_patiently(&js, subject, payload, &msg_id, deadline).await?,
+        };
         let new = !ack.duplicate;
         if new && !woken.contains(&topic) {
             woken.push(topic);

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tessera_cluster::{
-    ClaimedTicks, Cluster, ClusterConfig, ClusterData, JetStreamControl, NodeInfo, NodeState,
-    ObjectArtifacts, Registry,
+    ClaimedTicks, Cluster, ClusterConfig, ClusterData, JetStreamControl, JetStreamJournal,
+    NodeInfo, NodeState, ObjectArtifacts, Registry,
 };
-use tessera_node::{Member, Membership, Node, NodeBuilder, NodeError};
+use tessera_node::{Backends, Member, Membership, Node, NodeBuilder, NodeError};
 
 /// The local cache of the cluster's artifacts, inside the node's data directory.
 const ARTIFACT_CACHE_DIR: &str = "artifacts";
@@ -84,9 +84,17 @@ pub fn join(data: &Path, urls: &str, node: &str) -> anyhow::Result<(NodeBuilder,
         let control = Arc::new(JetStreamControl::open(&cluster, artifacts.clone())?);
         let service_data =
             Arc::new(ClusterData::open(&cluster).map_err(|e| NodeError::Invalid(e.to_string()))?);
-        Ok((control, artifacts, service_data))
+        let journal: Arc<dyn tessera_events::Journal> = Arc::new(ClaimedTicks::new(
+            &cluster,
+            Arc::new(JetStreamJournal::open(&cluster).map_err(NodeError::from)?),
+        ));
+        Ok(Backends {
+            control,
+            artifacts,
+            data: service_data,
+            journal: Some(journal),
+        })
     })?
-    .wrap_journal(|journal| Arc::new(ClaimedTicks::new(&cluster, journal)))
     .id(node);
     Ok((
         builder,

@@ -1,7 +1,9 @@
 //! Cluster mode through the real binary on real `nats-server` processes: nodes share
 //! deploys, artifacts and key-value data; `tessera nodes` follows who is up; a node killed
 //! with -9 costs no request on the others and rejoins; a node cut off from NATS keeps
-//! serving and refuses writes with 503; start-up errors are clear.
+//! serving and refuses writes with 503; start-up errors are clear. Events: fan-out, work
+//! shared over nodes and services, retries and dead letters cluster-wide, cron ticks once
+//! each, and every acknowledged message handled after a node or a NATS server is killed.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tessera_cluster::testing::NatsServer;
 
-use crate::util::{App, Node, client, ok, serve_command, tessera};
+use crate::util::{App, Node, client, eventually, ok, serve_command, tessera};
 
 const TOKEN: &str = "cluster-token-0123456789";
 
@@ -313,9 +315,12 @@ fn start_up_errors_name_the_server_and_what_is_wrong() {
 #[tokio::test]
 async fn a_cron_schedule_ticks_once_cluster_wide_and_survives_the_node_that_fired() {
     let nats = NatsServer::start();
-    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut a = cluster_node(data_a.path(), &nats.url(), "a");
-    let b = cluster_node(data_b.path(), &nats.url(), "b");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .zip(&dirs)
+        .map(|(name, dir)| cluster_node(dir.path(), &nats.url(), name))
+        .collect();
     let app = App::new(
         r#"
 [app]
@@ -327,38 +332,562 @@ routes = ["/c"]
 
 [[services.counter.cron]]
 schedule = "@every 1s"
-path = "/c/incr/ticks"
+path = "/c/on/tick"
 "#,
     );
-    ok(a.cli(TOKEN, &["deploy", app.path().to_str().unwrap()]));
-    let count = |node: &Node| {
-        let url = node.url("/c/get/ticks");
-        async move {
-            let r = client().get(url).send().await.unwrap();
-            match r.status().as_u16() {
-                200 => r.text().await.unwrap().parse::<u64>().unwrap(),
-                _ => 0,
-            }
-        }
-    };
-    // Both nodes run the schedule; each tick is delivered by one of them.
-    until_served(&b.url("/c/get/none"), 404, "absent", Duration::from_secs(5)).await;
-    let start = count(&b).await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let ticked = count(&b).await - start;
+    ok(nodes[0].cli(TOKEN, &["deploy", app.path().to_str().unwrap()]));
+    for node in &nodes {
+        until_served(
+            &node.url("/c/get/none"),
+            404,
+            "absent",
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    // Every node runs the schedule; each tick is delivered once, by one of them.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let ticks = keys(&nodes[0], "c", "seen:tick:").await;
     assert!(
-        (4..=7).contains(&ticked),
-        "{ticked} ticks in 6 s on two nodes"
+        (8..=12).contains(&ticks.len()),
+        "{} ticks in 10 s",
+        ticks.len()
+    );
+    for tick in &ticks {
+        assert_eq!(
+            number(&nodes[0], &format!("/c/get/seen:tick:{tick}")).await,
+            1,
+            "{tick}"
+        );
+    }
+    let count = number(&nodes[0], "/c/get/count:tick").await;
+    assert!(
+        count >= ticks.len() as u64 && count <= ticks.len() as u64 + 1,
+        "{count} deliveries of {} ticks",
+        ticks.len()
     );
 
-    // Kill whichever node: the schedule goes on, once per tick.
-    a.child.kill().unwrap();
-    a.child.wait().unwrap();
-    let before = count(&b).await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let after = count(&b).await - before;
+    // Kill the node that delivered the last tick: the schedule goes on, once per tick.
+    let last = text(&nodes[0], "/c/get/last:tick").await.unwrap();
+    let fired = last.rsplit(' ').next().unwrap().to_owned();
+    let victim = ["a", "b", "c"]
+        .iter()
+        .position(|n| *n == fired)
+        .expect(&last);
+    nodes[victim].child.kill().unwrap();
+    nodes[victim].child.wait().unwrap();
+    let survivor = &nodes[(victim + 1) % 3];
+    let before = keys(survivor, "c", "seen:tick:").await.len();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = keys(survivor, "c", "seen:tick:").await;
+    let new = after.len() - before;
     assert!(
-        (3..=6).contains(&after),
-        "{after} ticks in 5 s after a node was killed"
+        (4..=7).contains(&new),
+        "{new} ticks in 6 s after node {fired} was killed"
+    );
+    for tick in &after {
+        // A tick in flight on the killed node may be delivered again (at least once).
+        let n = number(survivor, &format!("/c/get/seen:tick:{tick}")).await;
+        assert!(n == 1 || n == 2, "{tick} delivered {n} times");
+    }
+    let last = text(survivor, "/c/get/last:tick").await.unwrap();
+    assert!(!last.ends_with(&format!(" {fired}")), "{last}");
+}
+
+const EVENTS_APP: &str = r#"
+[app]
+name = "shop"
+
+[services.billing]
+component = "{guest:counter}"
+routes = ["/billing"]
+
+[[services.billing.subscribe]]
+topic = "orders"
+path = "/billing/on/order"
+
+[services.mailer]
+component = "{guest:counter}"
+routes = ["/mailer"]
+
+[[services.mailer.subscribe]]
+topic = "orders"
+path = "/mailer/on/order"
+
+[services.worker-a]
+component = "{guest:counter}"
+routes = ["/worker-a"]
+
+[[services.worker-a.subscribe]]
+topic = "jobs"
+queue = "workers"
+path = "/worker-a/on/job?sleep_ms=20"
+concurrency = 4
+
+[services.worker-b]
+component = "{guest:counter}"
+routes = ["/worker-b"]
+
+[[services.worker-b.subscribe]]
+topic = "jobs"
+queue = "workers"
+path = "/worker-b/on/job?sleep_ms=20"
+concurrency = 4
+
+[services.flaky]
+component = "{guest:counter}"
+routes = ["/flaky"]
+
+[[services.flaky.subscribe]]
+topic = "payments"
+path = "/flaky/on/payment"
+max_attempts = 3
+backoff = "100ms"
+max_backoff = "200ms"
+"#;
+
+/// The text a service's route answers, `None` for a 404. Keys in the path may hold `/`
+/// and `@` (cron tick ids), sent percent-encoded.
+async fn text(node: &Node, path: &str) -> Option<String> {
+    match try_text(node, path).await {
+        Ok(text) => text,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// [`text`], with other answers an error.
+async fn try_text(node: &Node, path: &str) -> Result<Option<String>, String> {
+    let (route, key) = path.rsplit_once("/get/").unwrap_or((path, ""));
+    let path = if key.is_empty() {
+        path.to_owned()
+    } else {
+        format!(
+            "{route}/get/{}",
+            key.replace('%', "%25")
+                .replace('/', "%2F")
+                .replace('@', "%40")
+        )
+    };
+    let r = client()
+        .get(node.url(&path))
+        .send()
+        .await
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    match r.status().as_u16() {
+        200 => Ok(r.text().await.ok()),
+        404 => Ok(None),
+        status => Err(format!(
+            "GET {path}: {status} {}",
+            r.text().await.unwrap_or_default()
+        )),
+    }
+}
+
+async fn number(node: &Node, path: &str) -> u64 {
+    text(node, path).await.map_or(0, |t| t.parse().unwrap())
+}
+
+/// The keys of `service` under `prefix`, without it.
+async fn keys(node: &Node, service: &str, prefix: &str) -> Vec<String> {
+    text(node, &format!("/{service}/keys/{prefix}"))
+        .await
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.strip_prefix(prefix).unwrap().to_owned())
+        .collect()
+}
+
+/// Publishes through a node's API, with our own id when given.
+async fn publish(
+    node: &Node,
+    app: &str,
+    topic: &str,
+    id: Option<&str>,
+) -> reqwest::Result<reqwest::Response> {
+    let mut request = client()
+        .post(node.admin_url(&format!("/v1/apps/{app}/topics/{topic}")))
+        .bearer_auth(TOKEN)
+        .body(format!("{{\"topic\":\"{topic}\"}}"))
+        .header("content-type", "application/json");
+    if let Some(id) = id {
+        request = request.header("ce-id", id);
+    }
+    request.send().await
+}
+
+async fn published_id(node: &Node, app: &str, topic: &str) -> String {
+    let r = publish(node, app, topic, None).await.unwrap();
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn events_fan_out_share_work_and_dead_letter_across_nodes() {
+    let nats = NatsServer::start();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .zip(&dirs)
+        .map(|(name, dir)| cluster_node(dir.path(), &nats.url(), name))
+        .collect();
+    let app = App::new(EVENTS_APP);
+    ok(nodes[0].cli(TOKEN, &["deploy", app.path().to_str().unwrap()]));
+    for node in &nodes {
+        until_served(
+            &node.url("/flaky/get/none"),
+            404,
+            "absent",
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+
+    // Fan-out: each order published through some node reaches both subscribers once.
+    let mut orders = Vec::new();
+    for i in 0..30 {
+        orders.push(published_id(&nodes[i % 3], "shop", "orders").await);
+    }
+    orders.sort();
+    // A handler counts, then marks the id seen: wait for both.
+    for service in ["billing", "mailer"] {
+        eventually(
+            Duration::from_secs(20),
+            "every order at both subscribers",
+            || async {
+                let mut seen = keys(&nodes[1], service, "seen:order:").await;
+                seen.sort();
+                seen == orders
+            },
+        )
+        .await;
+        assert_eq!(
+            number(&nodes[2], &format!("/{service}/get/count:order")).await,
+            30
+        );
+    }
+
+    // Work sharing: jobs flooded through one node are handled once each, by both services
+    // of the queue group and on every node (each node takes 4 at a time).
+    let mut jobs = Vec::new();
+    for _ in 0..60 {
+        jobs.push(published_id(&nodes[0], "shop", "jobs").await);
+    }
+    jobs.sort();
+    let handled = || async {
+        let mut handled = keys(&nodes[1], "worker-a", "seen:job:").await;
+        handled.extend(keys(&nodes[1], "worker-b", "seen:job:").await);
+        handled.sort();
+        handled
+    };
+    eventually(Duration::from_secs(30), "every job", || async {
+        handled().await.len() >= 60
+    })
+    .await;
+    assert_eq!(handled().await, jobs, "each job once");
+    // The share of each node is counted last.
+    eventually(Duration::from_secs(5), "every job's node", || async {
+        let mut total = 0;
+        for service in ["worker-a", "worker-b"] {
+            for node in keys(&nodes[0], service, "by:job:").await {
+                total += number(&nodes[0], &format!("/{service}/get/by:job:{node}")).await;
+            }
+        }
+        total == 60
+    })
+    .await;
+    let mut by_node = std::collections::BTreeMap::<String, u64>::new();
+    for service in ["worker-a", "worker-b"] {
+        assert!(
+            number(&nodes[0], &format!("/{service}/get/count:job")).await > 0,
+            "{service} had no share"
+        );
+        for node in keys(&nodes[0], service, "by:job:").await {
+            let n = number(&nodes[0], &format!("/{service}/get/by:job:{node}")).await;
+            *by_node.entry(node).or_default() += n;
+        }
+    }
+    assert_eq!(by_node.values().sum::<u64>(), 60);
+    assert_eq!(by_node.len(), 3, "every node took a share: {by_node:?}");
+
+    // Retries and the dead-letter queue, cluster-wide: three attempts (on whichever
+    // nodes), one ce-id, one dead letter, listed and re-driven through other nodes.
+    let put = client()
+        .put(nodes[1].url("/flaky/set/fail:payment"))
+        .body("yes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 204);
+    let payment = published_id(&nodes[0], "shop", "payments").await;
+    let subscription = "shop/flaky/payments";
+    eventually(Duration::from_secs(20), "a dead letter", || async {
+        ok(nodes[2].cli(TOKEN, &["dlq", "ls", subscription])).contains(&payment)
+    })
+    .await;
+    assert_eq!(number(&nodes[0], "/flaky/get/count:payment").await, 3);
+    assert_eq!(
+        number(&nodes[0], &format!("/flaky/get/seen:payment:{payment}")).await,
+        3
+    );
+    assert_eq!(number(&nodes[0], "/flaky/get/failed:payment").await, 3);
+    let last = text(&nodes[0], "/flaky/get/last:payment").await.unwrap();
+    assert!(last.starts_with(&format!("{payment} 3 ")), "{last}");
+    let shown = ok(nodes[1].cli(TOKEN, &["dlq", "show", subscription, &payment]));
+    assert!(shown.contains("attempts: 3"), "{shown}");
+    let stats = ok(nodes[2].cli(TOKEN, &["events"]));
+    assert!(stats.contains(subscription), "{stats}");
+    let stats: Value = client()
+        .get(nodes[1].admin_url("/v1/events"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let flaky = stats["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == subscription)
+        .unwrap();
+    assert_eq!(flaky["dead"], 1, "{flaky}");
+    let billing = stats["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "shop/billing/orders")
+        .unwrap();
+    assert_eq!(
+        (billing["delivered"].as_u64(), billing["ready"].as_u64()),
+        (Some(30), Some(0)),
+        "delivered by all nodes, counted cluster-wide: {billing}"
+    );
+
+    let deleted = client()
+        .delete(nodes[2].url("/flaky/del/fail:payment"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let out = ok(nodes[1].cli(TOKEN, &["dlq", "redrive", subscription]));
+    assert!(out.contains('1'), "{out}");
+    // Attempts start again.
+    eventually(Duration::from_secs(20), "the re-driven payment", || async {
+        text(&nodes[0], "/flaky/get/last:payment")
+            .await
+            .is_some_and(|last| last.starts_with(&format!("{payment} 1 ")))
+    })
+    .await;
+    assert_eq!(number(&nodes[0], "/flaky/get/count:payment").await, 4);
+    assert!(!ok(nodes[0].cli(TOKEN, &["dlq", "ls", subscription])).contains(&payment));
+}
+
+/// Publishes `count` messages with ids `<prefix>-<i>` through the admin API at `admin`,
+/// one every `pace`, and returns the ids whose publish was acknowledged and those that
+/// failed (with the first error seen).
+async fn publish_all(
+    admin: String,
+    prefix: String,
+    count: usize,
+    pace: Duration,
+) -> (Vec<String>, Vec<String>, Option<String>) {
+    let (mut acked, mut failed, mut first_error) = (Vec::new(), Vec::new(), None);
+    for i in 0..count {
+        let id = format!("{prefix}-{i}");
+        let sent = client()
+            .post(format!("{admin}/v1/apps/shop/topics/orders"))
+            .bearer_auth(TOKEN)
+            .header("ce-id", &id)
+            .body(id.clone())
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status() == 202 => acked.push(id),
+            Ok(r) => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                first_error.get_or_insert(format!("{status}: {body}"));
+                failed.push(id);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e.to_string());
+                failed.push(id);
+            }
+        }
+        tokio::time::sleep(pace).await;
+    }
+    (acked, failed, first_error)
+}
+
+/// Waits until every acknowledged id was handled, then checks that every handled id is
+/// one that was published (duplicates only of known ids) and returns how many were
+/// handled more than once.
+async fn all_handled(
+    node: &Node,
+    acked: &[String],
+    attempted: &[String],
+    limit: Duration,
+) -> usize {
+    let start = Instant::now();
+    loop {
+        let listed = match try_text(node, "/sink/keys/seen:order:").await {
+            Ok(listed) => listed.unwrap_or_default(),
+            Err(e) => {
+                // The data may be unavailable for a moment while NATS elects a leader.
+                assert!(start.elapsed() < limit, "{e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let seen: std::collections::HashSet<String> = listed
+            .lines()
+            .filter_map(|l| l.strip_prefix("seen:order:"))
+            .map(str::to_owned)
+            .collect();
+        let missing: Vec<&String> = acked.iter().filter(|id| !seen.contains(*id)).collect();
+        if missing.is_empty() {
+            let known: std::collections::HashSet<&String> = attempted.iter().collect();
+            let strangers: Vec<&String> = seen.iter().filter(|id| !known.contains(id)).collect();
+            assert!(
+                strangers.is_empty(),
+                "handled ids nobody published: {strangers:?}"
+            );
+            let mut twice = 0;
+            for id in acked {
+                if number(node, &format!("/sink/get/seen:order:{id}")).await > 1 {
+                    twice += 1;
+                }
+            }
+            return twice;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{} acknowledged messages never handled, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_messages_survive_a_killed_node_and_a_killed_nats_server() {
+    let mut nats = tessera_cluster::testing::NatsCluster::start();
+    let urls: Vec<String> = nats.urls().split(',').map(str::to_owned).collect();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Each node starts from another server.
+    let mut nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut mine = urls.clone();
+            mine.rotate_left(i);
+            cluster_node(dirs[i].path(), &mine.join(","), name)
+        })
+        .collect();
+    let app = App::new(
+        r#"
+[app]
+name = "shop"
+
+[services.sink]
+component = "{guest:counter}"
+routes = ["/sink"]
+
+[[services.sink.subscribe]]
+topic = "orders"
+path = "/sink/on/order"
+"#,
+    );
+    ok(nodes[0].cli(TOKEN, &["deploy", app.path().to_str().unwrap()]));
+    for node in &nodes {
+        until_served(
+            &node.url("/sink/get/none"),
+            404,
+            "absent",
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+
+    // 600 messages through all three nodes; node c is killed with -9 a third of the way.
+    let publishers: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            tokio::spawn(publish_all(
+                node.admin_url(""),
+                format!("n{i}"),
+                200,
+                Duration::from_millis(3),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nodes[2].child.kill().unwrap();
+    nodes[2].child.wait().unwrap();
+    let (mut acked, mut attempted) = (Vec::new(), Vec::new());
+    let mut failed = 0;
+    for publisher in publishers {
+        let (ok_ids, failed_ids, _) = publisher.await.unwrap();
+        failed += failed_ids.len();
+        attempted.extend(ok_ids.iter().cloned());
+        attempted.extend(failed_ids);
+        acked.extend(ok_ids);
+    }
+    assert!(
+        acked.len() >= 400,
+        "only {} publishes acknowledged",
+        acked.len()
+    );
+    assert!(failed > 0, "the killed node refused nothing");
+    let start = Instant::now();
+    let twice = all_handled(&nodes[0], &acked, &attempted, Duration::from_secs(60)).await;
+    eprintln!(
+        "killed node: {} acknowledged, {failed} failed, all handled within {:?} of the end of publishing, {twice} handled twice",
+        acked.len(),
+        start.elapsed()
+    );
+
+    // 600 more through the two live nodes over about 6 s; one NATS server of three is
+    // killed with -9 after one.
+    let publishers: Vec<_> = nodes[..2]
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            tokio::spawn(publish_all(
+                node.admin_url(""),
+                format!("m{i}"),
+                300,
+                Duration::from_millis(20),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    nats.servers[0].kill();
+    let (mut acked2, mut failed2, mut errors) = (Vec::new(), 0, Vec::new());
+    for publisher in publishers {
+        let (ok_ids, failed_ids, error) = publisher.await.unwrap();
+        failed2 += failed_ids.len();
+        attempted.extend(ok_ids.iter().cloned());
+        attempted.extend(failed_ids);
+        acked2.extend(ok_ids);
+        errors.extend(error);
+    }
+    assert!(
+        acked2.len() >= 450,
+        "only {} publishes acknowledged: {errors:?}",
+        acked2.len()
+    );
+    let start = Instant::now();
+    let twice = all_handled(&nodes[1], &acked2, &attempted, Duration::from_secs(90)).await;
+    eprintln!(
+        "killed NATS server: {} acknowledged, {failed2} failed ({errors:?}), all handled within {:?}, {twice} handled twice",
+        acked2.len(),
+        start.elapsed()
     );
 }
