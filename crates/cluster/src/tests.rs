@@ -770,3 +770,65 @@ fn jetstream_journal_passes_the_journal_conformance_suite() {
         test(&journal);
     });
 }
+
+#[test]
+fn leases_outlive_the_ack_wait_while_handlers_run_and_come_back_soon_after_their_node_dies() {
+    use tessera_events::conformance::{message_with_id, ok};
+    use tessera_events::{Journal, SubscriptionSpec};
+    require_nats();
+    let server = NatsServer::start();
+    let ack_wait = Duration::from_millis(400);
+    let open = |name: &str| {
+        let cluster = Cluster::connect(&config(&server, name)).unwrap();
+        JetStreamJournal::open_with(&cluster, ack_wait).unwrap()
+    };
+    let (a, b) = (open("a"), open("b"));
+    let sub = SubscriptionSpec {
+        timeout: Duration::from_secs(5),
+        ..tessera_events::conformance::spec("shop/worker/orders", "orders")
+    };
+    a.register("a", std::slice::from_ref(&sub)).unwrap();
+    b.register("b", std::slice::from_ref(&sub)).unwrap();
+    a.publish(
+        "shop",
+        vec![
+            message_with_id("orders", "slow"),
+            message_with_id("orders", "doomed"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(a.lease(&sub.id, 10).unwrap().len(), 2);
+    // Handlers run for four ack waits: node a extends their leases meanwhile.
+    std::thread::sleep(ack_wait * 4);
+    assert!(
+        b.lease(&sub.id, 10).unwrap().is_empty(),
+        "redelivered while running"
+    );
+    a.ack(&sub.id, "slow", &ok()).unwrap();
+
+    // Node a dies with `doomed` in flight: node b gets it once the ack wait has passed,
+    // not after the subscription's whole timeout.
+    drop(a);
+    let died = Instant::now();
+    let again = loop {
+        let leased = b.lease(&sub.id, 10).unwrap();
+        if !leased.is_empty() {
+            break leased;
+        }
+        assert!(
+            died.elapsed() < sub.timeout,
+            "not redelivered within the timeout"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = died.elapsed();
+    assert_eq!(
+        again
+            .iter()
+            .map(|d| (d.message.id.as_str(), d.attempt))
+            .collect::<Vec<_>>(),
+        [("doomed", 2)]
+    );
+    assert!(took < ack_wait * 3, "came back after {took:?}");
+    b.ack(&sub.id, "doomed", &ok()).unwrap();
+}

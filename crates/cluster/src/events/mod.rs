@@ -92,6 +92,8 @@ struct Shared {
     instance: String,
     wakeups: broadcast::Sender<Wakeup>,
     state: Mutex<State>,
+    /// The longest ack wait of a consumer ([`MAX_ACK_WAIT`] unless opened with another).
+    max_ack_wait: Duration,
 }
 
 #[derive(Default)]
@@ -188,10 +190,6 @@ fn keeps_status(topic: &str) -> bool {
     topic.starts_with(INTERNAL_TOPIC_PREFIX)
 }
 
-fn ack_wait(timeout: Duration) -> Duration {
-    timeout.min(MAX_ACK_WAIT)
-}
-
 async fn timed<T, E: std::fmt::Display>(
     action: &str,
     future: impl Future<Output = Result<T, E>>,
@@ -217,12 +215,23 @@ impl JetStreamJournal {
     /// The journal of `cluster` (whose setup made its streams). Starts listening for other
     /// nodes' wake-ups, keeping leases alive and writing this node's counts.
     pub fn open(cluster: &Cluster) -> Result<JetStreamJournal, EventError> {
+        Self::open_with(cluster, MAX_ACK_WAIT)
+    }
+
+    /// [`JetStreamJournal::open`] with another longest ack wait: how soon a dead node's
+    /// deliveries come back, against how often live ones are extended. Every node of a
+    /// cluster must use the same (it is a setting of the shared consumers).
+    pub fn open_with(
+        cluster: &Cluster,
+        max_ack_wait: Duration,
+    ) -> Result<JetStreamJournal, EventError> {
         let (wakeups, _) = broadcast::channel(WAKEUP_CAPACITY);
         let shared = Arc::new(Shared {
             cluster: cluster.clone(),
             instance: crate::control::operation_id(cluster.node()),
             wakeups,
             state: Mutex::new(State::default()),
+            max_ack_wait,
         });
         // Counts carry on from what this node wrote before.
         let own = cluster.bridge().run({
@@ -474,7 +483,7 @@ async fn keep_leases(shared: std::sync::Weak<Shared>) {
             let mut state = lock(&shared.state);
             state.in_flight.retain(|_, lease| {
                 let ends = lease.leased + lease.timeout;
-                if now > ends + MAX_ACK_WAIT {
+                if now > ends + shared.max_ack_wait {
                     return false;
                 }
                 let server_ends = lease.progressed + lease.ack_wait;
@@ -531,6 +540,11 @@ async fn write_counts(shared: std::sync::Weak<Shared>) {
 impl Shared {
     fn js(&self) -> jetstream::Context {
         self.cluster.js()
+    }
+
+    /// The ack wait of a subscription's consumers: its timeout, at most `max_ack_wait`.
+    fn ack_wait(&self, timeout: Duration) -> Duration {
+        timeout.min(self.max_ack_wait)
     }
 
     /// This node's counts with its in-flight numbers as of now.
@@ -720,7 +734,7 @@ impl Shared {
             &name,
             &record.spec.id,
             filter,
-            ack_wait(Duration::from_millis(record.spec.timeout_ms)),
+            self.ack_wait(Duration::from_millis(record.spec.timeout_ms)),
         )
         .await
     }
@@ -900,7 +914,7 @@ async fn register(
     for (id, spec) in changes {
         let key = sub_key(&id);
         if let Some(spec) = &spec {
-            let wait = ack_wait(Duration::from_millis(spec.timeout_ms));
+            let wait = shared.ack_wait(Duration::from_millis(spec.timeout_ms));
             shared
                 .ensure_consumer(
                     &main_consumer(&key),
@@ -1181,7 +1195,7 @@ async fn lease(
                 message: message.clone(),
                 leased: started,
                 timeout: spec.timeout,
-                ack_wait: ack_wait(spec.timeout),
+                ack_wait: shared.ack_wait(spec.timeout),
                 progressed: started,
             },
         );
