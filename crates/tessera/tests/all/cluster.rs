@@ -16,11 +16,62 @@ use crate::util::{App, Node, client, eventually, ok, serve_command, tessera};
 const TOKEN: &str = "cluster-token-0123456789";
 
 fn cluster_node(data: &Path, url: &str, name: &str) -> Node {
-    Node::start_command(serve_command(
-        data,
-        TOKEN,
-        &["--cluster", url, "--node", name],
-    ))
+    cluster_node_with(data, url, name, &[])
+}
+
+fn cluster_node_with(data: &Path, url: &str, name: &str, extra: &[&str]) -> Node {
+    let mut args = vec!["--cluster", url, "--node", name];
+    args.extend_from_slice(extra);
+    Node::start_command(serve_command(data, TOKEN, &args))
+}
+
+/// A loopback HTTP server that answers 204 and keeps every request body it gets.
+async fn callback_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = socket.read(&mut chunk).await else {
+                        return;
+                    };
+                    buffer.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buffer).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            kept.lock().unwrap().push(body.to_owned());
+                            let _ = socket
+                                .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                                .await;
+                            return;
+                        }
+                    }
+                    if n == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (origin, bodies)
 }
 
 fn counter_app() -> App {
@@ -530,9 +581,20 @@ async fn events_fan_out_share_work_and_dead_letter_across_nodes() {
     let nodes: Vec<Node> = ["a", "b", "c"]
         .iter()
         .zip(&dirs)
-        .map(|(name, dir)| cluster_node(dir.path(), &nats.url(), name))
+        .map(|(name, dir)| {
+            cluster_node_with(
+                dir.path(),
+                &nats.url(),
+                name,
+                &["--allow-private-callbacks"],
+            )
+        })
         .collect();
-    let app = App::new(EVENTS_APP);
+    let (callbacks, called) = callback_receiver().await;
+    let app = App::new(&EVENTS_APP.replace(
+        "routes = [\"/mailer\"]\n",
+        &format!("routes = [\"/mailer\"]\ncallbacks = [\"{callbacks}\"]\n"),
+    ));
     ok(nodes[0].cli(TOKEN, &["deploy", app.path().to_str().unwrap()]));
     for node in &nodes {
         until_served(
@@ -683,6 +745,58 @@ async fn events_fan_out_share_work_and_dead_letter_across_nodes() {
     .await;
     assert_eq!(number(&nodes[0], "/flaky/get/count:payment").await, 4);
     assert!(!ok(nodes[0].cli(TOKEN, &["dlq", "ls", subscription])).contains(&payment));
+
+    // Async invocations: accepted through one node, their status read through another,
+    // one callback per completion.
+    let r = client()
+        .post(nodes[0].url("/mailer/on/async"))
+        .header("x-tessera-async", "1")
+        .header("x-tessera-callback", format!("{callbacks}/done"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let accepted: Value = r.json().await.unwrap();
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let status_path = accepted["status"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let status = loop {
+        let status: Value = client()
+            .get(nodes[2].admin_url(&status_path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["state"] == "succeeded" {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (status["status"].as_u64(), status["attempts"].as_u64()),
+        (Some(200), Some(1)),
+        "{status}"
+    );
+    assert_eq!(
+        number(&nodes[1], &format!("/mailer/get/seen:async:{id}")).await,
+        1
+    );
+    eventually(Duration::from_secs(10), "the callback", || async {
+        !called.lock().unwrap().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let called = called.lock().unwrap().clone();
+    assert_eq!(called.len(), 1, "{called:?}");
+    let callback: Value = serde_json::from_str(&called[0]).unwrap();
+    assert_eq!(
+        (callback["id"].as_str(), callback["state"].as_str()),
+        (Some(id.as_str()), Some("succeeded"))
+    );
 }
 
 /// Publishes `count` messages with ids `<prefix>-<i>` through the admin API at `admin`,
