@@ -32,10 +32,12 @@ commands:
   bench-data [--ops N]    time N key-value gets and sets and SQL queries and inserts
                           inside a guest and natively on the same SQLite file, and
                           update BENCHMARKS.md (default: 5000)
-  bench-events [--messages N] [--publishers P] [--concurrency C] [--batch B]
+  bench-events [--messages N] [--publishers P] [--concurrency C] [--batch B] [--cluster]
                           publish N messages from P threads to a subscribed hello
                           component on an in-process node, time publish to durable
-                          ack, and update BENCHMARKS.md (default: 20000, 32, 128, 64)
+                          ack, and update BENCHMARKS.md (default: 20000, 32, 128, 64);
+                          --cluster also runs it on three cluster nodes sharing a
+                          nats-server, side by side
   bench-scale [--services N] [--per-app N] [--touch N] [--cold N] [--requests N]
                           cold vs warm requests of a service that scales to zero, N
                           services on one node (deployed per-app at a time, then a

@@ -144,6 +144,11 @@ impl NatsServer {
         self.spawn();
     }
 
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process is running.
     pub fn running(&self) -> bool {
         self.child.is_some()

@@ -60,9 +60,11 @@ const PHASE_PUBLISH: &str = "publish";
 const PHASE_HANDLED: &str = "handled";
 const PHASE_PACED: &str = "paced";
 const PHASE_HANDLER: &str = "handler";
+const PHASE_CLUSTER_HANDLED: &str = "cluster-handled";
+const PHASE_CLUSTER_PACED: &str = "cluster-paced";
 
 const USAGE: &str = "usage: cargo xtask bench-events [--messages N] [--publishers P] \
-    [--concurrency C] [--batch B]";
+    [--concurrency C] [--batch B] [--cluster]";
 
 /// What one run measures: how many messages, how many publishing threads, and the
 /// subscription's delivery settings.
@@ -72,6 +74,8 @@ pub struct Settings {
     pub publishers: u32,
     pub concurrency: u32,
     pub batch: u32,
+    /// Also measure three cluster nodes on a NATS server (`--cluster`).
+    pub cluster: bool,
 }
 
 impl Settings {
@@ -81,8 +85,18 @@ impl Settings {
             publishers: DEFAULT_PUBLISHERS,
             concurrency: DEFAULT_CONCURRENCY,
             batch: DEFAULT_BATCH,
+            cluster: false,
         };
-        parse_flags(args, |flag, value| {
+        let args: Vec<String> = args
+            .iter()
+            .filter(|arg| {
+                let cluster = arg.as_str() == "--cluster";
+                settings.cluster |= cluster;
+                !cluster
+            })
+            .cloned()
+            .collect();
+        parse_flags(&args, |flag, value| {
             let (slot, max) = match flag {
                 "--messages" => (&mut settings.messages, MAX_MESSAGES),
                 "--publishers" => (&mut settings.publishers, MAX_PUBLISHERS),
@@ -104,8 +118,12 @@ impl Settings {
 
     fn command_line(&self) -> String {
         format!(
-            "cargo xtask bench-events --messages {} --publishers {} --concurrency {} --batch {}",
-            self.messages, self.publishers, self.concurrency, self.batch
+            "cargo xtask bench-events --messages {} --publishers {} --concurrency {} --batch {}{}",
+            self.messages,
+            self.publishers,
+            self.concurrency,
+            self.batch,
+            if self.cluster { " --cluster" } else { "" }
         )
     }
 }
@@ -129,13 +147,19 @@ pub struct Cpu {
     pub publishers_ns: u64,
     /// Everything else (the epoch ticker, the main thread).
     pub other_ns: u64,
+    /// Cluster nodes' NATS client threads (`tessera-nats`): the JetStream journal's calls,
+    /// the client, the cluster's background tasks.
+    pub nats_client_ns: u64,
+    /// The NATS server process (another process: not part of `total_ns`).
+    pub nats_server_ns: u64,
     /// Busy time of all the machine's cores, this process and every other one.
     pub machine_ns: u64,
 }
 
 impl Cpu {
+    /// What this process used.
     fn total_ns(&self) -> u64 {
-        self.writer_ns + self.tokio_ns + self.publishers_ns + self.other_ns
+        self.writer_ns + self.tokio_ns + self.publishers_ns + self.other_ns + self.nats_client_ns
     }
 }
 
@@ -203,6 +227,8 @@ impl Phase {
             "cpu_tokio_ns": self.cpu.tokio_ns,
             "cpu_publishers_ns": self.cpu.publishers_ns,
             "cpu_other_ns": self.cpu.other_ns,
+            "cpu_nats_client_ns": self.cpu.nats_client_ns,
+            "cpu_nats_server_ns": self.cpu.nats_server_ns,
             "cpu_machine_ns": self.cpu.machine_ns,
         });
         if let Some(rate) = self.paced {
@@ -261,6 +287,8 @@ impl Phase {
                 tokio_ns: field("cpu_tokio_ns")?,
                 publishers_ns: field("cpu_publishers_ns")?,
                 other_ns: field("cpu_other_ns")?,
+                nats_client_ns: field("cpu_nats_client_ns")?,
+                nats_server_ns: field("cpu_nats_server_ns")?,
                 machine_ns: field("cpu_machine_ns")?,
             },
             journal,
@@ -274,6 +302,8 @@ struct Results {
     handled: Phase,
     paced: Phase,
     handler: Phase,
+    /// Publish → handled and its paced run on three cluster nodes, with `--cluster`.
+    cluster: Option<(Phase, Phase)>,
 }
 
 impl Results {
@@ -300,11 +330,18 @@ impl Results {
         if paced.paced.is_none() {
             bail!("the {PHASE_PACED:?} phase does not say its rate");
         }
+        let publish = take(PHASE_PUBLISH)?;
+        let handler = take(PHASE_HANDLER)?;
+        let cluster = match take(PHASE_CLUSTER_HANDLED) {
+            Ok(handled) => Some((handled, take(PHASE_CLUSTER_PACED)?)),
+            Err(_) => None,
+        };
         Ok(Results {
-            publish: take(PHASE_PUBLISH)?,
+            publish,
             handled,
             paced,
-            handler: take(PHASE_HANDLER)?,
+            handler,
+            cluster,
         })
     }
 
@@ -353,22 +390,199 @@ pub fn run(args: &[String]) -> Result<()> {
     if let Some(line) = journal_line(&results.handled, &settings) {
         println!("\n{line}");
     }
-    let section = markdown(&Section {
+    if let Some(cluster) = &results.cluster {
+        println!();
+        print!("{}", cluster_table(&results, cluster));
+        println!();
+        for line in cluster_goal_lines(&results, cluster) {
+            println!("{line}");
+        }
+        println!();
+        print!("{}", cluster_cpu_table(cluster));
+    }
+    let section = Section {
         date: report::utc_now(),
         machine,
         settings,
         results: &results,
         versions: &versions,
-    });
+    };
     let path = repo_root().join("BENCHMARKS.md");
-    report::update_benchmarks_md(&path, SECTION_HEADING, &section)?;
+    report::update_benchmarks_md(&path, SECTION_HEADING, &markdown(&section))?;
+    if let Some(cluster) = &results.cluster {
+        report::update_benchmarks_md(
+            &path,
+            CLUSTER_SECTION_HEADING,
+            &cluster_markdown(&section, cluster),
+        )?;
+    }
     println!("\nupdated {}", path.display());
     Ok(())
+}
+
+/// The section `--cluster` owns in BENCHMARKS.md.
+const CLUSTER_SECTION_HEADING: &str =
+    "## Events: publish to handled, three cluster nodes on JetStream";
+/// What the issue asks of the cluster: throughput against the embedded journal's, the
+/// paced p99, and the paced p50.
+const CLUSTER_GOAL_RATIO: f64 = 0.5;
+const CLUSTER_GOAL_P99: Duration = Duration::from_millis(20);
+const CLUSTER_GOAL_P50: Duration = Duration::from_millis(10);
+
+fn cluster_rows<'a>(results: &'a Results, cluster: &'a (Phase, Phase)) -> [(String, &'a Phase); 4] {
+    let paced = |p: &Phase| p.paced.unwrap_or_default();
+    [
+        ("embedded: publish → handled".to_owned(), &results.handled),
+        ("cluster: publish → handled".to_owned(), &cluster.0),
+        (
+            format!("embedded: paced at {} msgs/s", paced(&results.paced)),
+            &results.paced,
+        ),
+        (
+            format!("cluster: paced at {} msgs/s", paced(&cluster.1)),
+            &cluster.1,
+        ),
+    ]
+}
+
+fn cluster_table(results: &Results, cluster: &(Phase, Phase)) -> String {
+    let mut cells = vec![["run", "msgs/s", "p50", "p99", "msgs/s vs embedded"].map(str::to_owned)];
+    for (i, (label, phase)) in cluster_rows(results, cluster).into_iter().enumerate() {
+        let embedded = if i < 2 { &results.handled } else { &results.paced };
+        cells.push([
+            label,
+            format!("{:.0}", phase.per_sec()),
+            format_duration(Duration::from_nanos(phase.p50_ns)),
+            format_duration(Duration::from_nanos(phase.p99_ns)),
+            format!("{:.2}x", phase.per_sec() / embedded.per_sec().max(1e-9)),
+        ]);
+    }
+    report::render_table(&cells, &[0])
+}
+
+fn cluster_goal_lines(results: &Results, cluster: &(Phase, Phase)) -> Vec<String> {
+    let met = |ok: bool| if ok { "met" } else { "not met" };
+    let ratio = cluster.0.per_sec() / results.handled.per_sec().max(1e-9);
+    let p99 = Duration::from_nanos(cluster.1.p99_ns);
+    let p50 = Duration::from_nanos(cluster.1.p50_ns);
+    vec![
+        format!(
+            "Goal (cluster publish → handled ≥ {CLUSTER_GOAL_RATIO}x the embedded journal's): {}, {ratio:.2}x.",
+            met(ratio >= CLUSTER_GOAL_RATIO)
+        ),
+        format!(
+            "Goal (paced p99 ≤ {}): {}, {}.",
+            format_duration(CLUSTER_GOAL_P99),
+            met(p99 <= CLUSTER_GOAL_P99),
+            format_duration(p99)
+        ),
+        format!(
+            "Goal (p50 publish → handled ≤ {} at low load): {}, {} (paced run).",
+            format_duration(CLUSTER_GOAL_P50),
+            met(p50 <= CLUSTER_GOAL_P50),
+            format_duration(p50)
+        ),
+    ]
+}
+
+fn cluster_cpu_table(cluster: &(Phase, Phase)) -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut cells = vec![
+        [
+            "run",
+            "CPU a message",
+            "tokio threads (guests, dispatchers)",
+            "NATS client threads",
+            "publishers",
+            "other",
+            "nats-server",
+            "cores busy (bench + server)",
+            "cores busy (machine)",
+        ]
+        .map(str::to_owned),
+    ];
+    for (label, phase) in [("publish → handled", &cluster.0), ("paced", &cluster.1)] {
+        let cpu = &phase.cpu;
+        let per_message =
+            |ns: u64| format_duration(Duration::from_nanos(ns / phase.messages.max(1)));
+        let busy = |ns: u64| format!("{:.2} of {cores}", ns as f64 / phase.wall_ns.max(1) as f64);
+        let all = cpu.total_ns() + cpu.nats_server_ns;
+        cells.push([
+            label.to_owned(),
+            per_message(all),
+            per_message(cpu.tokio_ns),
+            per_message(cpu.nats_client_ns),
+            per_message(cpu.publishers_ns),
+            per_message(cpu.other_ns + cpu.writer_ns),
+            per_message(cpu.nats_server_ns),
+            busy(all),
+            busy(cpu.machine_ns),
+        ]);
+    }
+    report::render_table(&cells, &[0])
+}
+
+fn cluster_markdown(s: &Section<'_>, cluster: &(Phase, Phase)) -> String {
+    let Settings {
+        messages,
+        publishers,
+        concurrency,
+        batch,
+        ..
+    } = s.settings;
+    let nodes = node::CLUSTER_NODES;
+    let mut md = String::new();
+    let _ = writeln!(md, "{CLUSTER_SECTION_HEADING}\n");
+    let _ = writeln!(md, "Measured {} on {}.\n", s.date, s.machine);
+    let _ = writeln!(
+        md,
+        "Command: `{}`, the same run as the embedded section above, whose rows are repeated \
+         here. After the embedded phases, `xtask bench-events-node` opens {nodes} nodes in its \
+         process, each as `tessera serve --cluster` builds one (the JetStream control log, the \
+         object store for artifacts, the cluster's key-value data, the JetStream journal), each \
+         with its own NATS connection and client runtime, on one `nats-server` started for the \
+         run on loopback (JetStream, file storage, one replica). The `hello` component is \
+         deployed through the first node and subscribed to `{TOPIC}` with concurrency \
+         {concurrency}, batch {batch} and 3 attempts; every node serves it and pulls from the \
+         subscription's one durable consumer. {publishers} publisher threads are spread \
+         round-robin over the nodes' `Node::publish`, which returns once JetStream acknowledged \
+         the message; a delivery's ack returns once the server confirmed it. N = {messages} \
+         after a warm-up of {WARMUP_MESSAGES}; afterwards the journal's cluster-wide counts \
+         must show every message delivered once and nothing left. Latency is from the start \
+         of a message's publish call to the return of its ack, on whichever node; the paced \
+         run publishes at half the rate of the flat-out one.\n",
+        s.settings.command_line()
+    );
+    let _ = writeln!(md, "{}", cluster_table(s.results, cluster));
+    for line in cluster_goal_lines(s.results, cluster) {
+        let _ = writeln!(md, "{line}");
+    }
+    let _ = writeln!(
+        md,
+        "\nWhere the CPU goes (this process by thread group from `/proc/self/task/*/schedstat`, \
+         the NATS server from `/proc/PID/stat`, the machine from `/proc/stat`):\n"
+    );
+    let _ = writeln!(md, "{}", cluster_cpu_table(cluster));
+    let _ = writeln!(md, "Versions: {}.", s.versions.join("; "));
+    md
 }
 
 /// Runs `xtask bench-events-node` from the release build and reads its results.
 fn measure(settings: &Settings, data: &Path, component: &Path) -> Result<Results> {
     let xtask = target_dir().join("release").join("xtask");
+    let nats = if settings.cluster {
+        if !tessera_cluster::testing::available() {
+            bail!("--cluster needs nats-server on the PATH (apt-get install -y nats-server)");
+        }
+        Some(tessera_cluster::testing::NatsServer::start())
+    } else {
+        None
+    };
+    let mut cluster_args = Vec::new();
+    if let Some(nats) = &nats {
+        cluster_args.push(nats.url());
+        cluster_args.push(nats.pid().context("the NATS server is not running")?.to_string());
+    }
     println!("==> {} bench-events-node", xtask.display());
     let output = Command::new(&xtask)
         .arg("bench-events-node")
@@ -383,6 +597,7 @@ fn measure(settings: &Settings, data: &Path, component: &Path) -> Result<Results
             ]
             .map(|n| n.to_string()),
         )
+        .args(&cluster_args)
         // The node logs through tracing only when a subscriber is installed; none is, and
         // guest output (hello prints nothing) would go to stderr.
         .stdin(Stdio::null())
@@ -505,6 +720,7 @@ fn markdown(s: &Section<'_>) -> String {
         publishers,
         concurrency,
         batch,
+        ..
     } = s.settings;
     let mut md = String::new();
     let _ = writeln!(md, "{SECTION_HEADING}\n");
@@ -597,8 +813,10 @@ mod tests {
                 publishers: 32,
                 concurrency: DEFAULT_CONCURRENCY,
                 batch: DEFAULT_BATCH,
+                cluster: false,
             }
         );
+        assert!(Settings::parse(&args(&["--cluster", "--messages", "5"])).unwrap().cluster);
         let s = Settings::parse(&args(&[
             "--messages",
             "500",
@@ -654,6 +872,8 @@ mod tests {
                 tokio_ns: 2,
                 publishers_ns: 3,
                 other_ns: 4,
+                nats_client_ns: 6,
+                nats_server_ns: 7,
                 machine_ns: 5,
             },
             paced: None,

@@ -14,6 +14,10 @@ use super::node::TOKIO_THREAD;
 /// the kernel).
 const WRITER_THREAD: &str = "tessera-events";
 
+/// The threads of a cluster node's NATS client (`tessera-nats`): the client, the JetStream
+/// journal's calls and the cluster's background tasks.
+const NATS_CLIENT_THREAD: &str = "tessera-nats";
+
 /// `/proc/stat` counts in USER_HZ, which Linux fixes at 100 per second for user space.
 const NS_PER_TICK: u64 = 10_000_000;
 
@@ -36,6 +40,24 @@ impl ThreadTimes {
 pub struct CpuSnapshot {
     threads: HashMap<u32, (String, ThreadTimes)>,
     machine_ns: u64,
+    /// The NATS server's user and system time, when one is watched.
+    server_ns: u64,
+}
+
+/// A process's user and system time, from `/proc/PID/stat`.
+pub fn process_ns(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_process_stat(&stat)
+}
+
+fn parse_process_stat(stat: &str) -> Option<u64> {
+    // The command name is in parentheses and may hold spaces; fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3; utime and stime are fields 14 and 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) * NS_PER_TICK)
 }
 
 pub fn snapshot() -> Result<CpuSnapshot> {
@@ -59,10 +81,20 @@ pub fn snapshot() -> Result<CpuSnapshot> {
     }
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let machine_ns = parse_machine_busy(&stat).context("no `cpu` line in /proc/stat")?;
+    let server_ns = SERVER.get().and_then(|pid| process_ns(*pid)).unwrap_or(0);
     Ok(CpuSnapshot {
         threads,
         machine_ns,
+        server_ns,
     })
+}
+
+/// The NATS server whose time snapshots include, if any.
+static SERVER: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Counts the NATS server process `pid` in every snapshot from now on.
+pub fn watch_server(pid: u32) {
+    let _ = SERVER.set(pid);
 }
 
 /// The calling thread's own counters (for threads that end before the phase does).
@@ -109,6 +141,7 @@ impl CpuSnapshot {
     pub fn since(&self, before: &CpuSnapshot) -> Cpu {
         let mut cpu = Cpu {
             machine_ns: self.machine_ns.saturating_sub(before.machine_ns),
+            nats_server_ns: self.server_ns.saturating_sub(before.server_ns),
             ..Cpu::default()
         };
         for (tid, (name, now)) in &self.threads {
@@ -123,6 +156,8 @@ impl CpuSnapshot {
                 &mut cpu.writer_ns
             } else if name == TOKIO_THREAD {
                 &mut cpu.tokio_ns
+            } else if name.starts_with(NATS_CLIENT_THREAD) {
+                &mut cpu.nats_client_ns
             } else {
                 &mut cpu.other_ns
             };
@@ -152,6 +187,8 @@ mod tests {
         );
         assert_eq!(parse_machine_busy("cpu0 1 2 3\n"), None);
         assert_eq!(parse_machine_busy("cpu  1 2 3\n"), None);
+        let process = "4242 (nats server) S 1 4242 4242 0 -1 4194560 1020 0 0 0 150 25 0 0 20 0 8 0";
+        assert_eq!(parse_process_stat(process), Some(175 * NS_PER_TICK));
     }
 
     #[test]
@@ -163,6 +200,7 @@ mod tests {
                 (2, (TOKIO_THREAD.to_owned(), t(50))),
             ]),
             machine_ns: 1_000,
+            server_ns: 0,
         };
         let after = CpuSnapshot {
             threads: HashMap::from([
@@ -171,13 +209,16 @@ mod tests {
                 // Started during the phase: all of its time counts.
                 (3, (TOKIO_THREAD.to_owned(), t(30))),
                 (4, ("main".to_owned(), t(7))),
+                (5, ("tessera-nats".to_owned(), t(11))),
             ]),
             machine_ns: 3_500,
+            server_ns: 40,
         };
         let cpu = after.since(&before);
         assert_eq!(
             (cpu.writer_ns, cpu.tokio_ns, cpu.other_ns, cpu.machine_ns),
             (300, 230, 7, 2_500)
         );
+        assert_eq!((cpu.nats_client_ns, cpu.nats_server_ns), (11, 40));
     }
 }

@@ -31,7 +31,8 @@ use tessera_events::{
     SubscriptionSpec, SubscriptionStats,
 };
 use tessera_node::{
-    COMPILED_DIR, EVENTS_FILE, Node, NodeBuilder, SERVICE_DATA_DIR, ServiceRelease,
+    Backends, COMPILED_DIR, EVENTS_FILE, Node, NodeBuilder, NodeError, SERVICE_DATA_DIR,
+    ServiceRelease,
 };
 use tessera_runtime::RuntimeConfig;
 
@@ -41,7 +42,8 @@ use tokio::task::JoinSet;
 
 use super::cpu::{self, ThreadTimes};
 use super::{
-    APP, CONTENT_TYPE, JournalCalls, PHASE_HANDLED, PHASE_HANDLER, PHASE_PACED, PHASE_PUBLISH,
+    APP, CONTENT_TYPE, JournalCalls, PHASE_CLUSTER_HANDLED, PHASE_CLUSTER_PACED, PHASE_HANDLED,
+    PHASE_HANDLER, PHASE_PACED, PHASE_PUBLISH,
     Phase, SERVICE, Settings, TOPIC, WARMUP_MESSAGES, payload,
 };
 use crate::bench::report::nearest_rank;
@@ -50,6 +52,9 @@ use crate::bench::report::nearest_rank;
 pub const TOKIO_THREAD: &str = "bench-tokio";
 const PUBLISHER_THREAD: &str = "bench-publish";
 
+/// Nodes of the cluster phases.
+pub const CLUSTER_NODES: usize = 3;
+
 /// The app of the publish-only phase: deployed (publishing needs an app) but subscribing
 /// to nothing.
 const QUIET_APP: &str = "benchquiet";
@@ -57,9 +62,13 @@ const QUIET_APP: &str = "benchquiet";
 const STALL: Duration = Duration::from_secs(60);
 
 pub fn run(args: &[String]) -> Result<()> {
+    let (args, cluster) = match args {
+        [args @ .., url, pid] if args.len() == 6 => (args, Some((url, pid))),
+        _ => (args, None),
+    };
     let [data, component, messages, publishers, concurrency, batch] = args else {
         bail!(
-            "usage: xtask bench-events-node DATA_DIR COMPONENT MESSAGES PUBLISHERS CONCURRENCY BATCH"
+            "usage: xtask bench-events-node DATA_DIR COMPONENT MESSAGES PUBLISHERS CONCURRENCY BATCH [NATS_URL NATS_PID]"
         );
     };
     let number = |name: &str, value: &str| -> Result<u32> {
@@ -74,6 +83,7 @@ pub fn run(args: &[String]) -> Result<()> {
         publishers: number("PUBLISHERS", publishers)?,
         concurrency: number("CONCURRENCY", concurrency)?,
         batch: number("BATCH", batch)?,
+        cluster: cluster.is_some(),
     };
     let data = PathBuf::from(data);
     let component =
@@ -89,6 +99,108 @@ pub fn run(args: &[String]) -> Result<()> {
     let publish = publish_only(&tokio, &data.join("publish"), &component, &settings)?;
     print_phase(&publish);
     handled(&tokio, &data.join("handled"), &component, &settings)?;
+    if let Some((url, pid)) = cluster {
+        let pid = pid
+            .parse()
+            .with_context(|| format!("NATS_PID must be a process id, not {pid:?}"))?;
+        cpu::watch_server(pid);
+        handled_in_cluster(&tokio, &data.join("cluster"), &component, &settings, url)?;
+    }
+    Ok(())
+}
+
+/// Publish → handled (flat out, then paced) on [`CLUSTER_NODES`] nodes in this process
+/// that share one NATS server at `url` the way `tessera serve --cluster` nodes do (control
+/// log, object store, JetStream journal), each with its own NATS connection and client
+/// runtime; the publishers are spread over the nodes and every node delivers.
+fn handled_in_cluster(
+    tokio: &tokio::runtime::Runtime,
+    dir: &Path,
+    component: &[u8],
+    settings: &Settings,
+    url: &str,
+) -> Result<()> {
+    use tessera_cluster::{
+        Cluster, ClusterConfig, ClusterData, JetStreamControl, JetStreamJournal, ObjectArtifacts,
+    };
+    let subscription = format!("{APP}/{SERVICE}/{TOPIC}");
+    let watch = Arc::new(Watch::new(subscription.clone()));
+    let mut nodes = Vec::new();
+    for i in 0..CLUSTER_NODES {
+        let name = format!("bench-{i}");
+        let cluster = Cluster::connect(&ClusterConfig {
+            urls: vec![url.to_owned()],
+            node: name.clone(),
+            replicas: None,
+        })
+        .with_context(|| format!("joining the cluster at {url}"))?;
+        let watch = watch.clone();
+        let node = NodeBuilder::local(&dir.join(&name), |data| {
+            let artifacts = Arc::new(ObjectArtifacts::open(&cluster, data.join("artifacts"))?);
+            let control = Arc::new(JetStreamControl::open(&cluster, artifacts.clone())?);
+            let service_data = Arc::new(
+                ClusterData::open(&cluster).map_err(|e| NodeError::Invalid(e.to_string()))?,
+            );
+            let journal: Arc<dyn Journal> = Arc::new(Watched {
+                inner: Arc::new(JetStreamJournal::open(&cluster)?),
+                watch,
+            });
+            Ok(Backends {
+                control,
+                artifacts,
+                data: service_data,
+                journal: Some(journal),
+            })
+        })?
+        .id(&name)
+        .runtime(RuntimeConfig {
+            max_instances: 1000,
+            ..RuntimeConfig::default()
+        })
+        .build()
+        .context("opening a cluster node")?;
+        nodes.push(node);
+    }
+    let _entered = tokio.enter();
+    for node in &nodes {
+        node.start_events();
+    }
+    deploy(&nodes[0], APP, component, bench_subscription(settings))?;
+    let deployed = Instant::now();
+    for node in &nodes {
+        while node.routes().current().route(None, "/").is_none() {
+            if deployed.elapsed() > Duration::from_secs(30) {
+                bail!("a cluster node did not serve the deployed app within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let run = Delivering {
+        nodes: &nodes,
+        watch: &watch,
+        subscription: &subscription,
+        publishers: settings.publishers,
+    };
+    eprintln!(
+        "==> cluster ({CLUSTER_NODES} nodes, one NATS server): publish → handled: warm-up, {WARMUP_MESSAGES} messages"
+    );
+    run.measure(PHASE_CLUSTER_HANDLED, WARMUP_MESSAGES, None)?;
+    eprintln!(
+        "==> cluster: publish → handled: {} messages from {} threads over {CLUSTER_NODES} nodes",
+        settings.messages, settings.publishers
+    );
+    let handled = run.measure(PHASE_CLUSTER_HANDLED, settings.messages, None)?;
+    print_phase(&handled);
+    let rate = paced_rate(handled.per_sec());
+    eprintln!(
+        "==> cluster: publish → handled, paced: {} messages at {rate} msgs/s",
+        settings.messages
+    );
+    let paced = run.measure(PHASE_CLUSTER_PACED, settings.messages, Some(rate))?;
+    print_phase(&paced);
+    for node in &nodes {
+        tokio.block_on(node.stop_events());
+    }
     Ok(())
 }
 
@@ -155,10 +267,11 @@ fn publish_only(
         "==> publish only: warm-up, {WARMUP_MESSAGES} messages, then {} from {} threads",
         settings.messages, settings.publishers
     );
-    publish_all(&node, QUIET_APP, WARMUP_MESSAGES, settings.publishers, None)?;
+    let nodes = [node.clone()];
+    publish_all(&nodes, QUIET_APP, WARMUP_MESSAGES, settings.publishers, None)?;
     let before = cpu::snapshot()?;
     let (sent, publishers) = publish_all(
-        &node,
+        &nodes,
         QUIET_APP,
         settings.messages,
         settings.publishers,
@@ -191,28 +304,19 @@ fn handled(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let subscription = format!("{APP}/{SERVICE}/{TOPIC}");
-    let journal = Arc::new(Watched::new(
-        EmbeddedJournal::open(&dir.join(EVENTS_FILE))?,
-        subscription.clone(),
-    ));
-    let node = open_node(dir, journal.clone())?;
+    let watch = Arc::new(Watch::new(subscription.clone()));
+    let journal = Arc::new(Watched {
+        inner: Arc::new(EmbeddedJournal::open(&dir.join(EVENTS_FILE))?),
+        watch: watch.clone(),
+    });
+    let node = open_node(dir, journal)?;
     let _entered = tokio.enter();
     node.start_events();
-    deploy(
-        &node,
-        APP,
-        component,
-        vec![Subscription {
-            max_attempts: 3,
-            max_backoff: Duration::from_secs(60),
-            concurrency: settings.concurrency,
-            batch: settings.batch,
-            ..Subscription::new(TOPIC, "/")
-        }],
-    )?;
+    deploy(&node, APP, component, bench_subscription(settings))?;
+    let nodes = [node.clone()];
     let run = Delivering {
-        node: &node,
-        journal: &journal,
+        nodes: &nodes,
+        watch: &watch,
         subscription: &subscription,
         publishers: settings.publishers,
     };
@@ -247,15 +351,27 @@ fn handled(
     Ok(())
 }
 
+/// The measured subscription.
+fn bench_subscription(settings: &Settings) -> Vec<Subscription> {
+    vec![Subscription {
+        max_attempts: 3,
+        max_backoff: Duration::from_secs(60),
+        concurrency: settings.concurrency,
+        batch: settings.batch,
+        ..Subscription::new(TOPIC, "/")
+    }]
+}
+
 /// Half of `measured` messages per second, rounded down to a hundred (at least 100).
 pub fn paced_rate(measured: f64) -> u32 {
     ((measured / 2.0 / 100.0).floor() as u32).max(1) * 100
 }
 
-/// The node with the subscribed component, and the journal watching its acks.
+/// The nodes with the subscribed component (publishers spread over them), and the record
+/// of their acks.
 struct Delivering<'a> {
-    node: &'a Node,
-    journal: &'a Watched,
+    nodes: &'a [Node],
+    watch: &'a Watch,
     subscription: &'a str,
     publishers: u32,
 }
@@ -265,12 +381,12 @@ impl Delivering<'_> {
     /// one is acknowledged; checks the journal's own counts afterwards.
     fn measure(&self, name: &str, count: u32, pace: Option<u32>) -> Result<Phase> {
         let delivered_before = self.delivered()?;
-        self.journal.reset();
+        self.watch.reset();
         let before = cpu::snapshot()?;
-        let (sent, publishers) = publish_all(self.node, APP, count, self.publishers, pace)?;
-        let acks = self.journal.wait_for_acks(sent.len())?;
+        let (sent, publishers) = publish_all(self.nodes, APP, count, self.publishers, pace)?;
+        let acks = self.watch.wait_for_acks(sent.len())?;
         let cpu = cpu::snapshot()?.since(&before).with_publishers(publishers);
-        let calls = self.journal.calls();
+        let calls = self.watch.calls();
 
         let started = first_start(&sent)?;
         let mut finished = started;
@@ -288,13 +404,23 @@ impl Delivering<'_> {
         publish_calls.sort_unstable();
 
         // The journal's own counts must agree: each message delivered once, nothing left.
-        let stats = self.stats()?;
+        // (A cluster's nodes write their counts every second.)
         let expected = delivered_before + sent.len() as u64;
-        if stats.delivered != expected || stats.ready + stats.in_flight + stats.dead != 0 {
-            bail!(
-                "after the run the journal reports {stats:?}; expected {expected} delivered and nothing left"
-            );
-        }
+        let checking = Instant::now();
+        let stats = loop {
+            let stats = self.stats()?;
+            let agrees =
+                stats.delivered == expected && stats.ready + stats.in_flight + stats.dead == 0;
+            if agrees {
+                break stats;
+            }
+            if checking.elapsed() > Duration::from_secs(5) {
+                bail!(
+                    "after the run the journal reports {stats:?}; expected {expected} delivered and nothing left"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
         Ok(Phase {
             name: name.into(),
             messages: sent.len() as u64,
@@ -316,7 +442,7 @@ impl Delivering<'_> {
     }
 
     fn stats(&self) -> Result<SubscriptionStats> {
-        self.node
+        self.nodes[0]
             .event_stats()?
             .into_iter()
             .find(|s| s.id == self.subscription)
@@ -348,7 +474,7 @@ fn first_start(sent: &[Sent]) -> Result<Instant> {
 /// n is not published before n / pace seconds after the start. Returns the calls and the
 /// CPU the publisher threads used.
 fn publish_all(
-    node: &Node,
+    nodes: &[Node],
     app: &str,
     count: u32,
     publishers: u32,
@@ -363,7 +489,8 @@ fn publish_all(
     };
     std::thread::scope(|scope| {
         let threads = (0..publishers)
-            .map(|_| {
+            .map(|t| {
+                let node = &nodes[t as usize % nodes.len()];
                 std::thread::Builder::new()
                     .name(PUBLISHER_THREAD.into())
                     .spawn_scoped(scope, || -> Result<(Vec<Sent>, ThreadTimes)> {
@@ -479,10 +606,15 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// The node's journal, unchanged, plus a record of when each acknowledgement of the bench
-/// subscription became durable (its `ack` call returned) and how long journal calls took.
+/// The node's journal, unchanged, plus a record (shared by every node of a run) of when
+/// each acknowledgement of the bench subscription became durable (its `ack` call returned)
+/// and how long journal calls took.
 struct Watched {
-    inner: EmbeddedJournal,
+    inner: Arc<dyn Journal>,
+    watch: Arc<Watch>,
+}
+
+struct Watch {
     subscription: String,
     log: Mutex<AckLog>,
     acked: Condvar,
@@ -509,10 +641,9 @@ struct CallStats {
     leased: u64,
 }
 
-impl Watched {
-    fn new(inner: EmbeddedJournal, subscription: String) -> Watched {
-        Watched {
-            inner,
+impl Watch {
+    fn new(subscription: String) -> Watch {
+        Watch {
             subscription,
             log: Mutex::new(AckLog::default()),
             acked: Condvar::new(),
@@ -586,9 +717,10 @@ impl Journal for Watched {
 
     fn lease(&self, subscription: &str, max: usize) -> Result<Vec<Delivery>, EventError> {
         let leased = self.inner.lease(subscription, max)?;
-        if subscription == self.subscription {
-            self.leases.fetch_add(1, Ordering::Relaxed);
-            self.leased
+        if subscription == self.watch.subscription {
+            self.watch.leases.fetch_add(1, Ordering::Relaxed);
+            self.watch
+                .leased
                 .fetch_add(leased.len() as u64, Ordering::Relaxed);
         }
         Ok(leased)
@@ -603,12 +735,12 @@ impl Journal for Watched {
         let called = Instant::now();
         self.inner.ack(subscription, message_id, outcome)?;
         let acked = Instant::now();
-        if subscription == self.subscription {
-            let mut log = self.log();
+        if subscription == self.watch.subscription {
+            let mut log = self.watch.log();
             log.acks.entry(message_id.to_owned()).or_insert(acked);
             log.ack_calls.push(nanos(acked - called));
             if log.acks.len() == log.wanted {
-                self.acked.notify_all();
+                self.watch.acked.notify_all();
             }
         }
         Ok(())
