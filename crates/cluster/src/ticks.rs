@@ -167,6 +167,9 @@ pub(crate) async fn record_last_tick(
 pub(crate) const CLAIM_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Journal for ClaimedTicks {
+    fn delivery_async(&self) -> Option<&dyn tessera_events::AsyncDelivery> {
+        self.inner.delivery_async()
+    }
     fn register(&self, owner: &str, subs: &[SubscriptionSpec]) -> Result<(), EventError> {
         self.inner.register(owner, subs)
     }

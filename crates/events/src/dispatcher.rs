@@ -298,10 +298,13 @@ async fn run_worker(
             continue;
         }
         let want = free.min(spec.batch as usize);
-        let leased = {
-            let journal = shared.journal.clone();
-            let id = spec.id.clone();
-            blocking(move || journal.lease(&id, want)).await
+        let leased = match shared.journal.delivery_async() {
+            Some(journal) => journal.lease(&spec.id, want).await,
+            None => {
+                let journal = shared.journal.clone();
+                let id = spec.id.clone();
+                blocking(move || journal.lease(&id, want)).await
+            }
         };
         match leased {
             Ok(deliveries) => {
@@ -396,17 +399,23 @@ async fn deliver(
             "delivery attempt failed"
         );
     }
-    let journal = shared.journal.clone();
-    let subscription = spec.id.clone();
-    let id = message_id.clone();
-    let recorded = blocking(move || {
-        if success {
-            journal.ack(&subscription, &id, &outcome)
-        } else {
-            journal.fail(&subscription, &id, &outcome)
+    let recorded = match shared.journal.delivery_async() {
+        Some(journal) if success => journal.ack(&spec.id, &message_id, &outcome).await,
+        Some(journal) => journal.fail(&spec.id, &message_id, &outcome).await,
+        None => {
+            let journal = shared.journal.clone();
+            let subscription = spec.id.clone();
+            let id = message_id.clone();
+            blocking(move || {
+                if success {
+                    journal.ack(&subscription, &id, &outcome)
+                } else {
+                    journal.fail(&subscription, &id, &outcome)
+                }
+            })
+            .await
         }
-    })
-    .await;
+    };
     if let Err(e) = recorded {
         tracing::warn!(
             subscription = %spec.id, message = %message_id, error = %e,

@@ -468,6 +468,20 @@ pub enum Wakeup {
     Subscription(String),
 }
 
+/// A journal call as a future.
+pub type JournalFuture<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, EventError>> + Send>>;
+
+/// The calls a dispatcher makes for every delivery, as futures, for a journal whose work
+/// is asynchronous underneath (a network client): awaiting them holds no blocking-pool
+/// thread and costs no hop onto one. Same semantics as the [`Journal`] calls of the same
+/// names.
+pub trait AsyncDelivery: Send + Sync {
+    fn lease(&self, subscription: &str, max: usize) -> JournalFuture<Vec<Delivery>>;
+    fn ack(&self, subscription: &str, message_id: &str, outcome: &Outcome) -> JournalFuture<()>;
+    fn fail(&self, subscription: &str, message_id: &str, outcome: &Outcome) -> JournalFuture<()>;
+}
+
 /// How many wake-ups a journal's broadcast holds for a slow receiver before it lags.
 pub const WAKEUP_CAPACITY: usize = 1024;
 
@@ -487,6 +501,12 @@ pub trait Journal: Send + Sync {
 
     /// Withdraws everything `owner` registered (a node leaving for good).
     fn withdraw(&self, owner: &str) -> Result<(), EventError>;
+
+    /// The delivery calls as futures, when the backend has them ([`AsyncDelivery`]);
+    /// `None` (the default): callers run the synchronous calls on the blocking pool.
+    fn delivery_async(&self) -> Option<&dyn AsyncDelivery> {
+        None
+    }
 
     /// Tells dispatchers, of every node sharing the journal, when deliveries may have
     /// become ready: after publishes (also other nodes') and re-drives. Each receiver sees

@@ -399,6 +399,9 @@ pub fn run(args: &[String]) -> Result<()> {
         }
         println!();
         print!("{}", cluster_cpu_table(cluster));
+        if let Some(line) = journal_line(&cluster.0, &settings) {
+            println!("\nCluster: {line}");
+        }
     }
     let section = Section {
         date: report::utc_now(),
@@ -448,7 +451,11 @@ fn cluster_rows<'a>(results: &'a Results, cluster: &'a (Phase, Phase)) -> [(Stri
 fn cluster_table(results: &Results, cluster: &(Phase, Phase)) -> String {
     let mut cells = vec![["run", "msgs/s", "p50", "p99", "msgs/s vs embedded"].map(str::to_owned)];
     for (i, (label, phase)) in cluster_rows(results, cluster).into_iter().enumerate() {
-        let embedded = if i < 2 { &results.handled } else { &results.paced };
+        let embedded = if i < 2 {
+            &results.handled
+        } else {
+            &results.paced
+        };
         cells.push([
             label,
             format!("{:.0}", phase.per_sec()),
@@ -563,6 +570,9 @@ fn cluster_markdown(s: &Section<'_>, cluster: &(Phase, Phase)) -> String {
          the NATS server from `/proc/PID/stat`, the machine from `/proc/stat`):\n"
     );
     let _ = writeln!(md, "{}", cluster_cpu_table(cluster));
+    if let Some(line) = journal_line(&cluster.0, &s.settings) {
+        let _ = writeln!(md, "{line}\n");
+    }
     let _ = writeln!(md, "Versions: {}.", s.versions.join("; "));
     md
 }
@@ -581,7 +591,11 @@ fn measure(settings: &Settings, data: &Path, component: &Path) -> Result<Results
     let mut cluster_args = Vec::new();
     if let Some(nats) = &nats {
         cluster_args.push(nats.url());
-        cluster_args.push(nats.pid().context("the NATS server is not running")?.to_string());
+        cluster_args.push(
+            nats.pid()
+                .context("the NATS server is not running")?
+                .to_string(),
+        );
     }
     println!("==> {} bench-events-node", xtask.display());
     let output = Command::new(&xtask)
@@ -816,7 +830,11 @@ mod tests {
                 cluster: false,
             }
         );
-        assert!(Settings::parse(&args(&["--cluster", "--messages", "5"])).unwrap().cluster);
+        assert!(
+            Settings::parse(&args(&["--cluster", "--messages", "5"]))
+                .unwrap()
+                .cluster
+        );
         let s = Settings::parse(&args(&[
             "--messages",
             "500",

@@ -39,9 +39,10 @@ use async_nats::jetstream::{self, AckKind, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tessera_events::{
-    DeadLetter, Delivery, DeliveryState, DeliveryStatus, EventError, INTERNAL_TOPIC_PREFIX,
-    Journal, NewMessage, Outcome, Published, SubscriptionSpec, SubscriptionStats, WAKEUP_CAPACITY,
-    Wakeup, jitter, retry_delay, unix_ms, validate_message, validate_subscriptions,
+    AsyncDelivery, DeadLetter, Delivery, DeliveryState, DeliveryStatus, EventError,
+    INTERNAL_TOPIC_PREFIX, Journal, JournalFuture, NewMessage, Outcome, Published,
+    SubscriptionSpec, SubscriptionStats, WAKEUP_CAPACITY, Wakeup, jitter, retry_delay, unix_ms,
+    validate_message, validate_subscriptions,
 };
 use tokio::sync::broadcast;
 
@@ -71,6 +72,8 @@ const EVERY: Duration = Duration::from_secs(1);
 /// How long a publish keeps trying while JetStream elects a stream leader or the client
 /// reconnects to another server. Trying again is safe: the message id deduplicates.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(10);
+/// Least time between two wake-ups of one topic that a node sends other nodes.
+const WAKE_GAP: Duration = Duration::from_millis(2);
 /// Core NATS subject of wake-ups.
 const WAKE_SUBJECT: &str = "tessera.wake";
 
@@ -112,7 +115,15 @@ struct State {
     redrive_hot: HashMap<String, Instant>,
     /// This node's counts, by subscription.
     counts: HashMap<String, SubCounts>,
+    /// When other nodes were last told of each (app, topic).
+    woken: HashMap<(String, String), Woken>,
     counts_written: bool,
+}
+
+struct Woken {
+    sent: Instant,
+    /// Another wake-up is to be sent at the end of the gap.
+    owed: bool,
 }
 
 struct Cached {
@@ -854,18 +865,60 @@ impl Shared {
         .map(|_| ())
     }
 
-    /// Tells this node's receivers, and every other node's, about new work.
-    async fn wake(&self, wakeups: Vec<Wakeup>) {
-        let client = self.cluster.client();
+    /// Tells this node's receivers at once, and every other node's, about new work. Other
+    /// nodes hear of a topic at most once per [`WAKE_GAP`] from this node (the last of a
+    /// burst at the end of the gap): a woken dispatcher leases until nothing is left, so
+    /// one wake-up covers every message published just before it, and a flood of
+    /// publishes does not cost every node a pull per message.
+    async fn wake(self: &Arc<Self>, wakeups: Vec<Wakeup>) {
         for wakeup in wakeups {
             let _ = self.wakeups.send(wakeup.clone());
             let message = match wakeup {
-                Wakeup::Topic { app, topic } => WakeMessage {
-                    instance: self.instance.clone(),
-                    app: Some(app),
-                    topic: Some(topic),
-                    subscription: None,
-                },
+                Wakeup::Topic { app, topic } => {
+                    let key = (app.clone(), topic.clone());
+                    let send_in = {
+                        let mut state = lock(&self.state);
+                        let now = Instant::now();
+                        match state.woken.get_mut(&key) {
+                            Some(w) if now < w.sent + WAKE_GAP => {
+                                if w.owed {
+                                    continue;
+                                }
+                                w.owed = true;
+                                Some(w.sent + WAKE_GAP - now)
+                            }
+                            _ => {
+                                state.woken.insert(
+                                    key.clone(),
+                                    Woken {
+                                        sent: now,
+                                        owed: false,
+                                    },
+                                );
+                                None
+                            }
+                        }
+                    };
+                    let message = WakeMessage {
+                        instance: self.instance.clone(),
+                        app: Some(app),
+                        topic: Some(topic),
+                        subscription: None,
+                    };
+                    if let Some(delay) = send_in {
+                        let shared = self.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            if let Some(w) = lock(&shared.state).woken.get_mut(&key) {
+                                w.sent = Instant::now();
+                                w.owed = false;
+                            }
+                            shared.send_wake(&message).await;
+                        });
+                        continue;
+                    }
+                    message
+                }
                 Wakeup::Subscription(subscription) => WakeMessage {
                     instance: self.instance.clone(),
                     app: None,
@@ -873,10 +926,14 @@ impl Shared {
                     subscription: Some(subscription),
                 },
             };
-            let payload = Bytes::from(serde_json::to_vec(&message).expect("records serialise"));
-            if let Err(e) = client.publish(WAKE_SUBJECT, payload).await {
-                tracing::debug!(error = %e, "cannot send a wake-up; other nodes find the work when they next poll");
-            }
+            self.send_wake(&message).await;
+        }
+    }
+
+    async fn send_wake(&self, message: &WakeMessage) {
+        let payload = Bytes::from(serde_json::to_vec(message).expect("records serialise"));
+        if let Err(e) = self.cluster.client().publish(WAKE_SUBJECT, payload).await {
+            tracing::debug!(error = %e, "cannot send a wake-up; other nodes find the work when they next poll");
         }
     }
 }
@@ -1598,7 +1655,37 @@ async fn cron_fire(
     Ok(published.first().is_some_and(|p| p.new))
 }
 
+/// The delivery calls run on the caller's runtime: they only hand requests to the client's
+/// connection (which stays on the client's own runtime) and await the answers.
+impl AsyncDelivery for JetStreamJournal {
+    fn lease(&self, subscription: &str, max: usize) -> JournalFuture<Vec<Delivery>> {
+        Box::pin(lease(self.shared.clone(), subscription.to_owned(), max))
+    }
+
+    fn ack(&self, subscription: &str, message_id: &str, outcome: &Outcome) -> JournalFuture<()> {
+        Box::pin(ack(
+            self.shared.clone(),
+            subscription.to_owned(),
+            message_id.to_owned(),
+            outcome.clone(),
+        ))
+    }
+
+    fn fail(&self, subscription: &str, message_id: &str, outcome: &Outcome) -> JournalFuture<()> {
+        Box::pin(fail(
+            self.shared.clone(),
+            subscription.to_owned(),
+            message_id.to_owned(),
+            outcome.clone(),
+        ))
+    }
+}
+
 impl Journal for JetStreamJournal {
+    fn delivery_async(&self) -> Option<&dyn AsyncDelivery> {
+        Some(self)
+    }
+
     fn register(&self, owner: &str, subs: &[SubscriptionSpec]) -> Result<(), EventError> {
         let (owner, subs) = (owner.to_owned(), subs.to_vec());
         self.run(move |shared| register(shared, owner, subs))

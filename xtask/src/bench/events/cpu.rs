@@ -187,7 +187,8 @@ mod tests {
         );
         assert_eq!(parse_machine_busy("cpu0 1 2 3\n"), None);
         assert_eq!(parse_machine_busy("cpu  1 2 3\n"), None);
-        let process = "4242 (nats server) S 1 4242 4242 0 -1 4194560 1020 0 0 0 150 25 0 0 20 0 8 0";
+        let process =
+            "4242 (nats server) S 1 4242 4242 0 -1 4194560 1020 0 0 0 150 25 0 0 20 0 8 0";
         assert_eq!(parse_process_stat(process), Some(175 * NS_PER_TICK));
     }
 

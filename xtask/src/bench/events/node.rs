@@ -27,8 +27,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use tessera_embedded::{ControlStore, EmbeddedData, EmbeddedJournal};
 use tessera_events::{
-    DeadLetter, Delivery, DeliveryStatus, EventError, Journal, NewMessage, Outcome, Published,
-    SubscriptionSpec, SubscriptionStats,
+    AsyncDelivery, DeadLetter, Delivery, DeliveryStatus, EventError, Journal, JournalFuture,
+    NewMessage, Outcome, Published, SubscriptionSpec, SubscriptionStats,
 };
 use tessera_node::{
     Backends, COMPILED_DIR, EVENTS_FILE, Node, NodeBuilder, NodeError, SERVICE_DATA_DIR,
@@ -43,8 +43,8 @@ use tokio::task::JoinSet;
 use super::cpu::{self, ThreadTimes};
 use super::{
     APP, CONTENT_TYPE, JournalCalls, PHASE_CLUSTER_HANDLED, PHASE_CLUSTER_PACED, PHASE_HANDLED,
-    PHASE_HANDLER, PHASE_PACED, PHASE_PUBLISH,
-    Phase, SERVICE, Settings, TOPIC, WARMUP_MESSAGES, payload,
+    PHASE_HANDLER, PHASE_PACED, PHASE_PUBLISH, Phase, SERVICE, Settings, TOPIC, WARMUP_MESSAGES,
+    payload,
 };
 use crate::bench::report::nearest_rank;
 
@@ -268,7 +268,13 @@ fn publish_only(
         settings.messages, settings.publishers
     );
     let nodes = [node.clone()];
-    publish_all(&nodes, QUIET_APP, WARMUP_MESSAGES, settings.publishers, None)?;
+    publish_all(
+        &nodes,
+        QUIET_APP,
+        WARMUP_MESSAGES,
+        settings.publishers,
+        None,
+    )?;
     let before = cpu::snapshot()?;
     let (sent, publishers) = publish_all(
         &nodes,
@@ -698,7 +704,75 @@ impl Watch {
     }
 }
 
+impl Watch {
+    fn leased(&self, subscription: &str, leased: &[Delivery]) {
+        if subscription == self.subscription {
+            self.leases.fetch_add(1, Ordering::Relaxed);
+            self.leased
+                .fetch_add(leased.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn acked(&self, subscription: &str, message_id: &str, called: Instant) {
+        let acked = Instant::now();
+        if subscription == self.subscription {
+            let mut log = self.log();
+            log.acks.entry(message_id.to_owned()).or_insert(acked);
+            log.ack_calls.push(nanos(acked - called));
+            if log.acks.len() == log.wanted {
+                self.acked.notify_all();
+            }
+        }
+    }
+}
+
+/// The journal's asynchronous delivery calls, when it has them, watched the same way.
+impl AsyncDelivery for Watched {
+    fn lease(&self, subscription: &str, max: usize) -> JournalFuture<Vec<Delivery>> {
+        let inner = self.async_inner().lease(subscription, max);
+        let (watch, subscription) = (self.watch.clone(), subscription.to_owned());
+        Box::pin(async move {
+            let leased = inner.await?;
+            watch.leased(&subscription, &leased);
+            Ok(leased)
+        })
+    }
+
+    fn ack(&self, subscription: &str, message_id: &str, outcome: &Outcome) -> JournalFuture<()> {
+        let called = Instant::now();
+        let inner = self.async_inner().ack(subscription, message_id, outcome);
+        let (watch, subscription, id) = (
+            self.watch.clone(),
+            subscription.to_owned(),
+            message_id.to_owned(),
+        );
+        Box::pin(async move {
+            inner.await?;
+            watch.acked(&subscription, &id, called);
+            Ok(())
+        })
+    }
+
+    fn fail(&self, subscription: &str, message_id: &str, outcome: &Outcome) -> JournalFuture<()> {
+        self.async_inner().fail(subscription, message_id, outcome)
+    }
+}
+
+impl Watched {
+    fn async_inner(&self) -> &dyn AsyncDelivery {
+        self.inner
+            .delivery_async()
+            .expect("only called when the inner journal has asynchronous delivery calls")
+    }
+}
+
 impl Journal for Watched {
+    fn delivery_async(&self) -> Option<&dyn AsyncDelivery> {
+        self.inner
+            .delivery_async()
+            .map(|_| self as &dyn AsyncDelivery)
+    }
+
     fn register(&self, owner: &str, subs: &[SubscriptionSpec]) -> Result<(), EventError> {
         self.inner.register(owner, subs)
     }
@@ -717,12 +791,7 @@ impl Journal for Watched {
 
     fn lease(&self, subscription: &str, max: usize) -> Result<Vec<Delivery>, EventError> {
         let leased = self.inner.lease(subscription, max)?;
-        if subscription == self.watch.subscription {
-            self.watch.leases.fetch_add(1, Ordering::Relaxed);
-            self.watch
-                .leased
-                .fetch_add(leased.len() as u64, Ordering::Relaxed);
-        }
+        self.watch.leased(subscription, &leased);
         Ok(leased)
     }
 
@@ -734,15 +803,7 @@ impl Journal for Watched {
     ) -> Result<(), EventError> {
         let called = Instant::now();
         self.inner.ack(subscription, message_id, outcome)?;
-        let acked = Instant::now();
-        if subscription == self.watch.subscription {
-            let mut log = self.watch.log();
-            log.acks.entry(message_id.to_owned()).or_insert(acked);
-            log.ack_calls.push(nanos(acked - called));
-            if log.acks.len() == log.wanted {
-                self.watch.acked.notify_all();
-            }
-        }
+        self.watch.acked(subscription, message_id, called);
         Ok(())
     }
 
