@@ -374,11 +374,14 @@ pub fn run(args: &[String]) -> Result<()> {
     // Taken after the builds, so the load average reflects the machine we measure on.
     let machine = report::machine();
     let results = measure(&settings, scratch.path(), &component)?;
-    let versions = [
+    let mut versions = vec![
         format!("tessera {}", env!("CARGO_PKG_VERSION")),
         format!("SQLite {} (bundled with rusqlite)", rusqlite::version()),
         version_of(Path::new("rustc"), "rustc"),
     ];
+    if settings.cluster {
+        versions.push(version_of(Path::new("nats-server"), "nats-server"));
+    }
 
     println!();
     print!("{}", table(&results));
@@ -399,7 +402,7 @@ pub fn run(args: &[String]) -> Result<()> {
         }
         println!();
         print!("{}", cluster_cpu_table(cluster));
-        if let Some(line) = journal_line(&cluster.0, &settings) {
+        if let Some(line) = journal_line_waiting(&cluster.0, &settings, CLUSTER_WAITS) {
             println!("\nCluster: {line}");
         }
     }
@@ -422,6 +425,10 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("\nupdated {}", path.display());
     Ok(())
 }
+
+/// How a cluster journal call waits.
+const CLUSTER_WAITS: &str =
+    "a publish waits for JetStream's acknowledgement, an ack for the server's confirmation";
 
 /// The section `--cluster` owns in BENCHMARKS.md.
 const CLUSTER_SECTION_HEADING: &str =
@@ -570,7 +577,7 @@ fn cluster_markdown(s: &Section<'_>, cluster: &(Phase, Phase)) -> String {
          the NATS server from `/proc/PID/stat`, the machine from `/proc/stat`):\n"
     );
     let _ = writeln!(md, "{}", cluster_cpu_table(cluster));
-    if let Some(line) = journal_line(&cluster.0, &s.settings) {
+    if let Some(line) = journal_line_waiting(&cluster.0, &s.settings, CLUSTER_WAITS) {
         let _ = writeln!(md, "{line}\n");
     }
     let _ = writeln!(md, "Versions: {}.", s.versions.join("; "));
@@ -703,12 +710,20 @@ fn ceiling_line(handled: &Phase) -> String {
 
 /// What the journal calls of publish → handled looked like.
 fn journal_line(handled: &Phase, settings: &Settings) -> Option<String> {
+    journal_line_waiting(
+        handled,
+        settings,
+        "each call waits for the group commit that holds it",
+    )
+}
+
+fn journal_line_waiting(handled: &Phase, settings: &Settings, waits: &str) -> Option<String> {
     let j = handled.journal.as_ref()?;
     let d = |ns| format_duration(Duration::from_nanos(ns));
     Some(format!(
         "Journal calls during publish → handled: publish p50 {} / p99 {}, ack p50 {} / p99 {} \
-         (each call waits for the group commit that holds it); the worker leased {} times, {:.1} \
-         deliveries on average (at most {} each); {} failed attempts.",
+         ({waits}); the workers leased {} times, {:.1} deliveries on average (at most {} each); \
+         {} failed attempts.",
         d(j.publish_p50_ns),
         d(j.publish_p99_ns),
         d(j.ack_p50_ns),
