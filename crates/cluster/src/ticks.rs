@@ -61,7 +61,7 @@ impl ClaimedTicks {
         let tick_ms = unix_ms(tick);
         let instance = Bytes::from(self.instance.clone());
         let stream = format!("KV_{CRON_BUCKET}");
-        let last = Self::last_subject(schedule);
+        let schedule = schedule.to_owned();
         let claimed = self.cluster.bridge().run(async move {
             let subject = Self::subject(&format!("tick.{schedule_token}.{tick_ms}"));
             let mut ours = false;
@@ -85,15 +85,9 @@ impl ClaimedTicks {
                 .is_some();
             let claimed = written || ours;
             if claimed {
-                // The newest tick of the schedule, for whoever starts next; a failure
-                // here only costs a missed-tick catch-up, never the tick.
-                let recorded = async {
-                    js.publish(last, Bytes::from(tick_ms.to_string()))
-                        .await?
-                        .await
-                        .map_err(async_nats::Error::from)
-                };
-                if let Err(error) = recorded.await {
+                // The newest tick of the schedule, for whoever starts next (never moved
+                // back); a failure here only costs a missed-tick catch-up, never the tick.
+                if let Err(error) = record_last_tick(&js, &schedule, tick).await {
                     tracing::warn!(%error, "cannot record the last cron tick in the cluster");
                 }
             }

@@ -39,8 +39,9 @@
 //! At least once: a delivery whose consumer crashed, timed out or whose node died is
 //! delivered again once its lease expires, so consumers must tolerate duplicates (the
 //! `ce-id` tells them apart). Order is first-in first-out per subscription for first
-//! attempts, but deliveries run concurrently (up to `concurrency`) and retries go to the
-//! back, so consumers must not rely on order.
+//! attempts, but deliveries run concurrently (up to `concurrency`) and retries come back
+//! in between (before or after first attempts, as the backend does it), so consumers must
+//! not rely on order.
 
 mod backoff;
 #[cfg(feature = "conformance")]

@@ -61,6 +61,9 @@ pub const MAX_ACK_WAIT: Duration = Duration::from_secs(5);
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(120);
 /// How long dead letters are kept.
 pub const DEAD_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a subscription no node registers keeps its consumer (and the messages of its
+/// topic) for when it comes back.
+pub const PAUSED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long the status of an async invocation is kept.
 pub const STATUS_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Most deliveries of one subscription leased or waiting out a retry at once.
@@ -72,6 +75,10 @@ const EVERY: Duration = Duration::from_secs(1);
 /// How long a publish keeps trying while JetStream elects a stream leader or the client
 /// reconnects to another server. Trying again is safe: the message id deduplicates.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(10);
+/// How long a delivery whose acknowledgement was lost is remembered as handled.
+const UNCONFIRMED_KEPT: Duration = Duration::from_secs(600);
+/// How long after a re-drive its consumer is pulled on every lease.
+const REDRIVE_HOT: Duration = Duration::from_secs(30);
 /// Least time between two wake-ups of one topic that a node sends other nodes.
 const WAKE_GAP: Duration = Duration::from_millis(2);
 /// Core NATS subject of wake-ups.
@@ -115,6 +122,9 @@ struct State {
     redrive_hot: HashMap<String, Instant>,
     /// This node's counts, by subscription.
     counts: HashMap<String, SubCounts>,
+    /// Deliveries this node handled whose acknowledgement the server did not confirm:
+    /// acknowledged unseen if they come back.
+    unconfirmed: HashMap<(String, String), Instant>,
     /// When other nodes were last told of each (app, topic).
     woken: HashMap<(String, String), Woken>,
     counts_written: bool,
@@ -134,6 +144,7 @@ struct Cached {
 struct Lease {
     reply: String,
     attempt: u32,
+    max_attempts: u32,
     message: tessera_events::Message,
     /// Ends at `leased + timeout`; extended with `+WPI` until then.
     leased: Instant,
@@ -306,13 +317,21 @@ fn passes(kind: jetstream::context::PublishErrorKind) -> bool {
 
 /// Publishes until JetStream acknowledges, trying again while the failure passes (see
 /// [`PUBLISH_PATIENCE`]) and `deadline` is not reached.
+/// Whether a publish that failed this way certainly stored nothing.
+fn stored_nothing(kind: jetstream::context::PublishErrorKind) -> bool {
+    kind == jetstream::context::PublishErrorKind::StreamNotFound
+}
+
+/// Returns the acknowledgement and whether some send may have been stored unanswered
+/// (`unsure` says so of the sends before this call).
 async fn publish_patiently(
     js: &jetstream::Context,
     subject: String,
     payload: Bytes,
     msg_id: &str,
     deadline: Instant,
-) -> Result<jetstream::publish::PublishAck, EventError> {
+    mut unsure: bool,
+) -> Result<(jetstream::publish::PublishAck, bool), EventError> {
     let mut pause = Duration::from_millis(50);
     loop {
         let message = jetstream::message::PublishMessage::build()
@@ -323,10 +342,16 @@ async fn publish_patiently(
         })
         .await;
         let error = match attempt {
-            Ok(Ok(ack)) => return Ok(ack),
+            Ok(Ok(ack)) => return Ok((ack, unsure)),
             Ok(Err(e)) if !passes(e.kind()) => return Err(storage("publish a message", e)),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "no answer in time".to_owned(),
+            Ok(Err(e)) => {
+                unsure |= !stored_nothing(e.kind());
+                e.to_string()
+            }
+            Err(_) => {
+                unsure = true;
+                "no answer in time".to_owned()
+            }
         };
         if Instant::now() + pause >= deadline {
             return Err(storage("publish a message", error));
@@ -492,9 +517,17 @@ async fn keep_leases(shared: std::sync::Weak<Shared>) {
         let mut extend = Vec::new();
         {
             let mut state = lock(&shared.state);
+            // Bookkeeping that only matters for a while.
+            state.woken.retain(|_, w| w.owed || now < w.sent + WAKE_GAP);
+            state.redrive_hot.retain(|_, at| now < *at + REDRIVE_HOT);
+            state
+                .unconfirmed
+                .retain(|_, at| now < *at + UNCONFIRMED_KEPT);
             state.in_flight.retain(|_, lease| {
-                let ends = lease.leased + lease.timeout;
-                if now > ends + shared.max_ack_wait {
+                // Up to when the dispatcher gives up on the handler (nine tenths of the
+                // timeout); a delivery whose task is gone comes back soon after.
+                let ends = lease.leased + lease.timeout.mul_f64(0.9);
+                if now > lease.leased + lease.timeout + shared.max_ack_wait {
                     return false;
                 }
                 let server_ends = lease.progressed + lease.ack_wait;
@@ -591,6 +624,17 @@ impl Shared {
             .cached_info()
             .state
             .last_sequence)
+    }
+
+    /// The active subscriptions of an app's topic, as cached.
+    fn subscriptions_of(&self, app: &str, topic: &str) -> Vec<String> {
+        lock(&self.state)
+            .subs
+            .values()
+            .map(|cached| &cached.record)
+            .filter(|r| r.active() && r.spec.app == app && r.spec.topic == topic)
+            .map(|r| r.spec.id.clone())
+            .collect()
     }
 
     fn remember(&self, record: &SubRecord) {
@@ -750,6 +794,29 @@ impl Shared {
         .await
     }
 
+    /// Pulls from the subscription's main (or re-drive) consumer. A failed pull forgets
+    /// the consumer's handle, so the next one finds (or makes) the consumer again.
+    async fn pull_from(
+        &self,
+        record: &SubRecord,
+        redrive: bool,
+        max: usize,
+        wait: Option<Duration>,
+    ) -> Result<Vec<jetstream::Message>, EventError> {
+        let consumer = self.consumer(record, redrive).await?;
+        let pulled = pull(&consumer, max, wait).await;
+        if pulled.is_err() {
+            let key = sub_key(&record.spec.id);
+            let name = if redrive {
+                redrive_consumer(&key)
+            } else {
+                main_consumer(&key)
+            };
+            lock(&self.state).consumers.remove(&name);
+        }
+        pulled
+    }
+
     /// Writes status records (pipelined), each only if `only_new` finds none yet.
     async fn write_statuses(
         &self,
@@ -828,11 +895,17 @@ impl Shared {
         }
     }
 
-    async fn remove_dead(&self, key: &str, id: &str) -> Result<(), EventError> {
+    /// Removes the dead letter of message `id` at stream sequence `seq` (the one read),
+    /// and none written after it.
+    async fn remove_dead(&self, key: &str, id: &str, seq: u64) -> Result<(), EventError> {
         let stream = self.stream(DEAD_STREAM).await?;
         timed(
             "remove a dead letter",
-            stream.purge().filter(dead_subject(key, id)).into_future(),
+            stream
+                .purge()
+                .filter(dead_subject(key, id))
+                .sequence(seq + 1)
+                .into_future(),
         )
         .await
         .map(|_| ())
@@ -970,9 +1043,10 @@ async fn register(
     }
     for (id, spec) in changes {
         let key = sub_key(&id);
+        let mut floor = 0;
         if let Some(spec) = &spec {
             let wait = shared.ack_wait(Duration::from_millis(spec.timeout_ms));
-            shared
+            let mut consumer = shared
                 .ensure_consumer(
                     &main_consumer(&key),
                     &id,
@@ -980,6 +1054,10 @@ async fn register(
                     wait,
                 )
                 .await?;
+            floor = timed("read a consumer", consumer.info())
+                .await?
+                .ack_floor
+                .stream_sequence;
             if records.iter().any(|r| r.spec.id == id && r.redrive) {
                 shared
                     .ensure_consumer(&redrive_consumer(&key), &id, redrive_subject(&key), wait)
@@ -987,45 +1065,129 @@ async fn register(
             }
         }
         let last_seq = shared.events_last_seq().await?;
-        let mut written = None;
-        crate::cas::write_if(
-            &shared.js(),
-            SUBS_STREAM,
-            &sub_subject(&key),
-            |e| storage("register a subscription", e),
-            |current| {
-                let mut record = match current.and_then(|c| c.value.as_ref()) {
-                    Some(value) => serde_json::from_slice::<SubRecord>(value)
-                        .map_err(|e| storage("register a subscription", e))?,
-                    None => match &spec {
-                        Some(spec) => SubRecord {
-                            spec: spec.clone(),
-                            owners: BTreeSet::new(),
-                            paused_at: None,
-                            skip: Vec::new(),
-                            redrive: false,
-                        },
-                        None => return Ok(None),
-                    },
-                };
-                if let Some(spec) = &spec {
-                    record.spec = spec.clone();
-                }
-                record.set_owner(&owner, spec.is_some(), last_seq);
-                let payload = serde_json::to_vec(&record).expect("records serialise");
-                written = Some(record);
-                Ok(Some(crate::cas::Write {
-                    payload: payload.into(),
-                    headers: Default::default(),
-                }))
-            },
-        )
+        let written = write_record(&shared, &key, |record| {
+            let mut record = match (record, &spec) {
+                (Some(record), _) => record,
+                (None, Some(spec)) => SubRecord {
+                    spec: spec.clone(),
+                    owners: BTreeSet::new(),
+                    paused_at: None,
+                    paused_ms: None,
+                    skip: Vec::new(),
+                    redrive: false,
+                },
+                (None, None) => return None,
+            };
+            if let Some(spec) = &spec {
+                record.spec = spec.clone();
+            }
+            record.set_owner(&owner, spec.is_some(), last_seq, floor);
+            Some(record)
+        })
         .await?;
-        if let Some(record) = written {
-            shared.remember(&record);
+        // A pause begins after every message published before it committed: raise its
+        // start to the stream's last sequence now (later is the safe side: a message
+        // published meanwhile is delivered rather than skipped).
+        if let Some(paused) = written.as_ref().and_then(|r| r.paused_at)
+            && spec.is_none()
+        {
+            let now = shared.events_last_seq().await?;
+            if now > paused {
+                write_record(&shared, &key, |record| {
+                    let mut record = record?;
+                    (record.paused_at == Some(paused)).then(|| {
+                        record.paused_at = Some(now);
+                        record
+                    })
+                })
+                .await?;
+            }
         }
     }
+    forget_long_paused(&shared, &records).await;
     Ok(())
+}
+
+/// Writes subscription record `key` as `change` makes it from the current one (`None`:
+/// write nothing), conditionally; returns what was written.
+async fn write_record(
+    shared: &Shared,
+    key: &str,
+    mut change: impl FnMut(Option<SubRecord>) -> Option<SubRecord>,
+) -> Result<Option<SubRecord>, EventError> {
+    let mut written = None;
+    crate::cas::write_if(
+        &shared.js(),
+        SUBS_STREAM,
+        &sub_subject(key),
+        |e| storage("write a subscription record", e),
+        |current| {
+            let record = match current.and_then(|c| c.value.as_ref()) {
+                Some(value) => Some(
+                    serde_json::from_slice::<SubRecord>(value)
+                        .map_err(|e| storage("read a subscription record", e))?,
+                ),
+                None => None,
+            };
+            let Some(record) = change(record) else {
+                written = None;
+                return Ok(None);
+            };
+            let payload = serde_json::to_vec(&record).expect("records serialise");
+            written = Some(record);
+            Ok(Some(crate::cas::Write {
+                payload: payload.into(),
+                headers: Default::default(),
+            }))
+        },
+    )
+    .await?;
+    if let Some(record) = &written {
+        shared.remember(record);
+    }
+    Ok(written)
+}
+
+/// Deletes the consumers and records of subscriptions no node has registered for
+/// [`PAUSED_RETENTION`]: their messages are released, and they start afresh if they come
+/// back.
+async fn forget_long_paused(shared: &Shared, records: &[SubRecord]) {
+    let before = unix_ms(SystemTime::now())
+        - i64::try_from(PAUSED_RETENTION.as_millis()).unwrap_or(i64::MAX);
+    let long_paused =
+        |record: &SubRecord| !record.active() && record.paused_ms.is_some_and(|at| at <= before);
+    for record in records.iter().filter(|r| long_paused(r)) {
+        // Read again: this very registration may have brought it back.
+        match shared.record(&record.spec.id, Duration::ZERO).await {
+            Ok(Some(now)) if long_paused(&now) => {}
+            _ => continue,
+        }
+        let key = sub_key(&record.spec.id);
+        let forgotten = async {
+            let events = shared.stream(EVENTS_STREAM).await?;
+            for name in [main_consumer(&key), redrive_consumer(&key)] {
+                let _ = timed("delete a consumer", events.delete_consumer(&name)).await;
+                lock(&shared.state).consumers.remove(&name);
+            }
+            let subs = shared.stream(SUBS_STREAM).await?;
+            timed(
+                "forget a subscription",
+                subs.purge().filter(sub_subject(&key)).into_future(),
+            )
+            .await?;
+            lock(&shared.state).subs.remove(&record.spec.id);
+            Ok::<_, EventError>(())
+        };
+        match forgotten.await {
+            Ok(()) => tracing::info!(
+                subscription = record.spec.id,
+                "forgot a subscription no node registered for a week"
+            ),
+            Err(e) => {
+                tracing::warn!(subscription = record.spec.id, error = %e, "cannot forget a long-paused subscription")
+            }
+        }
+    }
 }
 
 async fn publish(
@@ -1062,21 +1224,21 @@ async fn publish(
     }
     // The status of an async invocation exists before anyone can lease it.
     let mut statuses = Vec::new();
-    {
-        let state = lock(&shared.state);
-        for (id, topic, _) in &prepared {
-            if !keeps_status(topic) {
-                continue;
-            }
-            for cached in state.subs.values() {
-                let spec = &cached.record.spec;
-                if cached.record.active() && spec.app == app && &spec.topic == topic {
-                    statuses.push((
-                        status_subject(&sub_key(&spec.id), id),
-                        StatusRecord::new(DeliveryState::Pending, 0, None),
-                    ));
-                }
-            }
+    for (id, topic, _) in &prepared {
+        if !keeps_status(topic) {
+            continue;
+        }
+        let mut subscribed = shared.subscriptions_of(&app, topic);
+        if subscribed.is_empty() {
+            // This node may not have read a registration made through another yet.
+            shared.all_records().await?;
+            subscribed = shared.subscriptions_of(&app, topic);
+        }
+        for subscription in subscribed {
+            statuses.push((
+                status_subject(&sub_key(&subscription), id),
+                StatusRecord::new(DeliveryState::Pending, 0, None),
+            ));
         }
     }
     if !statuses.is_empty() {
@@ -1099,19 +1261,22 @@ async fn publish(
     let mut published = Vec::with_capacity(sent.len());
     let mut woken: Vec<String> = Vec::new();
     for (id, topic, subject, msg_id, payload, ack) in sent {
-        let first = match ack {
+        // `unsure`: an earlier send may have been stored without its answer reaching us,
+        // so a later "duplicate" is that send, and the message is new.
+        let (first, unsure) = match ack {
             Some(ack) => match tokio::time::timeout(REQUEST_TIMEOUT, ack.into_future()).await {
-                Ok(Ok(ack)) => Some(ack),
+                Ok(Ok(ack)) => (Some(ack), false),
                 Ok(Err(e)) if !passes(e.kind()) => return Err(storage("publish a message", e)),
-                _ => None,
+                Ok(Err(e)) => (None, !stored_nothing(e.kind())),
+                Err(_) => (None, true),
             },
-            None => None,
+            None => (None, true),
         };
-        let ack = match first {
-            Some(ack) => ack,
-            None => publish_patiently(&js, subject, payload, &msg_id, deadline).await?,
+        let (ack, unsure) = match first {
+            Some(ack) => (ack, false),
+            None => publish_patiently(&js, subject, payload, &msg_id, deadline, unsure).await?,
         };
-        let new = !ack.duplicate;
+        let new = !ack.duplicate || unsure;
         if new && !woken.contains(&topic) {
             woken.push(topic);
         }
@@ -1131,6 +1296,10 @@ async fn publish(
     Ok(published)
 }
 
+/// How many pulls one lease makes at most while every message it pulls is skipped (they
+/// were published while no node registered the subscription).
+const MAX_SKIPPING_PULLS: usize = 64;
+
 async fn lease(
     shared: Arc<Shared>,
     subscription: String,
@@ -1142,17 +1311,113 @@ async fn lease(
     }
     let spec = record.spec.spec();
     let key = sub_key(&subscription);
+    let client = shared.cluster.client();
+    let mut deliveries = Vec::new();
+    let mut statuses = Vec::new();
+    for round in 0..MAX_SKIPPING_PULLS {
+        let got = pull_due(&shared, &record, max - deliveries.len(), round == 0).await?;
+        if got.is_empty() {
+            break;
+        }
+        let pulled = Instant::now();
+        let mut skipped = 0;
+        // From here on nothing returns early: every pulled message is either handed out,
+        // answered, or left to come back when its ack wait ends.
+        for message in got {
+            let Some(reply) = message.reply.as_ref().map(|r| r.to_string()) else {
+                continue;
+            };
+            let Ok(info) = message.info() else {
+                continue;
+            };
+            let seq = info.stream_sequence;
+            let attempt = u32::try_from(info.delivered).unwrap_or(u32::MAX);
+            let redriven = message.subject.starts_with("tessera.redrive.");
+            if !redriven && record.skips(seq) {
+                // Published while no node registered the subscription: not its message.
+                skipped += 1;
+                let _ = client.publish(reply, AckKind::Ack.into()).await;
+                continue;
+            }
+            let (meta, data) = match open_envelope::<MessageMeta>(&message.payload) {
+                Ok(opened) => opened,
+                Err(e) => {
+                    tracing::error!(subscription, seq, error = %e, "a stored event cannot be read; it is dropped");
+                    let _ = client.publish(reply, AckKind::Term.into()).await;
+                    continue;
+                }
+            };
+            let message = meta.into_message(data);
+            let id = (subscription.clone(), message.id.clone());
+            let unconfirmed = lock(&shared.state).unconfirmed.remove(&id).is_some();
+            if unconfirmed {
+                // Handled here already; only the acknowledgement was lost.
+                let _ = answer(&client, &reply, AckKind::Ack).await;
+                continue;
+            }
+            if attempt > spec.max_attempts {
+                expired_last_attempt(&shared, &spec, &key, &reply, &message, &mut statuses).await;
+                continue;
+            }
+            if keeps_status(&spec.topic) {
+                let mut status = StatusRecord::new(DeliveryState::Running, attempt, None);
+                status.expires_ms = Some(unix_ms(SystemTime::now() + spec.timeout));
+                statuses.push((status_subject(&key, &message.id), status));
+            }
+            lock(&shared.state).in_flight.insert(
+                id,
+                Lease {
+                    reply,
+                    attempt,
+                    max_attempts: spec.max_attempts,
+                    message: message.clone(),
+                    leased: pulled,
+                    timeout: spec.timeout,
+                    ack_wait: shared.ack_wait(spec.timeout),
+                    progressed: pulled,
+                },
+            );
+            deliveries.push(Delivery {
+                subscription: subscription.clone(),
+                message,
+                attempt,
+            });
+        }
+        // Pull again only past a stretch of skipped messages, so new ones behind it are not
+        // kept waiting for the next poll.
+        if skipped == 0 || deliveries.len() >= max {
+            break;
+        }
+    }
+    if !statuses.is_empty()
+        && let Err(e) = shared.write_statuses(statuses, false).await
+    {
+        tracing::warn!(subscription, error = %e, "cannot record that deliveries started");
+    }
+    Ok(deliveries)
+}
+
+/// Up to `max` messages of the subscription: from its re-drive consumer when re-drives may
+/// be waiting, then from its main consumer (waiting briefly when a retry this node
+/// scheduled is due).
+async fn pull_due(
+    shared: &Arc<Shared>,
+    record: &SubRecord,
+    max: usize,
+    first: bool,
+) -> Result<Vec<jetstream::Message>, EventError> {
+    let subscription = &record.spec.id;
     let mut got = Vec::new();
-    if record.redrive {
+    if record.redrive && first {
         let pull_now = {
             let mut state = lock(&shared.state);
             let hot = state
                 .redrive_hot
-                .get(&subscription)
-                .is_some_and(|at| at.elapsed() < Duration::from_secs(30));
+                .get(subscription)
+                .is_some_and(|at| at.elapsed() < REDRIVE_HOT);
             let due = state
                 .redrive_pulled
-                .get(&subscription)
+                .get(subscription)
                 .is_none_or(|at| at.elapsed() >= EVERY);
             if hot || due {
                 state
@@ -1162,8 +1427,7 @@ async fn lease(
             hot || due
         };
         if pull_now {
-            let consumer = shared.consumer(&record, true).await?;
-            got = pull(&consumer, max, None).await?;
+            got = shared.pull_from(record, true, max, None).await?;
             if !got.is_empty() {
                 lock(&shared.state)
                     .redrive_hot
@@ -1171,101 +1435,124 @@ async fn lease(
             }
         }
     }
-    let consumer = shared.consumer(&record, false).await?;
     if got.len() < max {
-        got.extend(pull(&consumer, max - got.len(), None).await?);
+        got.extend(
+            shared
+                .pull_from(record, false, max - got.len(), None)
+                .await?,
+        );
     }
-    // A retry this node scheduled is due: the server may release it a moment after the
-    // time it was asked for.
-    let now = SystemTime::now();
-    let retry_due = lock(&shared.state)
-        .retry_due
-        .get(&subscription)
-        .is_some_and(|due| due.values().any(|at| *at <= now));
-    if got.len() < max && retry_due {
-        got.extend(pull(&consumer, max - got.len(), Some(Duration::from_millis(50))).await?);
-    }
-    if let Some(due) = lock(&shared.state).retry_due.get_mut(&subscription) {
-        due.retain(|_, at| *at > now);
-    }
-
-    let client = shared.cluster.client();
-    let mut deliveries = Vec::new();
-    let mut statuses = Vec::new();
-    for message in got {
-        let Some(reply) = message.reply.as_ref().map(|r| r.to_string()) else {
-            continue;
-        };
-        let info = message.info().map_err(|e| storage("lease deliveries", e))?;
-        let seq = info.stream_sequence;
-        let attempt = u32::try_from(info.delivered).unwrap_or(u32::MAX);
-        let redriven = message.subject.starts_with("tessera.redrive.");
-        if !redriven && record.skips(seq) {
-            // Published while no node registered the subscription: not its message.
-            answer(&client, &reply, AckKind::Ack).await?;
-            continue;
+    if first {
+        // A retry this node scheduled is due: the server may release it a moment after
+        // the time it was asked for.
+        let now = SystemTime::now();
+        let retry_due = lock(&shared.state)
+            .retry_due
+            .get(subscription)
+            .is_some_and(|due| due.values().any(|at| *at <= now));
+        if got.len() < max && retry_due {
+            got.extend(
+                shared
+                    .pull_from(
+                        record,
+                        false,
+                        max - got.len(),
+                        Some(Duration::from_millis(50)),
+                    )
+                    .await?,
+            );
         }
-        let (meta, data) = match open_envelope::<MessageMeta>(&message.payload) {
-            Ok(opened) => opened,
-            Err(e) => {
-                tracing::error!(subscription, seq, error = %e, "a stored event cannot be read; it is dropped");
-                answer(&client, &reply, AckKind::Term).await?;
-                continue;
+        let mut state = lock(&shared.state);
+        if let Some(due) = state.retry_due.get_mut(subscription) {
+            due.retain(|_, at| *at > now);
+            if due.is_empty() {
+                state.retry_due.remove(subscription);
             }
-        };
-        let message = meta.into_message(data);
-        if attempt > spec.max_attempts {
-            // The last attempt's lease ran out without an answer (its node died, or this
-            // node gave up on it).
-            lock(&shared.state)
-                .in_flight
-                .remove(&(subscription.clone(), message.id.clone()));
+        }
+    }
+    Ok(got)
+}
+
+/// A message fetched after its last attempt's lease ran out without an answer (its node
+/// died, or gave up on it): a dead letter, unless one was written already (a `+TERM`
+/// that did not arrive), terminated either way.
+async fn expired_last_attempt(
+    shared: &Arc<Shared>,
+    spec: &SubscriptionSpec,
+    key: &str,
+    reply: &str,
+    message: &tessera_events::Message,
+    statuses: &mut Vec<(String, StatusRecord)>,
+) {
+    let client = shared.cluster.client();
+    lock(&shared.state)
+        .in_flight
+        .remove(&(spec.id.clone(), message.id.clone()));
+    let written = match shared.read_dead(key, &message.id).await {
+        Ok(Some(_)) => true,
+        Ok(None) => {
             let error = format!(
                 "no outcome before the lease of attempt {} expired",
                 spec.max_attempts
             );
-            shared
-                .write_dead(&key, &message, spec.max_attempts, 0, &error)
-                .await?;
-            answer(&client, &reply, AckKind::Term).await?;
-            shared.count(&subscription, |c| c.retries += 1);
-            if keeps_status(&spec.topic) {
-                let outcome = Outcome::error(error);
-                statuses.push((
-                    status_subject(&key, &message.id),
-                    StatusRecord::new(DeliveryState::Failed, spec.max_attempts, Some(&outcome)),
-                ));
+            match shared
+                .write_dead(key, message, spec.max_attempts, 0, &error)
+                .await
+            {
+                Ok(()) => {
+                    shared.count(&spec.id, |c| c.retries += 1);
+                    if keeps_status(&spec.topic) {
+                        let outcome = Outcome::error(error);
+                        statuses.push((
+                            status_subject(key, &message.id),
+                            StatusRecord::new(
+                                DeliveryState::Failed,
+                                spec.max_attempts,
+                                Some(&outcome),
+                            ),
+                        ));
+                    }
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(subscription = spec.id, error = %e, "cannot store a dead letter; the delivery comes back");
+                    false
+                }
             }
-            continue;
         }
-        let started = Instant::now();
-        if keeps_status(&spec.topic) {
-            let mut status = StatusRecord::new(DeliveryState::Running, attempt, None);
-            status.expires_ms = Some(unix_ms(SystemTime::now() + spec.timeout));
-            statuses.push((status_subject(&key, &message.id), status));
+        Err(e) => {
+            tracing::warn!(subscription = spec.id, error = %e, "cannot read dead letters; the delivery comes back");
+            false
         }
-        lock(&shared.state).in_flight.insert(
-            (subscription.clone(), message.id.clone()),
-            Lease {
-                reply,
-                attempt,
-                message: message.clone(),
-                leased: started,
-                timeout: spec.timeout,
-                ack_wait: shared.ack_wait(spec.timeout),
-                progressed: started,
-            },
-        );
-        deliveries.push(Delivery {
-            subscription: subscription.clone(),
-            message,
-            attempt,
-        });
+    };
+    if written {
+        let _ = answer(&client, reply, AckKind::Term).await;
     }
-    if !statuses.is_empty() {
-        shared.write_statuses(statuses, false).await?;
+}
+
+/// How many times an answer to a delivery is sent before the call fails (answers are
+/// idempotent; a reconnect or a consumer leader change can lose one).
+const ANSWER_TRIES: usize = 3;
+
+async fn answer_patiently(
+    client: &async_nats::Client,
+    reply: &str,
+    kind: AckKind,
+) -> Result<(), EventError> {
+    let mut last = None;
+    for attempt in 0..ANSWER_TRIES {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
+        }
+        let payload: Bytes = kind.into();
+        match tokio::time::timeout(REQUEST_TIMEOUT, client.request(reply.to_owned(), payload)).await
+        {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => last = Some(e.to_string()),
+            Err(_) => last = Some("no answer in time".into()),
+        }
     }
-    Ok(deliveries)
+    Err(storage("answer a delivery", last.unwrap_or_default()))
 }
 
 async fn ack(
@@ -1276,44 +1563,60 @@ async fn ack(
 ) -> Result<(), EventError> {
     let record = shared.known(&subscription, Duration::MAX).await?;
     let key = sub_key(&subscription);
+    let status_of = |attempts| {
+        (
+            status_subject(&key, &id),
+            StatusRecord::new(DeliveryState::Succeeded, attempts, Some(&outcome)),
+        )
+    };
     let lease = lock(&shared.state)
         .in_flight
         .remove(&(subscription.clone(), id.clone()));
-    let attempts = match lease {
-        Some(lease) => {
-            answer(&shared.cluster.client(), &lease.reply, AckKind::Ack).await?;
-            lease.attempt
-        }
-        None => {
-            // A late success of a delivery dead-lettered meanwhile still counts.
-            if let Some((head, _, _)) = shared.read_dead(&key, &id).await? {
-                shared.remove_dead(&key, &id).await?;
-                head.attempts
-            } else if keeps_status(&record.spec.topic) {
-                return match shared.read_status(&key, &id).await? {
-                    Some(status) if status.state == DeliveryState::Succeeded.as_str() => Ok(()),
-                    _ => Err(EventError::NoDelivery {
-                        subscription,
-                        message: id,
-                    }),
-                };
-            } else {
-                // Answered before (acknowledging twice is harmless).
-                return Ok(());
+    let Some(lease) = lease else {
+        // A late success of a delivery dead-lettered meanwhile still counts.
+        if let Some((head, _, seq)) = shared.read_dead(&key, &id).await? {
+            shared.remove_dead(&key, &id, seq).await?;
+            shared.count(&subscription, |c| c.delivered += 1);
+            if keeps_status(&record.spec.topic) {
+                shared
+                    .write_statuses(vec![status_of(head.attempts)], false)
+                    .await?;
             }
+            return Ok(());
         }
+        if keeps_status(&record.spec.topic) {
+            return match shared.read_status(&key, &id).await? {
+                Some(status) if status.state == DeliveryState::Succeeded.as_str() => Ok(()),
+                _ => Err(EventError::NoDelivery {
+                    subscription,
+                    message: id,
+                }),
+            };
+        }
+        // Answered before (acknowledging twice is harmless).
+        return Ok(());
     };
-    shared.count(&subscription, |c| c.delivered += 1);
+    // The result is recorded before the server lets go of the delivery, so a status read
+    // never says pending after a success.
     if keeps_status(&record.spec.topic) {
         shared
-            .write_statuses(
-                vec![(
-                    status_subject(&key, &id),
-                    StatusRecord::new(DeliveryState::Succeeded, attempts, Some(&outcome)),
-                )],
-                false,
-            )
+            .write_statuses(vec![status_of(lease.attempt)], false)
             .await?;
+    }
+    if let Err(e) = answer_patiently(&shared.cluster.client(), &lease.reply, AckKind::Ack).await {
+        // It comes back when its ack wait ends; this node then acknowledges it unseen
+        // rather than run it again or dead-letter it.
+        lock(&shared.state)
+            .unconfirmed
+            .insert((subscription, id), Instant::now());
+        return Err(e);
+    }
+    shared.count(&subscription, |c| c.delivered += 1);
+    if lease.attempt >= lease.max_attempts {
+        // Its lease may have lapsed, and another node dead-lettered it meanwhile.
+        if let Some((_, _, seq)) = shared.read_dead(&key, &id).await? {
+            shared.remove_dead(&key, &id, seq).await?;
+        }
     }
     Ok(())
 }
@@ -1345,12 +1648,16 @@ async fn fail(
                 &outcome.describe(),
             )
             .await?;
-        answer(&client, &lease.reply, AckKind::Term).await?;
+        // A lost `+TERM` only brings the delivery back once more, to be terminated unseen
+        // (its dead letter exists).
+        if let Err(e) = answer_patiently(&client, &lease.reply, AckKind::Term).await {
+            tracing::debug!(subscription, error = %e, "a dead letter's delivery was not terminated");
+        }
         StatusRecord::new(DeliveryState::Failed, lease.attempt, Some(&outcome))
     } else {
         let delay = jitter(retry_delay(lease.attempt, spec.backoff, spec.max_backoff));
         let due = SystemTime::now() + delay;
-        answer(&client, &lease.reply, AckKind::Nak(Some(delay))).await?;
+        answer_patiently(&client, &lease.reply, AckKind::Nak(Some(delay))).await?;
         lock(&shared.state)
             .retry_due
             .entry(subscription.clone())
@@ -1420,34 +1727,15 @@ async fn redrive(
     // The re-drive consumer exists before anything is published to it.
     shared.consumer(&record, true).await?;
     if !record.redrive {
-        let mut written = None;
-        crate::cas::write_if(
-            &shared.js(),
-            SUBS_STREAM,
-            &sub_subject(&key),
-            |e| storage("re-drive dead letters", e),
-            |current| {
-                let Some(value) = current.and_then(|c| c.value.as_ref()) else {
-                    return Ok(None);
-                };
-                let mut record = serde_json::from_slice::<SubRecord>(value)
-                    .map_err(|e| storage("re-drive dead letters", e))?;
-                if record.redrive {
-                    return Ok(None);
-                }
+        let written = write_record(&shared, &key, |record| {
+            let mut record = record?;
+            (!record.redrive).then(|| {
                 record.redrive = true;
-                let payload = serde_json::to_vec(&record).expect("records serialise");
-                written = Some(record);
-                Ok(Some(crate::cas::Write {
-                    payload: payload.into(),
-                    headers: Default::default(),
-                }))
-            },
-        )
+                record
+            })
+        })
         .await?;
-        if let Some(record) = written {
-            shared.remember(&record);
-        } else {
+        if written.is_none() {
             shared.record(&subscription, Duration::ZERO).await?;
         }
     }
@@ -1462,7 +1750,7 @@ async fn redrive(
             js.send_publish(redrive_subject(&key), message).await?.await
         })
         .await?;
-        shared.remove_dead(&key, &letter.message.id).await?;
+        shared.remove_dead(&key, &letter.message.id, *seq).await?;
         if keeps_status(&record.spec.topic) {
             statuses.push((
                 status_subject(&key, &letter.message.id),

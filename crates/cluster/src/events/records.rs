@@ -155,6 +155,10 @@ pub(crate) struct SubRecord {
     /// left. Messages after it are not this subscription's.
     #[serde(default)]
     pub paused_at: Option<u64>,
+    /// When the current pause began (ms since the epoch): a subscription paused for
+    /// longer than [`crate::events::PAUSED_RETENTION`] is forgotten, its consumer deleted.
+    #[serde(default)]
+    pub paused_ms: Option<i64>,
     /// Closed pauses `(after, up_to]`: stream sequences skipped when leased.
     #[serde(default)]
     pub skip: Vec<(u64, u64)>,
@@ -162,9 +166,6 @@ pub(crate) struct SubRecord {
     #[serde(default)]
     pub redrive: bool,
 }
-
-/// How many closed pauses a record keeps; older ones are long delivered past.
-pub(crate) const MAX_SKIPS: usize = 16;
 
 impl SubRecord {
     pub(crate) fn active(&self) -> bool {
@@ -181,8 +182,10 @@ impl SubRecord {
     }
 
     /// Registers or drops `owner`, pausing or resuming at `last_seq` (the event stream's
-    /// last sequence now) when that changes whether anyone registers it.
-    pub(crate) fn set_owner(&mut self, owner: &str, present: bool, last_seq: u64) {
+    /// last sequence, read before this change) when that changes whether anyone registers
+    /// it. Closed pauses that end at or before `floor` (the consumer's acknowledgement
+    /// floor: everything up to it is answered) are dropped.
+    pub(crate) fn set_owner(&mut self, owner: &str, present: bool, last_seq: u64, floor: u64) {
         let was = self.active();
         if present {
             self.owners.insert(owner.to_owned());
@@ -190,19 +193,21 @@ impl SubRecord {
             self.owners.remove(owner);
         }
         match (was, self.active()) {
-            (true, false) => self.paused_at = Some(last_seq),
+            (true, false) => {
+                self.paused_at = Some(last_seq);
+                self.paused_ms = Some(tessera_events::unix_ms(SystemTime::now()));
+            }
             (false, true) => {
+                self.paused_ms = None;
                 if let Some(at) = self.paused_at.take()
                     && last_seq > at
                 {
                     self.skip.push((at, last_seq));
-                    if self.skip.len() > MAX_SKIPS {
-                        self.skip.remove(0);
-                    }
                 }
             }
             _ => {}
         }
+        self.skip.retain(|&(_, upto)| upto > floor);
     }
 }
 
@@ -352,6 +357,7 @@ mod tests {
             spec: SpecRecord::from(&tessera_events::conformance::spec("s", "t")),
             owners: BTreeSet::new(),
             paused_at: None,
+            paused_ms: None,
             skip: Vec::new(),
             redrive: false,
         }
@@ -360,17 +366,22 @@ mod tests {
     #[test]
     fn pauses_skip_what_was_published_while_no_one_registered() {
         let mut r = record();
-        r.set_owner("a", true, 5);
+        r.set_owner("a", true, 5, 0);
         assert!(r.active() && r.paused_at.is_none() && r.skip.is_empty());
-        r.set_owner("b", true, 6);
-        r.set_owner("a", false, 7);
+        r.set_owner("b", true, 6, 0);
+        r.set_owner("a", false, 7, 0);
         assert!(r.active(), "b still registers it");
-        r.set_owner("b", false, 10);
+        r.set_owner("b", false, 10, 0);
         assert_eq!(r.paused_at, Some(10));
+        assert!(r.paused_ms.is_some());
         assert!(!r.skips(10) && r.skips(11));
-        r.set_owner("a", true, 14);
+        r.set_owner("a", true, 14, 0);
         assert_eq!((r.paused_at, r.skip.clone()), (None, vec![(10, 14)]));
+        assert!(r.paused_ms.is_none());
         assert!(!r.skips(10) && r.skips(11) && r.skips(14) && !r.skips(15));
+        // Once the consumer has answered everything up to 14, the pause is forgotten.
+        r.set_owner("b", true, 20, 14);
+        assert!(r.skip.is_empty());
     }
 
     #[test]

@@ -347,8 +347,14 @@ pub(super) fn stats_count_each_state(journal: &dyn Journal) {
         .iter()
         .map(|d| (d.message.id.as_str(), d.attempt))
         .collect();
-    // The first attempts of 4 and 5 and the retries of 1 and 2 (which come first is the
-    // backend's choice: consumers must not rely on order).
+    // The first attempts of 4 and 5, in publication order, and the retries of 1 and 2
+    // (whether retries come before or after first attempts is the backend's choice).
+    let first_attempts: Vec<&str> = again
+        .iter()
+        .filter(|(_, attempt)| *attempt == 1)
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(first_attempts, [ids[4].as_str(), ids[5].as_str()]);
     again.sort();
     let mut expected = vec![
         (ids[4].as_str(), 1),
