@@ -25,10 +25,7 @@ use async_nats::jetstream::consumer::{self, DeliverPolicy};
 use async_nats::jetstream::kv::{self, Operation};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tessera_data::{
-    Changes, DataBackend, DataError, KvError, KvStore, LIST_PAGE, Migration, Rows, ServiceData,
-    SqlDatabase, SqlError, SqlValue, Statement, limits,
-};
+use tessera_data::{DataBackend, DataError, KvError, KvStore, LIST_PAGE, ServiceData, limits};
 
 use crate::setup::{KV_SHARDS, kv_bucket};
 use crate::{Cluster, REQUEST_TIMEOUT, decode_token, encode_token};
@@ -36,15 +33,17 @@ use crate::{Cluster, REQUEST_TIMEOUT, decode_token, encode_token};
 /// A service's handles, and the flag that closes them when its app's data is deleted.
 type OpenService = (ServiceData, Arc<AtomicBool>);
 
-/// The data backend of a cluster node: key-value data shared by every node; no SQL yet.
+/// The data backend of a cluster node: key-value data and SQL databases shared by every
+/// node (SQL: see [`crate::sql`]; each node keeps its copies under `sql_dir`).
 pub struct ClusterData {
     cluster: Cluster,
     shards: Vec<kv::Store>,
     open: Mutex<HashMap<(String, String), OpenService>>,
+    sql: crate::sql::SqlDatabases,
 }
 
 impl ClusterData {
-    pub fn open(cluster: &Cluster) -> Result<ClusterData, DataError> {
+    pub fn open(cluster: &Cluster, sql_dir: std::path::PathBuf) -> Result<ClusterData, DataError> {
         let js = cluster.js();
         let shards = cluster
             .bridge()
@@ -64,6 +63,7 @@ impl ClusterData {
             cluster: cluster.clone(),
             shards,
             open: Mutex::new(HashMap::new()),
+            sql: crate::sql::SqlDatabases::new(cluster, sql_dir),
         })
     }
 }
@@ -87,7 +87,7 @@ impl DataBackend for ClusterData {
                 ),
                 closed: closed.clone(),
             }),
-            sql: Arc::new(NoSql),
+            sql: self.sql.handle(app, service),
         };
         open.insert(key, (data.clone(), closed));
         Ok(data)
@@ -121,11 +121,11 @@ impl DataBackend for ClusterData {
             .map_err(|message| DataError::Purge {
                 app: app.to_owned(),
                 message,
-            })
-    }
-
-    fn sql_available(&self) -> bool {
-        false
+            })?;
+        self.sql.purge_app(app).map_err(|message| DataError::Purge {
+            app: app.to_owned(),
+            message,
+        })
     }
 }
 
@@ -410,38 +410,4 @@ async fn list(
         }
     }
     Ok(keys)
-}
-
-/// The SQL handle of a cluster node until replicated databases exist: every call is
-/// refused with a message that says so (deploys of services that use SQL are refused
-/// before this is ever reached).
-struct NoSql;
-
-fn no_sql() -> SqlError {
-    SqlError::NotPermitted(
-        "tessera:sql is not available in cluster mode yet: services that use SQL run on a single node"
-            .into(),
-    )
-}
-
-impl SqlDatabase for NoSql {
-    fn query(&self, _: &str, _: &[SqlValue], _: std::time::Instant) -> Result<Rows, SqlError> {
-        Err(no_sql())
-    }
-
-    fn execute(&self, _: &str, _: &[SqlValue], _: std::time::Instant) -> Result<Changes, SqlError> {
-        Err(no_sql())
-    }
-
-    fn batch(&self, _: &[Statement], _: std::time::Instant) -> Result<Vec<Changes>, SqlError> {
-        Err(no_sql())
-    }
-
-    fn migrate(&self, migrations: &[Migration]) -> Result<Vec<String>, SqlError> {
-        if migrations.is_empty() {
-            Ok(Vec::new())
-        } else {
-            Err(no_sql())
-        }
-    }
 }

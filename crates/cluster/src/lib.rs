@@ -32,6 +32,7 @@ mod kv;
 mod names;
 mod registry;
 mod setup;
+mod sql;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]

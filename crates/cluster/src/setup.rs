@@ -28,6 +28,8 @@ pub(crate) const CRON_BUCKET: &str = "TESSERA_CRON";
 pub(crate) const CRON_LAST_BUCKET: &str = "TESSERA_CRON_LAST";
 /// The nodes that joined.
 pub(crate) const NODES_BUCKET: &str = "TESSERA_NODES";
+/// SQL databases' writer leases.
+pub(crate) const SQL_LEASES_BUCKET: &str = "TESSERA_SQL_LEASES";
 /// Component artifacts by sha256.
 pub(crate) const ARTIFACTS_BUCKET: &str = "TESSERA_ARTIFACTS";
 
@@ -43,7 +45,7 @@ pub(crate) const SUBS_STREAM: &str = "TESSERA_SUBS";
 
 /// The payload a server must accept: the largest key-value value and room for headers
 /// and the key.
-const NEEDED_PAYLOAD: usize = tessera_data::MAX_VALUE_BYTES + 64 * 1024;
+pub(crate) const NEEDED_PAYLOAD: usize = tessera_data::MAX_VALUE_BYTES + 64 * 1024;
 /// How long setup retries while a fresh NATS cluster elects its JetStream leader.
 const SETUP_PATIENCE: Duration = Duration::from_secs(20);
 
@@ -194,6 +196,15 @@ async fn create_all(js: &jetstream::Context, replicas: usize) -> Result<(), Clus
         kv_stream(
             CRON_LAST_BUCKET,
             "Tessera cron schedules' last ticks",
+            replicas,
+        ),
+    )
+    .await?;
+    ensure_stream(
+        js,
+        kv_stream(
+            SQL_LEASES_BUCKET,
+            "Tessera SQL databases' writer leases",
             replicas,
         ),
     )

@@ -161,12 +161,13 @@ fn control_state_passes_the_conformance_suite() {
 }
 
 #[test]
-fn key_value_passes_the_conformance_suite() {
+fn key_value_and_sql_pass_the_conformance_suite() {
     require_nats();
-    tessera_data::conformance::run_only(&["kv"], |test| {
+    tessera_data::conformance::run(|test| {
         let server = NatsServer::start();
         let cluster = Cluster::connect(&config(&server, "n1")).unwrap();
-        let data = ClusterData::open(&cluster).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data = ClusterData::open(&cluster, dir.path().join("sql")).unwrap();
         test(&data);
     });
 }
@@ -363,7 +364,7 @@ fn killing_the_leading_nats_server_loses_no_acknowledged_write() {
     let open = |cluster: &Cluster, node: &str| {
         let artifacts = Arc::new(ObjectArtifacts::open(cluster, cache.path().join(node)).unwrap());
         let control = JetStreamControl::open(cluster, artifacts).unwrap();
-        let data = ClusterData::open(cluster).unwrap();
+        let data = ClusterData::open(cluster, cache.path().join(node).join("sql")).unwrap();
         (control, data)
     };
     let (control_a, data_a) = open(&ca, "a");
@@ -507,7 +508,7 @@ fn on_three_servers_concurrent_writers_are_serialised() {
                 ObjectArtifacts::open(&cluster, cache.path().join(format!("n{i}"))).unwrap(),
             );
             let control = JetStreamControl::open(&cluster, artifacts).unwrap();
-            let data = ClusterData::open(&cluster).unwrap();
+            let data = ClusterData::open(&cluster, cache.path().join(format!("n{i}/sql"))).unwrap();
             (cluster, control, data)
         })
         .collect();
@@ -831,4 +832,117 @@ fn leases_outlive_the_ack_wait_while_handlers_run_and_come_back_soon_after_their
     );
     assert!(took < ack_wait * 3, "came back after {took:?}");
     b.ack(&sub.id, "doomed", &ok()).unwrap();
+}
+
+#[test]
+fn one_sql_database_serves_every_node_exactly_and_survives_its_writer() {
+    use tessera_data::{DataBackend, Migration, SqlValue, Statement};
+    require_nats();
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str| {
+        let cluster = Cluster::connect(&config(&server, name)).unwrap();
+        let data = ClusterData::open(&cluster, dir.path().join(name)).unwrap();
+        (data, cluster)
+    };
+    let nodes: Vec<(ClusterData, Cluster)> = ["a", "b", "c"].iter().map(|n| open(n)).collect();
+    let sql = |i: usize| nodes[i].0.open_service("shop", "orders").unwrap().sql;
+    let soon = || Instant::now() + Duration::from_secs(20);
+    let migration = Migration {
+        name: "001.sql".into(),
+        sql: "CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL);
+              INSERT INTO counter VALUES (1, 0);
+              CREATE TABLE orders (item TEXT NOT NULL);"
+            .into(),
+    };
+    // Migrations run once, whichever nodes ask.
+    assert_eq!(
+        sql(0).migrate(std::slice::from_ref(&migration)).unwrap(),
+        ["001.sql"]
+    );
+    assert!(
+        sql(1)
+            .migrate(std::slice::from_ref(&migration))
+            .unwrap()
+            .is_empty()
+    );
+
+    // A write through one node is read through another at once.
+    sql(1)
+        .execute("INSERT INTO orders VALUES ('first')", &[], soon())
+        .unwrap();
+    let rows = sql(2)
+        .query("SELECT item FROM orders", &[], soon())
+        .unwrap()
+        .rows;
+    assert_eq!(rows, [[SqlValue::Text("first".into())]]);
+
+    // 300 transactional increments through all three nodes at once end exact.
+    std::thread::scope(|scope| {
+        for i in 0..3 {
+            let db = sql(i);
+            scope.spawn(move || {
+                for _ in 0..100 {
+                    db.batch(
+                        &[
+                            Statement {
+                                sql: "UPDATE counter SET n = n + 1 WHERE id = 1".into(),
+                                params: vec![],
+                            },
+                            Statement {
+                                sql: "INSERT INTO orders VALUES ('x')".into(),
+                                params: vec![],
+                            },
+                        ],
+                        soon(),
+                    )
+                    .unwrap();
+                }
+            });
+        }
+    });
+    for i in 0..3 {
+        let n = sql(i)
+            .query(
+                "SELECT n, (SELECT count(*) FROM orders) FROM counter",
+                &[],
+                soon(),
+            )
+            .unwrap()
+            .rows;
+        assert_eq!(
+            n,
+            [[SqlValue::Integer(300), SqlValue::Integer(301)]],
+            "node {i}"
+        );
+    }
+
+    // The writer goes away: another node takes over within the lease's TTL and nothing
+    // acknowledged is lost.
+    let writer = (0..3)
+        .find(|&i| {
+            nodes[i]
+                .0
+                .open_service("shop", "orders")
+                .unwrap()
+                .sql
+                .query_quick("SELECT 1", &[], Duration::from_millis(100))
+                .is_some()
+        })
+        .expect("one node writes");
+    let mut nodes = nodes;
+    drop(nodes.remove(writer));
+    let started = Instant::now();
+    let db = nodes[0].0.open_service("shop", "orders").unwrap().sql;
+    db.execute("INSERT INTO orders VALUES ('after')", &[], soon())
+        .unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "took over after {took:?}");
+    eprintln!("a new writer took over after {took:?}");
+    let other = nodes[1].0.open_service("shop", "orders").unwrap().sql;
+    let rows = other
+        .query("SELECT count(*) FROM orders", &[], soon())
+        .unwrap()
+        .rows;
+    assert_eq!(rows, [[SqlValue::Integer(302)]]);
 }

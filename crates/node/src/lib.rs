@@ -236,15 +236,6 @@ impl NodeBuilder {
         Ok(builder)
     }
 
-    /// Puts a layer around the node's event journal (a cluster claims cron ticks in it).
-    pub fn wrap_journal(
-        mut self,
-        wrap: impl FnOnce(Arc<dyn Journal>) -> Arc<dyn Journal>,
-    ) -> NodeBuilder {
-        self.journal = wrap(self.journal);
-        self
-    }
-
     /// The runtime's settings. A compile cache directory already chosen (by
     /// [`NodeBuilder::embedded`]) is kept when `config` names none.
     pub fn runtime(mut self, config: RuntimeConfig) -> NodeBuilder {

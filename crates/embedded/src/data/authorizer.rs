@@ -31,6 +31,26 @@ pub(super) enum Decision {
     Deny(String),
 }
 
+/// Whether an action changes the schema: such statements are replicated as their text,
+/// since a changeset of rows does not carry them.
+pub(super) fn changes_schema(action: &AuthAction<'_>) -> bool {
+    use AuthAction as A;
+    matches!(
+        action,
+        A::CreateTable { .. }
+            | A::DropTable { .. }
+            | A::AlterTable { .. }
+            | A::CreateIndex { .. }
+            | A::DropIndex { .. }
+            | A::CreateTrigger { .. }
+            | A::DropTrigger { .. }
+            | A::CreateView { .. }
+            | A::DropView { .. }
+            | A::CreateVtable { .. }
+            | A::DropVtable { .. }
+    )
+}
+
 /// Decides one action of guest SQL.
 pub(super) fn decide(action: &AuthAction<'_>) -> Decision {
     use AuthAction as A;

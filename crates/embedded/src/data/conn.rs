@@ -64,6 +64,12 @@ CREATE TABLE IF NOT EXISTS _tessera_migrations (
     sha256 TEXT NOT NULL,
     applied_at INTEGER NOT NULL
 ) STRICT;
+
+CREATE TABLE IF NOT EXISTS _tessera_replica (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    position INTEGER NOT NULL
+) STRICT;
+INSERT OR IGNORE INTO _tessera_replica (id, position) VALUES (0, 0);
 ";
 
 /// A connection with its fence.
@@ -76,6 +82,10 @@ pub(super) struct Conn {
     denial: Arc<Mutex<Option<String>>>,
     /// When the running call must stop; `None` outside guest SQL calls.
     deadline: Arc<Mutex<Option<Instant>>>,
+    /// Set by the authorizer when a statement being prepared changes the schema.
+    schema: Arc<AtomicBool>,
+    /// While a replicated transaction runs: what it changed so far.
+    pub(super) capture: Mutex<Option<super::replica::Capture>>,
 }
 
 impl Conn {
@@ -132,12 +142,17 @@ impl Conn {
         let internal = Arc::new(AtomicBool::new(false));
         let denial = Arc::new(Mutex::new(None));
         let deadline = Arc::new(Mutex::new(None::<Instant>));
+        let schema = Arc::new(AtomicBool::new(false));
         {
             let internal = internal.clone();
             let denial = denial.clone();
+            let schema = schema.clone();
             conn.authorizer(Some(move |context: AuthContext<'_>| {
                 if internal.load(Ordering::Relaxed) {
                     return Authorization::Allow;
+                }
+                if authorizer::changes_schema(&context.action) {
+                    schema.store(true, Ordering::Relaxed);
                 }
                 match authorizer::decide(&context.action) {
                     Decision::Allow => Authorization::Allow,
@@ -161,7 +176,29 @@ impl Conn {
             internal,
             denial,
             deadline,
+            schema,
+            capture: Mutex::new(None),
         })
+    }
+
+    /// Runs `work`, which may make SQLite run statements of its own on this connection
+    /// (the session extension reading table definitions), with the authorizer letting
+    /// everything through. No guest statement may be prepared inside `work`.
+    pub(super) fn allowing<T>(&self, work: impl FnOnce(&Connection) -> T) -> T {
+        struct Reset<'a>(&'a AtomicBool, bool);
+        impl Drop for Reset<'_> {
+            fn drop(&mut self) {
+                self.0.store(self.1, Ordering::Relaxed);
+            }
+        }
+        let before = self.internal.swap(true, Ordering::Relaxed);
+        let _reset = Reset(&self.internal, before);
+        work(&self.conn)
+    }
+
+    /// Whether a statement prepared since the last call changes the schema.
+    pub(super) fn take_schema_change(&self) -> bool {
+        self.schema.swap(false, Ordering::Relaxed)
     }
 
     /// The connection for guest SQL: every statement prepared through it passes the

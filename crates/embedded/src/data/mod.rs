@@ -8,6 +8,7 @@
 mod authorizer;
 mod conn;
 mod kv;
+pub mod replica;
 mod sql;
 #[cfg(test)]
 mod tests;
@@ -171,6 +172,8 @@ pub(crate) struct ServiceDb {
     /// `None` once closed.
     writer: Mutex<Option<Conn>>,
     readers: Readers,
+    /// Where write transactions go before they commit, for a replicated database.
+    replication: Option<Arc<dyn replica::ReplicationLog>>,
 }
 
 impl ServiceDb {
@@ -181,6 +184,19 @@ impl ServiceDb {
             service: service.to_owned(),
             writer: Mutex::new(Some(writer)),
             readers: Readers::new(path),
+            replication: None,
+        })
+    }
+
+    fn open_replicated(
+        path: PathBuf,
+        app: &str,
+        service: &str,
+        log: Arc<dyn replica::ReplicationLog>,
+    ) -> rusqlite::Result<ServiceDb> {
+        Ok(ServiceDb {
+            replication: Some(log),
+            ..ServiceDb::open(path, app, service)?
         })
     }
 

@@ -8,7 +8,8 @@ use rusqlite::{ErrorCode, params};
 use sha2::{Digest, Sha256};
 
 use super::ServiceDb;
-use super::conn::{AcquireError, Conn};
+use super::conn::{AcquireError, Conn, lock};
+use super::replica::{self, ReplicationLog};
 use tessera_data::limits::{self, ResultBudget};
 use tessera_data::{Changes, Migration, Rows, SqlDatabase, SqlError, SqlValue, Statement};
 
@@ -39,7 +40,7 @@ impl SqlDatabase for ServiceDb {
         let _deadline = writer.deadline(deadline);
         // In a transaction, so that a write whose result turns out too large to return
         // is not kept either.
-        in_transaction(&mut writer, |conn| {
+        in_transaction(&mut writer, self.log(), |conn| {
             let stmt = prepare(conn, sql)?;
             read_rows(conn, stmt, params)
         })
@@ -82,7 +83,15 @@ impl SqlDatabase for ServiceDb {
         let writer = self
             .writer()
             .map_err(|_| SqlError::Io(self.closed_message()))?;
+        let mut writer = writer;
         let _deadline = writer.deadline(deadline);
+        if let Some(log) = self.log() {
+            // A replicated write is one transaction, so its effect can be captured.
+            return in_transaction(&mut writer, Some(log), |conn| {
+                let stmt = prepare(conn, sql)?;
+                run(conn, stmt, params)
+            });
+        }
         // No explicit transaction: SQLite undoes a failed or interrupted statement by
         // itself, and some statements cannot run inside one.
         let stmt = prepare(&writer, sql)?;
@@ -103,7 +112,7 @@ impl SqlDatabase for ServiceDb {
             .writer()
             .map_err(|_| SqlError::Io(self.closed_message()))?;
         let _deadline = writer.deadline(deadline);
-        in_transaction(&mut writer, |conn| {
+        in_transaction(&mut writer, self.log(), |conn| {
             statements
                 .iter()
                 .enumerate()
@@ -161,13 +170,11 @@ impl SqlDatabase for ServiceDb {
             if applied.contains_key(&migration.name) {
                 continue;
             }
-            in_transaction(&mut writer, |conn| {
+            in_transaction(&mut writer, self.log(), |conn| {
                 conn.clear_denial();
-                // Several statements are the point of a migration, so `execute_batch`;
-                // each still passes the authorizer.
-                conn.guest()
-                    .execute_batch(&migration.sql)
-                    .map_err(|e| sql_error(conn, e))?;
+                // Several statements are the point of a migration; each still passes the
+                // authorizer, and each schema change is captured when replicated.
+                run_script(conn, &migration.sql)?;
                 conn.internal(|c| {
                     c.execute(
                         "INSERT INTO _tessera_migrations (name, sha256, applied_at) VALUES (?1, ?2, unixepoch())",
@@ -188,21 +195,83 @@ impl SqlDatabase for ServiceDb {
     }
 }
 
+impl ServiceDb {
+    fn log(&self) -> Option<&dyn ReplicationLog> {
+        self.replication.as_deref()
+    }
+
+    /// Runs `sql` on a reader if it cannot write; `None` if it would.
+    pub(super) fn read_only(
+        &self,
+        sql: &str,
+        params: &[SqlValue],
+        deadline: Instant,
+    ) -> Result<Option<Rows>, SqlError> {
+        limits::check_statement(sql, params)?;
+        check_deadline(deadline)?;
+        let reader = self.readers.acquire(Some(deadline)).map_err(|e| match e {
+            AcquireError::Closed => SqlError::Io(self.closed_message()),
+            AcquireError::TimedOut => SqlError::Timeout(
+                "the request deadline passed while waiting for a database connection".to_owned(),
+            ),
+            AcquireError::Open(e) => SqlError::Io(e.to_string()),
+        })?;
+        let _deadline = reader.deadline(deadline);
+        let stmt = prepare(&reader, sql)?;
+        if !stmt.readonly() {
+            return Ok(None);
+        }
+        read_rows(&reader, stmt, params).map(Some)
+    }
+}
+
+/// Runs every statement of a script (a migration) to its end.
+fn run_script(conn: &Conn, script: &str) -> Result<(), SqlError> {
+    use rusqlite::fallible_iterator::FallibleIterator as _;
+    let mut statements = rusqlite::Batch::new(conn.guest(), script);
+    loop {
+        conn.take_schema_change();
+        let Some(mut stmt) = statements.next().map_err(|e| sql_error(conn, e))? else {
+            return Ok(());
+        };
+        if conn.take_schema_change() {
+            let text = stmt.expanded_sql().unwrap_or_default();
+            replica::capture_schema(conn, &text)?;
+        }
+        let mut rows = stmt.raw_query();
+        while rows.next().map_err(|e| sql_error(conn, e))?.is_some() {}
+    }
+}
+
 /// Runs `work` in an immediate transaction on the writer and commits if it succeeds;
-/// otherwise nothing it did is kept.
+/// otherwise nothing it did is kept. With a replication log, what the work changed is
+/// appended to it first, and the commit happens only if the log took it.
 fn in_transaction<T>(
     conn: &mut Conn,
+    log: Option<&dyn ReplicationLog>,
     work: impl FnOnce(&mut Conn) -> Result<T, SqlError>,
 ) -> Result<T, SqlError> {
     conn.internal(|c| c.execute_batch("BEGIN IMMEDIATE"))
         .map_err(|e| sql_error(conn, e))?;
-    let mut outcome = work(conn);
+    let mut outcome = match log {
+        Some(_) => replica::begin_capture(conn).and_then(|()| work(conn)),
+        None => work(conn),
+    };
     if outcome.is_ok() {
         // The work is done; a deadline passing now must not undo it.
         conn.clear_deadline();
-        if let Err(e) = conn.internal(|c| c.execute_batch("COMMIT")) {
-            outcome = Err(sql_error(conn, e));
+        if let Some(log) = log
+            && let Err(e) = replica::replicate(conn, log)
+        {
+            outcome = Err(e);
         }
+    }
+    // A capture not handed over (the work failed) is dropped with the transaction.
+    lock(&conn.capture).take();
+    if outcome.is_ok()
+        && let Err(e) = conn.internal(|c| c.execute_batch("COMMIT"))
+    {
+        outcome = Err(sql_error(conn, e));
     }
     // Some errors (a full disk, an interrupt) make SQLite roll back by itself.
     if !conn.guest().is_autocommit() {
@@ -211,10 +280,16 @@ fn in_transaction<T>(
     outcome
 }
 
-/// Prepares exactly one guest statement.
+/// Prepares exactly one guest statement. In a replicated transaction, a statement that
+/// changes the schema is captured as its text before it runs.
 fn prepare<'c>(conn: &'c Conn, sql: &str) -> Result<rusqlite::Statement<'c>, SqlError> {
     conn.clear_denial();
-    conn.guest().prepare(sql).map_err(|e| sql_error(conn, e))
+    conn.take_schema_change();
+    let stmt = conn.guest().prepare(sql).map_err(|e| sql_error(conn, e))?;
+    if conn.take_schema_change() {
+        replica::capture_schema(conn, sql)?;
+    }
+    Ok(stmt)
 }
 
 fn bind(
@@ -333,6 +408,13 @@ fn sql_error(conn: &Conn, error: rusqlite::Error) -> SqlError {
         ),
         // The attach limit of 0, should an ATTACH (or a VACUUM, which attaches a scratch
         // database) ever get past the authorizer.
+        // A replicated database runs every write in a transaction, where VACUUM fails
+        // before it can reach the attach limit; it is refused all the same.
+        ErrorCode::Unknown if message.starts_with("cannot VACUUM from within a transaction") => {
+            SqlError::NotPermitted(format!(
+                "VACUUM is not permitted: it attaches a scratch database ({message})"
+            ))
+        }
         ErrorCode::Unknown if message.starts_with("too many attached databases") => {
             SqlError::NotPermitted(format!(
                 "attaching databases is not permitted, and VACUUM needs to: {message}"

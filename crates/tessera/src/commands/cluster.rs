@@ -15,6 +15,8 @@ use tessera_node::{Backends, Member, Membership, Node, NodeBuilder, NodeError};
 
 /// The local cache of the cluster's artifacts, inside the node's data directory.
 const ARTIFACT_CACHE_DIR: &str = "artifacts";
+/// This node's copies of services' SQL databases, inside its data directory.
+const SQL_DIR: &str = "sql";
 
 /// This node's place in a cluster: its connection and its registry record.
 pub struct Joined {
@@ -82,8 +84,10 @@ pub fn join(data: &Path, urls: &str, node: &str) -> anyhow::Result<(NodeBuilder,
             data.join(ARTIFACT_CACHE_DIR),
         )?);
         let control = Arc::new(JetStreamControl::open(&cluster, artifacts.clone())?);
-        let service_data =
-            Arc::new(ClusterData::open(&cluster).map_err(|e| NodeError::Invalid(e.to_string()))?);
+        let service_data = Arc::new(
+            ClusterData::open(&cluster, data.join(SQL_DIR))
+                .map_err(|e| NodeError::Invalid(e.to_string()))?,
+        );
         let journal: Arc<dyn tessera_events::Journal> = Arc::new(ClaimedTicks::new(
             &cluster,
             Arc::new(JetStreamJournal::open(&cluster).map_err(NodeError::from)?),

@@ -139,7 +139,8 @@ fn handled_in_cluster(
             let artifacts = Arc::new(ObjectArtifacts::open(&cluster, data.join("artifacts"))?);
             let control = Arc::new(JetStreamControl::open(&cluster, artifacts.clone())?);
             let service_data = Arc::new(
-                ClusterData::open(&cluster).map_err(|e| NodeError::Invalid(e.to_string()))?,
+                ClusterData::open(&cluster, data.join("sql"))
+                    .map_err(|e| NodeError::Invalid(e.to_string()))?,
             );
             let journal: Arc<dyn Journal> = Arc::new(Watched {
                 inner: Arc::new(JetStreamJournal::open(&cluster)?),

@@ -1,0 +1,903 @@
+//! Services' SQL databases in a cluster: one database per service, cluster-wide, with
+//! SQLite's dialect and one writer at a time.
+//!
+//! - **Every node keeps a copy** (`<data>/sql/<app>/<service>.db`, the embedded
+//!   database with its fences: `tessera_embedded::ReplicatedSql`).
+//! - **The log** is the stream `TESSERA_SQL_<app>_<service>` (subject
+//!   `tessera.sql.<app>.<service>`): one message per write transaction, holding its
+//!   effect (session changesets and schema statements, never the statements that made
+//!   them), published with `Nats-Expected-Last-Sequence` = the last position the writer
+//!   applied. Stream sequences are log positions. A write is acknowledged to the guest only
+//!   after JetStream acknowledged its message, then committed to the writer's copy; a
+//!   crash in between is repaired by replaying the log.
+//! - **One writer**, holding a lease in the KV bucket `TESSERA_SQL_LEASES` (key
+//!   `<app>.<service>`: the node and its run), renewed every second with a conditional
+//!   write. Another node takes over only after seeing the record unchanged for
+//!   [`LEASE_TTL`]. A new writer first applies the whole log, then appends an empty
+//!   **marker** with the expected last sequence: from then on any append by a stale
+//!   writer (paused, partitioned) expects an older sequence and is refused by the server,
+//!   so it can never have a write acknowledged after the takeover; it steps down.
+//! - **Calls**: on the writer they run locally. Elsewhere a write (or a query that
+//!   writes) is forwarded to the writer over NATS request/reply
+//!   (`tessera.sqlcall.<app>.<service>`); a read first waits until the local copy has
+//!   applied the log up to the stream's last sequence (asked of the stream leader), so
+//!   it sees every write acknowledged before it started, then runs locally. The writer
+//!   reads locally while its lease was renewed within half the TTL.
+//! - Every node follows the log with an ordered consumer and applies it to its copy.
+
+mod wire;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{self, DeliverPolicy};
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tessera_data::{Changes, Migration, Rows, SqlDatabase, SqlError, SqlValue, Statement};
+use tessera_embedded::{ReplicatedSql, ReplicationLog, Segment, decode_segments, encode_segments};
+use tokio::sync::watch;
+
+use crate::setup::SQL_LEASES_BUCKET;
+use crate::{Cluster, REQUEST_TIMEOUT};
+use wire::{Answer, Call};
+
+/// How long a lease record must stay unchanged before another node may take over.
+pub const LEASE_TTL: Duration = Duration::from_secs(3);
+/// How often the writer renews its lease.
+const RENEW_EVERY: Duration = Duration::from_secs(1);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> SqlError {
+    SqlError::Io(format!("cannot {what} in the cluster: {e}"))
+}
+
+/// Aborts its tasks when dropped.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Whether this node writes the database now.
+enum Role {
+    Follower,
+    Writer {
+        /// When the lease was last renewed.
+        renewed: Instant,
+        _tasks: Tasks,
+    },
+}
+
+/// The SQL databases of a node's services.
+pub(crate) struct SqlDatabases {
+    cluster: Cluster,
+    root: PathBuf,
+    open: Mutex<HashMap<(String, String), Arc<ClusterSql>>>,
+}
+
+impl SqlDatabases {
+    pub(crate) fn new(cluster: &Cluster, root: PathBuf) -> SqlDatabases {
+        SqlDatabases {
+            cluster: cluster.clone(),
+            root,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The service's database handle; the database itself is opened on its first call.
+    pub(crate) fn handle(&self, app: &str, service: &str) -> Arc<ClusterSql> {
+        lock(&self.open)
+            .entry((app.to_owned(), service.to_owned()))
+            .or_insert_with(|| {
+                Arc::new(ClusterSql {
+                    cluster: self.cluster.clone(),
+                    path: self.root.join(app).join(format!("{service}.db")),
+                    app: app.to_owned(),
+                    service: service.to_owned(),
+                    db: OnceLock::new(),
+                    opening: Mutex::new(()),
+                    closed: Arc::new(AtomicBool::new(false)),
+                })
+            })
+            .clone()
+    }
+
+    /// Deletes the app's databases: the local copies, their logs and leases.
+    pub(crate) fn purge_app(&self, app: &str) -> Result<(), String> {
+        let handles: Vec<Arc<ClusterSql>> = {
+            let mut open = lock(&self.open);
+            let mine = open
+                .iter()
+                .filter(|((a, _), _)| a == app)
+                .map(|(_, h)| h.clone())
+                .collect();
+            open.retain(|(a, _), _| a != app);
+            mine
+        };
+        for handle in &handles {
+            handle.close();
+        }
+        let js = self.cluster.js();
+        let prefix = format!("TESSERA_SQL_{app}_");
+        let lease_prefix = format!("$KV.{SQL_LEASES_BUCKET}.{app}.>");
+        self.cluster.bridge().run(async move {
+            let mut names = js.stream_names();
+            let mut doomed = Vec::new();
+            while let Some(name) = names.next().await {
+                let name = name.map_err(|e| e.to_string())?;
+                if name.starts_with(&prefix) {
+                    doomed.push(name);
+                }
+            }
+            for name in doomed {
+                js.delete_stream(&name).await.map_err(|e| e.to_string())?;
+            }
+            let leases = js
+                .get_stream(format!("KV_{SQL_LEASES_BUCKET}"))
+                .await
+                .map_err(|e| e.to_string())?;
+            leases
+                .purge()
+                .filter(lease_prefix)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(())
+        })?;
+        let dir = self.root.join(app);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("cannot delete {}: {e}", dir.display())),
+        }
+    }
+}
+
+/// One service's SQL database on this node.
+pub(crate) struct ClusterSql {
+    cluster: Cluster,
+    path: PathBuf,
+    app: String,
+    service: String,
+    db: OnceLock<Arc<Db>>,
+    opening: Mutex<()>,
+    closed: Arc<AtomicBool>,
+}
+
+impl ClusterSql {
+    fn db(&self) -> Result<Arc<Db>, SqlError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(SqlError::Io(format!(
+                "the data of service `{}` of app `{}` was deleted; this handle is closed",
+                self.service, self.app
+            )));
+        }
+        if let Some(db) = self.db.get() {
+            return Ok(db.clone());
+        }
+        let _opening = lock(&self.opening);
+        if let Some(db) = self.db.get() {
+            return Ok(db.clone());
+        }
+        let db = Db::open(&self.cluster, &self.path, &self.app, &self.service)?;
+        let _ = self.db.set(db.clone());
+        Ok(db)
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        if let Some(db) = self.db.get() {
+            db.close();
+        }
+    }
+}
+
+impl SqlDatabase for ClusterSql {
+    fn query(&self, sql: &str, params: &[SqlValue], deadline: Instant) -> Result<Rows, SqlError> {
+        let db = self.db()?;
+        if let Some(rows) = db.read(sql, params, deadline)? {
+            return Ok(rows);
+        }
+        match db.write(
+            Call::Query {
+                sql: sql.to_owned(),
+                params: wire::values(params),
+            },
+            deadline,
+        )? {
+            Answer::Rows { columns, rows } => wire::into_rows(columns, rows),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn query_quick(
+        &self,
+        sql: &str,
+        params: &[SqlValue],
+        budget: Duration,
+    ) -> Option<Result<Rows, SqlError>> {
+        // Only the writer's copy is current without asking the log.
+        let db = self.db.get()?;
+        if self.closed.load(Ordering::SeqCst) || !db.surely_writer() {
+            return None;
+        }
+        db.local.query_quick(sql, params, budget)
+    }
+
+    fn execute(
+        &self,
+        sql: &str,
+        params: &[SqlValue],
+        deadline: Instant,
+    ) -> Result<Changes, SqlError> {
+        let call = Call::Execute {
+            sql: sql.to_owned(),
+            params: wire::values(params),
+        };
+        match self.db()?.write(call, deadline)? {
+            Answer::Changes(mut changes) if changes.len() == 1 => {
+                Ok(wire::into_changes(vec![changes.remove(0)]).remove(0))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn batch(&self, statements: &[Statement], deadline: Instant) -> Result<Vec<Changes>, SqlError> {
+        match self.db()?.write(Call::batch(statements), deadline)? {
+            Answer::Changes(changes) => Ok(wire::into_changes(changes)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn migrate(&self, migrations: &[Migration]) -> Result<Vec<String>, SqlError> {
+        if migrations.is_empty() {
+            // Every deploy asks; a service without migrations needs no database yet.
+            return Ok(Vec::new());
+        }
+        // Migrations have no deadline of their own; a takeover may have to wait out a lease.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        match self.db()?.write(Call::migrate(migrations), deadline)? {
+            Answer::Applied(names) => Ok(names),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn unexpected(answer: &Answer) -> SqlError {
+    match answer {
+        Answer::Error {
+            kind,
+            message,
+            name,
+        } => wire::answer_error(kind, message.clone(), name.clone()),
+        other => SqlError::Io(format!("unexpected answer from the writer: {other:?}")),
+    }
+}
+
+/// An open database: the local copy, its role, the log it follows.
+struct Db {
+    cluster: Cluster,
+    app: String,
+    service: String,
+    stream: String,
+    subject: String,
+    call_subject: String,
+    lease_subject: String,
+    instance: String,
+    local: ReplicatedSql,
+    role: Arc<Mutex<Role>>,
+    /// An append's outcome was unknown: the copy may be behind the log.
+    dirty: Arc<AtomicBool>,
+    applied: watch::Sender<u64>,
+    /// The lease record as last seen: its sequence, and since when it has not changed.
+    observed: Mutex<Option<(u64, Instant)>>,
+    follower: Mutex<Option<Tasks>>,
+}
+
+/// The log as the local copy writes to it.
+struct Log {
+    cluster: Cluster,
+    subject: String,
+    instance: String,
+    role: Arc<Mutex<Role>>,
+    dirty: Arc<AtomicBool>,
+}
+
+impl ReplicationLog for Log {
+    fn append(&self, after: u64, segments: &[Segment]) -> Result<u64, SqlError> {
+        if !matches!(*lock(&self.role), Role::Writer { .. }) {
+            return Err(SqlError::Io(
+                "this node is no longer the database's writer; the write was not made".into(),
+            ));
+        }
+        let js = self.cluster.js();
+        let subject = self.subject.clone();
+        let payload = Bytes::from(encode_segments(segments));
+        let instance = self.instance.clone();
+        let appended = self.cluster.bridge().run(async move {
+            let message = jetstream::message::PublishMessage::build()
+                .payload(payload)
+                .expected_last_sequence(after)
+                .header("Tessera-Writer", instance.as_str());
+            let ack = js.send_publish(subject, message).await?;
+            tokio::time::timeout(REQUEST_TIMEOUT, ack.into_future())
+                .await
+                .map_err(|_| {
+                    jetstream::context::PublishError::new(
+                        jetstream::context::PublishErrorKind::TimedOut,
+                    )
+                })?
+        });
+        match appended {
+            Ok(ack) => Ok(ack.sequence),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                // Someone else appended: another node took over.
+                *lock(&self.role) = Role::Follower;
+                Err(SqlError::Io(
+                    "another node took over as the database's writer; the write was not made"
+                        .into(),
+                ))
+            }
+            Err(e) => {
+                self.dirty.store(true, Ordering::SeqCst);
+                Err(unavailable("make a write durable", e))
+            }
+        }
+    }
+}
+
+/// The lease record's value.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LeaseRecord {
+    node: String,
+    instance: String,
+}
+
+enum LeaseState {
+    /// A live writer other than this node holds it.
+    Held,
+    /// Nobody, or a holder silent for the TTL: at this record sequence (0: none).
+    Free(u64),
+}
+
+impl Db {
+    fn open(
+        cluster: &Cluster,
+        path: &std::path::Path,
+        app: &str,
+        service: &str,
+    ) -> Result<Arc<Db>, SqlError> {
+        let stream = format!("TESSERA_SQL_{app}_{service}");
+        let subject = format!("tessera.sql.{app}.{service}");
+        let replicas = cluster.replicas();
+        {
+            let js = cluster.js();
+            let config = stream::Config {
+                name: stream.clone(),
+                description: Some(format!(
+                    "Tessera: the log of service `{service}` of app `{app}`'s SQL database"
+                )),
+                subjects: vec![subject.clone()],
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                max_message_size: i32::try_from(crate::setup::NEEDED_PAYLOAD).unwrap_or(i32::MAX),
+                discard: stream::DiscardPolicy::New,
+                deny_delete: true,
+                deny_purge: false,
+                allow_direct: false,
+                ..Default::default()
+            };
+            cluster
+                .bridge()
+                .run(async move {
+                    tokio::time::timeout(REQUEST_TIMEOUT, js.get_or_create_stream(config))
+                        .await
+                        .map_err(|_| "no answer in time".to_owned())?
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(|e| unavailable("open the database's log", e))?;
+        }
+        let role = Arc::new(Mutex::new(Role::Follower));
+        let dirty = Arc::new(AtomicBool::new(false));
+        let instance = crate::control::operation_id(cluster.node());
+        let log = Arc::new(Log {
+            cluster: cluster.clone(),
+            subject: subject.clone(),
+            instance: instance.clone(),
+            role: role.clone(),
+            dirty: dirty.clone(),
+        });
+        let local = ReplicatedSql::open(path, app, service, log)
+            .map_err(|e| SqlError::Io(e.to_string()))?;
+        let position = local.position()?;
+        let (applied, _) = watch::channel(position);
+        let db = Arc::new(Db {
+            cluster: cluster.clone(),
+            app: app.to_owned(),
+            service: service.to_owned(),
+            stream,
+            subject,
+            call_subject: format!("tessera.sqlcall.{app}.{service}"),
+            lease_subject: format!("$KV.{SQL_LEASES_BUCKET}.{app}.{service}"),
+            instance,
+            local,
+            role,
+            dirty,
+            applied,
+            observed: Mutex::new(None),
+            follower: Mutex::new(None),
+        });
+        let task = cluster.bridge().spawn(follow(Arc::downgrade(&db)));
+        *lock(&db.follower) = Some(Tasks(vec![task]));
+        Ok(db)
+    }
+
+    fn close(&self) {
+        lock(&self.follower).take();
+        *lock(&self.role) = Role::Follower;
+        self.local.close();
+    }
+
+    fn is_writer(&self) -> bool {
+        matches!(*lock(&self.role), Role::Writer { .. })
+    }
+
+    /// Whether this node is the writer with a lease renewed lately enough that no other
+    /// node can have taken over.
+    fn surely_writer(&self) -> bool {
+        matches!(&*lock(&self.role), Role::Writer { renewed, .. } if renewed.elapsed() < LEASE_TTL / 2)
+    }
+
+    /// A read: on this copy once it has applied everything acknowledged before now.
+    /// `None` if the statement would write.
+    fn read(
+        &self,
+        sql: &str,
+        params: &[SqlValue],
+        deadline: Instant,
+    ) -> Result<Option<Rows>, SqlError> {
+        if !self.surely_writer() {
+            self.catch_up(deadline)?;
+        }
+        self.local.read(sql, params, deadline)
+    }
+
+    /// Waits until this copy has applied the log up to its last sequence now.
+    fn catch_up(&self, deadline: Instant) -> Result<(), SqlError> {
+        let js = self.cluster.js();
+        let stream = self.stream.clone();
+        let last = self
+            .cluster
+            .bridge()
+            .run(async move {
+                let stream = tokio::time::timeout(REQUEST_TIMEOUT, js.get_stream(stream))
+                    .await
+                    .map_err(|_| "no answer in time".to_owned())?
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(stream.cached_info().state.last_sequence)
+            })
+            .map_err(|e| unavailable("read the database's log", e))?;
+        let mut applied = self.applied.subscribe();
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let caught_up = self.cluster.bridge().run(async move {
+            tokio::time::timeout(wait, applied.wait_for(|p| *p >= last))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        });
+        if caught_up {
+            Ok(())
+        } else {
+            Err(SqlError::Timeout(
+                "the request deadline passed while this node caught up with the database's log"
+                    .into(),
+            ))
+        }
+    }
+
+    /// A write (or a query that writes): here if this node is the writer, else on the
+    /// writer, taking over if there is none.
+    fn write(self: &Arc<Self>, call: Call, deadline: Instant) -> Result<Answer, SqlError> {
+        loop {
+            if Instant::now() >= deadline {
+                return Err(SqlError::Timeout(
+                    "the request deadline passed while the database had no writer".into(),
+                ));
+            }
+            if self.is_writer() {
+                if self.dirty.swap(false, Ordering::SeqCst) {
+                    self.catch_up(deadline)?;
+                }
+                return Ok(self.run_local(call, deadline));
+            }
+            match self.lease()? {
+                LeaseState::Held => match self.forward(&call, deadline) {
+                    Ok(Answer::NotWriter) | Err(_) => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Ok(answer) => return Ok(answer),
+                },
+                LeaseState::Free(seq) => {
+                    if let Err(e) = self.take_over(seq, deadline) {
+                        tracing::debug!(app = %self.app, service = %self.service, error = %e, "cannot take over as the database's writer");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        }
+    }
+
+    fn run_local(&self, call: Call, deadline: Instant) -> Answer {
+        let result = match call {
+            Call::Query { sql, params } => wire::from_values(&params)
+                .and_then(|params| self.local.query(&sql, &params, deadline))
+                .map(wire::rows_answer),
+            Call::Execute { sql, params } => wire::from_values(&params)
+                .and_then(|params| self.local.execute(&sql, &params, deadline))
+                .map(|c| wire::changes_answer(&[c])),
+            Call::Batch { statements } => statements
+                .into_iter()
+                .map(|(sql, params)| {
+                    wire::from_values(&params).map(|params| Statement { sql, params })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .and_then(|statements| self.local.batch(&statements, deadline))
+                .map(|c| wire::changes_answer(&c)),
+            Call::Migrate { migrations } => self
+                .local
+                .migrate(
+                    &migrations
+                        .into_iter()
+                        .map(|(name, sql)| Migration { name, sql })
+                        .collect::<Vec<_>>(),
+                )
+                .map(Answer::Applied),
+        };
+        result.unwrap_or_else(wire::error_answer)
+    }
+
+    /// Sends the call to the writer and waits for its answer.
+    fn forward(&self, call: &Call, deadline: Instant) -> Result<Answer, String> {
+        let client = self.cluster.client();
+        let subject = self.call_subject.clone();
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let forwarded = wire::Forwarded {
+            budget_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            call: call.clone(),
+        };
+        let payload = Bytes::from(serde_json::to_vec(&forwarded).expect("calls serialise"));
+        self.cluster.bridge().run(async move {
+            let request = async_nats::Request::new()
+                .payload(payload)
+                .timeout(Some(wait));
+            let reply = client
+                .send_request(subject, request)
+                .await
+                .map_err(|e| e.to_string())?;
+            serde_json::from_slice::<Answer>(&reply.payload).map_err(|e| e.to_string())
+        })
+    }
+
+    /// The lease as this node sees it now.
+    fn lease(&self) -> Result<LeaseState, SqlError> {
+        let js = self.cluster.js();
+        let subject = self.lease_subject.clone();
+        let current = self
+            .cluster
+            .bridge()
+            .run(async move {
+                let stream = js
+                    .get_stream(format!("KV_{SQL_LEASES_BUCKET}"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::time::timeout(REQUEST_TIMEOUT, crate::cas::current(&stream, &subject))
+                    .await
+                    .map_err(|_| "no answer in time".to_owned())?
+            })
+            .map_err(|e| unavailable("read the database's writer lease", e))?;
+        let Some(current) = current.filter(|c| c.value.is_some()) else {
+            return Ok(LeaseState::Free(0));
+        };
+        let mut observed = lock(&self.observed);
+        match *observed {
+            Some((seq, since)) if seq == current.seq => {
+                if since.elapsed() >= LEASE_TTL {
+                    return Ok(LeaseState::Free(seq));
+                }
+            }
+            _ => *observed = Some((current.seq, Instant::now())),
+        }
+        Ok(LeaseState::Held)
+    }
+
+    /// Takes the lease (expecting the record at `seq`), applies the whole log, fences it
+    /// with a marker, and starts serving as the writer.
+    fn take_over(self: &Arc<Self>, seq: u64, deadline: Instant) -> Result<(), SqlError> {
+        let value = Bytes::from(
+            serde_json::to_vec(&LeaseRecord {
+                node: self.cluster.node().to_owned(),
+                instance: self.instance.clone(),
+            })
+            .expect("records serialise"),
+        );
+        if self.write_lease(Some(seq), value.clone())?.is_none() {
+            return Err(SqlError::Io("another node took the lease first".into()));
+        }
+        // Everything any earlier writer appended, then the marker after it.
+        let marker = loop {
+            self.catch_up(deadline)?;
+            let position = self.local.position()?;
+            match self.append_marker(position) {
+                Ok(marker) => break marker,
+                Err(true) => continue,
+                Err(false) => return Err(SqlError::Io("cannot fence the database's log".into())),
+            }
+        };
+        self.local.apply(marker, &[])?;
+        let _ = self.applied.send(marker.max(*self.applied.borrow()));
+        let weak = Arc::downgrade(self);
+        let tasks = Tasks(vec![
+            self.cluster.bridge().spawn(renew(weak.clone(), value)),
+            self.cluster.bridge().spawn(serve_calls(weak)),
+        ]);
+        *lock(&self.role) = Role::Writer {
+            renewed: Instant::now(),
+            _tasks: tasks,
+        };
+        tracing::info!(app = %self.app, service = %self.service, position = marker, "took over as the database's writer");
+        Ok(())
+    }
+
+    /// Writes the lease record if it is still at `expected` (`Some(0)`: absent); returns
+    /// its new sequence, `None` if it had moved on.
+    fn write_lease(&self, expected: Option<u64>, value: Bytes) -> Result<Option<u64>, SqlError> {
+        let js = self.cluster.js();
+        let subject = self.lease_subject.clone();
+        let instance = self.instance.clone();
+        self.cluster
+            .bridge()
+            .run(async move {
+                crate::cas::write_if(
+                    &js,
+                    &format!("KV_{SQL_LEASES_BUCKET}"),
+                    &subject,
+                    |e| e,
+                    |current| {
+                        let ours = current
+                            .and_then(|c| c.value.as_ref())
+                            .and_then(|v| serde_json::from_slice::<LeaseRecord>(v).ok())
+                            .is_some_and(|r| r.instance == instance);
+                        let at = current.filter(|c| c.value.is_some()).map_or(0, |c| c.seq);
+                        let allowed = match expected {
+                            Some(seq) => at == seq || ours,
+                            None => ours,
+                        };
+                        Ok(allowed.then(|| crate::cas::Write {
+                            payload: value.clone(),
+                            headers: Default::default(),
+                        }))
+                    },
+                )
+                .await
+            })
+            .map_err(|e| unavailable("write the database's writer lease", e))
+    }
+
+    /// Appends the new writer's marker after `position`. `Err(true)`: someone appended
+    /// meanwhile (catch up and try again).
+    fn append_marker(&self, position: u64) -> Result<u64, bool> {
+        let js = self.cluster.js();
+        let subject = self.subject.clone();
+        let instance = self.instance.clone();
+        self.cluster.bridge().run(async move {
+            let message = jetstream::message::PublishMessage::build()
+                .payload(Bytes::from(encode_segments(&[])))
+                .expected_last_sequence(position)
+                .header("Tessera-Writer", instance.as_str());
+            let ack = match js.send_publish(subject, message).await {
+                Ok(ack) => ack,
+                Err(_) => return Err(false),
+            };
+            match tokio::time::timeout(REQUEST_TIMEOUT, ack.into_future()).await {
+                Ok(Ok(ack)) => Ok(ack.sequence),
+                Ok(Err(e))
+                    if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence =>
+                {
+                    Err(true)
+                }
+                _ => Err(false),
+            }
+        })
+    }
+}
+
+/// Follows the log into the local copy, from its position on.
+async fn follow(db: Weak<Db>) {
+    loop {
+        let Some(strong) = db.upgrade() else {
+            return;
+        };
+        let position = *strong.applied.borrow();
+        let js = strong.cluster.js();
+        let client = strong.cluster.client();
+        let stream_name = strong.stream.clone();
+        drop(strong);
+        let consumer = async {
+            let stream = js
+                .get_stream(&stream_name)
+                .await
+                .map_err(|e| e.to_string())?;
+            stream
+                .create_consumer(consumer::push::OrderedConfig {
+                    deliver_subject: client.new_inbox(),
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: position + 1,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .messages()
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let mut messages = match consumer.await {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot follow a database's log; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        while let Some(message) = messages.next().await {
+            let Ok(message) = message else {
+                break;
+            };
+            let Some(strong) = db.upgrade() else {
+                return;
+            };
+            let Ok(info) = message.info() else {
+                continue;
+            };
+            let seq = info.stream_sequence;
+            let segments = match decode_segments(&message.payload) {
+                Ok(segments) => segments,
+                Err(e) => {
+                    tracing::error!(app = %strong.app, service = %strong.service, seq, error = %e, "an unreadable entry in a database's log");
+                    Vec::new()
+                }
+            };
+            let applier = strong.clone();
+            let applied =
+                tokio::task::spawn_blocking(move || applier.local.apply(seq, &segments)).await;
+            match applied {
+                Ok(Ok(_)) => {
+                    strong.applied.send_if_modified(|p| {
+                        let moved = seq > *p;
+                        *p = (*p).max(seq);
+                        moved
+                    });
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(app = %strong.app, service = %strong.service, seq, error = %e, "cannot apply a database's log; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
+                Err(_) => return,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Renews the writer's lease every second; steps down when it is lost or cannot be
+/// renewed within the TTL.
+async fn renew(db: Weak<Db>, value: Bytes) {
+    loop {
+        tokio::time::sleep(RENEW_EVERY).await;
+        let Some(strong) = db.upgrade() else {
+            return;
+        };
+        let js = strong.cluster.js();
+        let subject = strong.lease_subject.clone();
+        let instance = strong.instance.clone();
+        let value = value.clone();
+        let renewed = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            crate::cas::write_if(
+                &js,
+                &format!("KV_{SQL_LEASES_BUCKET}"),
+                &subject,
+                |e| e,
+                |current| {
+                    let ours = current
+                        .and_then(|c| c.value.as_ref())
+                        .and_then(|v| serde_json::from_slice::<LeaseRecord>(v).ok())
+                        .is_some_and(|r| r.instance == instance);
+                    Ok(ours.then(|| crate::cas::Write {
+                        payload: value.clone(),
+                        headers: Default::default(),
+                    }))
+                },
+            ),
+        )
+        .await;
+        let mut role = lock(&strong.role);
+        match renewed {
+            Ok(Ok(Some(_))) => {
+                if let Role::Writer { renewed, .. } = &mut *role {
+                    *renewed = Instant::now();
+                }
+            }
+            Ok(Ok(None)) => {
+                tracing::warn!(app = %strong.app, service = %strong.service, "lost the database's writer lease; stepping down");
+                *role = Role::Follower;
+                return;
+            }
+            _ => {
+                let silent = matches!(&*role, Role::Writer { renewed, .. } if renewed.elapsed() >= LEASE_TTL);
+                if silent {
+                    tracing::warn!(app = %strong.app, service = %strong.service, "cannot renew the database's writer lease; stepping down");
+                    *role = Role::Follower;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Answers calls other nodes forward, while this node is the writer.
+async fn serve_calls(db: Weak<Db>) {
+    let Some(strong) = db.upgrade() else {
+        return;
+    };
+    let client = strong.cluster.client();
+    let subject = strong.call_subject.clone();
+    drop(strong);
+    let mut calls = match client.subscribe(subject).await {
+        Ok(calls) => calls,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot serve a database's calls");
+            return;
+        }
+    };
+    while let Some(message) = calls.next().await {
+        let Some(reply) = message.reply.clone() else {
+            continue;
+        };
+        let Some(strong) = db.upgrade() else {
+            return;
+        };
+        let client = client.clone();
+        tokio::spawn(async move {
+            let answer = match serde_json::from_slice::<wire::Forwarded>(&message.payload) {
+                Ok(forwarded) => {
+                    let db = strong.clone();
+                    tokio::task::spawn_blocking(move || {
+                        if !db.is_writer() {
+                            return Answer::NotWriter;
+                        }
+                        // The caller's deadline, less the trip here.
+                        let deadline = Instant::now() + Duration::from_millis(forwarded.budget_ms);
+                        db.run_local(forwarded.call, deadline)
+                    })
+                    .await
+                    .unwrap_or(Answer::NotWriter)
+                }
+                Err(e) => wire::error_answer(SqlError::Io(format!("an unreadable call: {e}"))),
+            };
+            let payload = Bytes::from(serde_json::to_vec(&answer).expect("answers serialise"));
+            let _ = client.publish(reply, payload).await;
+        });
+    }
+}

@@ -1,0 +1,561 @@
+//! Replicated service databases: the same database, connections and fences as the embedded
+//! one, with every write transaction handed to a [`ReplicationLog`] before it commits, and
+//! transactions from the log applied to the local copy.
+//!
+//! A transaction's effect is captured, not its statements: rows through SQLite's session
+//! extension (a changeset holds the values written, so `random()` or `datetime('now')`
+//! are evaluated once, on the writer), schema statements as their text, in the order they
+//! ran ([`Segment`]). Tables without a primary key are tracked by rowid. The local copy
+//! records the log position it has applied in `_tessera_replica`, in the same
+//! transaction as the changes.
+
+use std::ffi::{c_int, c_void};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rusqlite::Connection;
+use rusqlite::ffi;
+use tessera_data::{
+    Changes, DataError, Migration, Rows, SqlDatabase, SqlError, SqlValue, Statement,
+};
+
+use super::ServiceDb;
+use super::conn::{Conn, lock};
+
+/// One part of a replicated transaction, in the order it ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    /// Rows changed: a SQLite session changeset.
+    Rows(Vec<u8>),
+    /// A statement that changed the schema, run again as it is on every copy.
+    Schema(String),
+}
+
+/// Where a replicated database's transactions go before they commit.
+pub trait ReplicationLog: Send + Sync {
+    /// Appends one transaction to the log, right after position `after` (the last this
+    /// copy applied), and returns its position. The local commit happens only if this
+    /// returns `Ok`; an append that is refused (another writer appended first) fails the
+    /// call and nothing is kept.
+    fn append(&self, after: u64, segments: &[Segment]) -> Result<u64, SqlError>;
+}
+
+/// `segments` as bytes: a count, then each as a kind byte, a length and its bytes.
+pub fn encode_segments(segments: &[Segment]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(segments.len() as u32).to_be_bytes());
+    for segment in segments {
+        let (kind, bytes) = match segment {
+            Segment::Rows(changeset) => (0u8, changeset.as_slice()),
+            Segment::Schema(sql) => (1u8, sql.as_bytes()),
+        };
+        out.push(kind);
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+/// The segments [`encode_segments`] wrote.
+pub fn decode_segments(mut bytes: &[u8]) -> Result<Vec<Segment>, String> {
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+        if bytes.len() < n {
+            return Err("a replicated transaction is cut short".into());
+        }
+        let (head, rest) = bytes.split_at(n);
+        *bytes = rest;
+        Ok(head)
+    }
+    let count = u32::from_be_bytes(take(&mut bytes, 4)?.try_into().expect("4 bytes"));
+    let mut segments = Vec::new();
+    for _ in 0..count {
+        let kind = take(&mut bytes, 1)?[0];
+        let len = u32::from_be_bytes(take(&mut bytes, 4)?.try_into().expect("4 bytes")) as usize;
+        let body = take(&mut bytes, len)?;
+        segments.push(match kind {
+            0 => Segment::Rows(body.to_vec()),
+            1 => Segment::Schema(
+                String::from_utf8(body.to_vec())
+                    .map_err(|_| "a replicated schema statement is not UTF-8".to_owned())?,
+            ),
+            other => return Err(format!("unknown segment kind {other}")),
+        });
+    }
+    if !bytes.is_empty() {
+        return Err("a replicated transaction has trailing bytes".into());
+    }
+    Ok(segments)
+}
+
+/// What a replicated transaction changed so far: finished segments and the session
+/// recording the current one.
+pub(crate) struct Capture {
+    session: *mut ffi::sqlite3_session,
+    segments: Vec<Segment>,
+}
+
+// SAFETY: the session belongs to the writer connection and is only touched by whoever
+// holds that connection (behind its mutex).
+unsafe impl Send for Capture {}
+
+fn session_error(rc: c_int, what: &str) -> SqlError {
+    SqlError::Io(format!("cannot {what} (SQLite error {rc})"))
+}
+
+impl Capture {
+    pub(super) fn start(conn: &Connection) -> Result<Capture, SqlError> {
+        Ok(Capture {
+            session: new_session(conn)?,
+            segments: Vec::new(),
+        })
+    }
+
+    /// A schema statement is about to run: the rows changed before it become a segment,
+    /// then the statement, and a new session records what follows.
+    pub(super) fn schema(&mut self, conn: &Connection, sql: &str) -> Result<(), SqlError> {
+        self.flush()?;
+        self.segments.push(Segment::Schema(sql.to_owned()));
+        self.session = new_session(conn)?;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SqlError> {
+        if self.session.is_null() {
+            return Ok(());
+        }
+        let mut size: c_int = 0;
+        let mut buffer: *mut c_void = std::ptr::null_mut();
+        // SAFETY: the session is live; SQLite allocates the buffer, freed below.
+        let rc = unsafe { ffi::sqlite3session_changeset(self.session, &mut size, &mut buffer) };
+        let changeset = if rc == ffi::SQLITE_OK && size > 0 && !buffer.is_null() {
+            // SAFETY: SQLite wrote `size` bytes at `buffer`.
+            Some(unsafe { std::slice::from_raw_parts(buffer as *const u8, size as usize) }.to_vec())
+        } else {
+            None
+        };
+        // SAFETY: freeing what SQLite allocated (null is fine), then the session.
+        unsafe {
+            ffi::sqlite3_free(buffer);
+            ffi::sqlite3session_delete(self.session);
+        }
+        self.session = std::ptr::null_mut();
+        if rc != ffi::SQLITE_OK {
+            return Err(session_error(rc, "read a transaction's changes"));
+        }
+        if let Some(changeset) = changeset {
+            self.segments.push(Segment::Rows(changeset));
+        }
+        Ok(())
+    }
+
+    /// Every segment of the transaction.
+    pub(super) fn finish(mut self) -> Result<Vec<Segment>, SqlError> {
+        self.flush()?;
+        Ok(std::mem::take(&mut self.segments))
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if !self.session.is_null() {
+            // SAFETY: the session is live and deleted once.
+            unsafe { ffi::sqlite3session_delete(self.session) };
+        }
+    }
+}
+
+/// A session on every table of `main`, tables without a primary key included (by rowid).
+fn new_session(conn: &Connection) -> Result<*mut ffi::sqlite3_session, SqlError> {
+    let mut session: *mut ffi::sqlite3_session = std::ptr::null_mut();
+    // SAFETY: the handle is the live connection's; "main" is a NUL-terminated name.
+    let rc = unsafe { ffi::sqlite3session_create(conn.handle(), c"main".as_ptr(), &mut session) };
+    if rc != ffi::SQLITE_OK {
+        return Err(session_error(rc, "record a transaction"));
+    }
+    let mut on: c_int = 1;
+    // SAFETY: the session was just created; the option takes a pointer to an int.
+    let configured = unsafe {
+        ffi::sqlite3session_object_config(
+            session,
+            ffi::SQLITE_SESSION_OBJCONFIG_ROWID,
+            &mut on as *mut c_int as *mut c_void,
+        )
+    };
+    // SAFETY: a null table name attaches every table.
+    let attached = unsafe { ffi::sqlite3session_attach(session, std::ptr::null()) };
+    if configured != ffi::SQLITE_OK || attached != ffi::SQLITE_OK {
+        // SAFETY: deleting the session made above.
+        unsafe { ffi::sqlite3session_delete(session) };
+        return Err(session_error(
+            attached.max(configured),
+            "record a transaction",
+        ));
+    }
+    Ok(session)
+}
+
+unsafe extern "C" fn abort_on_conflict(
+    _context: *mut c_void,
+    _conflict: c_int,
+    _iterator: *mut ffi::sqlite3_changeset_iter,
+) -> c_int {
+    // A copy that applies the log in order never meets a conflict; one that does has
+    // diverged, and the transaction is refused rather than half applied.
+    ffi::SQLITE_CHANGESET_ABORT
+}
+
+/// Applies `segments` on `conn` inside the caller's transaction, past the authorizer.
+fn apply_segments(conn: &mut Conn, segments: &[Segment]) -> Result<(), SqlError> {
+    conn.internal(|c| {
+        for segment in segments {
+            match segment {
+                Segment::Rows(changeset) => {
+                    // SAFETY: the handle is live; SQLite reads `changeset` only during the
+                    // call and does not keep the pointer.
+                    let rc = unsafe {
+                        ffi::sqlite3changeset_apply(
+                            c.handle(),
+                            changeset.len() as c_int,
+                            changeset.as_ptr() as *mut c_void,
+                            None,
+                            Some(abort_on_conflict),
+                            std::ptr::null_mut(),
+                        )
+                    };
+                    if rc != ffi::SQLITE_OK {
+                        return Err(SqlError::Io(format!(
+                            "cannot apply a replicated change (SQLite error {rc}): this copy differs from the log"
+                        )));
+                    }
+                }
+                Segment::Schema(sql) => c
+                    .execute_batch(sql)
+                    .map_err(|e| SqlError::Io(format!("cannot apply a replicated schema change: {e}")))?,
+            }
+        }
+        Ok(())
+    })
+}
+
+/// One service's database, replicated through a log: the embedded database's calls, with
+/// writes appended to the log before they commit, plus what the cluster needs to keep a
+/// copy up to date and read from it.
+pub struct ReplicatedSql {
+    db: Arc<ServiceDb>,
+}
+
+impl std::fmt::Debug for ReplicatedSql {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicatedSql").finish_non_exhaustive()
+    }
+}
+
+impl ReplicatedSql {
+    /// Opens (creating) the local copy at `path`, whose writes go to `log`.
+    pub fn open(
+        path: &Path,
+        app: &str,
+        service: &str,
+        log: Arc<dyn ReplicationLog>,
+    ) -> Result<ReplicatedSql, DataError> {
+        let open_error = |message: String| DataError::Open {
+            app: app.to_owned(),
+            service: service.to_owned(),
+            message,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| open_error(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let db = ServiceDb::open_replicated(path.to_path_buf(), app, service, log)
+            .map_err(|e| open_error(e.to_string()))?;
+        Ok(ReplicatedSql { db: Arc::new(db) })
+    }
+
+    /// The last log position this copy applied (0: none).
+    pub fn position(&self) -> Result<u64, SqlError> {
+        let mut writer = self
+            .db
+            .writer()
+            .map_err(|_| SqlError::Io(self.db.closed_message()))?;
+        read_position(&mut writer)
+    }
+
+    /// Applies the transaction at log position `position` to this copy, unless it has
+    /// it already. An empty transaction only moves the position (a new writer's mark).
+    pub fn apply(&self, position: u64, segments: &[Segment]) -> Result<bool, SqlError> {
+        let mut writer = self
+            .db
+            .writer()
+            .map_err(|_| SqlError::Io(self.db.closed_message()))?;
+        let conn = &mut *writer;
+        conn.internal(|c| c.execute_batch("BEGIN IMMEDIATE"))
+            .map_err(|e| SqlError::Io(e.to_string()))?;
+        let outcome = (|| {
+            if read_position(conn)? >= position {
+                return Ok(false);
+            }
+            apply_segments(conn, segments)?;
+            write_position(conn, position)?;
+            conn.internal(|c| c.execute_batch("COMMIT"))
+                .map_err(|e| SqlError::Io(e.to_string()))?;
+            Ok(true)
+        })();
+        if !conn.guest().is_autocommit() {
+            let _ = conn.internal(|c| c.execute_batch("ROLLBACK"));
+        }
+        outcome
+    }
+
+    /// Runs `sql` on this copy if it cannot write; `None` if it would write (it must go
+    /// to the writer).
+    pub fn read(
+        &self,
+        sql: &str,
+        params: &[SqlValue],
+        deadline: Instant,
+    ) -> Result<Option<Rows>, SqlError> {
+        self.db.read_only(sql, params, deadline)
+    }
+
+    /// Closes the connections; later calls fail.
+    pub fn close(&self) {
+        self.db.close();
+    }
+}
+
+impl SqlDatabase for ReplicatedSql {
+    fn query(&self, sql: &str, params: &[SqlValue], deadline: Instant) -> Result<Rows, SqlError> {
+        self.db.query(sql, params, deadline)
+    }
+
+    fn query_quick(
+        &self,
+        sql: &str,
+        params: &[SqlValue],
+        budget: std::time::Duration,
+    ) -> Option<Result<Rows, SqlError>> {
+        self.db.query_quick(sql, params, budget)
+    }
+
+    fn execute(
+        &self,
+        sql: &str,
+        params: &[SqlValue],
+        deadline: Instant,
+    ) -> Result<Changes, SqlError> {
+        self.db.execute(sql, params, deadline)
+    }
+
+    fn batch(&self, statements: &[Statement], deadline: Instant) -> Result<Vec<Changes>, SqlError> {
+        self.db.batch(statements, deadline)
+    }
+
+    fn migrate(&self, migrations: &[Migration]) -> Result<Vec<String>, SqlError> {
+        self.db.migrate(migrations)
+    }
+}
+
+pub(super) fn read_position(conn: &mut Conn) -> Result<u64, SqlError> {
+    conn.internal(|c| {
+        c.query_row(
+            "SELECT position FROM _tessera_replica WHERE id = 0",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+    })
+    .map(|p| p as u64)
+    .map_err(|e| SqlError::Io(format!("cannot read the replicated position: {e}")))
+}
+
+pub(super) fn write_position(conn: &mut Conn, position: u64) -> Result<(), SqlError> {
+    conn.internal(|c| {
+        c.execute(
+            "UPDATE _tessera_replica SET position = ?1 WHERE id = 0",
+            [position as i64],
+        )
+    })
+    .map(|_| ())
+    .map_err(|e| SqlError::Io(format!("cannot record the replicated position: {e}")))
+}
+
+/// Starts capturing a replicated transaction on the writer (after `BEGIN`).
+pub(super) fn begin_capture(conn: &Conn) -> Result<(), SqlError> {
+    let capture = conn.allowing(Capture::start)?;
+    *lock(&conn.capture) = Some(capture);
+    Ok(())
+}
+
+/// A schema statement is about to run in the captured transaction, if one is.
+pub(super) fn capture_schema(conn: &Conn, sql: &str) -> Result<(), SqlError> {
+    let mut capture = lock(&conn.capture);
+    match capture.as_mut() {
+        Some(capture) => conn.allowing(|c| capture.schema(c, sql)),
+        None => Ok(()),
+    }
+}
+
+/// Hands the captured transaction to the log and records its position; before `COMMIT`.
+pub(super) fn replicate(conn: &mut Conn, log: &dyn ReplicationLog) -> Result<(), SqlError> {
+    let Some(capture) = lock(&conn.capture).take() else {
+        return Ok(());
+    };
+    let segments = conn.allowing(|_| capture.finish())?;
+    if segments.is_empty() {
+        return Ok(());
+    }
+    let after = read_position(conn)?;
+    let position = log.append(after, &segments)?;
+    write_position(conn, position)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_round_trip_and_bad_bytes_are_refused() {
+        let segments = vec![
+            Segment::Rows(vec![1, 2, 3]),
+            Segment::Schema("CREATE TABLE t (a)".into()),
+            Segment::Rows(Vec::new()),
+        ];
+        let bytes = encode_segments(&segments);
+        assert_eq!(decode_segments(&bytes).unwrap(), segments);
+        assert!(decode_segments(&bytes[..bytes.len() - 1]).is_err());
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(decode_segments(&trailing).is_err());
+        assert_eq!(decode_segments(&encode_segments(&[])).unwrap(), Vec::new());
+    }
+}
+
+#[cfg(test)]
+mod replication_tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// A log in memory: positions from 1; refuses appends while `refuse` is set.
+    #[derive(Default)]
+    struct MemoryLog {
+        entries: Mutex<Vec<Vec<Segment>>>,
+        refuse: std::sync::atomic::AtomicBool,
+    }
+
+    impl ReplicationLog for MemoryLog {
+        fn append(&self, after: u64, segments: &[Segment]) -> Result<u64, SqlError> {
+            if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(SqlError::Io("refused".into()));
+            }
+            let mut entries = self.entries.lock().unwrap();
+            assert_eq!(
+                after,
+                entries.len() as u64,
+                "appends follow the last position"
+            );
+            entries.push(segments.to_vec());
+            Ok(entries.len() as u64)
+        }
+    }
+
+    fn deadline() -> Instant {
+        Instant::now() + Duration::from_secs(10)
+    }
+
+    fn all(db: &ReplicatedSql, sql: &str) -> Vec<Vec<SqlValue>> {
+        db.read(sql, &[], deadline()).unwrap().unwrap().rows
+    }
+
+    #[test]
+    fn a_copy_that_applies_the_log_ends_equal_including_random_values_and_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(MemoryLog::default());
+        let writer =
+            ReplicatedSql::open(&dir.path().join("a.db"), "app", "svc", log.clone()).unwrap();
+        let copy = ReplicatedSql::open(
+            &dir.path().join("b.db"),
+            "app",
+            "svc",
+            Arc::new(MemoryLog::default()),
+        )
+        .unwrap();
+        let applied = writer
+            .migrate(&[Migration {
+                name: "001.sql".into(),
+                sql: "CREATE TABLE t (k INTEGER PRIMARY KEY, v); CREATE TABLE loose (x, y); INSERT INTO t (v) VALUES ('seed');".into(),
+            }])
+            .unwrap();
+        assert_eq!(applied, ["001.sql"]);
+        writer
+            .execute("INSERT INTO t (v) VALUES (random())", &[], deadline())
+            .unwrap();
+        writer
+            .batch(
+                &[
+                    Statement {
+                        sql: "INSERT INTO loose VALUES (?1, datetime('now'))".into(),
+                        params: vec![SqlValue::Integer(7)],
+                    },
+                    Statement {
+                        sql: "ALTER TABLE loose ADD COLUMN z DEFAULT 'zed'".into(),
+                        params: vec![],
+                    },
+                    Statement {
+                        sql: "UPDATE loose SET x = x + 1".into(),
+                        params: vec![],
+                    },
+                ],
+                deadline(),
+            )
+            .unwrap();
+        writer
+            .query(
+                "DELETE FROM t WHERE v = 'seed' RETURNING k",
+                &[],
+                deadline(),
+            )
+            .unwrap();
+        // Reads write nothing to the log.
+        all(&writer, "SELECT * FROM t");
+        let entries = log.entries.lock().unwrap().clone();
+        assert_eq!(entries.len(), 4, "one entry per write transaction");
+        assert!(matches!(entries[0][0], Segment::Schema(_)));
+        for (i, segments) in entries.iter().enumerate() {
+            assert!(copy.apply(i as u64 + 1, segments).unwrap());
+        }
+        assert!(!copy.apply(2, &entries[1]).unwrap(), "applied already");
+        assert_eq!(copy.position().unwrap(), 4);
+        assert_eq!(writer.position().unwrap(), 4);
+        // The copy knows the migration is applied: running it there changes nothing.
+        assert!(copy.migrate(&[Migration {
+            name: "001.sql".into(),
+            sql: "CREATE TABLE t (k INTEGER PRIMARY KEY, v); CREATE TABLE loose (x, y); INSERT INTO t (v) VALUES ('seed');".into(),
+        }]).unwrap().is_empty());
+        for sql in ["SELECT k, v FROM t ORDER BY k", "SELECT x, y, z FROM loose"] {
+            let on_writer = writer.query(sql, &[], deadline()).unwrap();
+            assert_eq!(
+                copy.query(sql, &[], deadline()).unwrap(),
+                on_writer,
+                "{sql}"
+            );
+            assert!(!on_writer.rows.is_empty(), "{sql}");
+        }
+        // A write the log refuses is not kept.
+        log.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+        let refused = writer.execute("INSERT INTO t (v) VALUES ('lost')", &[], deadline());
+        assert!(matches!(refused, Err(SqlError::Io(_))), "{refused:?}");
+        assert_eq!(
+            all(&writer, "SELECT count(*) FROM t WHERE v = 'lost'"),
+            [[SqlValue::Integer(0)]]
+        );
+        assert_eq!(writer.position().unwrap(), 4);
+        assert!(
+            copy.read("INSERT INTO t (v) VALUES (1)", &[], deadline())
+                .unwrap()
+                .is_none(),
+            "a write is not run as a read"
+        );
+    }
+}
