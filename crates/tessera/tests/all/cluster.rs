@@ -1013,3 +1013,153 @@ path = "/sink/on/order"
         start.elapsed()
     );
 }
+
+/// Inserts rows `<prefix>-<i>` through a node until `stop`, one after another; returns
+/// the ids acknowledged, those that failed, and the longest an insert took.
+async fn insert_until(
+    url: String,
+    prefix: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (Vec<String>, Vec<String>, Duration) {
+    let (mut acked, mut failed, mut longest) = (Vec::new(), Vec::new(), Duration::ZERO);
+    let mut i = 0;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let id = format!("{prefix}-{i}");
+        i += 1;
+        let started = Instant::now();
+        let sent = client()
+            .post(&url)
+            .json(
+                &serde_json::json!({"sql": "INSERT INTO entries (id) VALUES (?)", "params": [id]}),
+            )
+            .timeout(Duration::from_secs(40))
+            .send()
+            .await;
+        longest = longest.max(started.elapsed());
+        match sent {
+            Ok(r) if r.status() == 200 => acked.push(id),
+            _ => failed.push(id),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (acked, failed, longest)
+}
+
+#[tokio::test]
+async fn one_sql_database_across_nodes_survives_a_killed_writer_and_a_killed_nats_server() {
+    let mut nats = tessera_cluster::testing::NatsCluster::start();
+    let urls: Vec<String> = nats.urls().split(',').map(str::to_owned).collect();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut mine = urls.clone();
+            mine.rotate_left(i);
+            cluster_node(dirs[i].path(), &mine.join(","), name)
+        })
+        .collect();
+    let app = App::new(
+        r#"
+[app]
+name = "ledger"
+
+[services.books]
+component = "{guest:data}"
+routes = ["/books"]
+migrations = ["migrations/001.sql"]
+"#,
+    );
+    let migrations = app.path().join("migrations");
+    std::fs::create_dir_all(&migrations).unwrap();
+    std::fs::write(
+        migrations.join("001.sql"),
+        "CREATE TABLE entries (id TEXT PRIMARY KEY, at TEXT DEFAULT (datetime('now')));",
+    )
+    .unwrap();
+    // The deploying node runs the migration, so it is the database's first writer.
+    ok(nodes[0].cli(TOKEN, &["deploy", app.path().to_str().unwrap()]));
+    let count_url = |node: &Node| node.url("/books/sql/query");
+    for node in &nodes {
+        let url = count_url(node);
+        eventually(Duration::from_secs(20), "the service on every node", || {
+            let url = url.clone();
+            async move {
+                client()
+                    .post(url)
+                    .json(&serde_json::json!({"sql": "SELECT count(*) FROM entries"}))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            }
+        })
+        .await;
+    }
+
+    // Inserts through b and c while the writer, a, is killed with -9.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = [1, 2]
+        .iter()
+        .map(|&i| {
+            tokio::spawn(insert_until(
+                nodes[i].url("/books/sql/execute"),
+                format!("n{i}"),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    nodes[0].child.kill().unwrap();
+    nodes[0].child.wait().unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Then one NATS server of three, while the inserts go on.
+    nats.servers[1].kill();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut acked, mut attempted, mut longest) = (Vec::new(), Vec::new(), Duration::ZERO);
+    let mut failed = 0;
+    for writer in writers {
+        let (ok_ids, failed_ids, slowest) = writer.await.unwrap();
+        longest = longest.max(slowest);
+        failed += failed_ids.len();
+        attempted.extend(ok_ids.iter().cloned());
+        attempted.extend(failed_ids);
+        acked.extend(ok_ids);
+    }
+    let r: Value = client()
+        .post(count_url(&nodes[2]))
+        .json(&serde_json::json!({"sql": "SELECT id FROM entries"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let present: Vec<String> = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row[0].as_str().unwrap().to_owned())
+        .collect();
+    let unique: std::collections::HashSet<&String> = present.iter().collect();
+    assert_eq!(unique.len(), present.len(), "an insert appears twice");
+    for id in &acked {
+        assert!(unique.contains(id), "acknowledged insert {id} is missing");
+    }
+    let known: std::collections::HashSet<&String> = attempted.iter().collect();
+    assert!(present.iter().all(|id| known.contains(id)));
+    assert!(
+        acked.len() > 100,
+        "only {} inserts acknowledged",
+        acked.len()
+    );
+    eprintln!(
+        "SQL across a killed writer and a killed NATS server: {} acknowledged, {failed} failed, {} present, the slowest insert took {longest:?}",
+        acked.len(),
+        present.len()
+    );
+    assert!(
+        longest < Duration::from_secs(15),
+        "an insert waited {longest:?}"
+    );
+}
