@@ -47,6 +47,19 @@ use wire::{Answer, Call};
 
 /// How long a lease record must stay unchanged before another node may take over.
 pub const LEASE_TTL: Duration = Duration::from_secs(3);
+/// A call the writer runs or ran: since when, and its answer once there is one.
+type RunningCall = (Instant, watch::Receiver<Option<Answer>>);
+
+/// The header of a log entry naming the call that made it.
+const CALL_HEADER: &str = "Tessera-Call";
+/// How long a writer remembers a call's answer, and a node a logged call's id.
+const CALLS_KEPT: Duration = Duration::from_secs(120);
+
+thread_local! {
+    /// The id of the call this thread runs as the writer, written with its log entry.
+    static CURRENT_CALL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
 /// How often the writer renews its lease.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
 
@@ -301,6 +314,10 @@ struct Db {
     applied: watch::Sender<u64>,
     /// The lease record as last seen: its sequence, and since when it has not changed.
     observed: Mutex<Option<(u64, Instant)>>,
+    /// Calls this node runs or ran as the writer, by id, with their answers.
+    calls: Mutex<HashMap<String, RunningCall>>,
+    /// Ids of calls recently written to the log (by any writer), as this node applied it.
+    logged_calls: Arc<Mutex<HashMap<String, Instant>>>,
     follower: Mutex<Option<Tasks>>,
 }
 
@@ -324,11 +341,15 @@ impl ReplicationLog for Log {
         let subject = self.subject.clone();
         let payload = Bytes::from(encode_segments(segments));
         let instance = self.instance.clone();
+        let call = CURRENT_CALL.with(|current| current.borrow().clone());
         let appended = self.cluster.bridge().run(async move {
-            let message = jetstream::message::PublishMessage::build()
+            let mut message = jetstream::message::PublishMessage::build()
                 .payload(payload)
                 .expected_last_sequence(after)
                 .header("Tessera-Writer", instance.as_str());
+            if let Some(call) = &call {
+                message = message.header(CALL_HEADER, call.as_str());
+            }
             let ack = js.send_publish(subject, message).await?;
             tokio::time::timeout(REQUEST_TIMEOUT, ack.into_future())
                 .await
@@ -436,6 +457,8 @@ impl Db {
             dirty,
             applied,
             observed: Mutex::new(None),
+            calls: Mutex::new(HashMap::new()),
+            logged_calls: Arc::new(Mutex::new(HashMap::new())),
             follower: Mutex::new(None),
         });
         let task = cluster.bridge().spawn(follow(Arc::downgrade(&db)));
@@ -507,7 +530,16 @@ impl Db {
 
     /// A write (or a query that writes): here if this node is the writer, else on the
     /// writer, taking over if there is none.
+    ///
+    /// A forwarded call carries an id. The writer runs a call once however often it is
+    /// sent, and writes the id with the call's log entry; the caller waits in slices of
+    /// the lease's TTL and, while the lease is renewed, sends again. When the writer stops
+    /// renewing (dead or paused), this node takes over: if the call's id is in the log, the
+    /// old writer made it before it stopped, and the call fails saying so rather than run
+    /// twice.
     fn write(self: &Arc<Self>, call: Call, deadline: Instant) -> Result<Answer, SqlError> {
+        let id = nuid::next().to_string();
+        let mut forwarded = false;
         loop {
             if Instant::now() >= deadline {
                 return Err(SqlError::Timeout(
@@ -518,15 +550,25 @@ impl Db {
                 if self.dirty.swap(false, Ordering::SeqCst) {
                     self.catch_up(deadline)?;
                 }
-                return Ok(self.run_local(call, deadline));
+                if forwarded && lock(&self.logged_calls).contains_key(&id) {
+                    return Err(SqlError::Io(
+                        "the database's previous writer made this write and stopped before it \
+                         could answer; its result is unknown (do not repeat it blindly)"
+                            .into(),
+                    ));
+                }
+                return Ok(self.run_local_as(&id, call, deadline));
             }
             match self.lease()? {
-                LeaseState::Held => match self.forward(&call, deadline) {
-                    Ok(Answer::NotWriter) | Err(_) => {
-                        std::thread::sleep(Duration::from_millis(50));
+                LeaseState::Held => {
+                    forwarded = true;
+                    match self.forward(&id, &call, deadline) {
+                        Ok(Answer::NotWriter) | Err(_) => {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        Ok(answer) => return Ok(answer),
                     }
-                    Ok(answer) => return Ok(answer),
-                },
+                }
                 LeaseState::Free(seq) => {
                     if let Err(e) = self.take_over(seq, deadline) {
                         tracing::debug!(app = %self.app, service = %self.service, error = %e, "cannot take over as the database's writer");
@@ -535,6 +577,40 @@ impl Db {
                 }
             }
         }
+    }
+
+    /// Runs a call here as the writer, once per id: a call sent again while it runs (or
+    /// after) gets the same answer.
+    fn run_local_as(&self, id: &str, call: Call, deadline: Instant) -> Answer {
+        let (sender, first) = {
+            let mut running = lock(&self.calls);
+            running.retain(|_, (at, _)| at.elapsed() < CALLS_KEPT);
+            match running.get(id) {
+                Some((_, receiver)) => (None, Some(receiver.clone())),
+                None => {
+                    let (sender, receiver) = watch::channel(None);
+                    running.insert(id.to_owned(), (Instant::now(), receiver));
+                    (Some(sender), None)
+                }
+            }
+        };
+        if let Some(mut receiver) = first {
+            let waited = self.cluster.bridge().run(async move {
+                receiver
+                    .wait_for(Option::is_some)
+                    .await
+                    .ok()
+                    .and_then(|a| a.clone())
+            });
+            return waited.unwrap_or(Answer::NotWriter);
+        }
+        CURRENT_CALL.with(|current| *current.borrow_mut() = Some(id.to_owned()));
+        let answer = self.run_local(call, deadline);
+        CURRENT_CALL.with(|current| current.borrow_mut().take());
+        if let Some(sender) = sender {
+            let _ = sender.send(Some(answer.clone()));
+        }
+        answer
     }
 
     fn run_local(&self, call: Call, deadline: Instant) -> Answer {
@@ -566,16 +642,19 @@ impl Db {
         result.unwrap_or_else(wire::error_answer)
     }
 
-    /// Sends the call to the writer and waits for its answer.
-    fn forward(&self, call: &Call, deadline: Instant) -> Result<Answer, String> {
+    /// Sends the call to the writer and waits for its answer, at most the lease's TTL
+    /// (the caller sends it again while the lease lives).
+    fn forward(&self, id: &str, call: &Call, deadline: Instant) -> Result<Answer, String> {
         let client = self.cluster.client();
         let subject = self.call_subject.clone();
-        let wait = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.saturating_duration_since(Instant::now());
         let forwarded = wire::Forwarded {
-            budget_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            id: id.to_owned(),
+            budget_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
             call: call.clone(),
         };
         let payload = Bytes::from(serde_json::to_vec(&forwarded).expect("calls serialise"));
+        let wait = left.min(LEASE_TTL);
         self.cluster.bridge().run(async move {
             let request = async_nats::Request::new()
                 .payload(payload)
@@ -770,6 +849,11 @@ async fn follow(db: Weak<Db>) {
                 continue;
             };
             let seq = info.stream_sequence;
+            if let Some(call) = message.headers.as_ref().and_then(|h| h.get(CALL_HEADER)) {
+                let mut logged = lock(&strong.logged_calls);
+                logged.retain(|_, at| at.elapsed() < CALLS_KEPT);
+                logged.insert(call.as_str().to_owned(), Instant::now());
+            }
             let segments = match decode_segments(&message.payload) {
                 Ok(segments) => segments,
                 Err(e) => {
@@ -889,7 +973,7 @@ async fn serve_calls(db: Weak<Db>) {
                         }
                         // The caller's deadline, less the trip here.
                         let deadline = Instant::now() + Duration::from_millis(forwarded.budget_ms);
-                        db.run_local(forwarded.call, deadline)
+                        db.run_local_as(&forwarded.id, forwarded.call, deadline)
                     })
                     .await
                     .unwrap_or(Answer::NotWriter)

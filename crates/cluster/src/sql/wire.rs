@@ -28,6 +28,8 @@ pub(crate) enum Call {
 /// A call with how long the caller will wait for it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Forwarded {
+    /// The same for every time one call is sent.
+    pub id: String,
     pub budget_ms: u64,
     pub call: Call,
 }
