@@ -1074,7 +1074,9 @@ migrations = ["migrations/001.sql"]
     std::fs::create_dir_all(&migrations).unwrap();
     std::fs::write(
         migrations.join("001.sql"),
-        "CREATE TABLE entries (id TEXT PRIMARY KEY, at TEXT DEFAULT (datetime('now')));",
+        "CREATE TABLE entries (id TEXT PRIMARY KEY, at TEXT DEFAULT (datetime('now')));
+         CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL);
+         INSERT INTO counter VALUES (1, 0);",
     )
     .unwrap();
     // The deploying node runs the migration, so it is the database's first writer.
@@ -1094,6 +1096,55 @@ migrations = ["migrations/001.sql"]
             }
         })
         .await;
+    }
+
+    // 300 concurrent transactional updates through all three nodes end exact.
+    let updates: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            let url = node.url("/books/sql/batch");
+            tokio::spawn(async move {
+                let mut ok = 0;
+                let mut tasks = Vec::new();
+                for _ in 0..10 {
+                    let url = url.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let mut done = 0;
+                        for _ in 0..10 {
+                            let body = serde_json::json!([
+                                {"sql": "UPDATE counter SET n = n + 1 WHERE id = 1"},
+                                {"sql": "SELECT n FROM counter"}
+                            ]);
+                            let r = client().post(&url).json(&body).send().await.unwrap();
+                            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+                            done += 1;
+                        }
+                        done
+                    }));
+                }
+                for task in tasks {
+                    ok += task.await.unwrap();
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut updated = 0;
+    for task in updates {
+        updated += task.await.unwrap();
+    }
+    assert_eq!(updated, 300);
+    for node in &nodes {
+        let r: Value = client()
+            .post(count_url(node))
+            .json(&serde_json::json!({"sql": "SELECT n FROM counter"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["rows"][0][0], 300, "{r}");
     }
 
     // Inserts through b and c while the writer, a, is killed with -9.
