@@ -4,6 +4,8 @@
 //! serving and refuses writes with 503; start-up errors are clear. Events: fan-out, work
 //! shared over nodes and services, retries and dead letters cluster-wide, cron ticks once
 //! each, and every acknowledged message handled after a node or a NATS server is killed.
+//! SQL: one database across nodes, exact under concurrent updates, through a killed
+//! writer, a killed NATS server and a paused writer.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -165,7 +167,7 @@ async fn nodes_share_deploys_and_keys_and_survive_a_killed_node() {
         "{table}"
     );
 
-    // A deploy that needs SQL is refused in cluster mode, naming why.
+    // A service that uses SQL deploys too, and its database answers through the other node.
     let sql = App::new(
         r#"
 [app]
@@ -176,10 +178,20 @@ component = "{guest:data}"
 routes = ["/books"]
 "#,
     );
-    let out = b.cli(TOKEN, &["deploy", sql.path().to_str().unwrap()]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("SQL") && err.contains("cluster"), "{err}");
+    ok(b.cli(TOKEN, &["deploy", sql.path().to_str().unwrap()]));
+    let sql_url = a.url("/books/sql/execute");
+    eventually(Duration::from_secs(20), "SQL through a", || {
+        let url = sql_url.clone();
+        async move {
+            client()
+                .post(url)
+                .json(&serde_json::json!({"sql": "CREATE TABLE IF NOT EXISTS t (x)"}))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await;
 
     // Kill a with -9 while eight clients keep b busy (reads and key-value writes): b
     // answers every request, and shows a down within 5 s.
