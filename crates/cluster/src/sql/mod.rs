@@ -60,6 +60,8 @@ thread_local! {
     static CURRENT_CALL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
+/// How long before the TTL a writer that could not renew stops writing.
+const LEASE_MARGIN: Duration = Duration::from_millis(500);
 /// How often the writer renews its lease.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
 
@@ -332,10 +334,25 @@ struct Log {
 
 impl ReplicationLog for Log {
     fn append(&self, after: u64, segments: &[Segment]) -> Result<u64, SqlError> {
-        if !matches!(*lock(&self.role), Role::Writer { .. }) {
-            return Err(SqlError::Io(
-                "this node is no longer the database's writer; the write was not made".into(),
-            ));
+        {
+            let mut role = lock(&self.role);
+            match &*role {
+                Role::Writer { renewed, .. } if renewed.elapsed() < LEASE_TTL - LEASE_MARGIN => {}
+                Role::Writer { .. } => {
+                    // Not renewed for nearly the TTL: another node may be taking over.
+                    *role = Role::Follower;
+                    return Err(SqlError::Io(
+                        "this node could not renew its writer lease in time; the write was not made"
+                            .into(),
+                    ));
+                }
+                Role::Follower => {
+                    return Err(SqlError::Io(
+                        "this node is no longer the database's writer; the write was not made"
+                            .into(),
+                    ));
+                }
+            }
         }
         let js = self.cluster.js();
         let subject = self.subject.clone();
@@ -539,7 +556,6 @@ impl Db {
     /// twice.
     fn write(self: &Arc<Self>, call: Call, deadline: Instant) -> Result<Answer, SqlError> {
         let id = nuid::next().to_string();
-        let mut forwarded = false;
         loop {
             if Instant::now() >= deadline {
                 return Err(SqlError::Timeout(
@@ -547,28 +563,15 @@ impl Db {
                 ));
             }
             if self.is_writer() {
-                if self.dirty.swap(false, Ordering::SeqCst) {
-                    self.catch_up(deadline)?;
-                }
-                if forwarded && lock(&self.logged_calls).contains_key(&id) {
-                    return Err(SqlError::Io(
-                        "the database's previous writer made this write and stopped before it \
-                         could answer; its result is unknown (do not repeat it blindly)"
-                            .into(),
-                    ));
-                }
                 return Ok(self.run_local_as(&id, call, deadline));
             }
             match self.lease()? {
-                LeaseState::Held => {
-                    forwarded = true;
-                    match self.forward(&id, &call, deadline) {
-                        Ok(Answer::NotWriter) | Err(_) => {
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                        Ok(answer) => return Ok(answer),
+                LeaseState::Held => match self.forward(&id, &call, deadline) {
+                    Ok(Answer::NotWriter) | Err(_) => {
+                        std::thread::sleep(Duration::from_millis(50));
                     }
-                }
+                    Ok(answer) => return Ok(answer),
+                },
                 LeaseState::Free(seq) => {
                     if let Err(e) = self.take_over(seq, deadline) {
                         tracing::debug!(app = %self.app, service = %self.service, error = %e, "cannot take over as the database's writer");
@@ -604,9 +607,24 @@ impl Db {
             });
             return waited.unwrap_or(Answer::NotWriter);
         }
-        CURRENT_CALL.with(|current| *current.borrow_mut() = Some(id.to_owned()));
-        let answer = self.run_local(call, deadline);
-        CURRENT_CALL.with(|current| current.borrow_mut().take());
+        let answer = if lock(&self.logged_calls).contains_key(id) {
+            // A writer before this one made it and stopped before answering.
+            wire::error_answer(SqlError::Io(
+                "the database's previous writer made this write and stopped before it could \
+                 answer; its result is unknown (do not repeat it blindly)"
+                    .into(),
+            ))
+        } else if self.dirty.swap(false, Ordering::SeqCst)
+            && let Err(e) = self.catch_up(deadline)
+        {
+            self.dirty.store(true, Ordering::SeqCst);
+            wire::error_answer(e)
+        } else {
+            CURRENT_CALL.with(|current| *current.borrow_mut() = Some(id.to_owned()));
+            let answer = self.run_local(call, deadline);
+            CURRENT_CALL.with(|current| current.borrow_mut().take());
+            answer
+        };
         if let Some(sender) = sender {
             let _ = sender.send(Some(answer.clone()));
         }
@@ -687,6 +705,15 @@ impl Db {
         let Some(current) = current.filter(|c| c.value.is_some()) else {
             return Ok(LeaseState::Free(0));
         };
+        let ours = current
+            .value
+            .as_ref()
+            .and_then(|v| serde_json::from_slice::<LeaseRecord>(v).ok())
+            .is_some_and(|r| r.instance == self.instance);
+        if ours && !self.is_writer() {
+            // This node's own record, left from before it stepped down: take it back.
+            return Ok(LeaseState::Free(current.seq));
+        }
         let mut observed = lock(&self.observed);
         match *observed {
             Some((seq, since)) if seq == current.seq => {
@@ -714,6 +741,11 @@ impl Db {
         }
         // Everything any earlier writer appended, then the marker after it.
         let marker = loop {
+            if Instant::now() >= deadline {
+                return Err(SqlError::Timeout(
+                    "the request deadline passed while this node took over as the writer".into(),
+                ));
+            }
             self.catch_up(deadline)?;
             let position = self.local.position()?;
             match self.append_marker(position) {
@@ -722,6 +754,12 @@ impl Db {
                 Err(false) => return Err(SqlError::Io("cannot fence the database's log".into())),
             }
         };
+        // Still ours after the catch-up (which renews nothing)?
+        if self.write_lease(None, value.clone())?.is_none() {
+            return Err(SqlError::Io(
+                "the lease was taken while this node caught up".into(),
+            ));
+        }
         self.local.apply(marker, &[])?;
         let _ = self.applied.send(marker.max(*self.applied.borrow()));
         let weak = Arc::downgrade(self);
@@ -846,9 +884,19 @@ async fn follow(db: Weak<Db>) {
                 return;
             };
             let Ok(info) = message.info() else {
-                continue;
+                break;
             };
             let seq = info.stream_sequence;
+            let writer = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Tessera-Writer"))
+                .map(|v| v.as_str().to_owned());
+            if writer.as_deref().is_some_and(|w| w != strong.instance) && strong.is_writer() {
+                // Another node wrote after this one's last write: it took over.
+                tracing::warn!(app = %strong.app, service = %strong.service, "another node writes the database now; stepping down");
+                *lock(&strong.role) = Role::Follower;
+            }
             if let Some(call) = message.headers.as_ref().and_then(|h| h.get(CALL_HEADER)) {
                 let mut logged = lock(&strong.logged_calls);
                 logged.retain(|_, at| at.elapsed() < CALLS_KEPT);
@@ -857,8 +905,10 @@ async fn follow(db: Weak<Db>) {
             let segments = match decode_segments(&message.payload) {
                 Ok(segments) => segments,
                 Err(e) => {
-                    tracing::error!(app = %strong.app, service = %strong.service, seq, error = %e, "an unreadable entry in a database's log");
-                    Vec::new()
+                    // Never skipped: the copy would silently differ from the log.
+                    tracing::error!(app = %strong.app, service = %strong.service, seq, error = %e, "an unreadable entry in a database's log; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
                 }
             };
             let applier = strong.clone();
@@ -896,6 +946,8 @@ async fn renew(db: Weak<Db>, value: Bytes) {
         let subject = strong.lease_subject.clone();
         let instance = strong.instance.clone();
         let value = value.clone();
+        // The lease counts from when the renewal was sent, not when it was answered.
+        let sent = Instant::now();
         let renewed = tokio::time::timeout(
             REQUEST_TIMEOUT,
             crate::cas::write_if(
@@ -920,7 +972,7 @@ async fn renew(db: Weak<Db>, value: Bytes) {
         match renewed {
             Ok(Ok(Some(_))) => {
                 if let Role::Writer { renewed, .. } = &mut *role {
-                    *renewed = Instant::now();
+                    *renewed = sent;
                 }
             }
             Ok(Ok(None)) => {

@@ -74,6 +74,9 @@ INSERT OR IGNORE INTO _tessera_replica (id, position) VALUES (0, 0);
 
 /// A connection with its fence.
 pub(super) struct Conn {
+    /// While a replicated transaction runs: what it changed so far. Declared first so it
+    /// is dropped (its session deleted) before the connection closes.
+    pub(super) capture: Mutex<Option<super::replica::Capture>>,
     conn: Connection,
     /// Set while Tessera runs its own statements: the authorizer then allows everything.
     internal: Arc<AtomicBool>,
@@ -84,8 +87,6 @@ pub(super) struct Conn {
     deadline: Arc<Mutex<Option<Instant>>>,
     /// Set by the authorizer when a statement being prepared changes the schema.
     schema: Arc<AtomicBool>,
-    /// While a replicated transaction runs: what it changed so far.
-    pub(super) capture: Mutex<Option<super::replica::Capture>>,
 }
 
 impl Conn {

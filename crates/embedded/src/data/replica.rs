@@ -205,22 +205,41 @@ unsafe extern "C" fn abort_on_conflict(
     ffi::SQLITE_CHANGESET_ABORT
 }
 
-/// Applies `segments` on `conn` inside the caller's transaction, past the authorizer.
+/// Applies `segments` on `conn` inside the caller's transaction, past the authorizer,
+/// with triggers off and foreign-key actions not taken: the writer's changeset already
+/// holds every row its triggers and cascades changed.
 fn apply_segments(conn: &mut Conn, segments: &[Segment]) -> Result<(), SqlError> {
+    use rusqlite::config::DbConfig;
     conn.internal(|c| {
+        c.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)
+            .map_err(|e| SqlError::Io(e.to_string()))?;
+        let applied = apply_each(c, segments);
+        let restored = c.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true);
+        applied?;
+        restored
+            .map(|_| ())
+            .map_err(|e| SqlError::Io(e.to_string()))
+    })
+}
+
+fn apply_each(c: &Connection, segments: &[Segment]) -> Result<(), SqlError> {
+    {
         for segment in segments {
             match segment {
                 Segment::Rows(changeset) => {
                     // SAFETY: the handle is live; SQLite reads `changeset` only during the
-                    // call and does not keep the pointer.
+                    // call and does not keep the pointer; no rebase buffer is asked for.
                     let rc = unsafe {
-                        ffi::sqlite3changeset_apply(
+                        ffi::sqlite3changeset_apply_v2(
                             c.handle(),
                             changeset.len() as c_int,
                             changeset.as_ptr() as *mut c_void,
                             None,
                             Some(abort_on_conflict),
                             std::ptr::null_mut(),
+                            std::ptr::null_mut(),
+                            std::ptr::null_mut(),
+                            ffi::SQLITE_CHANGESETAPPLY_FKNOACTION,
                         )
                     };
                     if rc != ffi::SQLITE_OK {
@@ -229,13 +248,13 @@ fn apply_segments(conn: &mut Conn, segments: &[Segment]) -> Result<(), SqlError>
                         )));
                     }
                 }
-                Segment::Schema(sql) => c
-                    .execute_batch(sql)
-                    .map_err(|e| SqlError::Io(format!("cannot apply a replicated schema change: {e}")))?,
+                Segment::Schema(sql) => c.execute_batch(sql).map_err(|e| {
+                    SqlError::Io(format!("cannot apply a replicated schema change: {e}"))
+                })?,
             }
         }
         Ok(())
-    })
+    }
 }
 
 /// One service's database, replicated through a log: the embedded database's calls, with
@@ -517,17 +536,43 @@ mod replication_tests {
                 deadline(),
             )
             .unwrap();
+        // Triggers and foreign-key cascades run once, on the writer; the copy takes the
+        // rows they changed from the changeset.
+        let statement = |sql: &str| Statement {
+            sql: sql.into(),
+            params: vec![],
+        };
+        writer
+            .batch(
+                &[
+                    statement("CREATE TABLE parent (id INTEGER PRIMARY KEY)"),
+                    statement(
+                        "CREATE TABLE child (id INTEGER PRIMARY KEY, parent INTEGER REFERENCES parent(id) ON DELETE CASCADE)",
+                    ),
+                    statement("CREATE TABLE audit (n INTEGER PRIMARY KEY, what TEXT)"),
+                    statement(
+                        "CREATE TRIGGER log_child AFTER INSERT ON child BEGIN INSERT INTO audit (what) VALUES ('child ' || new.id); END",
+                    ),
+                    statement("INSERT INTO parent VALUES (1), (2)"),
+                    statement("INSERT INTO child VALUES (10, 1), (20, 2)"),
+                ],
+                deadline(),
+            )
+            .unwrap();
+        writer
+            .execute("DELETE FROM parent WHERE id = 1", &[], deadline())
+            .unwrap();
         // Reads write nothing to the log.
         all(&writer, "SELECT * FROM t");
         let entries = log.entries.lock().unwrap().clone();
-        assert_eq!(entries.len(), 4, "one entry per write transaction");
+        assert_eq!(entries.len(), 6, "one entry per write transaction");
         assert!(matches!(entries[0][0], Segment::Schema(_)));
         for (i, segments) in entries.iter().enumerate() {
             assert!(copy.apply(i as u64 + 1, segments).unwrap());
         }
         assert!(!copy.apply(2, &entries[1]).unwrap(), "applied already");
-        assert_eq!(copy.position().unwrap(), 4);
-        assert_eq!(writer.position().unwrap(), 4);
+        assert_eq!(copy.position().unwrap(), 6);
+        assert_eq!(writer.position().unwrap(), 6);
         // The copy knows the migration is applied: running it there changes nothing.
         assert!(copy.migrate(&[Migration {
             name: "001.sql".into(),
@@ -550,7 +595,7 @@ mod replication_tests {
             all(&writer, "SELECT count(*) FROM t WHERE v = 'lost'"),
             [[SqlValue::Integer(0)]]
         );
-        assert_eq!(writer.position().unwrap(), 4);
+        assert_eq!(writer.position().unwrap(), 6);
         assert!(
             copy.read("INSERT INTO t (v) VALUES (1)", &[], deadline())
                 .unwrap()

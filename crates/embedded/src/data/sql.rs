@@ -235,7 +235,11 @@ fn run_script(conn: &Conn, script: &str) -> Result<(), SqlError> {
             return Ok(());
         };
         if conn.take_schema_change() {
-            let text = stmt.expanded_sql().unwrap_or_default();
+            let Some(text) = stmt.expanded_sql() else {
+                return Err(SqlError::Io(
+                    "cannot read back a schema statement of the migration".into(),
+                ));
+            };
             replica::capture_schema(conn, &text)?;
         }
         let mut rows = stmt.raw_query();
