@@ -474,12 +474,21 @@ fn killing_the_leading_nats_server_loses_no_acknowledged_write() {
                 "acknowledged key {key} of {node} lost"
             );
         }
-        let stored: std::collections::BTreeSet<String> = control
-            .secret_names("shop", node)
-            .unwrap()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
+        // The control log's catch-up may still wait for the new leader on a loaded
+        // machine: read again until it answers (what it answers is what is checked).
+        let started = Instant::now();
+        let names = loop {
+            match control.secret_names("shop", node) {
+                Ok(names) => break names,
+                Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                    eprintln!("reading the secrets back: {e}; again");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let stored: std::collections::BTreeSet<String> =
+            names.into_iter().map(|(n, _)| n).collect();
         for name in secrets {
             assert!(
                 stored.contains(name),
