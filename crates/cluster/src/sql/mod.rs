@@ -705,11 +705,7 @@ impl Db {
         let Some(current) = current.filter(|c| c.value.is_some()) else {
             return Ok(LeaseState::Free(0));
         };
-        let ours = current
-            .value
-            .as_ref()
-            .and_then(|v| serde_json::from_slice::<LeaseRecord>(v).ok())
-            .is_some_and(|r| r.instance == self.instance);
+        let ours = held_by(current.value.as_ref(), &self.instance);
         if ours && !self.is_writer() {
             // This node's own record, left from before it stepped down: take it back.
             return Ok(LeaseState::Free(current.seq));
@@ -783,30 +779,7 @@ impl Db {
         let instance = self.instance.clone();
         self.cluster
             .bridge()
-            .run(async move {
-                crate::cas::write_if(
-                    &js,
-                    &format!("KV_{SQL_LEASES_BUCKET}"),
-                    &subject,
-                    |e| e,
-                    |current| {
-                        let ours = current
-                            .and_then(|c| c.value.as_ref())
-                            .and_then(|v| serde_json::from_slice::<LeaseRecord>(v).ok())
-                            .is_some_and(|r| r.instance == instance);
-                        let at = current.filter(|c| c.value.is_some()).map_or(0, |c| c.seq);
-                        let allowed = match expected {
-                            Some(seq) => at == seq || ours,
-                            None => ours,
-                        };
-                        Ok(allowed.then(|| crate::cas::Write {
-                            payload: value.clone(),
-                            headers: Default::default(),
-                        }))
-                    },
-                )
-                .await
-            })
+            .run(async move { write_lease_if(&js, &subject, &instance, expected, value).await })
             .map_err(|e| unavailable("write the database's writer lease", e))
     }
 
@@ -836,6 +809,40 @@ impl Db {
             }
         })
     }
+}
+
+/// Whether a lease record's value names this run.
+fn held_by(value: Option<&Bytes>, instance: &str) -> bool {
+    value
+        .and_then(|v| serde_json::from_slice::<LeaseRecord>(v).ok())
+        .is_some_and(|r| r.instance == instance)
+}
+
+/// Writes the lease record `value` if it is this run's already, or (with `expected`)
+/// still at that sequence (0: absent); returns the new sequence, `None` if it moved on.
+async fn write_lease_if(
+    js: &jetstream::Context,
+    subject: &str,
+    instance: &str,
+    expected: Option<u64>,
+    value: Bytes,
+) -> Result<Option<u64>, String> {
+    crate::cas::write_if(
+        js,
+        &format!("KV_{SQL_LEASES_BUCKET}"),
+        subject,
+        |e| e,
+        |current| {
+            let ours = held_by(current.and_then(|c| c.value.as_ref()), instance);
+            let at = current.filter(|c| c.value.is_some()).map_or(0, |c| c.seq);
+            let allowed = ours || expected.is_some_and(|seq| at == seq);
+            Ok(allowed.then(|| crate::cas::Write {
+                payload: value.clone(),
+                headers: Default::default(),
+            }))
+        },
+    )
+    .await
 }
 
 /// Follows the log into the local copy, from its position on.
@@ -950,22 +957,7 @@ async fn renew(db: Weak<Db>, value: Bytes) {
         let sent = Instant::now();
         let renewed = tokio::time::timeout(
             REQUEST_TIMEOUT,
-            crate::cas::write_if(
-                &js,
-                &format!("KV_{SQL_LEASES_BUCKET}"),
-                &subject,
-                |e| e,
-                |current| {
-                    let ours = current
-                        .and_then(|c| c.value.as_ref())
-                        .and_then(|v| serde_json::from_slice::<LeaseRecord>(v).ok())
-                        .is_some_and(|r| r.instance == instance);
-                    Ok(ours.then(|| crate::cas::Write {
-                        payload: value.clone(),
-                        headers: Default::default(),
-                    }))
-                },
-            ),
+            write_lease_if(&js, &subject, &instance, None, value),
         )
         .await;
         let mut role = lock(&strong.role);
