@@ -18,5 +18,7 @@ mod events;
 pub use control::artifacts::{ArtifactDir, digest, is_digest};
 pub use control::{ARTIFACTS_DIR, ControlStore, DATABASE_FILE};
 pub use data::EmbeddedData;
-pub use data::replica::{ReplicatedSql, ReplicationLog, Segment, decode_segments, encode_segments};
+pub use data::replica::{
+    ReplicatedSql, ReplicationLog, Segment, Snapshot, decode_segments, encode_segments,
+};
 pub use events::{EmbeddedJournal, JournalConfig};

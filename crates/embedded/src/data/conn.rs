@@ -21,7 +21,7 @@ use super::authorizer::{self, Decision};
 use tessera_data::{MAX_SQL_BYTES, MAX_SQL_VALUE_BYTES};
 
 /// How long a connection waits for a lock held by another connection before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many SQLite virtual machine instructions run between deadline checks: small enough
 /// that a runaway query stops within microseconds of its deadline, large enough that the
@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS _tessera_migrations (
 
 CREATE TABLE IF NOT EXISTS _tessera_replica (
     id INTEGER PRIMARY KEY CHECK (id = 0),
-    position INTEGER NOT NULL
+    position INTEGER NOT NULL,
+    log TEXT NOT NULL DEFAULT ''
 ) STRICT;
 INSERT OR IGNORE INTO _tessera_replica (id, position) VALUES (0, 0);
 ";
@@ -296,6 +297,11 @@ struct PoolState {
 }
 
 impl Readers {
+    /// The database file.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub(super) fn new(path: PathBuf) -> Readers {
         Readers {
             path,

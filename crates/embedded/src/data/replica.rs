@@ -14,14 +14,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rusqlite::Connection;
 use rusqlite::ffi;
+use rusqlite::{Connection, OpenFlags};
 use tessera_data::{
     Changes, DataError, Migration, Rows, SqlDatabase, SqlError, SqlValue, Statement,
 };
 
 use super::ServiceDb;
-use super::conn::{Conn, lock};
+use super::conn::{BUSY_TIMEOUT, Conn, lock};
 
 /// One part of a replicated transaction, in the order it ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,7 +289,149 @@ impl ReplicatedSql {
         }
         let db = ServiceDb::open_replicated(path.to_path_buf(), app, service, log)
             .map_err(|e| open_error(e.to_string()))?;
+        {
+            // Copies made before the log's identity was recorded lack its column.
+            let mut writer = db.writer().map_err(|_| open_error(db.closed_message()))?;
+            writer
+                .internal(|c| {
+                    let has_log = c
+                        .prepare("SELECT log FROM _tessera_replica WHERE id = 0")
+                        .is_ok();
+                    if has_log {
+                        Ok(())
+                    } else {
+                        c.execute_batch(
+                            "ALTER TABLE _tessera_replica ADD COLUMN log TEXT NOT NULL DEFAULT ''",
+                        )
+                    }
+                })
+                .map_err(|e| open_error(e.to_string()))?;
+        }
         Ok(ReplicatedSql { db: Arc::new(db) })
+    }
+
+    /// The identity of the log this copy follows (`""`: none recorded yet). A log that is
+    /// deleted and created again has another identity, so a copy of the old one is never
+    /// taken for a copy of the new one.
+    pub fn log_id(&self) -> Result<String, SqlError> {
+        let mut writer = self
+            .db
+            .writer()
+            .map_err(|_| SqlError::Io(self.db.closed_message()))?;
+        writer
+            .internal(|c| {
+                c.query_row("SELECT log FROM _tessera_replica WHERE id = 0", [], |row| {
+                    row.get(0)
+                })
+            })
+            .map_err(|e| SqlError::Io(format!("cannot read the replicated log's identity: {e}")))
+    }
+
+    /// Records the identity of the log this copy follows; only for a copy that has applied
+    /// nothing yet.
+    pub fn set_log_id(&self, log: &str) -> Result<(), SqlError> {
+        let mut writer = self
+            .db
+            .writer()
+            .map_err(|_| SqlError::Io(self.db.closed_message()))?;
+        let changed = writer
+            .internal(|c| {
+                c.execute(
+                    "UPDATE _tessera_replica SET log = ?1 WHERE id = 0 AND position = 0",
+                    [log],
+                )
+            })
+            .map_err(|e| {
+                SqlError::Io(format!("cannot record the replicated log's identity: {e}"))
+            })?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(SqlError::Io(
+                "this copy has applied a log already; its identity cannot change".into(),
+            ))
+        }
+    }
+
+    /// Writes a consistent, compacted copy of the database to `to` (replaced if it exists)
+    /// and returns the log position and identity it holds. Writes go on meanwhile.
+    pub fn snapshot(&self, to: &Path) -> Result<Snapshot, SqlError> {
+        let io = |e: rusqlite::Error| SqlError::Io(format!("cannot snapshot the database: {e}"));
+        match std::fs::remove_file(to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(SqlError::Io(format!(
+                    "cannot replace {}: {e}",
+                    to.display()
+                )));
+            }
+        }
+        let target = to
+            .to_str()
+            .ok_or_else(|| SqlError::Io(format!("{} is not UTF-8", to.display())))?;
+        let source = Connection::open_with_flags(
+            self.db.readers.path(),
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(io)?;
+        source.busy_timeout(BUSY_TIMEOUT).map_err(io)?;
+        // One read transaction: the copy is the database as of one commit.
+        source.execute("VACUUM INTO ?1", [target]).map_err(io)?;
+        drop(source);
+        let copy = Connection::open_with_flags(to, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(io)?;
+        read_snapshot(&copy)
+    }
+
+    /// Replaces this copy's content with the snapshot at `from` if it is further along the
+    /// same log, and returns the position this copy is at afterwards. A snapshot of
+    /// another log, or one that fails SQLite's check, is refused and changes nothing.
+    pub fn restore(&self, from: &Path) -> Result<u64, SqlError> {
+        let io = |e: rusqlite::Error| {
+            SqlError::Io(format!(
+                "cannot restore the database from {}: {e}",
+                from.display()
+            ))
+        };
+        let source = Connection::open_with_flags(
+            from,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(io)?;
+        let snapshot = read_snapshot(&source)?;
+        let check: String = source
+            .query_row("PRAGMA quick_check", [], |row| row.get(0))
+            .map_err(io)?;
+        if check != "ok" {
+            return Err(SqlError::Io(format!(
+                "the snapshot {} is damaged: {check}",
+                from.display()
+            )));
+        }
+        let mut writer = self
+            .db
+            .writer()
+            .map_err(|_| SqlError::Io(self.db.closed_message()))?;
+        let log: String = writer
+            .internal(|c| {
+                c.query_row("SELECT log FROM _tessera_replica WHERE id = 0", [], |row| {
+                    row.get(0)
+                })
+            })
+            .map_err(io)?;
+        if log != snapshot.log {
+            return Err(SqlError::Io(format!(
+                "the snapshot {} belongs to another log ({:?}, this copy follows {log:?})",
+                from.display(),
+                snapshot.log
+            )));
+        }
+        let current = read_position(&mut writer)?;
+        if snapshot.position <= current {
+            return Ok(current);
+        }
+        writer.internal(|c| copy_database(&source, c)).map_err(io)?;
+        read_position(&mut writer)
     }
 
     /// The last log position this copy applied (0: none).
@@ -374,6 +516,60 @@ impl SqlDatabase for ReplicatedSql {
     fn migrate(&self, migrations: &[Migration]) -> Result<Vec<String>, SqlError> {
         self.db.migrate(migrations)
     }
+}
+
+/// What a snapshot holds: the log it is a copy of, and the last position it applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub position: u64,
+    pub log: String,
+}
+
+fn read_snapshot(copy: &Connection) -> Result<Snapshot, SqlError> {
+    copy.query_row(
+        "SELECT position, log FROM _tessera_replica WHERE id = 0",
+        [],
+        |row| {
+            Ok(Snapshot {
+                position: row.get::<_, i64>(0)? as u64,
+                log: row.get(1)?,
+            })
+        },
+    )
+    .map_err(|e| SqlError::Io(format!("not a snapshot of a replicated database: {e}")))
+}
+
+/// Copies every page of `source` over `target`'s main database, in one step.
+fn copy_database(source: &Connection, target: &Connection) -> rusqlite::Result<()> {
+    // SAFETY: both handles are live for the whole call; the backup object is finished
+    // before returning, whatever happens.
+    unsafe {
+        let backup = ffi::sqlite3_backup_init(
+            target.handle(),
+            c"main".as_ptr(),
+            source.handle(),
+            c"main".as_ptr(),
+        );
+        if backup.is_null() {
+            let rc = ffi::sqlite3_errcode(target.handle());
+            return Err(rusqlite::Error::SqliteFailure(ffi::Error::new(rc), None));
+        }
+        let stepped = ffi::sqlite3_backup_step(backup, -1);
+        let finished = ffi::sqlite3_backup_finish(backup);
+        if stepped != ffi::SQLITE_DONE {
+            return Err(rusqlite::Error::SqliteFailure(
+                ffi::Error::new(stepped),
+                None,
+            ));
+        }
+        if finished != ffi::SQLITE_OK {
+            return Err(rusqlite::Error::SqliteFailure(
+                ffi::Error::new(finished),
+                None,
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn read_position(conn: &mut Conn) -> Result<u64, SqlError> {
@@ -602,5 +798,97 @@ mod replication_tests {
                 .is_none(),
             "a write is not run as a read"
         );
+    }
+
+    #[test]
+    fn a_snapshot_restores_a_copy_of_the_same_log_and_only_that() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(MemoryLog::default());
+        let writer =
+            ReplicatedSql::open(&dir.path().join("a.db"), "app", "svc", log.clone()).unwrap();
+        writer.set_log_id("log-1").unwrap();
+        writer
+            .migrate(&[Migration {
+                name: "001.sql".into(),
+                sql: "CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)".into(),
+            }])
+            .unwrap();
+        for _ in 0..50 {
+            writer
+                .execute(
+                    "INSERT INTO t (v) VALUES (randomblob(1000))",
+                    &[],
+                    deadline(),
+                )
+                .unwrap();
+        }
+        let file = dir.path().join("snapshot.db");
+        let snapshot = writer.snapshot(&file).unwrap();
+        assert_eq!(
+            snapshot,
+            Snapshot {
+                position: 51,
+                log: "log-1".into()
+            }
+        );
+        assert!(
+            writer.set_log_id("log-2").is_err(),
+            "a used copy keeps its log"
+        );
+
+        // A fresh copy of the same log takes the snapshot, then the log's tail.
+        let copy = ReplicatedSql::open(
+            &dir.path().join("b.db"),
+            "app",
+            "svc",
+            Arc::new(MemoryLog::default()),
+        )
+        .unwrap();
+        copy.set_log_id("log-1").unwrap();
+        writer
+            .execute("DELETE FROM t WHERE k <= 10", &[], deadline())
+            .unwrap();
+        assert_eq!(copy.restore(&file).unwrap(), 51);
+        let tail = log.entries.lock().unwrap()[51].clone();
+        assert!(copy.apply(52, &tail).unwrap());
+        let sql = "SELECT k, hex(v) FROM t ORDER BY k";
+        assert_eq!(
+            copy.query(sql, &[], deadline()).unwrap(),
+            writer.query(sql, &[], deadline()).unwrap()
+        );
+        assert_eq!(
+            all(&copy, "SELECT count(*) FROM t"),
+            [[SqlValue::Integer(40)]]
+        );
+        // An older snapshot changes nothing.
+        assert_eq!(copy.restore(&file).unwrap(), 52);
+        assert_eq!(
+            all(&copy, "SELECT count(*) FROM t"),
+            [[SqlValue::Integer(40)]]
+        );
+        // The restored file is still in WAL mode.
+        copy.close();
+        let raw = Connection::open(dir.path().join("b.db")).unwrap();
+        let mode: String = raw
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+
+        // A copy of another log refuses it, and so does anything for a damaged file.
+        let other = ReplicatedSql::open(
+            &dir.path().join("c.db"),
+            "app",
+            "svc",
+            Arc::new(MemoryLog::default()),
+        )
+        .unwrap();
+        other.set_log_id("log-2").unwrap();
+        let refused = other.restore(&file).unwrap_err().to_string();
+        assert!(refused.contains("another log"), "{refused}");
+        assert_eq!(other.position().unwrap(), 0);
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, b"not a database at all, not even close").unwrap();
+        assert!(other.restore(&garbage).is_err());
+        assert_eq!(other.position().unwrap(), 0);
     }
 }
