@@ -28,6 +28,7 @@ use futures_util::StreamExt;
 use tessera_data::{DataBackend, DataError, KvError, KvStore, LIST_PAGE, ServiceData, limits};
 
 use crate::setup::{KV_SHARDS, kv_bucket};
+use crate::sql::SqlOptions;
 use crate::{Cluster, REQUEST_TIMEOUT, decode_token, encode_token};
 
 /// A service's handles, and the flag that closes them when its app's data is deleted.
@@ -43,7 +44,17 @@ pub struct ClusterData {
 }
 
 impl ClusterData {
+    /// The cluster's data, SQL copies under `sql_dir`, with the default [`SqlOptions`].
     pub fn open(cluster: &Cluster, sql_dir: std::path::PathBuf) -> Result<ClusterData, DataError> {
+        ClusterData::open_with(cluster, sql_dir, SqlOptions::default())
+    }
+
+    /// The cluster's data, SQL copies under `sql_dir`, SQL logs compacted as `options` say.
+    pub fn open_with(
+        cluster: &Cluster,
+        sql_dir: std::path::PathBuf,
+        options: SqlOptions,
+    ) -> Result<ClusterData, DataError> {
         let js = cluster.js();
         let shards = cluster
             .bridge()
@@ -63,7 +74,7 @@ impl ClusterData {
             cluster: cluster.clone(),
             shards,
             open: Mutex::new(HashMap::new()),
-            sql: crate::sql::SqlDatabases::new(cluster, sql_dir),
+            sql: crate::sql::SqlDatabases::new(cluster, sql_dir, options),
         })
     }
 }

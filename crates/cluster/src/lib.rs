@@ -49,6 +49,7 @@ pub use events::{DEAD_RETENTION, DEDUP_WINDOW, JetStreamJournal, MAX_ACK_WAIT, S
 pub use kv::ClusterData;
 pub use names::{decode_token, encode_token};
 pub use registry::{DOWN_AFTER, HEARTBEAT, NodeInfo, NodeRecord, NodeState, Registry};
+pub use sql::{LEASE_TTL, SqlOptions};
 pub use ticks::ClaimedTicks;
 
 use bridge::Bridge;

@@ -32,6 +32,8 @@ pub(crate) const NODES_BUCKET: &str = "TESSERA_NODES";
 pub(crate) const SQL_LEASES_BUCKET: &str = "TESSERA_SQL_LEASES";
 /// Component artifacts by sha256.
 pub(crate) const ARTIFACTS_BUCKET: &str = "TESSERA_ARTIFACTS";
+/// SQL databases' snapshots.
+pub(crate) const SQL_SNAPSHOTS_BUCKET: &str = "TESSERA_SQL_SNAPSHOTS";
 
 /// Published events (`tessera.events.<app>.<topic>`) and re-drives
 /// (`tessera.redrive.<subscription>`), kept while a subscription has not acknowledged them.
@@ -210,29 +212,54 @@ async fn create_all(js: &jetstream::Context, replicas: usize) -> Result<(), Clus
     )
     .await?;
     create_event_streams(js, replicas).await?;
-    let objects = format!("OBJ_{ARTIFACTS_BUCKET}");
+    ensure_object_store(
+        js,
+        ARTIFACTS_BUCKET,
+        "Tessera component artifacts, named by sha256",
+        replicas,
+    )
+    .await?;
+    ensure_object_store(
+        js,
+        SQL_SNAPSHOTS_BUCKET,
+        "Tessera SQL databases' snapshots, named <app>/<service>/<log position>",
+        replicas,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Creates an object store unless it exists, with reads that go to the stream leader.
+async fn ensure_object_store(
+    js: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    replicas: usize,
+) -> Result<(), ClusterError> {
+    let objects = format!("OBJ_{bucket}");
+    let what = format!("the object store {bucket}");
     match js.get_stream(&objects).await {
         Ok(_) => {}
         Err(_) => {
             js.create_object_store(jetstream::object_store::Config {
-                bucket: ARTIFACTS_BUCKET.into(),
-                description: Some("Tessera component artifacts, named by sha256".into()),
+                bucket: bucket.into(),
+                description: Some(description.into()),
                 storage: stream::StorageType::File,
                 num_replicas: replicas,
                 ..Default::default()
             })
             .await
-            .map_err(|e| setup_error("the artifact store", e))?;
+            .map_err(|e| setup_error(&what, e))?;
         }
     }
     let mut stream = js
         .get_stream(&objects)
         .await
-        .map_err(|e| setup_error("the artifact store", e))?;
+        .map_err(|e| setup_error(&what, e))?;
     let mut config = stream
         .info()
         .await
-        .map_err(|e| setup_error("the artifact store", e))?
+        .map_err(|e| setup_error(&what, e))?
         .config
         .clone();
     // The object store is created with direct gets; reads must see what another node
@@ -241,11 +268,11 @@ async fn create_all(js: &jetstream::Context, replicas: usize) -> Result<(), Clus
         config.allow_direct = false;
         js.update_stream(&config)
             .await
-            .map_err(|e| setup_error("the artifact store", e))?;
+            .map_err(|e| setup_error(&what, e))?;
         config = stream
             .info()
             .await
-            .map_err(|e| setup_error("the artifact store", e))?
+            .map_err(|e| setup_error(&what, e))?
             .config
             .clone();
     }

@@ -955,3 +955,124 @@ fn one_sql_database_serves_every_node_exactly_and_survives_its_writer() {
         .rows;
     assert_eq!(rows, [[SqlValue::Integer(302)]]);
 }
+
+#[test]
+fn a_long_log_is_snapshotted_and_copies_that_fell_behind_or_are_new_start_from_the_snapshot() {
+    use tessera_data::{DataBackend, Migration, SqlValue};
+    require_nats();
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqlOptions {
+        snapshot_entries: 50,
+        snapshot_bytes: u64::MAX,
+        snapshot_check: Duration::from_millis(100),
+    };
+    let open = |name: &str| {
+        let cluster = Cluster::connect(&config(&server, name)).unwrap();
+        let data = ClusterData::open_with(&cluster, dir.path().join(name), options).unwrap();
+        (data, cluster)
+    };
+    let soon = || Instant::now() + Duration::from_secs(30);
+    let sql = |node: &(ClusterData, Cluster)| node.0.open_service("shop", "orders").unwrap().sql;
+    let a = open("a");
+    let migration = Migration {
+        name: "001.sql".into(),
+        sql: "CREATE TABLE orders (id INTEGER PRIMARY KEY, body BLOB NOT NULL);".into(),
+    };
+    sql(&a).migrate(std::slice::from_ref(&migration)).unwrap();
+    let insert = |node: &(ClusterData, Cluster), n: usize| {
+        let db = sql(node);
+        for _ in 0..n {
+            db.execute(
+                "INSERT INTO orders (body) VALUES (randomblob(500))",
+                &[],
+                soon(),
+            )
+            .unwrap();
+        }
+    };
+    let summary =
+        "SELECT count(*), sum(length(body)), group_concat(hex(substr(body, 1, 4)), '') FROM orders";
+    insert(&a, 100);
+    // `b` follows for a while, then goes away while the log grows and is compacted.
+    let b = open("b");
+    assert_eq!(
+        sql(&b)
+            .query("SELECT count(*) FROM orders", &[], soon())
+            .unwrap()
+            .rows,
+        [[SqlValue::Integer(100)]]
+    );
+    drop(b);
+    insert(&a, 200);
+
+    let first_entry = || {
+        let js = a.1.js();
+        a.1.bridge().run(async move {
+            let mut stream = js.get_stream("TESSERA_SQL_shop_orders").await.unwrap();
+            stream.info().await.unwrap().state.first_sequence
+        })
+    };
+    let waited = Instant::now();
+    while first_entry() < 250 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "the log was not compacted: it starts at entry {}",
+            first_entry()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let snapshots = || {
+        let js = a.1.js();
+        a.1.bridge().run(async move {
+            let store = js
+                .get_object_store(crate::setup::SQL_SNAPSHOTS_BUCKET)
+                .await
+                .unwrap();
+            crate::sql::snapshot_names(&store, "shop/").await.unwrap()
+        })
+    };
+    // Older snapshots are deleted once a newer one is stored.
+    let waited = Instant::now();
+    while snapshots().len() != 1 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            snapshots()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let expected = sql(&a).query(summary, &[], soon()).unwrap();
+    assert_eq!(expected.rows[0][0], SqlValue::Integer(300));
+
+    // A new node and the one that was away both start from the snapshot and the tail.
+    let c = open("c");
+    assert_eq!(sql(&c).query(summary, &[], soon()).unwrap(), expected);
+    let b = open("b");
+    assert_eq!(sql(&b).query(summary, &[], soon()).unwrap(), expected);
+    // And they keep following.
+    insert(&c, 5);
+    assert_eq!(
+        sql(&b)
+            .query("SELECT count(*) FROM orders", &[], soon())
+            .unwrap()
+            .rows,
+        [[SqlValue::Integer(305)]]
+    );
+
+    // Deleting the app deletes its snapshots; a copy of the deleted log on a node that was
+    // away is not taken for a copy of the new one.
+    drop(b);
+    a.0.purge_app("shop").unwrap();
+    assert!(snapshots().is_empty(), "{:?}", snapshots());
+    sql(&a).migrate(std::slice::from_ref(&migration)).unwrap();
+    insert(&a, 1);
+    let b = open("b");
+    assert_eq!(
+        sql(&b)
+            .query("SELECT count(*) FROM orders", &[], soon())
+            .unwrap()
+            .rows,
+        [[SqlValue::Integer(1)]]
+    );
+}

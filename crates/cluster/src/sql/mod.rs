@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{self, DeliverPolicy};
+use async_nats::jetstream::object_store::ObjectStore;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -41,7 +42,7 @@ use tessera_data::{Changes, Migration, Rows, SqlDatabase, SqlError, SqlValue, St
 use tessera_embedded::{ReplicatedSql, ReplicationLog, Segment, decode_segments, encode_segments};
 use tokio::sync::watch;
 
-use crate::setup::SQL_LEASES_BUCKET;
+use crate::setup::{SQL_LEASES_BUCKET, SQL_SNAPSHOTS_BUCKET};
 use crate::{Cluster, REQUEST_TIMEOUT};
 use wire::{Answer, Call};
 
@@ -94,18 +95,41 @@ enum Role {
     },
 }
 
+/// When a database's writer snapshots it and drops the log before the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlOptions {
+    /// Snapshot once the log holds this many entries…
+    pub snapshot_entries: u64,
+    /// …or this many bytes.
+    pub snapshot_bytes: u64,
+    /// How often the writer looks at the log's size.
+    pub snapshot_check: Duration,
+}
+
+impl Default for SqlOptions {
+    fn default() -> SqlOptions {
+        SqlOptions {
+            snapshot_entries: 10_000,
+            snapshot_bytes: 64 << 20,
+            snapshot_check: Duration::from_secs(5),
+        }
+    }
+}
+
 /// The SQL databases of a node's services.
 pub(crate) struct SqlDatabases {
     cluster: Cluster,
     root: PathBuf,
+    options: SqlOptions,
     open: Mutex<HashMap<(String, String), Arc<ClusterSql>>>,
 }
 
 impl SqlDatabases {
-    pub(crate) fn new(cluster: &Cluster, root: PathBuf) -> SqlDatabases {
+    pub(crate) fn new(cluster: &Cluster, root: PathBuf, options: SqlOptions) -> SqlDatabases {
         SqlDatabases {
             cluster: cluster.clone(),
             root,
+            options,
             open: Mutex::new(HashMap::new()),
         }
     }
@@ -118,6 +142,7 @@ impl SqlDatabases {
                 Arc::new(ClusterSql {
                     cluster: self.cluster.clone(),
                     path: self.root.join(app).join(format!("{service}.db")),
+                    options: self.options,
                     app: app.to_owned(),
                     service: service.to_owned(),
                     db: OnceLock::new(),
@@ -146,6 +171,7 @@ impl SqlDatabases {
         let js = self.cluster.js();
         let prefix = format!("TESSERA_SQL_{app}_");
         let lease_prefix = format!("$KV.{SQL_LEASES_BUCKET}.{app}.>");
+        let snapshot_prefix = format!("{app}/");
         self.cluster.bridge().run(async move {
             let mut names = js.stream_names();
             let mut doomed = Vec::new();
@@ -167,6 +193,13 @@ impl SqlDatabases {
                 .filter(lease_prefix)
                 .await
                 .map_err(|e| e.to_string())?;
+            let snapshots = js
+                .get_object_store(SQL_SNAPSHOTS_BUCKET)
+                .await
+                .map_err(|e| e.to_string())?;
+            for (name, _) in snapshot_names(&snapshots, &snapshot_prefix).await? {
+                snapshots.delete(&name).await.map_err(|e| e.to_string())?;
+            }
             Ok::<_, String>(())
         })?;
         let dir = self.root.join(app);
@@ -182,6 +215,7 @@ impl SqlDatabases {
 pub(crate) struct ClusterSql {
     cluster: Cluster,
     path: PathBuf,
+    options: SqlOptions,
     app: String,
     service: String,
     db: OnceLock<Arc<Db>>,
@@ -204,7 +238,13 @@ impl ClusterSql {
         if let Some(db) = self.db.get() {
             return Ok(db.clone());
         }
-        let db = Db::open(&self.cluster, &self.path, &self.app, &self.service)?;
+        let db = Db::open(
+            &self.cluster,
+            &self.path,
+            &self.app,
+            &self.service,
+            self.options,
+        )?;
         let _ = self.db.set(db.clone());
         Ok(db)
     }
@@ -310,6 +350,10 @@ struct Db {
     lease_subject: String,
     instance: String,
     local: ReplicatedSql,
+    /// Where the copy is, and where snapshots are written and fetched.
+    path: PathBuf,
+    options: SqlOptions,
+    snapshots: ObjectStore,
     role: Arc<Mutex<Role>>,
     /// An append's outcome was unknown: the copy may be behind the log.
     dirty: Arc<AtomicBool>,
@@ -414,16 +458,19 @@ impl Db {
         path: &std::path::Path,
         app: &str,
         service: &str,
+        options: SqlOptions,
     ) -> Result<Arc<Db>, SqlError> {
         let stream = format!("TESSERA_SQL_{app}_{service}");
         let subject = format!("tessera.sql.{app}.{service}");
         let replicas = cluster.replicas();
-        {
+        let (log_id, snapshots) = {
             let js = cluster.js();
             let config = stream::Config {
                 name: stream.clone(),
+                // The log's identity: a log deleted and made again has another.
                 description: Some(format!(
-                    "Tessera: the log of service `{service}` of app `{app}`'s SQL database"
+                    "Tessera: the log of service `{service}` of app `{app}`'s SQL database (log {})",
+                    nuid::next()
                 )),
                 subjects: vec![subject.clone()],
                 storage: stream::StorageType::File,
@@ -435,17 +482,35 @@ impl Db {
                 allow_direct: false,
                 ..Default::default()
             };
+            let name = stream.clone();
             cluster
                 .bridge()
                 .run(async move {
-                    tokio::time::timeout(REQUEST_TIMEOUT, js.get_or_create_stream(config))
+                    let open = async {
+                        // Two nodes may create it at once: one wins, both read the winner's.
+                        let info = match js.get_or_create_stream(config).await {
+                            Ok(mut created) => {
+                                created.info().await.map_err(|e| e.to_string())?.clone()
+                            }
+                            Err(_) => js
+                                .get_stream(&name)
+                                .await
+                                .map_err(|e| e.to_string())?
+                                .cached_info()
+                                .clone(),
+                        };
+                        let snapshots = js
+                            .get_object_store(SQL_SNAPSHOTS_BUCKET)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        Ok::<_, String>((log_identity(&info), snapshots))
+                    };
+                    tokio::time::timeout(REQUEST_TIMEOUT, open)
                         .await
                         .map_err(|_| "no answer in time".to_owned())?
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
                 })
-                .map_err(|e| unavailable("open the database's log", e))?;
-        }
+                .map_err(|e| unavailable("open the database's log", e))?
+        };
         let role = Arc::new(Mutex::new(Role::Follower));
         let dirty = Arc::new(AtomicBool::new(false));
         let instance = crate::control::operation_id(cluster.node());
@@ -456,8 +521,7 @@ impl Db {
             role: role.clone(),
             dirty: dirty.clone(),
         });
-        let local = ReplicatedSql::open(path, app, service, log)
-            .map_err(|e| SqlError::Io(e.to_string()))?;
+        let local = open_copy(path, app, service, log, &log_id)?;
         let position = local.position()?;
         let (applied, _) = watch::channel(position);
         let db = Arc::new(Db {
@@ -470,6 +534,9 @@ impl Db {
             lease_subject: format!("$KV.{SQL_LEASES_BUCKET}.{app}.{service}"),
             instance,
             local,
+            path: path.to_path_buf(),
+            options,
+            snapshots,
             role,
             dirty,
             applied,
@@ -761,7 +828,8 @@ impl Db {
         let weak = Arc::downgrade(self);
         let tasks = Tasks(vec![
             self.cluster.bridge().spawn(renew(weak.clone(), value)),
-            self.cluster.bridge().spawn(serve_calls(weak)),
+            self.cluster.bridge().spawn(serve_calls(weak.clone())),
+            self.cluster.bridge().spawn(compact(weak)),
         ]);
         *lock(&self.role) = Role::Writer {
             renewed: Instant::now(),
@@ -855,12 +923,16 @@ async fn follow(db: Weak<Db>) {
         let js = strong.cluster.js();
         let client = strong.cluster.client();
         let stream_name = strong.stream.clone();
-        drop(strong);
         let consumer = async {
             let stream = js
                 .get_stream(&stream_name)
                 .await
                 .map_err(|e| e.to_string())?;
+            let first = stream.cached_info().state.first_sequence;
+            if position + 1 < first {
+                // The entries this copy lacks were dropped after a snapshot: take it.
+                return Err(Gap(first));
+            }
             stream
                 .create_consumer(consumer::push::OrderedConfig {
                     deliver_subject: client.new_inbox(),
@@ -873,16 +945,33 @@ async fn follow(db: Weak<Db>) {
                 .map_err(|e| e.to_string())?
                 .messages()
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| Gap::from(e.to_string()))
         };
         let mut messages = match consumer.await {
             Ok(messages) => messages,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot follow a database's log; retrying");
+            Err(Gap(first)) if first > 0 => {
+                match restore_snapshot(&strong, first).await {
+                    Ok(restored) => {
+                        tracing::info!(app = %strong.app, service = %strong.service, position = restored, "restored the database from its snapshot");
+                        strong.applied.send_if_modified(|p| {
+                            let moved = restored > *p;
+                            *p = (*p).max(restored);
+                            moved
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(app = %strong.app, service = %strong.service, error = %e, "cannot restore the database from its snapshot; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                continue;
+            }
+            Err(_) => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
         };
+        drop(strong);
         while let Some(message) = messages.next().await {
             let Ok(message) = message else {
                 break;
@@ -894,6 +983,10 @@ async fn follow(db: Weak<Db>) {
                 break;
             };
             let seq = info.stream_sequence;
+            if seq > *strong.applied.borrow() + 1 {
+                // Entries were dropped under this reader (a snapshot was taken meanwhile).
+                break;
+            }
             let writer = message
                 .headers
                 .as_ref()
@@ -939,6 +1032,231 @@ async fn follow(db: Weak<Db>) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Why following the log could not start: a plain error, or the log's first entry lies
+/// past this copy's next one.
+struct Gap(u64);
+
+impl From<String> for Gap {
+    fn from(e: String) -> Gap {
+        tracing::debug!(error = %e, "cannot follow a database's log; retrying");
+        Gap(0)
+    }
+}
+
+/// Longest a snapshot's upload or download may take, whatever its size.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Snapshots are stored in chunks of this size (under the servers' payload limit).
+const SNAPSHOT_CHUNK: usize = 512 * 1024;
+
+/// The snapshots whose names start with `prefix` (`<app>/` or `<app>/<service>/`), with the
+/// log position each holds.
+pub(crate) async fn snapshot_names(
+    store: &ObjectStore,
+    prefix: &str,
+) -> Result<Vec<(String, u64)>, String> {
+    let mut list = store.list().await.map_err(|e| e.to_string())?;
+    let mut names = Vec::new();
+    while let Some(info) = list.next().await {
+        let info = info.map_err(|e| e.to_string())?;
+        if let Some(position) = info
+            .name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.rsplit('/').next())
+            .and_then(|p| p.parse::<u64>().ok())
+        {
+            names.push((info.name.clone(), position));
+        }
+    }
+    Ok(names)
+}
+
+/// Fetches the newest snapshot and restores the copy from it; it must reach at least the
+/// entry before the log's first (`first`). Returns the copy's position afterwards.
+async fn restore_snapshot(db: &Arc<Db>, first: u64) -> Result<u64, String> {
+    let prefix = format!("{}/{}/", db.app, db.service);
+    let newest = snapshot_names(&db.snapshots, &prefix)
+        .await?
+        .into_iter()
+        .max_by_key(|(_, position)| *position);
+    let Some((name, position)) = newest else {
+        return Err(format!(
+            "the log starts at entry {first}, and no snapshot holds the entries before it"
+        ));
+    };
+    if position + 1 < first {
+        return Err(format!(
+            "the log starts at entry {first}, and the newest snapshot ends at entry {position}"
+        ));
+    }
+    let file = db.path.with_extension("snapshot-in");
+    let download = async {
+        let mut object = db.snapshots.get(&name).await.map_err(|e| e.to_string())?;
+        let mut out = tokio::fs::File::create(&file)
+            .await
+            .map_err(|e| format!("cannot create {}: {e}", file.display()))?;
+        tokio::io::copy(&mut object, &mut out)
+            .await
+            .map_err(|e| format!("cannot fetch snapshot {name}: {e}"))?;
+        out.sync_all().await.map_err(|e| e.to_string())
+    };
+    let fetched = tokio::time::timeout(SNAPSHOT_TIMEOUT, download)
+        .await
+        .map_err(|_| format!("fetching snapshot {name} took too long"))
+        .and_then(|r| r);
+    let restored = match fetched {
+        Ok(()) => {
+            let copy = db.clone();
+            let from = file.clone();
+            tokio::task::spawn_blocking(move || copy.local.restore(&from))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+        }
+        Err(e) => Err(e),
+    };
+    let _ = tokio::fs::remove_file(&file).await;
+    restored
+}
+
+/// On the writer: snapshots the database when its log has grown past the options' limits,
+/// stores the snapshot, drops the log's entries it holds, and deletes older snapshots.
+async fn compact(db: Weak<Db>) {
+    loop {
+        let Some(every) = db.upgrade().map(|db| db.options.snapshot_check) else {
+            return;
+        };
+        tokio::time::sleep(every).await;
+        let Some(strong) = db.upgrade() else {
+            return;
+        };
+        if !strong.is_writer() {
+            return;
+        }
+        match snapshot_once(&strong).await {
+            Ok(Some((position, bytes, dropped))) => {
+                tracing::info!(app = %strong.app, service = %strong.service, position, bytes, dropped, "snapshotted the database and dropped the log before it");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(app = %strong.app, service = %strong.service, error = %e, "cannot snapshot the database; trying again later");
+            }
+        }
+    }
+}
+
+/// One snapshot, if the log is long enough: its position, size and the entries dropped.
+async fn snapshot_once(db: &Arc<Db>) -> Result<Option<(u64, u64, u64)>, String> {
+    let js = db.cluster.js();
+    let stream = tokio::time::timeout(REQUEST_TIMEOUT, js.get_stream(&db.stream))
+        .await
+        .map_err(|_| "no answer in time".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let state = &stream.cached_info().state;
+    if state.messages < db.options.snapshot_entries && state.bytes < db.options.snapshot_bytes {
+        return Ok(None);
+    }
+    let file = db.path.with_extension("snapshot-out");
+    let copy = db.clone();
+    let to = file.clone();
+    let taken = async {
+        let snapshot = tokio::task::spawn_blocking(move || copy.local.snapshot(&to))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let mut reader = tokio::fs::File::open(&file)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let bytes = reader.metadata().await.map_err(|e| e.to_string())?.len();
+        let name = format!("{}/{}/{:020}", db.app, db.service, snapshot.position);
+        let meta = async_nats::jetstream::object_store::ObjectMetadata {
+            name: name.clone(),
+            description: Some(format!(
+                "log {} up to entry {}",
+                snapshot.log, snapshot.position
+            )),
+            chunk_size: Some(SNAPSHOT_CHUNK),
+            ..Default::default()
+        };
+        tokio::time::timeout(SNAPSHOT_TIMEOUT, db.snapshots.put(meta, &mut reader))
+            .await
+            .map_err(|_| "storing the snapshot took too long".to_owned())?
+            .map_err(|e| e.to_string())?;
+        // Every entry up to the snapshot's position is in it now.
+        let purged = stream
+            .purge()
+            .sequence(snapshot.position + 1)
+            .await
+            .map_err(|e| e.to_string())?;
+        let prefix = format!("{}/{}/", db.app, db.service);
+        for (older, position) in snapshot_names(&db.snapshots, &prefix).await? {
+            if position < snapshot.position {
+                db.snapshots
+                    .delete(&older)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok::<_, String>(Some((snapshot.position, bytes, purged.purged)))
+    };
+    let outcome = taken.await;
+    let _ = tokio::fs::remove_file(&file).await;
+    outcome
+}
+
+/// The log's identity: the token its creator wrote into its description.
+fn log_identity(info: &stream::Info) -> String {
+    info.config
+        .description
+        .as_deref()
+        .and_then(|d| d.rsplit_once("(log "))
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .map_or_else(|| format!("created {}", info.created), str::to_owned)
+}
+
+/// Opens the local copy of the log `log_id`. A copy of another log (the app's data was
+/// deleted and made again while this node was away) is deleted first.
+fn open_copy(
+    path: &std::path::Path,
+    app: &str,
+    service: &str,
+    log: Arc<Log>,
+    log_id: &str,
+) -> Result<ReplicatedSql, SqlError> {
+    let open = || {
+        ReplicatedSql::open(path, app, service, log.clone())
+            .map_err(|e| SqlError::Io(e.to_string()))
+    };
+    let local = open()?;
+    let recorded = local.log_id()?;
+    if recorded == log_id {
+        return Ok(local);
+    }
+    if recorded.is_empty() && local.position()? == 0 {
+        local.set_log_id(log_id)?;
+        return Ok(local);
+    }
+    tracing::warn!(app, service, path = %path.display(), "the local copy follows a log that no longer exists; starting it over");
+    local.close();
+    drop(local);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(SqlError::Io(format!(
+                    "cannot delete {}: {e}",
+                    std::path::Path::new(&file).display()
+                )));
+            }
+        }
+    }
+    let local = open()?;
+    local.set_log_id(log_id)?;
+    Ok(local)
 }
 
 /// Renews the writer's lease every second; steps down when it is lost or cannot be
