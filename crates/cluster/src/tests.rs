@@ -1050,6 +1050,18 @@ fn a_long_log_is_snapshotted_and_copies_that_fell_behind_or_are_new_start_from_t
     assert_eq!(sql(&c).query(summary, &[], soon()).unwrap(), expected);
     let b = open("b");
     assert_eq!(sql(&b).query(summary, &[], soon()).unwrap(), expected);
+    // A transaction too large for one log entry is refused whole.
+    let refused = sql(&c)
+        .execute(
+            "INSERT INTO orders (body) SELECT randomblob(400000) FROM (SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3)",
+            &[],
+            soon(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&refused, tessera_data::SqlError::TooLarge(m) if m.contains("per transaction")),
+        "{refused:?}"
+    );
     // And they keep following.
     insert(&c, 5);
     assert_eq!(

@@ -61,6 +61,9 @@ thread_local! {
     static CURRENT_CALL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
+/// The most a write transaction's effect may take in the log (one message).
+pub const MAX_TRANSACTION_BYTES: usize = tessera_data::MAX_VALUE_BYTES;
+
 /// How long before the TTL a writer that could not renew stops writing.
 const LEASE_MARGIN: Duration = Duration::from_millis(500);
 /// How often the writer renews its lease.
@@ -398,9 +401,15 @@ impl ReplicationLog for Log {
                 }
             }
         }
+        let payload = Bytes::from(encode_segments(segments));
+        if payload.len() > MAX_TRANSACTION_BYTES {
+            return Err(SqlError::TooLarge(format!(
+                "this transaction changes {} bytes of rows and schema; a database in a cluster takes at most {MAX_TRANSACTION_BYTES} per transaction (split it into smaller ones); nothing was written",
+                payload.len()
+            )));
+        }
         let js = self.cluster.js();
         let subject = self.subject.clone();
-        let payload = Bytes::from(encode_segments(segments));
         let instance = self.instance.clone();
         let call = CURRENT_CALL.with(|current| current.borrow().clone());
         let appended = self.cluster.bridge().run(async move {
@@ -432,7 +441,9 @@ impl ReplicationLog for Log {
             }
             Err(e) => {
                 self.dirty.store(true, Ordering::SeqCst);
-                Err(unavailable("make a write durable", e))
+                Err(SqlError::Io(format!(
+                    "the cluster's log did not confirm the write ({e}): it may have been made or not; read before repeating it"
+                )))
             }
         }
     }

@@ -606,9 +606,137 @@ pub(super) fn begin_capture(conn: &Conn) -> Result<(), SqlError> {
 pub(super) fn capture_schema(conn: &Conn, sql: &str) -> Result<(), SqlError> {
     let mut capture = lock(&conn.capture);
     match capture.as_mut() {
+        Some(_) if creates_table_as_select(sql) => Err(SqlError::NotPermitted(
+            "CREATE TABLE ... AS SELECT is not permitted in a database in a cluster (a copy \
+             would fill the table from its own rows as well as from the log): create the \
+             table, then INSERT INTO ... SELECT"
+                .into(),
+        )),
         Some(capture) => conn.allowing(|c| capture.schema(c, sql)),
         None => Ok(()),
     }
+}
+
+/// Whether `sql` is `CREATE [TEMP] TABLE [IF NOT EXISTS] name AS ...`: the token after
+/// the table's name is not `(`.
+fn creates_table_as_select(sql: &str) -> bool {
+    let tokens = sql_tokens(sql, 12);
+    let upper: Vec<String> = tokens.iter().map(|t| t.to_ascii_uppercase()).collect();
+    let mut at = 0;
+    let mut take = |word: &str| {
+        let found = upper.get(at).is_some_and(|t| t == word);
+        if found {
+            at += 1;
+        }
+        found
+    };
+    if !take("CREATE") {
+        return false;
+    }
+    let _ = take("TEMP") || take("TEMPORARY");
+    if !take("TABLE") {
+        return false;
+    }
+    if take("IF") {
+        let _ = take("NOT") && take("EXISTS");
+    }
+    // The name, maybe `schema.name`.
+    at += 1;
+    if upper.get(at).is_some_and(|t| t == ".") {
+        at += 2;
+    }
+    upper.get(at).is_some_and(|t| t != "(")
+}
+
+/// The first `limit` tokens of `sql`: words, quoted names and strings whole, any other
+/// character alone; whitespace and comments skipped.
+fn sql_tokens(sql: &str, limit: usize) -> Vec<&str> {
+    let bytes = sql.as_bytes();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() && tokens.len() < limit {
+        let c = bytes[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+        } else if sql[i..].starts_with("--") {
+            i = sql[i..].find('\n').map_or(bytes.len(), |n| i + n + 1);
+        } else if sql[i..].starts_with("/*") {
+            i = sql[i + 2..]
+                .find("*/")
+                .map_or(bytes.len(), |n| i + 2 + n + 2);
+        } else if let Some(close) = match c {
+            b'"' => Some(b'"'),
+            b'`' => Some(b'`'),
+            b'\'' => Some(b'\''),
+            b'[' => Some(b']'),
+            _ => None,
+        } {
+            let end = bytes[i + 1..]
+                .iter()
+                .position(|&b| b == close)
+                .map_or(bytes.len(), |n| i + 1 + n + 1);
+            tokens.push(&sql[i..end]);
+            i = end;
+        } else if c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80 {
+            let end = bytes[i..]
+                .iter()
+                .position(|&b| !(b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80))
+                .map_or(bytes.len(), |n| i + n);
+            tokens.push(&sql[i..end]);
+            i = end;
+        } else {
+            let width = sql[i..].chars().next().map_or(1, char::len_utf8);
+            tokens.push(&sql[i..i + width]);
+            i += width;
+        }
+    }
+    tokens
+}
+
+/// Refuses a schema whose rows a changeset would not carry: virtual tables (their rows
+/// live in the module, not in tables a session records), and primary keys that may hold
+/// NULL (SQLite allows NULL in a non-INTEGER primary key of a rowid table, and a session
+/// leaves such rows out, so they would exist on the writer only).
+fn check_replicable(c: &Connection) -> Result<(), SqlError> {
+    let io = |e: rusqlite::Error| SqlError::Io(format!("cannot check the schema: {e}"));
+    let tables: Vec<(String, String, bool)> = c
+        .prepare("SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main'")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+                .collect()
+        })
+        .map_err(io)?;
+    for (table, kind, without_rowid) in tables {
+        if table.starts_with("sqlite_") {
+            continue;
+        }
+        match kind.as_str() {
+            "virtual" => {
+                return Err(SqlError::NotPermitted(format!(
+                    "virtual table `{table}`: a database in a cluster replicates ordinary tables only (FTS5, R-Tree and other virtual tables are not replicated)"
+                )));
+            }
+            "table" if !without_rowid => {}
+            _ => continue,
+        }
+        let keys: Vec<(String, String, bool)> = c
+            .prepare("SELECT name, type, \"notnull\" FROM pragma_table_info(?1) WHERE pk > 0")
+            .and_then(|mut stmt| {
+                stmt.query_map([&table], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+                    .collect()
+            })
+            .map_err(io)?;
+        let rowid_alias = keys.len() == 1 && keys[0].1.eq_ignore_ascii_case("INTEGER");
+        if rowid_alias {
+            continue;
+        }
+        if let Some((column, _, _)) = keys.iter().find(|(_, _, not_null)| !not_null) {
+            return Err(SqlError::NotPermitted(format!(
+                "table `{table}`: primary key column `{column}` must be NOT NULL in a database in a cluster (SQLite lets such a key hold NULL, and rows with a NULL key are not replicated); declare it `{column} ... NOT NULL PRIMARY KEY`, or make the table WITHOUT ROWID"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Hands the captured transaction to the log and records its position; before `COMMIT`.
@@ -620,6 +748,9 @@ pub(super) fn replicate(conn: &mut Conn, log: &dyn ReplicationLog) -> Result<(),
     if segments.is_empty() {
         return Ok(());
     }
+    if segments.iter().any(|s| matches!(s, Segment::Schema(_))) {
+        conn.allowing(check_replicable)?;
+    }
     let after = read_position(conn)?;
     let position = log.append(after, &segments)?;
     write_position(conn, position)
@@ -628,6 +759,26 @@ pub(super) fn replicate(conn: &mut Conn, log: &dyn ReplicationLog) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn create_table_as_select_is_told_apart_from_a_table_with_columns() {
+        for sql in [
+            "CREATE TABLE t AS SELECT 1",
+            "create temp table if not exists main.\"my t\" as select * from x",
+            "CREATE TABLE /* ( */ [t] -- (\n AS VALUES (1)",
+        ] {
+            assert!(creates_table_as_select(sql), "{sql}");
+        }
+        for sql in [
+            "CREATE TABLE t (a, b)",
+            "CREATE TABLE IF NOT EXISTS \"as\" (x AS (1))",
+            "CREATE TABLE main.t(x)",
+            "CREATE INDEX i ON t (a)",
+            "CREATE VIEW v AS SELECT 1",
+        ] {
+            assert!(!creates_table_as_select(sql), "{sql}");
+        }
+    }
 
     #[test]
     fn segments_round_trip_and_bad_bytes_are_refused() {
@@ -783,6 +934,39 @@ mod replication_tests {
             );
             assert!(!on_writer.rows.is_empty(), "{sql}");
         }
+        // Schemas whose rows a changeset would not carry are refused, and nothing is kept.
+        for (sql, says) in [
+            (
+                "CREATE TABLE loose_key (k TEXT PRIMARY KEY, v)",
+                "must be NOT NULL",
+            ),
+            (
+                "CREATE TABLE pair (a, b NOT NULL, PRIMARY KEY (a, b))",
+                "`a` must be NOT NULL",
+            ),
+            (
+                "CREATE VIRTUAL TABLE docs USING fts5(body)",
+                "virtual table `docs`",
+            ),
+            (
+                "CREATE TABLE copied AS SELECT * FROM t",
+                "INSERT INTO ... SELECT",
+            ),
+        ] {
+            let refused = writer.execute(sql, &[], deadline()).unwrap_err();
+            assert!(
+                matches!(&refused, SqlError::NotPermitted(m) if m.contains(says)),
+                "{sql}: {refused:?}"
+            );
+        }
+        for sql in [
+            "CREATE TABLE strict_key (k TEXT NOT NULL PRIMARY KEY, v)",
+            "CREATE TABLE no_rowid (k TEXT PRIMARY KEY, v) WITHOUT ROWID",
+            "CREATE TABLE alias (k INTEGER PRIMARY KEY, v)",
+        ] {
+            writer.execute(sql, &[], deadline()).unwrap();
+        }
+        assert_eq!(log.entries.lock().unwrap().len(), 9);
         // A write the log refuses is not kept.
         log.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
         let refused = writer.execute("INSERT INTO t (v) VALUES ('lost')", &[], deadline());
@@ -791,7 +975,7 @@ mod replication_tests {
             all(&writer, "SELECT count(*) FROM t WHERE v = 'lost'"),
             [[SqlValue::Integer(0)]]
         );
-        assert_eq!(writer.position().unwrap(), 6);
+        assert_eq!(writer.position().unwrap(), 9);
         assert!(
             copy.read("INSERT INTO t (v) VALUES (1)", &[], deadline())
                 .unwrap()

@@ -275,7 +275,14 @@ fn in_transaction<T>(
     if outcome.is_ok()
         && let Err(e) = conn.internal(|c| c.execute_batch("COMMIT"))
     {
-        outcome = Err(sql_error(conn, e));
+        outcome = Err(match log {
+            // The log has the write: it is made, and this copy applies it from there.
+            Some(_) => SqlError::Io(format!(
+                "the write is durable in the cluster's log, but this node's copy could not commit it ({}); the copy applies it from the log once it can",
+                sql_error(conn, e)
+            )),
+            None => sql_error(conn, e),
+        });
     }
     // Some errors (a full disk, an interrupt) make SQLite roll back by itself.
     if !conn.guest().is_autocommit() {
