@@ -93,6 +93,8 @@ pub fn decode_segments(mut bytes: &[u8]) -> Result<Vec<Segment>, String> {
 pub(crate) struct Capture {
     session: *mut ffi::sqlite3_session,
     segments: Vec<Segment>,
+    /// `PRAGMA schema_version` when the transaction began.
+    schema_version: i64,
 }
 
 // SAFETY: the session belongs to the writer connection and is only touched by whoever
@@ -108,6 +110,7 @@ impl Capture {
         Ok(Capture {
             session: new_session(conn)?,
             segments: Vec::new(),
+            schema_version: schema_version(conn)?,
         })
     }
 
@@ -163,6 +166,11 @@ impl Drop for Capture {
             unsafe { ffi::sqlite3session_delete(self.session) };
         }
     }
+}
+
+fn schema_version(conn: &Connection) -> Result<i64, SqlError> {
+    conn.query_row("PRAGMA schema_version", [], |row| row.get(0))
+        .map_err(|e| SqlError::Io(format!("cannot read the schema version: {e}")))
 }
 
 /// A session on every table of `main`, tables without a primary key included (by rowid).
@@ -744,8 +752,12 @@ pub(super) fn replicate(conn: &mut Conn, log: &dyn ReplicationLog) -> Result<(),
     let Some(capture) = lock(&conn.capture).take() else {
         return Ok(());
     };
+    let schema_before = capture.schema_version;
     let segments = conn.allowing(|_| capture.finish())?;
-    if segments.is_empty() {
+    let rows = segments.iter().any(|s| matches!(s, Segment::Rows(_)));
+    // Schema statements that changed nothing (`CREATE TABLE IF NOT EXISTS` of a table
+    // that exists) and no rows: nothing to replicate.
+    if segments.is_empty() || (!rows && conn.allowing(schema_version)? == schema_before) {
         return Ok(());
     }
     if segments.iter().any(|s| matches!(s, Segment::Schema(_))) {
@@ -967,6 +979,18 @@ mod replication_tests {
             writer.execute(sql, &[], deadline()).unwrap();
         }
         assert_eq!(log.entries.lock().unwrap().len(), 9);
+        writer
+            .execute(
+                "CREATE TABLE IF NOT EXISTS alias (k INTEGER PRIMARY KEY, v)",
+                &[],
+                deadline(),
+            )
+            .unwrap();
+        assert_eq!(
+            log.entries.lock().unwrap().len(),
+            9,
+            "a schema statement that changed nothing"
+        );
         // A write the log refuses is not kept.
         log.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
         let refused = writer.execute("INSERT INTO t (v) VALUES ('lost')", &[], deadline());
