@@ -29,9 +29,11 @@ commands:
   bench [--duration SECS] [--connections N]
                           compare tessera, `wasmtime serve` and native hyper on a
                           hello world and update BENCHMARKS.md (default: 8 s, 32)
-  bench-data [--ops N]    time N key-value gets and sets and SQL queries and inserts
+  bench-data [--ops N] [--cluster]
+                          time N key-value gets and sets and SQL queries and inserts
                           inside a guest and natively on the same SQLite file, and
-                          update BENCHMARKS.md (default: 5000)
+                          update BENCHMARKS.md (default: 5000); --cluster also times
+                          SQL on three cluster nodes, and takeover by database size
   bench-events [--messages N] [--publishers P] [--concurrency C] [--batch B] [--cluster]
                           publish N messages from P threads to a subscribed hello
                           component on an in-process node, time publish to durable

@@ -28,7 +28,7 @@ use crate::process::repo_root;
 use crate::toolchains;
 
 const SECTION_HEADING: &str = "## Cluster mode: propagation, key-value and HTTP on three nodes";
-const TOKEN: &str = "bench-cluster-token-0123456789";
+pub(super) const TOKEN: &str = "bench-cluster-token-0123456789";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -74,13 +74,25 @@ impl Options {
 }
 
 /// A `tessera serve` under test: its gateway and admin ports.
-struct Node {
-    server: Server,
-    gateway: u16,
-    admin: u16,
+pub(super) struct Node {
+    pub(super) server: Server,
+    pub(super) gateway: u16,
+    pub(super) admin: u16,
 }
 
 fn start_node(tessera: &Path, scratch: &Path, name: &str, cluster: Option<&str>) -> Result<Node> {
+    start_node_logging(tessera, scratch, name, cluster, "warn")
+}
+
+/// Starts `tessera serve` as node `name` (data in `scratch/name`, log in
+/// `scratch/name.log`), in the cluster at `cluster` if given, logging as `rust_log` says.
+pub(super) fn start_node_logging(
+    tessera: &Path,
+    scratch: &Path,
+    name: &str,
+    cluster: Option<&str>,
+    rust_log: &str,
+) -> Result<Node> {
     let (gateway, admin) = (free_port()?, free_port()?);
     let mut cmd = Command::new(tessera);
     cmd.arg("serve")
@@ -89,7 +101,7 @@ fn start_node(tessera: &Path, scratch: &Path, name: &str, cluster: Option<&str>)
         .args(["--listen", &format!("127.0.0.1:{gateway}")])
         .args(["--admin", &format!("127.0.0.1:{admin}")])
         .env("TESSERA_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", rust_log);
     if let Some(urls) = cluster {
         cmd.args(["--cluster", urls, "--node", name]);
     }
@@ -113,7 +125,7 @@ fn start_node(tessera: &Path, scratch: &Path, name: &str, cluster: Option<&str>)
     })
 }
 
-fn deploy(tessera: &Path, node: &Node, app: &Path) -> Result<()> {
+pub(super) fn deploy(tessera: &Path, node: &Node, app: &Path) -> Result<()> {
     let out = Command::new(tessera)
         .arg("deploy")
         .arg(app)

@@ -6,6 +6,7 @@
 //! stopped, in a release build of xtask (`xtask bench-data-native`, see `data/native.rs`),
 //! so both halves see the same file, pragmas and rows, and neither is an unoptimised build.
 
+pub mod cluster;
 pub mod native;
 
 use std::fmt::Write as _;
@@ -23,6 +24,9 @@ use crate::process::{repo_root, target_dir};
 
 /// The section this command owns in BENCHMARKS.md.
 const SECTION_HEADING: &str = "## Service data: key-value and SQL from a guest vs native";
+/// The section `--cluster` adds.
+const CLUSTER_HEADING: &str =
+    "## SQL in a cluster: through the writer, through a forwarding node, takeover by size";
 
 /// The app and service the `data` component is served as; its data file is
 /// `DATA/services/APP/SERVICE.db`.
@@ -52,12 +56,26 @@ const VALUE_BYTES: usize = 100;
 
 struct Options {
     ops: usize,
+    /// Also measure SQL on three cluster nodes (`--cluster`).
+    cluster: bool,
 }
 
 impl Options {
     fn parse(args: &[String]) -> Result<Options> {
-        let mut options = Options { ops: DEFAULT_OPS };
-        parse_flags(args, |flag, value| {
+        let mut options = Options {
+            ops: DEFAULT_OPS,
+            cluster: false,
+        };
+        let args: Vec<String> = args
+            .iter()
+            .filter(|arg| {
+                let cluster = arg.as_str() == "--cluster";
+                options.cluster |= cluster;
+                !cluster
+            })
+            .cloned()
+            .collect();
+        parse_flags(&args, |flag, value| {
             match flag {
                 "--ops" => {
                     options.ops = value
@@ -69,7 +87,7 @@ impl Options {
                         })?;
                 }
                 _ => bail!(
-                    "unknown bench-data option {flag:?}; usage: cargo xtask bench-data [--ops N]"
+                    "unknown bench-data option {flag:?}; usage: cargo xtask bench-data [--ops N] [--cluster]"
                 ),
             }
             Ok(())
@@ -191,7 +209,19 @@ pub fn run(args: &[String]) -> Result<()> {
     let machine = report::machine();
     let guest = measure_guest(&tessera, &app_dir, &data_dir, scratch.path(), options.ops)?;
     let native = measure_native(&data_dir.join("services"), options.ops)?;
+    let in_cluster = if options.cluster {
+        crate::toolchains::system_packages()?;
+        let scratch = scratch.path().join("cluster");
+        std::fs::create_dir_all(&scratch)?;
+        Some(cluster::measure(&tessera, &app_dir, &scratch, options.ops)?)
+    } else {
+        None
+    };
 
+    let embedded_sql: Vec<Summary> = cluster::SQL_OPS
+        .iter()
+        .map(|op| guest[OPS.iter().position(|o| o == op).expect("a guest op")])
+        .collect();
     let rows = OPS
         .iter()
         .zip(guest)
@@ -225,6 +255,19 @@ pub fn run(args: &[String]) -> Result<()> {
         versions: &versions,
     });
     let path = repo_root().join("BENCHMARKS.md");
+    if let Some(figures) = &in_cluster {
+        let date = report::utc_now();
+        let section = cluster::markdown(
+            CLUSTER_HEADING,
+            &date,
+            &report::machine(),
+            options.ops,
+            &embedded_sql,
+            figures,
+        );
+        print!("\n{section}");
+        report::update_benchmarks_md(&path, CLUSTER_HEADING, &section)?;
+    }
     report::update_benchmarks_md(&path, SECTION_HEADING, &section)?;
     println!("\nupdated {}", path.display());
     Ok(())
@@ -518,6 +561,9 @@ mod tests {
         assert!(Options::parse(&args(&["--ops", "many"])).is_err());
         assert!(Options::parse(&args(&["--ops"])).is_err());
         assert!(Options::parse(&args(&["--duration", "3"])).is_err());
+        assert!(!Options::parse(&[]).unwrap().cluster);
+        let both = Options::parse(&args(&["--cluster", "--ops", "9"])).unwrap();
+        assert!(both.cluster && both.ops == 9);
     }
 
     #[test]
