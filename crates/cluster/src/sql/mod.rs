@@ -645,7 +645,10 @@ impl Db {
             }
             match self.lease()? {
                 LeaseState::Held => match self.forward(&id, &call, deadline) {
-                    Ok(Answer::NotWriter) | Err(_) => {
+                    Err(Forward::TooLarge(message)) => return Err(SqlError::TooLarge(message)),
+                    Ok(Answer::NotWriter) => std::thread::sleep(Duration::from_millis(50)),
+                    Err(Forward::Failed(e)) => {
+                        tracing::debug!(app = %self.app, service = %self.service, error = %e, "a call forwarded to the database's writer got no answer; trying again");
                         std::thread::sleep(Duration::from_millis(50));
                     }
                     Ok(answer) => return Ok(answer),
@@ -740,7 +743,7 @@ impl Db {
 
     /// Sends the call to the writer and waits for its answer, at most the lease's TTL
     /// (the caller sends it again while the lease lives).
-    fn forward(&self, id: &str, call: &Call, deadline: Instant) -> Result<Answer, String> {
+    fn forward(&self, id: &str, call: &Call, deadline: Instant) -> Result<Answer, Forward> {
         let client = self.cluster.client();
         let subject = self.call_subject.clone();
         let left = deadline.saturating_duration_since(Instant::now());
@@ -750,6 +753,14 @@ impl Db {
             call: call.clone(),
         };
         let payload = Bytes::from(serde_json::to_vec(&forwarded).expect("calls serialise"));
+        // Room for the subject, the reply inbox and the headers.
+        let limit = client.server_info().max_payload.saturating_sub(4096);
+        if payload.len() > limit {
+            return Err(Forward::TooLarge(format!(
+                "this write's statements and parameters take {} bytes as sent to the database's writer on another node; at most {limit} fit in one NATS message; nothing was written",
+                payload.len()
+            )));
+        }
         let wait = left.min(LEASE_TTL);
         self.cluster.bridge().run(async move {
             let request = async_nats::Request::new()
@@ -758,8 +769,9 @@ impl Db {
             let reply = client
                 .send_request(subject, request)
                 .await
-                .map_err(|e| e.to_string())?;
-            serde_json::from_slice::<Answer>(&reply.payload).map_err(|e| e.to_string())
+                .map_err(|e| Forward::Failed(e.to_string()))?;
+            serde_json::from_slice::<Answer>(&reply.payload)
+                .map_err(|e| Forward::Failed(e.to_string()))
         })
     }
 
@@ -1045,6 +1057,14 @@ async fn follow(db: Weak<Db>) {
     }
 }
 
+/// Why a forwarded call got no answer.
+enum Forward {
+    /// It cannot be sent at all.
+    TooLarge(String),
+    /// No answer (yet): the writer may be gone; try again or take over.
+    Failed(String),
+}
+
 /// Why following the log could not start: a plain error, or the log's first entry lies
 /// past this copy's next one.
 struct Gap(u64);
@@ -1324,10 +1344,23 @@ async fn serve_calls(db: Weak<Db>) {
     let mut calls = match client.subscribe(subject).await {
         Ok(calls) => calls,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot serve a database's calls");
+            // Other nodes could not reach this writer: step down, so one that can
+            // serve calls takes over.
+            if let Some(db) = db.upgrade() {
+                tracing::warn!(app = %db.app, service = %db.service, error = %e, "cannot serve the database's calls; stepping down");
+                *lock(&db.role) = Role::Follower;
+            }
             return;
         }
     };
+    serve_each(db.clone(), &client, &mut calls).await;
+    if let Some(db) = db.upgrade() {
+        tracing::warn!(app = %db.app, service = %db.service, "the database's call subscription ended; stepping down");
+        *lock(&db.role) = Role::Follower;
+    }
+}
+
+async fn serve_each(db: Weak<Db>, client: &async_nats::Client, calls: &mut async_nats::Subscriber) {
     while let Some(message) = calls.next().await {
         let Some(reply) = message.reply.clone() else {
             continue;

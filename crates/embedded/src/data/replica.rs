@@ -7,7 +7,8 @@
 //! are evaluated once, on the writer), schema statements as their text, in the order they
 //! ran ([`Segment`]). Tables without a primary key are tracked by rowid. The local copy
 //! records the log position it has applied in `_tessera_replica`, in the same
-//! transaction as the changes.
+//! transaction as the changes. A copy commits with `synchronous=NORMAL`: the log, not the
+//! copy, is what makes a write durable.
 
 use std::ffi::{c_int, c_void};
 use std::path::Path;
@@ -298,8 +299,15 @@ impl ReplicatedSql {
         let db = ServiceDb::open_replicated(path.to_path_buf(), app, service, log)
             .map_err(|e| open_error(e.to_string()))?;
         {
-            // Copies made before the log's identity was recorded lack its column.
             let mut writer = db.writer().map_err(|_| open_error(db.closed_message()))?;
+            // A copy is the log applied in order, and the log holds every acknowledged
+            // write: a commit need not wait for an fsync. WAL with NORMAL keeps the file
+            // consistent through a crash or power loss; what the last commits lose is
+            // applied again from the log (the position commits with the changes).
+            writer
+                .internal(|c| c.pragma_update(None, "synchronous", "NORMAL"))
+                .map_err(|e| open_error(e.to_string()))?;
+            // Copies made before the log's identity was recorded lack its column.
             writer
                 .internal(|c| {
                     let has_log = c

@@ -96,18 +96,13 @@ impl Nodes<'_> {
 
     fn logged(&self, i: usize, what: &str) -> Result<bool> {
         let log = self.scratch.join(format!("{}.log", self.running[i].0));
-        let text = std::fs::read_to_string(&log)
-            .with_context(|| format!("reading {}", log.display()))?;
+        let text =
+            std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
         Ok(text.contains(what))
     }
 }
 
-pub fn measure(
-    tessera: &Path,
-    app_dir: &Path,
-    scratch: &Path,
-    ops: usize,
-) -> Result<Figures> {
+pub fn measure(tessera: &Path, app_dir: &Path, scratch: &Path, ops: usize) -> Result<Figures> {
     println!("==> cluster: three NATS servers (JetStream, R3), three nodes");
     let nats = NatsCluster::start();
     let mut nodes = Nodes {
@@ -154,9 +149,15 @@ pub fn measure(
         // The writer is node 0 of those running; node 1 fills (forwarding) and then writes
         // right after the kill, so it is the one that takes over.
         let fill = fill(nodes.gateway(1), bytes)?;
-        let expected = query(nodes.gateway(1), "SELECT count(*), sum(length(body)) FROM fill")?;
+        let expected = query(
+            nodes.gateway(1),
+            "SELECT count(*), sum(length(body)) FROM fill",
+        )?;
         let filled = expected[0][1].as_u64().unwrap_or(0);
-        println!("==> cluster, {label}: filled {filled} bytes in {}", format_duration(fill));
+        println!(
+            "==> cluster, {label}: filled {filled} bytes in {}",
+            format_duration(fill)
+        );
         let killed = nodes.kill(0);
         let started = Instant::now();
         execute(nodes.gateway(0), "INSERT INTO fill (body) VALUES (x'00')")?;
@@ -172,7 +173,10 @@ pub fn measure(
         let new = nodes.running.len() - 1;
         until_serving(joined)?;
         let started = Instant::now();
-        let seen = query(joined, "SELECT count(*) - 1, sum(length(body)) - 1 FROM fill")?;
+        let seen = query(
+            joined,
+            "SELECT count(*) - 1, sum(length(body)) - 1 FROM fill",
+        )?;
         let join_read = started.elapsed();
         if seen != expected {
             bail!("the new node read {seen:?}, the others {expected:?}");
