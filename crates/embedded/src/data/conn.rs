@@ -78,6 +78,9 @@ pub(super) struct Conn {
     /// While a replicated transaction runs: what it changed so far. Declared first so it
     /// is dropped (its session deleted) before the connection closes.
     pub(super) capture: Mutex<Option<super::replica::Capture>>,
+    /// For a replicated database: the primary keys that may hold NULL, as of a schema
+    /// version (see `replica::check_keys`).
+    pub(super) nullable_keys: Mutex<Option<super::replica::NullableKeys>>,
     conn: Connection,
     /// Set while Tessera runs its own statements: the authorizer then allows everything.
     internal: Arc<AtomicBool>,
@@ -180,6 +183,7 @@ impl Conn {
             deadline,
             schema,
             capture: Mutex::new(None),
+            nullable_keys: Mutex::new(None),
         })
     }
 

@@ -709,11 +709,56 @@ fn sql_tokens(sql: &str, limit: usize) -> Vec<&str> {
     tokens
 }
 
-/// Refuses a schema whose rows a changeset would not carry: virtual tables (their rows
-/// live in the module, not in tables a session records), and primary keys that may hold
-/// NULL (SQLite allows NULL in a non-INTEGER primary key of a rowid table, and a session
-/// leaves such rows out, so they would exist on the writer only).
-fn check_replicable(c: &Connection) -> Result<(), SqlError> {
+/// The single-column primary keys of rowid tables that may hold NULL, as of one schema
+/// version: `(version, [(table, column)])`.
+pub(crate) type NullableKeys = (i64, Vec<(String, String)>);
+
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Refuses what a changeset would not carry, before the append. A session leaves out rows
+/// whose primary key holds NULL (SQLite allows it in a non-INTEGER key of a rowid table),
+/// so such a row would exist on the writer only: the transaction fails if any table with
+/// such a key has one (one index probe per table). Virtual tables (their rows live in the
+/// module) and composite keys that may hold NULL (which no probe finds cheaply) are
+/// refused in the schema.
+fn check_keys(
+    c: &Connection,
+    cache: &std::sync::Mutex<Option<NullableKeys>>,
+) -> Result<(), SqlError> {
+    let version = schema_version(c)?;
+    let keys = {
+        let mut cached = lock(cache);
+        match &*cached {
+            Some((at, keys)) if *at == version => keys.clone(),
+            _ => {
+                let keys = nullable_keys(c)?;
+                *cached = Some((version, keys.clone()));
+                keys
+            }
+        }
+    };
+    for (table, column) in keys {
+        let found = c
+            .prepare_cached(&format!(
+                "SELECT 1 FROM main.{} WHERE {} IS NULL LIMIT 1",
+                quoted(&table),
+                quoted(&column)
+            ))
+            .and_then(|mut stmt| stmt.exists([]))
+            .map_err(|e| SqlError::Io(format!("cannot check table `{table}`: {e}")))?;
+        if found {
+            return Err(SqlError::Constraint(format!(
+                "table `{table}`: a row whose primary key `{column}` is NULL cannot be replicated; a database in a cluster needs a value in every primary key (declare the column NOT NULL to have SQLite refuse it)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The schema's nullable single-column keys; an error for what cannot be replicated.
+fn nullable_keys(c: &Connection) -> Result<Vec<(String, String)>, SqlError> {
     let io = |e: rusqlite::Error| SqlError::Io(format!("cannot check the schema: {e}"));
     let tables: Vec<(String, String, bool)> = c
         .prepare("SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main'")
@@ -722,6 +767,7 @@ fn check_replicable(c: &Connection) -> Result<(), SqlError> {
                 .collect()
         })
         .map_err(io)?;
+    let mut nullable = Vec::new();
     for (table, kind, without_rowid) in tables {
         if table.starts_with("sqlite_") {
             continue;
@@ -736,23 +782,29 @@ fn check_replicable(c: &Connection) -> Result<(), SqlError> {
             _ => continue,
         }
         let keys: Vec<(String, String, bool)> = c
-            .prepare("SELECT name, type, \"notnull\" FROM pragma_table_info(?1) WHERE pk > 0")
+            .prepare(
+                "SELECT name, type, \"notnull\" FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk",
+            )
             .and_then(|mut stmt| {
                 stmt.query_map([&table], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
                     .collect()
             })
             .map_err(io)?;
-        let rowid_alias = keys.len() == 1 && keys[0].1.eq_ignore_ascii_case("INTEGER");
-        if rowid_alias {
-            continue;
-        }
-        if let Some((column, _, _)) = keys.iter().find(|(_, _, not_null)| !not_null) {
-            return Err(SqlError::NotPermitted(format!(
-                "table `{table}`: primary key column `{column}` must be NOT NULL in a database in a cluster (SQLite lets such a key hold NULL, and rows with a NULL key are not replicated); declare it `{column} ... NOT NULL PRIMARY KEY`, or make the table WITHOUT ROWID"
-            )));
+        match keys.as_slice() {
+            [] => {}
+            [(_, kind, _)] if kind.eq_ignore_ascii_case("INTEGER") => {}
+            [(column, _, false)] => nullable.push((table.clone(), column.clone())),
+            [_] => {}
+            many => {
+                if let Some((column, _, _)) = many.iter().find(|(_, _, not_null)| !not_null) {
+                    return Err(SqlError::NotPermitted(format!(
+                        "table `{table}`: column `{column}` of its composite primary key must be NOT NULL in a database in a cluster (SQLite lets such a key hold NULL, and rows with a NULL key are not replicated); declare the key's columns NOT NULL, or make the table WITHOUT ROWID"
+                    )));
+                }
+            }
         }
     }
-    Ok(())
+    Ok(nullable)
 }
 
 /// Hands the captured transaction to the log and records its position; before `COMMIT`.
@@ -762,14 +814,13 @@ pub(super) fn replicate(conn: &mut Conn, log: &dyn ReplicationLog) -> Result<(),
     };
     let schema_before = capture.schema_version;
     let segments = conn.allowing(|_| capture.finish())?;
+    // Before anything else: a row with a NULL key is in no changeset at all.
+    conn.allowing(|c| check_keys(c, &conn.nullable_keys))?;
     let rows = segments.iter().any(|s| matches!(s, Segment::Rows(_)));
     // Schema statements that changed nothing (`CREATE TABLE IF NOT EXISTS` of a table
     // that exists) and no rows: nothing to replicate.
     if segments.is_empty() || (!rows && conn.allowing(schema_version)? == schema_before) {
         return Ok(());
-    }
-    if segments.iter().any(|s| matches!(s, Segment::Schema(_))) {
-        conn.allowing(check_replicable)?;
     }
     let after = read_position(conn)?;
     let position = log.append(after, &segments)?;
@@ -957,12 +1008,8 @@ mod replication_tests {
         // Schemas whose rows a changeset would not carry are refused, and nothing is kept.
         for (sql, says) in [
             (
-                "CREATE TABLE loose_key (k TEXT PRIMARY KEY, v)",
-                "must be NOT NULL",
-            ),
-            (
                 "CREATE TABLE pair (a, b NOT NULL, PRIMARY KEY (a, b))",
-                "`a` must be NOT NULL",
+                "`a` of its composite",
             ),
             (
                 "CREATE VIRTUAL TABLE docs USING fts5(body)",
@@ -980,13 +1027,14 @@ mod replication_tests {
             );
         }
         for sql in [
+            "CREATE TABLE loose_key (k TEXT PRIMARY KEY, v)",
             "CREATE TABLE strict_key (k TEXT NOT NULL PRIMARY KEY, v)",
             "CREATE TABLE no_rowid (k TEXT PRIMARY KEY, v) WITHOUT ROWID",
             "CREATE TABLE alias (k INTEGER PRIMARY KEY, v)",
         ] {
             writer.execute(sql, &[], deadline()).unwrap();
         }
-        assert_eq!(log.entries.lock().unwrap().len(), 9);
+        assert_eq!(log.entries.lock().unwrap().len(), 10);
         writer
             .execute(
                 "CREATE TABLE IF NOT EXISTS alias (k INTEGER PRIMARY KEY, v)",
@@ -996,9 +1044,21 @@ mod replication_tests {
             .unwrap();
         assert_eq!(
             log.entries.lock().unwrap().len(),
-            9,
+            10,
             "a schema statement that changed nothing"
         );
+        // A NULL in a key that allows it is refused by row; other rows go.
+        let refused = writer
+            .execute("INSERT INTO loose_key VALUES (NULL, 1)", &[], deadline())
+            .unwrap_err();
+        assert!(
+            matches!(&refused, SqlError::Constraint(m) if m.contains("`k` is NULL")),
+            "{refused:?}"
+        );
+        writer
+            .execute("INSERT INTO loose_key VALUES ('a', 1)", &[], deadline())
+            .unwrap();
+        assert_eq!(log.entries.lock().unwrap().len(), 11);
         // A write the log refuses is not kept.
         log.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
         let refused = writer.execute("INSERT INTO t (v) VALUES ('lost')", &[], deadline());
@@ -1007,7 +1067,7 @@ mod replication_tests {
             all(&writer, "SELECT count(*) FROM t WHERE v = 'lost'"),
             [[SqlValue::Integer(0)]]
         );
-        assert_eq!(writer.position().unwrap(), 9);
+        assert_eq!(writer.position().unwrap(), 11);
         assert!(
             copy.read("INSERT INTO t (v) VALUES (1)", &[], deadline())
                 .unwrap()
