@@ -37,7 +37,7 @@ use async_nats::jetstream::consumer::{self, DeliverPolicy};
 use async_nats::jetstream::object_store::ObjectStore;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tessera_data::{Changes, Migration, Rows, SqlDatabase, SqlError, SqlValue, Statement};
 use tessera_embedded::{ReplicatedSql, ReplicationLog, Segment, decode_segments, encode_segments};
 use tokio::sync::watch;
@@ -995,65 +995,101 @@ async fn follow(db: Weak<Db>) {
             }
         };
         drop(strong);
-        while let Some(message) = messages.next().await {
-            let Ok(message) = message else {
-                break;
-            };
+        'entries: while let Some(first) = messages.next().await {
             let Some(strong) = db.upgrade() else {
                 return;
             };
-            let Ok(info) = message.info() else {
+            // This entry and those delivered behind it, applied in one transaction: a copy
+            // that is behind catches up without a commit per entry.
+            let mut batch = Vec::new();
+            let mut expected = *strong.applied.borrow() + 1;
+            let mut next = Some(first);
+            let mut restart = false;
+            while let Some(message) = next.take() {
+                match read_entry(&strong, message, expected) {
+                    Some(entry) => {
+                        expected = entry.0 + 1;
+                        batch.push(entry);
+                    }
+                    None => {
+                        restart = true;
+                        break;
+                    }
+                }
+                if batch.len() < APPLY_BATCH {
+                    next = messages.next().now_or_never().flatten();
+                }
+            }
+            if let Some(&(last, _)) = batch.last() {
+                let applier = strong.clone();
+                let applied = tokio::task::spawn_blocking(move || {
+                    let entries: Vec<(u64, &[Segment])> =
+                        batch.iter().map(|(at, s)| (*at, s.as_slice())).collect();
+                    applier.local.apply_all(&entries)
+                })
+                .await;
+                match applied {
+                    Ok(Ok(_)) => {
+                        strong.applied.send_if_modified(|p| {
+                            let moved = last > *p;
+                            *p = (*p).max(last);
+                            moved
+                        });
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(app = %strong.app, service = %strong.service, last, error = %e, "cannot apply a database's log; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        break 'entries;
+                    }
+                    Err(_) => return,
+                }
+            }
+            if restart {
                 break;
-            };
-            let seq = info.stream_sequence;
-            if seq > *strong.applied.borrow() + 1 {
-                // Entries were dropped under this reader (a snapshot was taken meanwhile).
-                break;
-            }
-            let writer = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("Tessera-Writer"))
-                .map(|v| v.as_str().to_owned());
-            if writer.as_deref().is_some_and(|w| w != strong.instance) && strong.is_writer() {
-                // Another node wrote after this one's last write: it took over.
-                tracing::warn!(app = %strong.app, service = %strong.service, "another node writes the database now; stepping down");
-                *lock(&strong.role) = Role::Follower;
-            }
-            if let Some(call) = message.headers.as_ref().and_then(|h| h.get(CALL_HEADER)) {
-                let mut logged = lock(&strong.logged_calls);
-                logged.retain(|_, at| at.elapsed() < CALLS_KEPT);
-                logged.insert(call.as_str().to_owned(), Instant::now());
-            }
-            let segments = match decode_segments(&message.payload) {
-                Ok(segments) => segments,
-                Err(e) => {
-                    // Never skipped: the copy would silently differ from the log.
-                    tracing::error!(app = %strong.app, service = %strong.service, seq, error = %e, "an unreadable entry in a database's log; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    break;
-                }
-            };
-            let applier = strong.clone();
-            let applied =
-                tokio::task::spawn_blocking(move || applier.local.apply(seq, &segments)).await;
-            match applied {
-                Ok(Ok(_)) => {
-                    strong.applied.send_if_modified(|p| {
-                        let moved = seq > *p;
-                        *p = (*p).max(seq);
-                        moved
-                    });
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(app = %strong.app, service = %strong.service, seq, error = %e, "cannot apply a database's log; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    break;
-                }
-                Err(_) => return,
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The most log entries a copy applies in one transaction.
+const APPLY_BATCH: usize = 256;
+
+/// One delivered log entry, read: its position and segments. `None` when following must
+/// start again: the delivery failed, entries were dropped under the reader (a snapshot
+/// was taken meanwhile), or the entry cannot be read (never skipped: the copy would
+/// silently differ from the log).
+fn read_entry(
+    db: &Db,
+    message: Result<jetstream::Message, impl std::fmt::Display>,
+    expected: u64,
+) -> Option<(u64, Vec<Segment>)> {
+    let message = message.ok()?;
+    let seq = message.info().ok()?.stream_sequence;
+    if seq > expected {
+        return None;
+    }
+    let writer = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Tessera-Writer"))
+        .map(|v| v.as_str().to_owned());
+    if writer.as_deref().is_some_and(|w| w != db.instance) && db.is_writer() {
+        // Another node wrote after this one's last write: it took over.
+        tracing::warn!(app = %db.app, service = %db.service, "another node writes the database now; stepping down");
+        *lock(&db.role) = Role::Follower;
+    }
+    if let Some(call) = message.headers.as_ref().and_then(|h| h.get(CALL_HEADER)) {
+        let mut logged = lock(&db.logged_calls);
+        logged.retain(|_, at| at.elapsed() < CALLS_KEPT);
+        logged.insert(call.as_str().to_owned(), Instant::now());
+    }
+    match decode_segments(&message.payload) {
+        Ok(segments) => Some((seq, segments)),
+        Err(e) => {
+            tracing::error!(app = %db.app, service = %db.service, seq, error = %e, "an unreadable entry in a database's log; retrying");
+            None
+        }
     }
 }
 

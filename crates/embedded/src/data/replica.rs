@@ -462,6 +462,13 @@ impl ReplicatedSql {
     /// Applies the transaction at log position `position` to this copy, unless it has
     /// it already. An empty transaction only moves the position (a new writer's mark).
     pub fn apply(&self, position: u64, segments: &[Segment]) -> Result<bool, SqlError> {
+        let before = self.position()?;
+        Ok(self.apply_all(&[(position, segments)])? > before)
+    }
+
+    /// Applies consecutive log entries, in order, in one transaction, skipping those this
+    /// copy has; returns its position afterwards. If one fails, none is kept.
+    pub fn apply_all(&self, entries: &[(u64, &[Segment])]) -> Result<u64, SqlError> {
         let mut writer = self
             .db
             .writer()
@@ -470,14 +477,21 @@ impl ReplicatedSql {
         conn.internal(|c| c.execute_batch("BEGIN IMMEDIATE"))
             .map_err(|e| SqlError::Io(e.to_string()))?;
         let outcome = (|| {
-            if read_position(conn)? >= position {
-                return Ok(false);
+            let start = read_position(conn)?;
+            let mut position = start;
+            for (at, segments) in entries {
+                if *at <= position {
+                    continue;
+                }
+                apply_segments(conn, segments)?;
+                position = *at;
             }
-            apply_segments(conn, segments)?;
-            write_position(conn, position)?;
-            conn.internal(|c| c.execute_batch("COMMIT"))
-                .map_err(|e| SqlError::Io(e.to_string()))?;
-            Ok(true)
+            if position > start {
+                write_position(conn, position)?;
+                conn.internal(|c| c.execute_batch("COMMIT"))
+                    .map_err(|e| SqlError::Io(e.to_string()))?;
+            }
+            Ok(position)
         })();
         if !conn.guest().is_autocommit() {
             let _ = conn.internal(|c| c.execute_batch("ROLLBACK"));
