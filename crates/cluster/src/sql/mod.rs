@@ -66,6 +66,9 @@ pub const MAX_TRANSACTION_BYTES: usize = tessera_data::MAX_VALUE_BYTES;
 
 /// How long before the TTL a writer that could not renew stops writing.
 const LEASE_MARGIN: Duration = Duration::from_millis(500);
+/// How long a call sent straight to the writer that answered last waits for an answer
+/// before the lease is read.
+const FAST_FORWARD_WAIT: Duration = Duration::from_secs(1);
 /// How often the writer renews its lease.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
 
@@ -365,6 +368,8 @@ struct Db {
     observed: Mutex<Option<(u64, Instant)>>,
     /// Calls this node runs or ran as the writer, by id, with their answers.
     calls: Mutex<HashMap<String, RunningCall>>,
+    /// When a writer last answered a call this node forwarded.
+    answered: Mutex<Option<Instant>>,
     /// Ids of calls recently written to the log (by any writer), as this node applied it.
     logged_calls: Arc<Mutex<HashMap<String, Instant>>>,
     follower: Mutex<Option<Tasks>>,
@@ -553,6 +558,7 @@ impl Db {
             applied,
             observed: Mutex::new(None),
             calls: Mutex::new(HashMap::new()),
+            answered: Mutex::new(None),
             logged_calls: Arc::new(Mutex::new(HashMap::new())),
             follower: Mutex::new(None),
         });
@@ -643,15 +649,36 @@ impl Db {
             if self.is_writer() {
                 return Ok(self.run_local_as(&id, call, deadline));
             }
+            // A writer answered lately: send it the call before reading the lease (one
+            // round trip less). The writer checks its own role, so whoever answers
+            // with a result is the writer; a miss falls back to the lease.
+            let lately = lock(&self.answered).is_some_and(|at| at.elapsed() < LEASE_TTL / 2);
+            if lately {
+                // A short wait: a writer that stopped answering is found out through the
+                // lease. A slow call sent again is not run twice (same id).
+                match self.forward(&id, &call, deadline, FAST_FORWARD_WAIT) {
+                    Err(Forward::TooLarge(message)) => return Err(SqlError::TooLarge(message)),
+                    Ok(Answer::NotWriter) | Err(Forward::Failed(_)) => {
+                        lock(&self.answered).take();
+                    }
+                    Ok(answer) => {
+                        *lock(&self.answered) = Some(Instant::now());
+                        return Ok(answer);
+                    }
+                }
+            }
             match self.lease()? {
-                LeaseState::Held => match self.forward(&id, &call, deadline) {
+                LeaseState::Held => match self.forward(&id, &call, deadline, LEASE_TTL) {
                     Err(Forward::TooLarge(message)) => return Err(SqlError::TooLarge(message)),
                     Ok(Answer::NotWriter) => std::thread::sleep(Duration::from_millis(50)),
                     Err(Forward::Failed(e)) => {
                         tracing::debug!(app = %self.app, service = %self.service, error = %e, "a call forwarded to the database's writer got no answer; trying again");
                         std::thread::sleep(Duration::from_millis(50));
                     }
-                    Ok(answer) => return Ok(answer),
+                    Ok(answer) => {
+                        *lock(&self.answered) = Some(Instant::now());
+                        return Ok(answer);
+                    }
                 },
                 LeaseState::Free(seq) => {
                     if let Err(e) = self.take_over(seq, deadline) {
@@ -741,9 +768,15 @@ impl Db {
         result.unwrap_or_else(wire::error_answer)
     }
 
-    /// Sends the call to the writer and waits for its answer, at most the lease's TTL
-    /// (the caller sends it again while the lease lives).
-    fn forward(&self, id: &str, call: &Call, deadline: Instant) -> Result<Answer, Forward> {
+    /// Sends the call to the writer and waits for its answer, at most `wait` (the caller
+    /// sends it again while the lease lives).
+    fn forward(
+        &self,
+        id: &str,
+        call: &Call,
+        deadline: Instant,
+        wait: Duration,
+    ) -> Result<Answer, Forward> {
         let client = self.cluster.client();
         let subject = self.call_subject.clone();
         let left = deadline.saturating_duration_since(Instant::now());
@@ -761,7 +794,7 @@ impl Db {
                 payload.len()
             )));
         }
-        let wait = left.min(LEASE_TTL);
+        let wait = left.min(wait);
         self.cluster.bridge().run(async move {
             let request = async_nats::Request::new()
                 .payload(payload)
