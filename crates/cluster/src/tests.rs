@@ -1032,16 +1032,17 @@ fn a_long_log_is_snapshotted_and_copies_that_fell_behind_or_are_new_start_from_t
             crate::sql::snapshot_names(&store, "shop/").await.unwrap()
         })
     };
-    // Older snapshots are deleted once a newer one is stored.
+    // Snapshots before the newest two are deleted once a newer one is stored.
     let waited = Instant::now();
-    while snapshots().len() != 1 {
+    while snapshots().len() > 2 {
         assert!(
             waited.elapsed() < Duration::from_secs(10),
-            "{:?}",
-            snapshots()
+            "{} snapshots",
+            snapshots().len()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert!(!snapshots().is_empty());
     let expected = sql(&a).query(summary, &[], soon()).unwrap();
     assert_eq!(expected.rows[0][0], SqlValue::Integer(300));
 
@@ -1076,7 +1077,7 @@ fn a_long_log_is_snapshotted_and_copies_that_fell_behind_or_are_new_start_from_t
     // away is not taken for a copy of the new one.
     drop(b);
     a.0.purge_app("shop").unwrap();
-    assert!(snapshots().is_empty(), "{:?}", snapshots());
+    assert!(snapshots().is_empty(), "{} snapshots", snapshots().len());
     sql(&a).migrate(std::slice::from_ref(&migration)).unwrap();
     insert(&a, 1);
     let b = open("b");

@@ -66,6 +66,8 @@ pub const MAX_TRANSACTION_BYTES: usize = tessera_data::MAX_VALUE_BYTES;
 
 /// How long before the TTL a writer that could not renew stops writing.
 const LEASE_MARGIN: Duration = Duration::from_millis(500);
+/// How long a catch-up waits for progress before it starts the follower again.
+const CATCH_UP_SLICE: Duration = Duration::from_secs(2);
 /// How long a call sent straight to the writer that answered last waits for an answer
 /// before the lease is read.
 const FAST_FORWARD_WAIT: Duration = Duration::from_secs(1);
@@ -203,8 +205,11 @@ impl SqlDatabases {
                 .get_object_store(SQL_SNAPSHOTS_BUCKET)
                 .await
                 .map_err(|e| e.to_string())?;
-            for (name, _) in snapshot_names(&snapshots, &snapshot_prefix).await? {
-                snapshots.delete(&name).await.map_err(|e| e.to_string())?;
+            for stored in snapshot_names(&snapshots, &snapshot_prefix).await? {
+                snapshots
+                    .delete(&stored.name)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             Ok::<_, String>(())
         })?;
@@ -356,6 +361,8 @@ struct Db {
     lease_subject: String,
     instance: String,
     local: ReplicatedSql,
+    /// The identity of the log (see `log_identity`).
+    log_id: String,
     /// Where the copy is, and where snapshots are written and fetched.
     path: PathBuf,
     options: SqlOptions,
@@ -373,39 +380,76 @@ struct Db {
     /// Ids of calls recently written to the log (by any writer), as this node applied it.
     logged_calls: Arc<Mutex<HashMap<String, Instant>>>,
     follower: Mutex<Option<Tasks>>,
+    /// Tells the follower to start its consumer again.
+    restart: Arc<tokio::sync::Notify>,
 }
 
 /// The log as the local copy writes to it.
 struct Log {
     cluster: Cluster,
+    stream: String,
     subject: String,
     instance: String,
     role: Arc<Mutex<Role>>,
     dirty: Arc<AtomicBool>,
 }
 
-impl ReplicationLog for Log {
-    fn append(&self, after: u64, segments: &[Segment]) -> Result<u64, SqlError> {
-        {
-            let mut role = lock(&self.role);
-            match &*role {
-                Role::Writer { renewed, .. } if renewed.elapsed() < LEASE_TTL - LEASE_MARGIN => {}
-                Role::Writer { .. } => {
-                    // Not renewed for nearly the TTL: another node may be taking over.
-                    *role = Role::Follower;
-                    return Err(SqlError::Io(
-                        "this node could not renew its writer lease in time; the write was not made"
-                            .into(),
-                    ));
-                }
-                Role::Follower => {
-                    return Err(SqlError::Io(
-                        "this node is no longer the database's writer; the write was not made"
-                            .into(),
-                    ));
-                }
+impl Log {
+    /// Whether the log's last entry was written by this run (false when unsure).
+    fn last_entry_is_mine(&self) -> bool {
+        let js = self.cluster.js();
+        let stream = self.stream.clone();
+        let subject = self.subject.clone();
+        let instance = self.instance.clone();
+        self.cluster.bridge().run(async move {
+            let read = async {
+                let stream = js.get_stream(&stream).await.ok()?;
+                let last = stream
+                    .get_last_raw_message_by_subject(&subject)
+                    .await
+                    .ok()?;
+                Some(
+                    last.headers
+                        .get("Tessera-Writer")
+                        .is_some_and(|w| w.as_str() == instance),
+                )
+            };
+            tokio::time::timeout(REQUEST_TIMEOUT, read)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(false)
+        })
+    }
+
+    /// Whether this node may still answer as the writer: it is one, and renewed its lease
+    /// recently enough that no other node can have taken over.
+    fn still_writer(&self) -> Result<(), SqlError> {
+        let mut role = lock(&self.role);
+        match &*role {
+            Role::Writer { renewed, .. } if renewed.elapsed() < LEASE_TTL - LEASE_MARGIN => Ok(()),
+            Role::Writer { .. } => {
+                // Not renewed for nearly the TTL: another node may be taking over.
+                *role = Role::Follower;
+                Err(SqlError::Io(
+                    "this node could not renew its writer lease in time; the write was not made"
+                        .into(),
+                ))
             }
+            Role::Follower => Err(SqlError::Io(
+                "this node is no longer the database's writer; the write was not made".into(),
+            )),
         }
+    }
+}
+
+impl ReplicationLog for Log {
+    fn confirm(&self) -> Result<(), SqlError> {
+        self.still_writer()
+    }
+
+    fn append(&self, after: u64, segments: &[Segment]) -> Result<u64, SqlError> {
+        self.still_writer()?;
         let payload = Bytes::from(encode_segments(segments));
         if payload.len() > MAX_TRANSACTION_BYTES {
             return Err(SqlError::TooLarge(format!(
@@ -437,6 +481,15 @@ impl ReplicationLog for Log {
         match appended {
             Ok(ack) => Ok(ack.sequence),
             Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                if self.last_entry_is_mine() {
+                    // This copy is behind an entry of its own (its commit failed after
+                    // the log took it): catch up before the next write.
+                    self.dirty.store(true, Ordering::SeqCst);
+                    return Err(SqlError::Io(
+                        "this node's copy was behind the database's log; the write was not made (try it again)"
+                            .into(),
+                    ));
+                }
                 // Someone else appended: another node took over.
                 *lock(&self.role) = Role::Follower;
                 Err(SqlError::Io(
@@ -532,6 +585,7 @@ impl Db {
         let instance = crate::control::operation_id(cluster.node());
         let log = Arc::new(Log {
             cluster: cluster.clone(),
+            stream: stream.clone(),
             subject: subject.clone(),
             instance: instance.clone(),
             role: role.clone(),
@@ -550,6 +604,7 @@ impl Db {
             lease_subject: format!("$KV.{SQL_LEASES_BUCKET}.{app}.{service}"),
             instance,
             local,
+            log_id,
             path: path.to_path_buf(),
             options,
             snapshots,
@@ -561,6 +616,7 @@ impl Db {
             answered: Mutex::new(None),
             logged_calls: Arc::new(Mutex::new(HashMap::new())),
             follower: Mutex::new(None),
+            restart: Arc::new(tokio::sync::Notify::new()),
         });
         let task = cluster.bridge().spawn(follow(Arc::downgrade(&db)));
         *lock(&db.follower) = Some(Tasks(vec![task]));
@@ -613,11 +669,28 @@ impl Db {
             })
             .map_err(|e| unavailable("read the database's log", e))?;
         let mut applied = self.applied.subscribe();
-        let wait = deadline.saturating_duration_since(Instant::now());
+        let restart = self.restart.clone();
         let caught_up = self.cluster.bridge().run(async move {
-            tokio::time::timeout(wait, applied.wait_for(|p| *p >= last))
-                .await
-                .is_ok_and(|r| r.is_ok())
+            loop {
+                let before = *applied.borrow();
+                let left = deadline.saturating_duration_since(Instant::now());
+                let slice = left.min(CATCH_UP_SLICE);
+                let waited = tokio::time::timeout(slice, applied.wait_for(|p| *p >= last))
+                    .await
+                    .map(|reached| reached.is_ok());
+                match waited {
+                    Ok(reached) => return reached,
+                    Err(_) if slice == left => return false,
+                    Err(_) => {
+                        // Not one entry applied in a whole slice while behind: the
+                        // follower's consumer may be stuck (its server died); start it
+                        // again.
+                        if *applied.borrow() == before {
+                            restart.notify_one();
+                        }
+                    }
+                }
+            }
         });
         if caught_up {
             Ok(())
@@ -866,6 +939,12 @@ impl Db {
                 ));
             }
             self.catch_up(deadline)?;
+            // Still ours? (A long catch-up renews nothing; this renews it.)
+            if self.write_lease(None, value.clone())?.is_none() {
+                return Err(SqlError::Io(
+                    "the lease was taken while this node caught up".into(),
+                ));
+            }
             let position = self.local.position()?;
             match self.append_marker(position) {
                 Ok(marker) => break marker,
@@ -1027,8 +1106,16 @@ async fn follow(db: Weak<Db>) {
                 continue;
             }
         };
+        let restart = strong.restart.clone();
         drop(strong);
-        'entries: while let Some(first) = messages.next().await {
+        loop {
+            let first = tokio::select! {
+                next = messages.next() => next,
+                () = restart.notified() => None,
+            };
+            let Some(first) = first else {
+                break;
+            };
             let Some(strong) = db.upgrade() else {
                 return;
             };
@@ -1037,15 +1124,15 @@ async fn follow(db: Weak<Db>) {
             let mut batch = Vec::new();
             let mut expected = *strong.applied.borrow() + 1;
             let mut next = Some(first);
-            let mut restart = false;
+            let mut stop = None;
             while let Some(message) = next.take() {
                 match read_entry(&strong, message, expected) {
-                    Some(entry) => {
+                    Ok(entry) => {
                         expected = entry.0 + 1;
                         batch.push(entry);
                     }
-                    None => {
-                        restart = true;
+                    Err(why) => {
+                        stop = Some(why);
                         break;
                     }
                 }
@@ -1072,13 +1159,18 @@ async fn follow(db: Weak<Db>) {
                     Ok(Err(e)) => {
                         tracing::error!(app = %strong.app, service = %strong.service, last, error = %e, "cannot apply a database's log; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
-                        break 'entries;
+                        break;
                     }
                     Err(_) => return,
                 }
             }
-            if restart {
-                break;
+            match stop {
+                None => {}
+                Some(Stop::Restart) => break,
+                Some(Stop::Unreadable) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1088,19 +1180,26 @@ async fn follow(db: Weak<Db>) {
 /// The most log entries a copy applies in one transaction.
 const APPLY_BATCH: usize = 256;
 
-/// One delivered log entry, read: its position and segments. `None` when following must
-/// start again: the delivery failed, entries were dropped under the reader (a snapshot
-/// was taken meanwhile), or the entry cannot be read (never skipped: the copy would
-/// silently differ from the log).
+/// Why following must start again.
+enum Stop {
+    /// The delivery failed, or entries were dropped under the reader (a snapshot was
+    /// taken meanwhile).
+    Restart,
+    /// The entry cannot be read: never skipped (the copy would silently differ from the
+    /// log); tried again after a pause.
+    Unreadable,
+}
+
+/// One delivered log entry, read: its position and segments.
 fn read_entry(
     db: &Db,
     message: Result<jetstream::Message, impl std::fmt::Display>,
     expected: u64,
-) -> Option<(u64, Vec<Segment>)> {
-    let message = message.ok()?;
-    let seq = message.info().ok()?.stream_sequence;
+) -> Result<(u64, Vec<Segment>), Stop> {
+    let message = message.map_err(|_| Stop::Restart)?;
+    let seq = message.info().map_err(|_| Stop::Restart)?.stream_sequence;
     if seq > expected {
-        return None;
+        return Err(Stop::Restart);
     }
     let writer = message
         .headers
@@ -1118,10 +1217,10 @@ fn read_entry(
         logged.insert(call.as_str().to_owned(), Instant::now());
     }
     match decode_segments(&message.payload) {
-        Ok(segments) => Some((seq, segments)),
+        Ok(segments) => Ok((seq, segments)),
         Err(e) => {
             tracing::error!(app = %db.app, service = %db.service, seq, error = %e, "an unreadable entry in a database's log; retrying");
-            None
+            Err(Stop::Unreadable)
         }
     }
 }
@@ -1146,27 +1245,42 @@ impl From<String> for Gap {
 }
 
 /// Longest a snapshot's upload or download may take, whatever its size.
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How many snapshots of a database are kept: the newest, and the one before it.
+const SNAPSHOTS_KEPT: usize = 2;
 /// Snapshots are stored in chunks of this size (under the servers' payload limit).
 const SNAPSHOT_CHUNK: usize = 512 * 1024;
 
-/// The snapshots whose names start with `prefix` (`<app>/` or `<app>/<service>/`), with the
-/// log position each holds.
+/// A stored snapshot: its object's name, the log it is a copy of, its position.
+pub(crate) struct Stored {
+    pub(crate) name: String,
+    log: String,
+    position: u64,
+}
+
+/// The snapshots whose names start with `prefix` (`<app>/` or `<app>/<service>/`); their
+/// names are `<app>/<service>/<log>/<position>`.
 pub(crate) async fn snapshot_names(
     store: &ObjectStore,
     prefix: &str,
-) -> Result<Vec<(String, u64)>, String> {
+) -> Result<Vec<Stored>, String> {
     let mut list = store.list().await.map_err(|e| e.to_string())?;
     let mut names = Vec::new();
     while let Some(info) = list.next().await {
         let info = info.map_err(|e| e.to_string())?;
-        if let Some(position) = info
-            .name
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.rsplit('/').next())
-            .and_then(|p| p.parse::<u64>().ok())
-        {
-            names.push((info.name.clone(), position));
+        let Some(rest) = info.name.strip_prefix(prefix) else {
+            continue;
+        };
+        let mut parts = rest.rsplit('/');
+        let (Some(position), Some(log)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if let Ok(position) = position.parse::<u64>() {
+            names.push(Stored {
+                log: log.to_owned(),
+                position,
+                name: info.name.clone(),
+            });
         }
     }
     Ok(names)
@@ -1175,12 +1289,23 @@ pub(crate) async fn snapshot_names(
 /// Fetches the newest snapshot and restores the copy from it; it must reach at least the
 /// entry before the log's first (`first`). Returns the copy's position afterwards.
 async fn restore_snapshot(db: &Arc<Db>, first: u64) -> Result<u64, String> {
+    // A copy already far enough along (a writer whose own commits ran ahead of what
+    // it followed) needs nothing.
+    let copy = db.clone();
+    let local = tokio::task::spawn_blocking(move || copy.local.position())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    if local + 1 >= first {
+        return Ok(local);
+    }
     let prefix = format!("{}/{}/", db.app, db.service);
     let newest = snapshot_names(&db.snapshots, &prefix)
         .await?
         .into_iter()
-        .max_by_key(|(_, position)| *position);
-    let Some((name, position)) = newest else {
+        .filter(|s| s.log == db.log_id)
+        .max_by_key(|s| s.position);
+    let Some(Stored { name, position, .. }) = newest else {
         return Err(format!(
             "the log starts at entry {first}, and no snapshot holds the entries before it"
         ));
@@ -1269,7 +1394,10 @@ async fn snapshot_once(db: &Arc<Db>) -> Result<Option<(u64, u64, u64)>, String> 
             .await
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         let bytes = reader.metadata().await.map_err(|e| e.to_string())?.len();
-        let name = format!("{}/{}/{:020}", db.app, db.service, snapshot.position);
+        let name = format!(
+            "{}/{}/{}/{:020}",
+            db.app, db.service, snapshot.log, snapshot.position
+        );
         let meta = async_nats::jetstream::object_store::ObjectMetadata {
             name: name.clone(),
             description: Some(format!(
@@ -1283,21 +1411,28 @@ async fn snapshot_once(db: &Arc<Db>) -> Result<Option<(u64, u64, u64)>, String> 
             .await
             .map_err(|_| "storing the snapshot took too long".to_owned())?
             .map_err(|e| e.to_string())?;
+        // Kept: this snapshot and the one before it (a node may be fetching that one
+        // now). Deleted: older ones, and any of another log (left by a deleted app).
+        let prefix = format!("{}/{}/", db.app, db.service);
+        let mut stored = snapshot_names(&db.snapshots, &prefix).await?;
+        stored.sort_by_key(|s| std::cmp::Reverse((s.log == snapshot.log, s.position)));
+        for old in stored
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| s.log != snapshot.log || *i >= SNAPSHOTS_KEPT)
+            .map(|(_, s)| s)
+        {
+            db.snapshots
+                .delete(&old.name)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         // Every entry up to the snapshot's position is in it now.
         let purged = stream
             .purge()
             .sequence(snapshot.position + 1)
             .await
             .map_err(|e| e.to_string())?;
-        let prefix = format!("{}/{}/", db.app, db.service);
-        for (older, position) in snapshot_names(&db.snapshots, &prefix).await? {
-            if position < snapshot.position {
-                db.snapshots
-                    .delete(&older)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-        }
         Ok::<_, String>(Some((snapshot.position, bytes, purged.purged)))
     };
     let outcome = taken.await;
@@ -1448,7 +1583,14 @@ async fn serve_each(db: Weak<Db>, client: &async_nats::Client, calls: &mut async
                         }
                         // The caller's deadline, less the trip here.
                         let deadline = Instant::now() + Duration::from_millis(forwarded.budget_ms);
-                        db.run_local_as(&forwarded.id, forwarded.call, deadline)
+                        let answer = db.run_local_as(&forwarded.id, forwarded.call, deadline);
+                        // A writer that lost its role on the way made nothing it did not
+                        // report as made; another node may run the call now (same id),
+                        // and the caller must hear from that one.
+                        if matches!(answer, Answer::Error { .. }) && !db.is_writer() {
+                            return Answer::NotWriter;
+                        }
+                        answer
                     })
                     .await
                     .unwrap_or(Answer::NotWriter)

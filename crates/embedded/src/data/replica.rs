@@ -40,6 +40,13 @@ pub trait ReplicationLog: Send + Sync {
     /// returns `Ok`; an append that is refused (another writer appended first) fails the
     /// call and nothing is kept.
     fn append(&self, after: u64, segments: &[Segment]) -> Result<u64, SqlError>;
+
+    /// Called instead of `append` when a write transaction changed nothing: whether this
+    /// copy may still answer as the writer (a stale one must not answer from an old
+    /// copy). Nothing is committed if it fails.
+    fn confirm(&self) -> Result<(), SqlError> {
+        Ok(())
+    }
 }
 
 /// `segments` as bytes: a count, then each as a kind byte, a length and its bytes.
@@ -483,6 +490,11 @@ impl ReplicatedSql {
                 if *at <= position {
                     continue;
                 }
+                if *at > position + 1 {
+                    return Err(SqlError::Io(format!(
+                        "log entry {at} follows entry {position} of this copy: the entries between are missing"
+                    )));
+                }
                 apply_segments(conn, segments)?;
                 position = *at;
             }
@@ -701,10 +713,24 @@ fn sql_tokens(sql: &str, limit: usize) -> Vec<&str> {
             b'[' => Some(b']'),
             _ => None,
         } {
-            let end = bytes[i + 1..]
-                .iter()
-                .position(|&b| b == close)
-                .map_or(bytes.len(), |n| i + 1 + n + 1);
+            // The closing quote; a doubled one (`"a""b"`, `'it''s'`) is part of the text.
+            let mut end = i + 1;
+            loop {
+                match bytes[end..].iter().position(|&b| b == close) {
+                    None => {
+                        end = bytes.len();
+                        break;
+                    }
+                    Some(n) => {
+                        end += n + 1;
+                        if close != b']' && bytes.get(end) == Some(&close) {
+                            end += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                }
+            }
             tokens.push(&sql[i..end]);
             i = end;
         } else if c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80 {
@@ -804,9 +830,15 @@ fn nullable_keys(c: &Connection) -> Result<Vec<(String, String)>, SqlError> {
                     .collect()
             })
             .map_err(io)?;
+        // A key that is not the rowid has an index of its own (`origin = 'pk'`); an
+        // `INTEGER PRIMARY KEY` is the rowid (never NULL), unless declared `DESC`.
+        let rowid_key = !c
+            .prepare("SELECT 1 FROM pragma_index_list(?1) WHERE origin = 'pk'")
+            .and_then(|mut stmt| stmt.exists([&table]))
+            .map_err(io)?;
         match keys.as_slice() {
             [] => {}
-            [(_, kind, _)] if kind.eq_ignore_ascii_case("INTEGER") => {}
+            [_] if rowid_key => {}
             [(column, _, false)] => nullable.push((table.clone(), column.clone())),
             [_] => {}
             many => {
@@ -834,7 +866,7 @@ pub(super) fn replicate(conn: &mut Conn, log: &dyn ReplicationLog) -> Result<(),
     // Schema statements that changed nothing (`CREATE TABLE IF NOT EXISTS` of a table
     // that exists) and no rows: nothing to replicate.
     if segments.is_empty() || (!rows && conn.allowing(schema_version)? == schema_before) {
-        return Ok(());
+        return log.confirm();
     }
     let after = read_position(conn)?;
     let position = log.append(after, &segments)?;
@@ -858,6 +890,8 @@ mod tests {
             "CREATE TABLE t (a, b)",
             "CREATE TABLE IF NOT EXISTS \"as\" (x AS (1))",
             "CREATE TABLE main.t(x)",
+            "CREATE TABLE \"a\"\"b\" (x)",
+            "CREATE TABLE [odd name] (x)",
             "CREATE INDEX i ON t (a)",
             "CREATE VIEW v AS SELECT 1",
         ] {
@@ -1042,13 +1076,14 @@ mod replication_tests {
         }
         for sql in [
             "CREATE TABLE loose_key (k TEXT PRIMARY KEY, v)",
+            "CREATE TABLE desc_key (k INTEGER PRIMARY KEY DESC, v)",
             "CREATE TABLE strict_key (k TEXT NOT NULL PRIMARY KEY, v)",
             "CREATE TABLE no_rowid (k TEXT PRIMARY KEY, v) WITHOUT ROWID",
             "CREATE TABLE alias (k INTEGER PRIMARY KEY, v)",
         ] {
             writer.execute(sql, &[], deadline()).unwrap();
         }
-        assert_eq!(log.entries.lock().unwrap().len(), 10);
+        assert_eq!(log.entries.lock().unwrap().len(), 11);
         writer
             .execute(
                 "CREATE TABLE IF NOT EXISTS alias (k INTEGER PRIMARY KEY, v)",
@@ -1058,7 +1093,7 @@ mod replication_tests {
             .unwrap();
         assert_eq!(
             log.entries.lock().unwrap().len(),
-            10,
+            11,
             "a schema statement that changed nothing"
         );
         // A NULL in a key that allows it is refused by row; other rows go.
@@ -1069,10 +1104,14 @@ mod replication_tests {
             matches!(&refused, SqlError::Constraint(m) if m.contains("`k` is NULL")),
             "{refused:?}"
         );
+        let refused = writer
+            .execute("INSERT INTO desc_key VALUES (NULL, 1)", &[], deadline())
+            .unwrap_err();
+        assert!(matches!(&refused, SqlError::Constraint(_)), "{refused:?}");
         writer
             .execute("INSERT INTO loose_key VALUES ('a', 1)", &[], deadline())
             .unwrap();
-        assert_eq!(log.entries.lock().unwrap().len(), 11);
+        assert_eq!(log.entries.lock().unwrap().len(), 12);
         // A write the log refuses is not kept.
         log.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
         let refused = writer.execute("INSERT INTO t (v) VALUES ('lost')", &[], deadline());
@@ -1081,7 +1120,7 @@ mod replication_tests {
             all(&writer, "SELECT count(*) FROM t WHERE v = 'lost'"),
             [[SqlValue::Integer(0)]]
         );
-        assert_eq!(writer.position().unwrap(), 11);
+        assert_eq!(writer.position().unwrap(), 12);
         assert!(
             copy.read("INSERT INTO t (v) VALUES (1)", &[], deadline())
                 .unwrap()
