@@ -9,8 +9,9 @@ use crate::process::{cargo_step, run_step};
 /// The only target guests are built for: WASI 0.2 components.
 pub const WASM_TARGET: &str = "wasm32-wasip2";
 
-/// Builds `target/wasm32-wasip2/release/<bin>.wasm` for every bin of `crates/test-programs`
-/// and `examples/hello/target/wasm32-wasip2/release/{greeter,users}.wasm`.
+/// Builds `<target dir>/wasm32-wasip2/release/<bin>.wasm` for every bin of
+/// `crates/test-programs` (the target dir honours `CARGO_TARGET_DIR`) and
+/// `examples/hello/target/wasm32-wasip2/release/{greeter,users}.wasm`.
 pub fn build() -> Result<()> {
     ensure_wasm_target()?;
     cargo_step(&[
@@ -22,7 +23,8 @@ pub fn build() -> Result<()> {
         "test-programs",
     ])?;
     // The example is its own workspace (excluded from ours), so it has its own target dir,
-    // which is the one its tessera.toml points at.
+    // which is the one its tessera.toml points at: named explicitly, so a CARGO_TARGET_DIR
+    // in the environment does not send the components elsewhere.
     cargo_step(&[
         "build",
         "--release",
@@ -30,6 +32,8 @@ pub fn build() -> Result<()> {
         WASM_TARGET,
         "--manifest-path",
         "examples/hello/Cargo.toml",
+        "--target-dir",
+        "examples/hello/target",
     ])
 }
 

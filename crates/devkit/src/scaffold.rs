@@ -99,6 +99,10 @@ pub fn new_service(app_dir: &Path, language: &str, name: &str) -> Result<NewServ
         return Err(DevkitError::DirectoryExists { dir });
     }
 
+    // A new app ignores what building and serving leave in it, unless it has its own
+    // ignore file already.
+    let ignore_path = app_dir.join(".gitignore");
+    let new_ignore = previous.is_none() && !ignore_path.exists();
     let result = write_service(template, app_dir, &dir, name).and_then(|files| {
         let text = manifest_text(previous.as_deref(), app_dir, name, language, &spec);
         fs::write(&manifest_path, &text).map_err(DevkitError::io(format!(
@@ -106,6 +110,12 @@ pub fn new_service(app_dir: &Path, language: &str, name: &str) -> Result<NewServ
             manifest_path.display()
         )))?;
         tessera_manifest::parse(&text, &manifest_path)?;
+        if new_ignore {
+            fs::write(&ignore_path, APP_GITIGNORE).map_err(DevkitError::io(format!(
+                "cannot write {}",
+                ignore_path.display()
+            )))?;
+        }
         Ok(files)
     });
     match result {
@@ -118,6 +128,9 @@ pub fn new_service(app_dir: &Path, language: &str, name: &str) -> Result<NewServ
         }),
         Err(error) => {
             let _ = fs::remove_dir_all(&dir);
+            if new_ignore {
+                let _ = fs::remove_file(&ignore_path);
+            }
             let _ = match &previous {
                 Some(text) => fs::write(&manifest_path, text),
                 None => fs::remove_file(&manifest_path),
@@ -126,6 +139,9 @@ pub fn new_service(app_dir: &Path, language: &str, name: &str) -> Result<NewServ
         }
     }
 }
+
+/// The `.gitignore` of an app `tessera new` creates: the build and serve state.
+const APP_GITIGNORE: &str = "# Left by `tessera build` and `tessera up`.\n/.tessera/\n";
 
 fn write_service(
     template: &Template,
@@ -277,6 +293,9 @@ mod tests {
                 .is_file()
         );
 
+        let ignored = fs::read_to_string(app.path().join(".gitignore")).unwrap();
+        assert!(ignored.lines().any(|l| l == "/.tessera/"), "{ignored}");
+
         // A second service goes into the same manifest; a third of the same name is refused.
         new_service(app.path(), language, "cart").unwrap();
         let manifest = tessera_manifest::load(&made.manifest).unwrap();
@@ -285,6 +304,23 @@ mod tests {
         assert!(
             matches!(again, DevkitError::ServiceExists { .. }),
             "{again}"
+        );
+    }
+
+    #[test]
+    fn the_rust_template_ignores_its_target_directory_and_names_it_in_its_build() {
+        let app = tempfile::tempdir().unwrap();
+        new_service(app.path(), "rust", "api").unwrap();
+        let ignored = fs::read_to_string(app.path().join("api/.gitignore")).unwrap();
+        assert!(ignored.lines().any(|l| l == "/target/"), "{ignored}");
+        assert!(ignored.lines().any(|l| l == "/api.wasm"), "{ignored}");
+        // A CARGO_TARGET_DIR in the environment must not move what the build copies.
+        let manifest = tessera_manifest::load(&app.path().join("tessera.toml")).unwrap();
+        let build = manifest.services[0].build.as_ref().unwrap();
+        assert!(
+            build.command.contains("--target-dir target"),
+            "{}",
+            build.command
         );
     }
 

@@ -369,9 +369,7 @@ fn build_service(
         .env("PATH", toolchains::path_var())
         .env("GOCACHE", caches.join("go"))
         .env("ZIG_GLOBAL_CACHE_DIR", caches.join("zig"))
-        .env("ZIG_LOCAL_CACHE_DIR", caches.join("zig-local"))
-        // The Rust template copies from its own target directory.
-        .env_remove("CARGO_TARGET_DIR");
+        .env("ZIG_LOCAL_CACHE_DIR", caches.join("zig-local"));
     let started = Instant::now();
     run_quietly(
         &format!("tessera build --service {service} --force --no-cache"),

@@ -19,7 +19,10 @@ pub fn workspace() -> PathBuf {
 
 /// Path of a guest component from `crates/test-programs`, built by `cargo xtask guests`.
 pub fn guest(name: &str) -> PathBuf {
-    let path = workspace().join(format!("target/wasm32-wasip2/release/{name}.wasm"));
+    // Where cargo put them: `CARGO_TARGET_DIR` (relative to the workspace) or `target`.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace().join("target"), |dir| workspace().join(dir));
+    let path = target.join(format!("wasm32-wasip2/release/{name}.wasm"));
     assert!(
         path.exists(),
         "guest component {} is missing: build the guests with `cargo xtask guests`",
