@@ -77,7 +77,7 @@ pub fn new_service(app_dir: &Path, language: &str, name: &str) -> Result<NewServ
     let manifest_path = app_dir.join("tessera.toml");
     let previous = match fs::read_to_string(&manifest_path) {
         Ok(text) => {
-            let manifest = tessera_manifest::parse(&text, &manifest_path)?;
+            let manifest = tessera_manifest::parse_allowing_no_services(&text, &manifest_path)?;
             if manifest.services.iter().any(|s| s.name == name) {
                 return Err(DevkitError::ServiceExists {
                     service: name.to_string(),
@@ -293,6 +293,13 @@ mod tests {
                 .is_file()
         );
 
+        // An app with no services yet takes its first one.
+        let bare = tempfile::tempdir().unwrap();
+        fs::write(bare.path().join("tessera.toml"), "[app]\nname = \"bare\"\n").unwrap();
+        new_service(bare.path(), language, "first").unwrap();
+        let manifest = tessera_manifest::load(&bare.path().join("tessera.toml")).unwrap();
+        assert_eq!(manifest.app, "bare");
+        assert_eq!(manifest.services.len(), 1);
         let ignored = fs::read_to_string(app.path().join(".gitignore")).unwrap();
         assert!(ignored.lines().any(|l| l == "/.tessera/"), "{ignored}");
 

@@ -185,7 +185,13 @@ pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
 
 /// Validates manifest text; `file` names it in errors and anchors relative paths.
 pub fn parse(text: &str, file: &Path) -> Result<Manifest, ManifestError> {
-    parse::parse(text, file)
+    parse::parse(text, file, parse::Services::Required)
+}
+
+/// Like [`parse`], but a manifest with an `[app]` and no services yet is valid: the start
+/// `tessera new` adds services to.
+pub fn parse_allowing_no_services(text: &str, file: &Path) -> Result<Manifest, ManifestError> {
+    parse::parse(text, file, parse::Services::MayBeNone)
 }
 
 #[cfg(test)]

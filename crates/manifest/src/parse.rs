@@ -163,7 +163,19 @@ const SUBSCRIBE_KEYS: &[&str] = &[
     "batch",
 ];
 
-pub(crate) fn parse(text: &str, file: &Path) -> Result<Manifest, ManifestError> {
+/// Whether a manifest without services is an error (`up`, `deploy`, `build`) or a valid
+/// start (`tessera new` adds the first one).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Services {
+    Required,
+    MayBeNone,
+}
+
+pub(crate) fn parse(
+    text: &str,
+    file: &Path,
+    required: Services,
+) -> Result<Manifest, ManifestError> {
     let cx = Cx { text, file };
     let root = DeTable::parse(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
@@ -184,21 +196,28 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Manifest, ManifestError> 
     let app = app.ok_or_else(|| cx.error(0..0, "app", "missing [app] table"))?;
     let (app_name, host) = parse_app(&cx, app)?;
 
-    let services = services.ok_or_else(|| {
-        cx.error(
-            text.len()..text.len(),
-            "services",
-            "no services: declare at least one [services.<name>] table",
-        )
-    })?;
-    let table = cx.table(services, "services")?;
-    if table.is_empty() {
-        return Err(cx.error(
-            services.span(),
-            "services",
-            "no services: declare at least one [services.<name>] table",
-        ));
-    }
+    let empty = toml::de::DeTable::new();
+    let table = match services {
+        Some(services) => {
+            let table = cx.table(services, "services")?;
+            if table.is_empty() && required == Services::Required {
+                return Err(cx.error(
+                    services.span(),
+                    "services",
+                    "no services: declare at least one [services.<name>] table",
+                ));
+            }
+            table
+        }
+        None if required == Services::Required => {
+            return Err(cx.error(
+                text.len()..text.len(),
+                "services",
+                "no services: declare at least one [services.<name>] table",
+            ));
+        }
+        None => &empty,
+    };
 
     let dir = file.parent().unwrap_or(Path::new("."));
     let mut specs = Vec::with_capacity(table.len());
