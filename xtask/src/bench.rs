@@ -83,6 +83,17 @@ impl Options {
 }
 
 /// Walks options given as `--flag VALUE` or `--flag=VALUE`, handing each to `apply`.
+/// Takes a valueless `switch` (such as `--cluster`) out of `args`: whether it was there,
+/// and the rest for [`parse_flags`].
+fn take_switch(args: &[String], switch: &str) -> (bool, Vec<String>) {
+    let rest: Vec<String> = args
+        .iter()
+        .filter(|a| a.as_str() != switch)
+        .cloned()
+        .collect();
+    (rest.len() != args.len(), rest)
+}
+
 fn parse_flags(args: &[String], mut apply: impl FnMut(&str, &str) -> Result<()>) -> Result<()> {
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {

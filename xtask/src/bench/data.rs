@@ -66,15 +66,8 @@ impl Options {
             ops: DEFAULT_OPS,
             cluster: false,
         };
-        let args: Vec<String> = args
-            .iter()
-            .filter(|arg| {
-                let cluster = arg.as_str() == "--cluster";
-                options.cluster |= cluster;
-                !cluster
-            })
-            .cloned()
-            .collect();
+        let (cluster, args) = super::take_switch(args, "--cluster");
+        options.cluster = cluster;
         parse_flags(&args, |flag, value| {
             match flag {
                 "--ops" => {

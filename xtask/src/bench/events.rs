@@ -87,15 +87,8 @@ impl Settings {
             batch: DEFAULT_BATCH,
             cluster: false,
         };
-        let args: Vec<String> = args
-            .iter()
-            .filter(|arg| {
-                let cluster = arg.as_str() == "--cluster";
-                settings.cluster |= cluster;
-                !cluster
-            })
-            .cloned()
-            .collect();
+        let (cluster, args) = super::take_switch(args, "--cluster");
+        settings.cluster = cluster;
         parse_flags(&args, |flag, value| {
             let (slot, max) = match flag {
                 "--messages" => (&mut settings.messages, MAX_MESSAGES),

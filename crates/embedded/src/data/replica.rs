@@ -333,14 +333,18 @@ impl ReplicatedSql {
         Ok(ReplicatedSql { db: Arc::new(db) })
     }
 
+    /// The writer connection, or the error of a closed database.
+    fn writer(&self) -> Result<super::Writer<'_>, SqlError> {
+        self.db
+            .writer()
+            .map_err(|_| SqlError::Io(self.db.closed_message()))
+    }
+
     /// The identity of the log this copy follows (`""`: none recorded yet). A log that is
     /// deleted and created again has another identity, so a copy of the old one is never
     /// taken for a copy of the new one.
     pub fn log_id(&self) -> Result<String, SqlError> {
-        let mut writer = self
-            .db
-            .writer()
-            .map_err(|_| SqlError::Io(self.db.closed_message()))?;
+        let mut writer = self.writer()?;
         writer
             .internal(|c| {
                 c.query_row("SELECT log FROM _tessera_replica WHERE id = 0", [], |row| {
@@ -353,10 +357,7 @@ impl ReplicatedSql {
     /// Records the identity of the log this copy follows; only for a copy that has applied
     /// nothing yet.
     pub fn set_log_id(&self, log: &str) -> Result<(), SqlError> {
-        let mut writer = self
-            .db
-            .writer()
-            .map_err(|_| SqlError::Io(self.db.closed_message()))?;
+        let mut writer = self.writer()?;
         let changed = writer
             .internal(|c| {
                 c.execute(
@@ -431,10 +432,7 @@ impl ReplicatedSql {
                 from.display()
             )));
         }
-        let mut writer = self
-            .db
-            .writer()
-            .map_err(|_| SqlError::Io(self.db.closed_message()))?;
+        let mut writer = self.writer()?;
         let log: String = writer
             .internal(|c| {
                 c.query_row("SELECT log FROM _tessera_replica WHERE id = 0", [], |row| {
@@ -459,10 +457,7 @@ impl ReplicatedSql {
 
     /// The last log position this copy applied (0: none).
     pub fn position(&self) -> Result<u64, SqlError> {
-        let mut writer = self
-            .db
-            .writer()
-            .map_err(|_| SqlError::Io(self.db.closed_message()))?;
+        let mut writer = self.writer()?;
         read_position(&mut writer)
     }
 
@@ -476,10 +471,7 @@ impl ReplicatedSql {
     /// Applies consecutive log entries, in order, in one transaction, skipping those this
     /// copy has; returns its position afterwards. If one fails, none is kept.
     pub fn apply_all(&self, entries: &[(u64, &[Segment])]) -> Result<u64, SqlError> {
-        let mut writer = self
-            .db
-            .writer()
-            .map_err(|_| SqlError::Io(self.db.closed_message()))?;
+        let mut writer = self.writer()?;
         let conn = &mut *writer;
         conn.internal(|c| c.execute_batch("BEGIN IMMEDIATE"))
             .map_err(|e| SqlError::Io(e.to_string()))?;
@@ -945,6 +937,11 @@ mod replication_tests {
         }
     }
 
+    /// A copy at `path` that writes to a log of its own (unused).
+    fn copy_of(path: &Path) -> ReplicatedSql {
+        ReplicatedSql::open(path, "app", "svc", Arc::new(MemoryLog::default())).unwrap()
+    }
+
     fn deadline() -> Instant {
         Instant::now() + Duration::from_secs(10)
     }
@@ -959,13 +956,7 @@ mod replication_tests {
         let log = Arc::new(MemoryLog::default());
         let writer =
             ReplicatedSql::open(&dir.path().join("a.db"), "app", "svc", log.clone()).unwrap();
-        let copy = ReplicatedSql::open(
-            &dir.path().join("b.db"),
-            "app",
-            "svc",
-            Arc::new(MemoryLog::default()),
-        )
-        .unwrap();
+        let copy = copy_of(&dir.path().join("b.db"));
         let applied = writer
             .migrate(&[Migration {
                 name: "001.sql".into(),
@@ -1166,13 +1157,7 @@ mod replication_tests {
         );
 
         // A fresh copy of the same log takes the snapshot, then the log's tail.
-        let copy = ReplicatedSql::open(
-            &dir.path().join("b.db"),
-            "app",
-            "svc",
-            Arc::new(MemoryLog::default()),
-        )
-        .unwrap();
+        let copy = copy_of(&dir.path().join("b.db"));
         copy.set_log_id("log-1").unwrap();
         writer
             .execute("DELETE FROM t WHERE k <= 10", &[], deadline())
@@ -1204,13 +1189,7 @@ mod replication_tests {
         assert_eq!(mode, "wal");
 
         // A copy of another log refuses it, and so does anything for a damaged file.
-        let other = ReplicatedSql::open(
-            &dir.path().join("c.db"),
-            "app",
-            "svc",
-            Arc::new(MemoryLog::default()),
-        )
-        .unwrap();
+        let other = copy_of(&dir.path().join("c.db"));
         other.set_log_id("log-2").unwrap();
         let refused = other.restore(&file).unwrap_err().to_string();
         assert!(refused.contains("another log"), "{refused}");
