@@ -3,8 +3,11 @@
 //!
 //! Liveness is judged by the server's clock only: every record carries the time the server
 //! stored it, and a node is `down` when its record is more than [`DOWN_AFTER`] older than
-//! the newest record (the reader's own heartbeat is among them, at most one period old).
-//! So machines whose clocks disagree still agree on who is up. A node that stops cleanly
+//! the server's time now. A reader takes that time from its own newest record (stored at a
+//! server time it reads back) plus how long ago, on its monotonic clock, the server
+//! acknowledged that write; so a reader whose heartbeat lags on a loaded machine still
+//! sees a dead node go down on time, and machines whose clocks disagree still agree on
+//! who is up. A node that stops cleanly
 //! marks its record stopped and is shown down at once.
 
 use std::sync::{Arc, Mutex};
@@ -52,6 +55,9 @@ pub struct NodeRecord {
     /// from the entry when read).
     #[serde(skip)]
     pub seen_ms: u64,
+    /// The entry's revision (filled in when read).
+    #[serde(skip)]
+    pub revision: u64,
 }
 
 /// Whether a node is up, as [`Registry::nodes`] judges it.
@@ -71,6 +77,9 @@ pub struct Registry {
     record: Arc<Mutex<NodeRecord>>,
     /// Wakes the heartbeat to write a changed record at once.
     changed: Arc<tokio::sync::Notify>,
+    /// The revision of this node's newest acknowledged heartbeat, and when (on this
+    /// node's monotonic clock) the acknowledgement came.
+    acked: Arc<Mutex<(u64, Instant)>>,
     heartbeat: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -98,6 +107,7 @@ impl Registry {
             instance: crate::control::operation_id(&name),
             stopped: false,
             seen_ms: 0,
+            revision: 0,
         };
         let claimed = cluster.bridge().run({
             let store = store.clone();
@@ -110,6 +120,7 @@ impl Registry {
             store: store.clone(),
             record: Arc::new(Mutex::new(record)),
             changed: Arc::new(tokio::sync::Notify::new()),
+            acked: Arc::new(Mutex::new((claimed, Instant::now()))),
             heartbeat: Mutex::new(None),
         };
         let task = cluster.bridge().spawn(beat(
@@ -117,6 +128,7 @@ impl Registry {
             store,
             registry.record.clone(),
             registry.changed.clone(),
+            registry.acked.clone(),
             loaded,
             claimed,
         ));
@@ -149,7 +161,24 @@ impl Registry {
             })
             .map_err(|message| crate::unavailable("list the cluster's nodes", message))?;
         records.sort_by(|a, b| a.name.cmp(&b.name));
-        let newest = records.iter().map(|r| r.seen_ms).max().unwrap_or(0);
+        let mut now = records.iter().map(|r| r.seen_ms).max().unwrap_or(0);
+        let (acked, acked_at) = *self.acked.lock().unwrap_or_else(|e| e.into_inner());
+        let instance = self
+            .record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .instance
+            .clone();
+        // The server stored our record no later than it acknowledged a write at least as
+        // new, so this never runs ahead of the server's clock.
+        if let Some(own) = records
+            .iter()
+            .find(|r| r.instance == instance && r.revision <= acked)
+        {
+            let since = u64::try_from(acked_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+            now = now.max(own.seen_ms.saturating_add(since));
+        }
+        let newest = now;
         Ok(records
             .into_iter()
             .map(|record| {
@@ -331,6 +360,7 @@ async fn beat(
     store: kv::Store,
     record: Arc<Mutex<NodeRecord>>,
     changed: Arc<tokio::sync::Notify>,
+    acked: Arc<Mutex<(u64, Instant)>>,
     loaded: Arc<dyn Fn() -> u64 + Send + Sync>,
     mut revision: u64,
 ) {
@@ -362,7 +392,10 @@ async fn beat(
         )
         .await;
         match written {
-            Ok(Ok(Some(next))) => revision = next,
+            Ok(Ok(Some(next))) => {
+                revision = next;
+                *acked.lock().unwrap_or_else(|e| e.into_inner()) = (next, Instant::now());
+            }
             Ok(Ok(None)) => {
                 // Someone wrote the record since our last beat: our own write whose answer
                 // was lost, or another run that took the name.
@@ -398,6 +431,7 @@ async fn read_all(store: &kv::Store) -> Result<Vec<NodeRecord>, String> {
         }
         if let Ok(mut record) = serde_json::from_slice::<NodeRecord>(&entry.value) {
             record.seen_ms = (entry.created.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+            record.revision = entry.revision;
             records.push(record);
         }
     }
