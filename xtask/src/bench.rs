@@ -35,12 +35,15 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const WARMUP: Duration = Duration::from_secs(1);
 
 const TESSERA: &str = "tessera";
+const TESSERA_REUSE: &str = "tessera, reuse = 128";
 const WASMTIME: &str = "wasmtime serve";
 const NATIVE: &str = "native hyper";
 
 const TESSERA_DESCRIPTION: &str = "`tessera up APP --listen 127.0.0.1:PORT` (release build, \
     RUST_LOG=warn), APP's tessera.toml routing `/` to one service, the `hello` component of \
     crates/test-programs";
+const TESSERA_REUSE_DESCRIPTION: &str = "the same, with `reuse = 128` on the service: an \
+    instance serves up to 128 requests, one at a time, instead of one";
 const WASMTIME_DESCRIPTION: &str =
     "`wasmtime serve -Scli --addr 127.0.0.1:PORT hello.wasm`, the same component";
 const NATIVE_DESCRIPTION: &str = "hyper 1 + hyper-util auto (HTTP/1.1 keep-alive), tokio \
@@ -143,18 +146,29 @@ pub fn run(args: &[String]) -> Result<()> {
     let app_dir = scratch.path().join("app");
     // Shared by both starts of tessera, so the second finds the first one's compile cache.
     let data_dir = scratch.path().join("data");
-    write_app(&app_dir, &hello)?;
+    write_app(&app_dir, &hello, "")?;
+    let reuse_app_dir = scratch.path().join("app-reuse");
+    write_app(&reuse_app_dir, &hello, "reuse = 128\n")?;
 
     // Taken now, after the builds, so the load average reflects the machine we measure on.
     let machine = report::machine();
     println!("==> starting servers");
     let mut running = vec![start_tessera(
+        TESSERA,
         &tessera,
         &app_dir,
         &data_dir,
         scratch.path(),
         "tessera-1",
     )?];
+    running.push(start_tessera(
+        TESSERA_REUSE,
+        &tessera,
+        &reuse_app_dir,
+        &scratch.path().join("data-reuse"),
+        scratch.path(),
+        "tessera-reuse",
+    )?);
     if let Some(wasmtime) = &wasmtime {
         let port = free_port()?;
         let mut cmd = Command::new(wasmtime);
@@ -188,7 +202,14 @@ pub fn run(args: &[String]) -> Result<()> {
     let first = running.remove(0);
     let first_startup = first.startup.clone();
     drop(first);
-    let restarted = start_tessera(&tessera, &app_dir, &data_dir, scratch.path(), "tessera-2")?;
+    let restarted = start_tessera(
+        TESSERA,
+        &tessera,
+        &app_dir,
+        &data_dir,
+        scratch.path(),
+        "tessera-2",
+    )?;
     let warm_startup = restarted.startup.clone();
     running.insert(0, restarted);
 
@@ -204,7 +225,7 @@ pub fn run(args: &[String]) -> Result<()> {
             warm_startup,
         ),
     ];
-    for r in &running[1..] {
+    for r in &running[2..] {
         let label = if r.server.name() == WASMTIME {
             // wasmtime's CLI caches compiled code on disk by default (~/.cache/wasmtime), so
             // its start is only cold the very first time it sees this component.
@@ -247,6 +268,7 @@ pub fn run(args: &[String]) -> Result<()> {
         body: native::BODY.to_owned(),
         rows: vec![
             row(TESSERA, TESSERA_DESCRIPTION),
+            row(TESSERA_REUSE, TESSERA_REUSE_DESCRIPTION),
             row(WASMTIME, WASMTIME_DESCRIPTION),
             row(NATIVE, NATIVE_DESCRIPTION),
         ],
@@ -320,11 +342,12 @@ fn wrk_command_line(options: &Options, url: &str) -> String {
     )
 }
 
-/// The app tessera serves in the bench: one service on `/`, the test-programs hello world.
-fn write_app(app_dir: &Path, hello: &Path) -> Result<()> {
+/// The app tessera serves in the bench: one service on `/`, the test-programs hello world,
+/// with `extra` lines in its table.
+fn write_app(app_dir: &Path, hello: &Path, extra: &str) -> Result<()> {
     std::fs::create_dir_all(app_dir).with_context(|| format!("creating {}", app_dir.display()))?;
     let manifest = format!(
-        "[app]\nname = \"bench\"\n\n[services.hello]\ncomponent = {}\nroutes = [\"/\"]\n",
+        "[app]\nname = \"bench\"\n\n[services.hello]\ncomponent = {}\nroutes = [\"/\"]\n{extra}",
         toml_string(&hello.display().to_string())
     );
     let path = app_dir.join("tessera.toml");
@@ -346,8 +369,10 @@ fn toml_string(s: &str) -> String {
     out
 }
 
-/// Starts `tessera up APP` on a fresh port and waits for it to serve `GET /`.
+/// Starts `tessera up APP` on a fresh port and waits for it to serve `GET /`; `name` is
+/// its row in the report.
 fn start_tessera(
+    name: &str,
     tessera: &Path,
     app_dir: &Path,
     data_dir: &Path,
@@ -356,7 +381,7 @@ fn start_tessera(
 ) -> Result<Running> {
     let port = free_port()?;
     let cmd = tessera_command(tessera, app_dir, data_dir, port);
-    start(TESSERA, cmd, port, "/", logs, log_name)
+    start(name, cmd, port, "/", logs, log_name)
 }
 
 /// `tessera up APP_DIR` serving on `port`, with its node state in `data_dir`.

@@ -46,6 +46,9 @@ impl From<NodeError> for ApiError {
             NodeError::Runtime(RuntimeError::ArtifactMismatch { .. }) => {
                 (StatusCode::BAD_REQUEST, "digest_mismatch")
             }
+            NodeError::Runtime(RuntimeError::ReuseConcurrency { .. }) => {
+                (StatusCode::BAD_REQUEST, "invalid")
+            }
             NodeError::Runtime(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_component"),
             NodeError::DataDirInUse { .. } | NodeError::DataDir { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")

@@ -17,7 +17,7 @@ pub use units::{parse_duration, parse_size};
 pub const MANIFEST_FILE: &str = "tessera.toml";
 
 pub use tessera_model::{
-    CronTrigger, Limits, MissedTicks, Origin, RevisionConfig, RoutePrefix, Scaling, Scheme,
+    CronTrigger, Limits, MissedTicks, Origin, Reuse, RevisionConfig, RoutePrefix, Scaling, Scheme,
     Subscription, bounds::*, check_config_key, check_host, check_name, check_schedule, check_topic,
     split_host_port,
 };

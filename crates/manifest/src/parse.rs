@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use tessera_model::bounds::{
     check_async_rate, check_async_stored, check_backoff, check_batch, check_concurrency,
-    check_idle, check_max_attempts, check_memory, check_queue, check_queue_timeout,
-    check_subscription_concurrency, check_timeout,
+    check_idle, check_max_attempts, check_memory, check_queue, check_queue_timeout, check_reuse,
+    check_reuse_concurrency, check_reuse_idle, check_subscription_concurrency, check_timeout,
 };
 use tessera_model::{check_bucket, check_env_name, check_trigger_path};
 
@@ -138,6 +138,9 @@ const SERVICE_KEYS: &[&str] = &[
     "queue",
     "queue_timeout",
     "idle",
+    "reuse",
+    "reuse_concurrency",
+    "reuse_idle",
     "outbound",
     "callbacks",
     "env",
@@ -380,6 +383,11 @@ fn parse_service(
             "concurrency" | "queue" | "queue_timeout" | "idle" | "async" => {
                 parse_scaling(cx, key_name, value, &path, &mut revision.scaling)?;
             }
+            "reuse" => revision.reuse.requests = integer(cx, value, &path, check_reuse)?,
+            "reuse_concurrency" => {
+                revision.reuse.concurrency = integer(cx, value, &path, check_reuse_concurrency)?;
+            }
+            "reuse_idle" => revision.reuse.idle = duration(cx, value, &path, check_reuse_idle)?,
             "outbound" => revision.outbound = origins(cx, value, &path)?,
             "callbacks" => revision.callbacks = origins(cx, value, &path)?,
             "env" => revision.env = parse_env(cx, value, &path)?,

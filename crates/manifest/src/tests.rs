@@ -371,6 +371,41 @@ fn scaling_errors_name_the_key_and_line() {
 }
 
 #[test]
+fn reuse_keys_parse_with_defaults_and_errors_name_the_key() {
+    let m = ok(GOOD);
+    assert_eq!(
+        m.services[0].revision.reuse,
+        crate::Reuse {
+            requests: 1,
+            concurrency: 1,
+            idle: Duration::from_secs(1),
+        }
+    );
+    let with = |extra: &str| GOOD.replace("timeout = \"5s\"", extra);
+    let m = ok(&with(
+        "reuse = 128\nreuse_concurrency = 16\nreuse_idle = \"250ms\"",
+    ));
+    assert_eq!(
+        m.services[0].revision.reuse,
+        crate::Reuse {
+            requests: 128,
+            concurrency: 16,
+            idle: Duration::from_millis(250),
+        }
+    );
+    let (line, column, key, message) = err(&with("reuse = 0"));
+    assert_eq!((line, column), (9, 9));
+    assert_eq!(key, "services.greeter.reuse");
+    assert!(message.contains("between 1 and 1000000"), "{message}");
+    let (_, _, key, message) = err(&with("reuse_concurrency = 1001"));
+    assert_eq!(key, "services.greeter.reuse_concurrency");
+    assert!(message.contains("between 1 and 1000"), "{message}");
+    let (_, _, key, message) = err(&with("reuse_idle = \"2h\""));
+    assert_eq!(key, "services.greeter.reuse_idle");
+    assert!(message.contains("at most 1h"), "{message}");
+}
+
+#[test]
 fn build_table_and_shorthand_parse() {
     let manifest = ok(r#"
 [app]

@@ -46,6 +46,20 @@ pub const MIN_ASYNC_STORED: u64 = 1024 * 1024;
 /// Largest `async.stored`.
 pub const MAX_ASYNC_STORED: u64 = 64 * 1024 * 1024 * 1024;
 
+/// Default of `reuse`: requests one instance serves before it is dropped (1: a fresh
+/// instance for every request).
+pub const DEFAULT_REUSE: u32 = 1;
+/// Largest `reuse` accepted.
+pub const MAX_REUSE: u32 = 1_000_000;
+/// Default of `reuse_concurrency`: requests one instance serves at once.
+pub const DEFAULT_REUSE_CONCURRENCY: u32 = 1;
+/// Largest `reuse_concurrency` accepted.
+pub const MAX_REUSE_CONCURRENCY: u32 = 1000;
+/// Default of `reuse_idle`: how long an instance waits for its next request.
+pub const DEFAULT_REUSE_IDLE: Duration = Duration::from_secs(1);
+/// Longest `reuse_idle` accepted.
+pub const MAX_REUSE_IDLE: Duration = Duration::from_secs(3600);
+
 /// Defaults and bounds of a subscription's delivery settings.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub const MAX_MAX_ATTEMPTS: u32 = 100;
@@ -106,6 +120,25 @@ pub fn check_idle(idle: Option<Duration>) -> Result<Option<Duration>, String> {
         }
         other => Ok(other),
     }
+}
+
+/// `reuse`: at least 1 (a fresh instance per request).
+pub fn check_reuse(n: i64) -> Result<u32, String> {
+    positive(n, MAX_REUSE)
+}
+
+/// `reuse_concurrency`: at least 1.
+pub fn check_reuse_concurrency(n: i64) -> Result<u32, String> {
+    positive(n, MAX_REUSE_CONCURRENCY)
+}
+
+/// `reuse_idle`: more than 0, at most an hour.
+pub fn check_reuse_idle(idle: Duration) -> Result<Duration, String> {
+    within(
+        idle,
+        MAX_REUSE_IDLE,
+        "reuse idle must be more than 0 and at most 1h",
+    )
 }
 
 /// `async.rate`.

@@ -14,7 +14,7 @@ pub use names::{
     Origin, RoutePrefix, Scheme, check_config_key, check_host, check_name, split_host_port,
 };
 pub use revision::{
-    CronTrigger, Invalid, Limits, MissedTicks, RevisionConfig, Scaling, Subscription, check_bucket,
-    check_env_name, check_schedule, check_topic, check_trigger_path,
+    CronTrigger, Invalid, Limits, MissedTicks, Reuse, RevisionConfig, Scaling, Subscription,
+    check_bucket, check_env_name, check_schedule, check_topic, check_trigger_path,
 };
 pub use tessera_events::MAX_TOPIC_BYTES;

@@ -25,6 +25,36 @@ impl Default for Limits {
     }
 }
 
+/// Whether and how a service's instances serve more than one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reuse {
+    /// Requests one instance serves before it is dropped; 1 (the default) gives every
+    /// request a fresh instance.
+    pub requests: u32,
+    /// Requests one instance serves at once.
+    pub concurrency: u32,
+    /// How long an instance that finished its requests waits for another before it is
+    /// dropped.
+    pub idle: Duration,
+}
+
+impl Reuse {
+    /// Whether an instance may serve more than one request.
+    pub fn enabled(&self) -> bool {
+        self.requests > 1
+    }
+}
+
+impl Default for Reuse {
+    fn default() -> Self {
+        Reuse {
+            requests: DEFAULT_REUSE,
+            concurrency: DEFAULT_REUSE_CONCURRENCY,
+            idle: DEFAULT_REUSE_IDLE,
+        }
+    }
+}
+
 /// Admission control and scale-to-zero of one service on a node. The primary revision's
 /// setting applies to the whole service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +145,8 @@ pub struct RevisionConfig {
     pub routes: Vec<RoutePrefix>,
     pub limits: Limits,
     pub scaling: Scaling,
+    /// Instance reuse (`reuse`, `reuse_concurrency`, `reuse_idle`).
+    pub reuse: Reuse,
     /// Origins the service may call.
     pub outbound: Vec<Origin>,
     /// Origins an async invocation's callback may go to; none unless listed.
@@ -141,6 +173,7 @@ impl RevisionConfig {
             routes,
             limits: Limits::default(),
             scaling: Scaling::default(),
+            reuse: Reuse::default(),
             outbound: Vec::new(),
             callbacks: Vec::new(),
             env: Vec::new(),
@@ -176,6 +209,9 @@ impl RevisionConfig {
         check_idle(scaling.idle).map_err(at("idle"))?;
         check_async_rate(scaling.async_rate.into()).map_err(at("async.rate"))?;
         check_async_stored(scaling.async_stored).map_err(at("async.stored"))?;
+        check_reuse(self.reuse.requests.into()).map_err(at("reuse"))?;
+        check_reuse_concurrency(self.reuse.concurrency.into()).map_err(at("reuse_concurrency"))?;
+        check_reuse_idle(self.reuse.idle).map_err(at("reuse_idle"))?;
         for (name, _) in &self.env {
             check_env_name(name).map_err(at(&format!("env.{name}")))?;
         }

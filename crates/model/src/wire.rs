@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::{Origin, RoutePrefix};
 use crate::revision::{
-    CronTrigger, Invalid, Limits, MissedTicks, RevisionConfig, Scaling, Subscription,
+    CronTrigger, Invalid, Limits, MissedTicks, Reuse, RevisionConfig, Scaling, Subscription,
 };
 
 /// A revision's settings as JSON.
@@ -61,6 +61,16 @@ pub struct RevisionJson {
     /// are answered 507.
     #[serde(default = "defaults::async_stored")]
     pub async_stored: u64,
+    /// Requests one instance serves before it is dropped (default 1: a fresh instance
+    /// per request).
+    #[serde(default = "defaults::reuse")]
+    pub reuse: u32,
+    /// Requests one instance serves at once (default 1).
+    #[serde(default = "defaults::reuse_concurrency")]
+    pub reuse_concurrency: u32,
+    /// How long a reusable instance waits for its next request (default 1 s).
+    #[serde(default = "defaults::reuse_idle_ms")]
+    pub reuse_idle_ms: u64,
 }
 
 /// The name the embedded control store has always stored `subscribe` under; reading
@@ -86,6 +96,9 @@ impl RevisionJson {
         "idle_ms",
         "async_rate",
         "async_stored",
+        "reuse",
+        "reuse_concurrency",
+        "reuse_idle_ms",
     ];
 
     /// The typed settings, with `migrations` (names) beside them. Parses routes and
@@ -114,6 +127,11 @@ impl RevisionJson {
                 idle: self.idle_ms.map(Duration::from_millis),
                 async_rate: self.async_rate,
                 async_stored: self.async_stored,
+            },
+            reuse: Reuse {
+                requests: self.reuse,
+                concurrency: self.reuse_concurrency,
+                idle: Duration::from_millis(self.reuse_idle_ms),
             },
             outbound: origins("outbound", &self.outbound)?,
             callbacks: origins("callbacks", &self.callbacks)?,
@@ -150,6 +168,9 @@ impl From<&RevisionConfig> for RevisionJson {
             idle_ms: c.scaling.idle.map(millis),
             async_rate: c.scaling.async_rate,
             async_stored: c.scaling.async_stored,
+            reuse: c.reuse.requests,
+            reuse_concurrency: c.reuse.concurrency,
+            reuse_idle_ms: millis(c.reuse.idle),
         }
     }
 }
@@ -242,7 +263,7 @@ fn millis(d: Duration) -> u64 {
 
 /// Defaults of the keys added after the first release: the model's own.
 mod defaults {
-    use crate::revision::Scaling;
+    use crate::revision::{Reuse, Scaling};
 
     pub fn concurrency() -> u32 {
         Scaling::default().concurrency
@@ -267,6 +288,18 @@ mod defaults {
     pub fn async_stored() -> u64 {
         Scaling::default().async_stored
     }
+
+    pub fn reuse() -> u32 {
+        Reuse::default().requests
+    }
+
+    pub fn reuse_concurrency() -> u32 {
+        Reuse::default().concurrency
+    }
+
+    pub fn reuse_idle_ms() -> u64 {
+        super::millis(Reuse::default().idle)
+    }
 }
 
 #[cfg(test)]
@@ -287,6 +320,11 @@ mod tests {
         }];
         config.subscriptions = vec![Subscription::new("orders.created", "/on-order")];
         config.scaling.idle = None;
+        config.reuse = Reuse {
+            requests: 128,
+            concurrency: 4,
+            idle: Duration::from_millis(2500),
+        };
         config
     }
 

@@ -1067,6 +1067,7 @@ impl NodeInner {
         app: &str,
         service: &str,
         revision: &Revision,
+        observer: tessera_runtime::Observer,
     ) -> Result<(Service, LoadReport), NodeError> {
         let path = self.artifacts.artifact_path(&revision.sha256)?;
         let stores = self.data.open_service(app, service)?;
@@ -1082,6 +1083,7 @@ impl NodeInner {
         };
         let mut config = runtime_config(service, &revision.config, access);
         config.app = app.to_string();
+        config.observer = observer;
         // The revision records its component's digest: a cached load maps the compiled
         // code without reading and hashing the component again.
         Ok(self
@@ -1107,6 +1109,8 @@ fn runtime_config(
         outbound: config.outbound.clone(),
         env: config.env.clone(),
         data,
+        reuse: config.reuse,
+        observer: Default::default(),
     }
 }
 
@@ -1119,6 +1123,8 @@ fn probe_config(name: &str) -> ServiceConfig {
         outbound: Vec::new(),
         env: Vec::new(),
         data: ServiceDataAccess::default(),
+        reuse: Default::default(),
+        observer: Default::default(),
     }
 }
 

@@ -366,7 +366,11 @@ fn load(node: &Arc<NodeInner>, slot: &Arc<Slot>) -> Result<Service, crate::NodeE
     let cx = Cx {
         telemetry: telemetry.as_deref(),
     };
-    let (service, report) = match node.load_revision(app, name, &slot.revision) {
+    let observer = cx
+        .telemetry
+        .map(|t| t.instance_observer(&slot.labels))
+        .unwrap_or_default();
+    let (service, report) = match node.load_revision(app, name, &slot.revision, observer) {
         Ok(loaded) => loaded,
         Err(error) => {
             tracing::error!(app = %app, service = %name, revision = id, %error, "cannot load revision");

@@ -23,6 +23,7 @@ use crate::internal::{Caller, InternalRouter, MAX_CALL_DEPTH};
 use crate::messaging::{MessagingState, OutgoingMessage, Publisher};
 use crate::outbound::OutboundPolicy;
 use crate::output::{GuestLogSink, GuestOutput, OutputStream};
+use crate::reuse::{DropReason, Instance, Pool};
 use crate::state::{InstanceState, MemoryLimiter};
 use crate::{Origin, Service, ServiceConfig};
 
@@ -71,6 +72,8 @@ pub(crate) struct ServiceInner {
     own: Arc<std::sync::OnceLock<Vec<std::net::SocketAddr>>>,
     /// The service's allowance of stdout and stderr, shared by its requests.
     output: Arc<crate::output::OutputLimiter>,
+    /// Instances waiting for their next request (only when the service reuses them).
+    pub(crate) pool: Pool,
 }
 
 impl ServiceInner {
@@ -101,39 +104,38 @@ impl ServiceInner {
             hash,
             pre,
             sink,
+            pool: Pool::default(),
         }
     }
 
     /// A store holding only what this service is granted: no preopened directories, no
     /// sockets, only the environment the manifest lists, output captured per request.
-    fn new_store(&self, request_id: &str, deadline: Instant, depth: u32) -> Store<InstanceState> {
-        let request_id: Arc<str> = request_id.into();
+    /// [`ServiceInner::begin`] fits it to each request it serves.
+    fn new_store(&self) -> Store<InstanceState> {
+        let request_id: Arc<str> = Arc::from("");
         let caller = Caller {
             app: self.app.clone(),
             service: self.name.clone(),
             request_id: request_id.clone(),
-            depth,
+            depth: 0,
         };
+        let output = |stream| {
+            GuestOutput::new(
+                self.sink.clone(),
+                self.output.clone(),
+                self.app.clone(),
+                self.name.clone(),
+                request_id.clone(),
+                stream,
+            )
+        };
+        let outputs = [output(OutputStream::Stdout), output(OutputStream::Stderr)];
         let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(GuestOutput::new(
-            self.sink.clone(),
-            self.output.clone(),
-            self.app.clone(),
-            self.name.clone(),
-            request_id.clone(),
-            OutputStream::Stdout,
-        ))
-        .stderr(GuestOutput::new(
-            self.sink.clone(),
-            self.output.clone(),
-            self.app.clone(),
-            self.name.clone(),
-            request_id,
-            OutputStream::Stderr,
-        ))
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false);
+        wasi.stdout(outputs[0].clone())
+            .stderr(outputs[1].clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         if !self.config.env.is_empty() {
             wasi.envs(&self.config.env);
         }
@@ -149,18 +151,60 @@ impl ServiceInner {
                 own: self.own.clone(),
             },
             limiter: MemoryLimiter::new(self.config.limits.memory, self.budget.clone()),
-            data: DataState::new(self.config.data.clone(), deadline.into_std()),
+            data: DataState::new(self.config.data.clone(), std::time::Instant::now()),
             messaging: MessagingState {
                 enabled: self.config.data.publisher.is_some(),
                 outbox: Default::default(),
             },
+            outputs,
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limiter);
+        store
+    }
+
+    /// An instance for one request: a parked one when the service reuses instances and
+    /// one is waiting, a fresh store otherwise; fitted to the request either way.
+    fn instance(&self, request_id: &str, deadline: Instant, depth: u32) -> Instance {
+        let reuse = &self.config.reuse;
+        let mut instance = match reuse.enabled().then(|| self.pool.take(reuse.idle)) {
+            Some(Some(instance)) => {
+                if let Some(observer) = &self.config.observer.0 {
+                    observer.reused();
+                }
+                instance
+            }
+            _ => Instance::new(self.new_store(), self.config.observer.clone()),
+        };
+        instance.fate = DropReason::Timeout;
+        self.begin(&mut instance.store, request_id.into(), deadline, depth);
+        instance
+    }
+
+    /// Fits a store to the request it is about to serve: the id its output and calls
+    /// carry, the deadline its data calls and its running code are held to.
+    fn begin(
+        &self,
+        store: &mut Store<InstanceState>,
+        request_id: Arc<str>,
+        deadline: Instant,
+        depth: u32,
+    ) {
+        let deadline = deadline.into_std();
+        let state = store.data_mut();
+        for output in &state.outputs {
+            output.begin_request(request_id.clone());
+        }
+        state.outbound.caller = Caller {
+            app: self.app.clone(),
+            service: self.name.clone(),
+            request_id,
+            depth,
+        };
+        state.data.deadline = deadline;
         // Every epoch tick a running guest yields to the executor, so a busy guest never
         // starves other requests on its thread; past the deadline it is stopped.
         store.set_epoch_deadline(1);
-        let deadline = deadline.into_std();
         store.epoch_deadline_callback(move |_| {
             if std::time::Instant::now() >= deadline {
                 Ok(UpdateDeadline::Interrupt)
@@ -173,7 +217,6 @@ impl ServiceInner {
                 ))
             }
         });
-        store
     }
 
     fn classify(&self, error: wasmtime::Error, hits: LimitHits) -> InvokeError {
@@ -336,7 +379,8 @@ impl Service {
             message: format!("{e:#}"),
         };
         ensure_authority(&mut request);
-        let mut store = inner.new_store(request_id, deadline, call_depth(&request));
+        let mut instance = inner.instance(request_id, deadline, call_depth(&request));
+        let store = &mut instance.store;
         let head = HeadWatch::default();
         let (sender, receiver) = oneshot::channel();
         let incoming = store
@@ -358,7 +402,7 @@ impl Service {
             .map_err(internal)?;
         let task = tokio::spawn(run_guest(
             inner.clone(),
-            store,
+            instance,
             incoming,
             outparam,
             head,
@@ -458,7 +502,7 @@ impl HeadWatch {
 /// after the head if the request may publish, and reports failures nobody awaits.
 async fn run_guest(
     inner: Arc<ServiceInner>,
-    mut store: Store<InstanceState>,
+    mut instance: Instance,
     incoming: wasmtime::component::Resource<
         wasmtime_wasi_http::p2::bindings::http::types::IncomingRequest,
     >,
@@ -469,16 +513,27 @@ async fn run_guest(
     deadline: Instant,
     request_id: String,
 ) -> Outcome {
-    let pre = inner.pre.clone();
+    instance.served += 1;
     let result = tokio::time::timeout_at(deadline, async {
-        let proxy = pre.instantiate_async(&mut store).await?;
+        let Instance { store, proxy, .. } = &mut instance;
+        let proxy = match proxy {
+            Some(proxy) => proxy,
+            None => {
+                let made = inner.pre.instantiate_async(&mut *store).await?;
+                if let Some(observer) = &inner.config.observer.0 {
+                    observer.created();
+                }
+                proxy.insert(made)
+            }
+        };
         proxy
             .wasi_http_incoming_handler()
-            .call_handle(&mut store, incoming, outparam)
+            .call_handle(&mut *store, incoming, outparam)
             .await
     })
     .await;
     let service = &inner.config.name;
+    let store = &mut instance.store;
     let late = store.data().messaging.outbox.take();
     let mut publish_error = None;
     if !late.is_empty() {
@@ -505,7 +560,28 @@ async fn run_guest(
     if head.responded.load(Ordering::Acquire) {
         report_late_failure(service, &request_id, &outcome);
     }
+    instance.fate = fate(&outcome);
+    let reuse = &inner.config.reuse;
+    if instance.fate == DropReason::Done && instance.served < reuse.requests {
+        Pool::park(&inner, instance);
+    }
     outcome
+}
+
+/// What becomes of an instance after a request: only one whose guest returned normally
+/// may serve again; any failure drops it.
+fn fate(outcome: &Outcome) -> DropReason {
+    if outcome.hits.memory || outcome.hits.budget {
+        return DropReason::Memory;
+    }
+    match &outcome.result {
+        Ok(Ok(())) => DropReason::Done,
+        Ok(Err(error)) => match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => DropReason::Timeout,
+            _ => DropReason::Trap,
+        },
+        Err(_) => DropReason::Timeout,
+    }
 }
 
 /// Once the head is out, nobody awaits the guest's task: its failures are logged here.

@@ -1,5 +1,6 @@
 //! Runs WebAssembly HTTP components: one shared engine, compiled code cached on disk,
-//! a pre-instantiated component per service, and a fresh, limited instance per request.
+//! a pre-instantiated component per service, and a fresh, limited instance per request
+//! (or, for a service that opts in with `reuse`, an instance kept for several).
 //!
 //! The runtime knows nothing about routing, listeners or manifests on disk: it is handed
 //! a component and a [`ServiceConfig`], and turns an HTTP request into an HTTP response
@@ -16,6 +17,7 @@ mod messaging;
 pub mod net;
 mod outbound;
 mod output;
+mod reuse;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -34,7 +36,8 @@ pub use internal::{
 pub use invoke::{Completed, InvokeError};
 pub use messaging::{OutgoingMessage, Publisher};
 pub use output::{GuestLogSink, OutputStream as GuestStream, TerminalLog};
-pub use tessera_model::{Limits, Origin};
+pub use reuse::{DropReason, InstanceObserver, Observer};
+pub use tessera_model::{Limits, Origin, Reuse};
 /// The body of an internal call's response.
 pub use wasmtime_wasi_http::WasiBody as CallBody;
 pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody as ResponseBody;
@@ -118,6 +121,10 @@ pub struct ServiceConfig {
     pub env: Vec<(String, String)>,
     /// The service's own stores and configuration.
     pub data: ServiceDataAccess,
+    /// Whether an instance serves more than one request.
+    pub reuse: Reuse,
+    /// Told about every instance's life.
+    pub observer: Observer,
 }
 
 /// Errors from setting up the runtime or loading a service.
@@ -159,6 +166,14 @@ pub enum RuntimeError {
         expected: String,
         actual: String,
     },
+    /// `reuse_concurrency` above 1 on a component that can serve only one request at a
+    /// time.
+    #[error(
+        "service `{service}`: reuse_concurrency = {concurrency} needs a WASI 0.3 component; \
+         this one is WASI 0.2 (`wasi:http/incoming-handler@0.2.x`), whose instances serve one \
+         request at a time: remove the key or set it to 1"
+    )]
+    ReuseConcurrency { service: String, concurrency: u32 },
     #[error("service `{service}`: memory limit {limit} bytes exceeds the node's maximum {max}")]
     MemoryLimitTooLarge {
         service: String,
@@ -372,6 +387,12 @@ impl Runtime {
                 "it does not export `wasi:http/incoming-handler@0.2.x` ({e:#})"
             ))
         })?;
+        if config.reuse.concurrency > 1 {
+            return Err(RuntimeError::ReuseConcurrency {
+                service: config.name.clone(),
+                concurrency: config.reuse.concurrency,
+            });
+        }
         let code_size = {
             let range = component.image_range();
             (range.end as usize).saturating_sub(range.start as usize)

@@ -157,6 +157,16 @@ impl GuestOutput {
         let mut buffer = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         buffer.push(bytes);
     }
+
+    /// A reused instance starts serving another request: a partial line left by the
+    /// last one is shown under its id, and later lines carry the new one.
+    pub(crate) fn begin_request(&self, request_id: Arc<str>) {
+        let mut buffer = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if !buffer.pending.is_empty() {
+            buffer.emit();
+        }
+        buffer.request_id = request_id;
+    }
 }
 
 impl LineBuffer {

@@ -14,7 +14,8 @@ use crate::data::DataState;
 use crate::messaging::MessagingState;
 use crate::outbound::OutboundPolicy;
 
-/// Everything one instance can reach. Built fresh for every request and dropped with it.
+/// Everything one instance can reach. Built with the instance and dropped with it; what
+/// belongs to one request (its id, deadline, call depth) is set anew for each.
 pub(crate) struct InstanceState {
     pub(crate) table: ResourceTable,
     pub(crate) wasi: WasiCtx,
@@ -23,6 +24,8 @@ pub(crate) struct InstanceState {
     pub(crate) limiter: MemoryLimiter,
     pub(crate) data: DataState,
     pub(crate) messaging: MessagingState,
+    /// The guest's stdout and stderr, which carry the current request's id.
+    pub(crate) outputs: [crate::output::GuestOutput; 2],
 }
 
 impl WasiView for InstanceState {

@@ -42,7 +42,7 @@ pub struct Telemetry {
 }
 
 struct Inner {
-    metrics: metrics::Metrics,
+    metrics: Arc<metrics::Metrics>,
     logs: logs::Logs,
 }
 
@@ -62,7 +62,7 @@ impl Telemetry {
     pub fn new(config: TelemetryConfig) -> Telemetry {
         Telemetry {
             inner: Arc::new(Inner {
-                metrics: metrics::Metrics::new(),
+                metrics: Arc::new(metrics::Metrics::new()),
                 logs: logs::Logs::new(config),
             }),
         }
@@ -106,6 +106,13 @@ impl Telemetry {
     /// Whether a revision's code is loaded (`tessera_service_loaded`, 0 or 1).
     pub fn set_loaded(&self, labels: &ServiceLabels, loaded: bool) {
         self.inner.metrics.set_loaded(labels, loaded);
+    }
+
+    /// What the runtime tells about one revision's instances
+    /// (`tessera_instances_created_total`, `tessera_instances_reused_total`,
+    /// `tessera_instances_dropped_total{reason}`, `tessera_instance_requests`).
+    pub fn instance_observer(&self, labels: &ServiceLabels) -> tessera_runtime::Observer {
+        tessera_runtime::Observer(Some(Arc::new(self.inner.metrics.instances(labels))))
     }
 
     /// Peak memory of the revision's last instance (`tessera_instance_memory_bytes`).

@@ -77,12 +77,20 @@ fn cold_start_histogram() -> Histogram {
     ])
 }
 
+/// Requests one instance served: 1 (a fresh instance per request) up to thousands.
+fn instance_requests_histogram() -> Histogram {
+    Histogram::new([
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0,
+    ])
+}
+
 /// The counters that carry a detail label.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Detail {
     Rejected,
     Fault,
     ColdStart,
+    Dropped,
 }
 
 impl Detail {
@@ -91,6 +99,7 @@ impl Detail {
             Detail::Rejected => "reason",
             Detail::Fault => "kind",
             Detail::ColdStart => "source",
+            Detail::Dropped => "reason",
         }
     }
 }
@@ -117,6 +126,10 @@ pub(crate) struct Metrics {
     cold_start_seconds: HistogramFamily<ServiceLabels>,
     loaded: Family<ServiceLabels, Gauge>,
     instance_memory: Family<ServiceLabels, Gauge>,
+    instances_created: Family<ServiceLabels, Counter>,
+    instances_reused: Family<ServiceLabels, Counter>,
+    instances_dropped: Family<DetailLabels, Counter>,
+    instance_requests: HistogramFamily<ServiceLabels>,
     code_memory: Gauge,
     code_memory_budget: Gauge,
     compile_hits: Counter,
@@ -221,6 +234,31 @@ impl Metrics {
             Unit::Bytes,
             instance_memory.clone(),
         );
+        let instances_created = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "tessera_instances_created",
+            "Instances made to serve requests",
+            instances_created.clone(),
+        );
+        let instances_reused = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "tessera_instances_reused",
+            "Requests given an instance that had served before",
+            instances_reused.clone(),
+        );
+        let instances_dropped = Family::<DetailLabels, Counter>::default();
+        registry.register(
+            "tessera_instances_dropped",
+            "Instances dropped, by reason (done, idle, trap, timeout, memory, unloaded)",
+            instances_dropped.clone(),
+        );
+        let instance_requests: HistogramFamily<ServiceLabels> =
+            Family::new_with_constructor(instance_requests_histogram);
+        registry.register(
+            "tessera_instance_requests",
+            "Requests each dropped instance served",
+            instance_requests.clone(),
+        );
         let code_memory = Gauge::default();
         registry.register_with_unit(
             "tessera_code_memory",
@@ -274,6 +312,10 @@ impl Metrics {
             cold_start_seconds,
             loaded,
             instance_memory,
+            instances_created,
+            instances_reused,
+            instances_dropped,
+            instance_requests,
             code_memory,
             code_memory_budget,
             compile_hits,
@@ -319,6 +361,7 @@ impl Metrics {
             Detail::Rejected => &self.rejected,
             Detail::Fault => &self.faults,
             Detail::ColdStart => &self.cold_starts,
+            Detail::Dropped => &self.instances_dropped,
         }
     }
 
@@ -434,6 +477,9 @@ impl Metrics {
         self.cold_start_seconds.remove(labels);
         self.loaded.remove(labels);
         self.instance_memory.remove(labels);
+        self.instances_created.remove(labels);
+        self.instances_reused.remove(labels);
+        self.instance_requests.remove(labels);
         let Some(series) = series else { return };
         for (class, counter) in CLASSES.iter().zip(&series.classes) {
             if counter.get().is_some() {
@@ -447,10 +493,46 @@ impl Metrics {
         }
     }
 
+    /// The handles one revision's instances report through.
+    pub(crate) fn instances(self: &Arc<Self>, labels: &ServiceLabels) -> Instances {
+        Instances {
+            created: self.instances_created.get_or_create_owned(labels),
+            reused: self.instances_reused.get_or_create_owned(labels),
+            requests: self.instance_requests.get_or_create_owned(labels),
+            metrics: self.clone(),
+            labels: labels.clone(),
+        }
+    }
+
     pub(crate) fn render(&self) -> String {
         let mut text = String::with_capacity(16 * 1024);
         // Writing to a String cannot fail, and every metric here has classic buckets.
         encode(&mut text, &self.registry).expect("encoding metrics into a String");
         text
+    }
+}
+
+/// One revision's instance metrics, reported to by the runtime as instances come and go.
+pub(crate) struct Instances {
+    created: Counter,
+    reused: Counter,
+    requests: Histogram,
+    metrics: Arc<Metrics>,
+    labels: ServiceLabels,
+}
+
+impl tessera_runtime::InstanceObserver for Instances {
+    fn created(&self) {
+        self.created.inc();
+    }
+
+    fn reused(&self) {
+        self.reused.inc();
+    }
+
+    fn dropped(&self, reason: tessera_runtime::DropReason, served: u32) {
+        self.requests.observe(f64::from(served));
+        self.metrics
+            .count_detail(&self.labels, Detail::Dropped, reason.as_str());
     }
 }

@@ -487,6 +487,8 @@ fn compile_once(cache_dir: &Path, file: &Path) -> Result<Duration> {
         outbound: Vec::new(),
         env: Vec::new(),
         data: ServiceDataAccess::default(),
+        reuse: Default::default(),
+        observer: Default::default(),
     };
     let (_, report) = runtime
         .load_service_file(config, file)

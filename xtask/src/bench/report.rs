@@ -27,7 +27,7 @@ pub struct Report {
     pub wrk_command: String,
     pub warmup: Duration,
     pub body: String,
-    /// The first row is tessera, the one the ratios are about.
+    /// The tessera rows first: the ratios compare each of them with every later row.
     pub rows: Vec<Row>,
     pub startups: Vec<(String, Startup)>,
     pub notes: Vec<String>,
@@ -66,13 +66,17 @@ impl Report {
     }
 
     /// "tessera / X: ..." lines comparing tessera with every other measured server.
+    /// Each tessera row against every row after it.
     pub fn ratios(&self) -> Vec<String> {
-        let Some((first, others)) = self.rows.split_first() else {
-            return Vec::new();
-        };
-        others
-            .iter()
-            .map(|other| match (&first.result, &other.result) {
+        let pairs = self.rows.iter().enumerate().flat_map(|(i, first)| {
+            let ours = first.server.starts_with("tessera");
+            self.rows[i + 1..]
+                .iter()
+                .filter(move |_| ours)
+                .map(move |other| (first, other))
+        });
+        pairs
+            .map(|(first, other)| match (&first.result, &other.result) {
                 (Some(a), Some(b)) => format!(
                     "{} / {}: {:.2}× the requests/s, {:.2}× the p50 latency, {:.2}× the p99 latency",
                     first.server,

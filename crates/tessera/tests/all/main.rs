@@ -13,6 +13,7 @@ mod internal;
 mod isolation;
 mod lifecycle;
 mod polyglot;
+mod reuse;
 mod scaling;
 mod shared_backends;
 mod telemetry;

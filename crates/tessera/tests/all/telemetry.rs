@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{App, Node, client, ok};
+use crate::util::{App, Node, client, ok, sample, scrape};
 
 const TOKEN: &str = "telemetry-token-0123456789";
 
@@ -50,26 +50,6 @@ async fn get(node: &Node, path: &str, request_id: &str) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-}
-
-async fn scrape(node: &Node) -> String {
-    let r = client()
-        .get(node.admin_url("/metrics"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.text().await.unwrap()
-}
-
-/// The value of the sample line starting with `series` (name and labels).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
 }
 
 #[tokio::test]
@@ -143,11 +123,11 @@ async fn request_counters_move_with_traffic() {
     let node = Node::serve(data.path(), TOKEN);
     deploy(&node, shop().path());
     let series = r#"tessera_requests_total{app="shop",service="front",revision="r1",class="2xx"}"#;
-    let before = sample(&scrape(&node).await, series).unwrap_or(0.0);
+    let before = sample(&scrape(&node, TOKEN).await, series).unwrap_or(0.0);
     for i in 0..5 {
         get(&node, &format!("/front/{i}"), &format!("metrics-{i}")).await;
     }
-    let metrics = scrape(&node).await;
+    let metrics = scrape(&node, TOKEN).await;
     let after = sample(&metrics, series).unwrap_or(0.0);
     assert!(after - before >= 5.0, "{before} -> {after}\n{metrics}");
     let count =

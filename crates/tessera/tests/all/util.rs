@@ -351,3 +351,24 @@ where
     }
     panic!("timed out after {limit:?} waiting for {what}");
 }
+
+/// The node's `/metrics`, read with `token`.
+pub async fn scrape(node: &Node, token: &str) -> String {
+    let r = client()
+        .get(node.admin_url("/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+/// The value of the sample line starting with `series` (name and labels).
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}

@@ -1,0 +1,214 @@
+//! Instances that outlive one request: a service with `reuse` above 1 parks an instance
+//! that served a request cleanly, and the next request takes it instead of instantiating
+//! anew. An instance that trapped, timed out or hit a memory limit is never parked; one
+//! that served its `reuse` requests, or waited `reuse_idle` for another, is dropped.
+//!
+//! Every instance's life is reported to the service's [`InstanceObserver`]: created,
+//! reused, dropped with its reason and how many requests it served.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use wasmtime::Store;
+use wasmtime_wasi_http::p2::bindings::Proxy;
+
+use crate::invoke::ServiceInner;
+use crate::state::InstanceState;
+
+/// Why an instance was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// It served all the requests it may (one, unless the service reuses instances).
+    Done,
+    /// It waited `reuse_idle` without a request.
+    Idle,
+    /// The guest trapped (or failed in a way that leaves the instance unusable).
+    Trap,
+    /// A request ran past its deadline.
+    Timeout,
+    /// The guest hit its memory limit or the node's instance memory budget.
+    Memory,
+    /// The service was unloaded while the instance waited.
+    Unloaded,
+}
+
+impl DropReason {
+    /// The reason as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Done => "done",
+            DropReason::Idle => "idle",
+            DropReason::Trap => "trap",
+            DropReason::Timeout => "timeout",
+            DropReason::Memory => "memory",
+            DropReason::Unloaded => "unloaded",
+        }
+    }
+}
+
+/// Told about every instance of one service; called on the request path, so cheap.
+pub trait InstanceObserver: Send + Sync {
+    /// A new instance was made for a request.
+    fn created(&self);
+    /// A request was given an instance that had served before.
+    fn reused(&self);
+    /// An instance was dropped after serving `served` requests.
+    fn dropped(&self, reason: DropReason, served: u32);
+}
+
+/// A service's observer, if it has one.
+#[derive(Clone, Default)]
+pub struct Observer(pub Option<Arc<dyn InstanceObserver>>);
+
+impl fmt::Debug for Observer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Observer(Some)"
+        } else {
+            "Observer(None)"
+        })
+    }
+}
+
+/// One instance and its store, from its first request to its drop (which reports it).
+pub(crate) struct Instance {
+    pub(crate) store: Store<InstanceState>,
+    /// `None` until the component is instantiated in the store (inside the first
+    /// request's deadline).
+    pub(crate) proxy: Option<Proxy>,
+    /// Requests it started serving.
+    pub(crate) served: u32,
+    /// What its drop reports. An instance dropped mid-request was aborted at its
+    /// deadline, so that is the reason until the request ends.
+    pub(crate) fate: DropReason,
+    observer: Observer,
+}
+
+impl Instance {
+    pub(crate) fn new(store: Store<InstanceState>, observer: Observer) -> Instance {
+        Instance {
+            store,
+            proxy: None,
+            served: 0,
+            fate: DropReason::Timeout,
+            observer,
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // Only instances that were made count (a store whose instantiation failed did
+        // not become one).
+        if self.proxy.is_some()
+            && let Some(observer) = &self.observer.0
+        {
+            observer.dropped(self.fate, self.served);
+        }
+    }
+}
+
+/// The instances of one service waiting for a request, most recently parked last.
+#[derive(Default)]
+pub(crate) struct Pool {
+    state: Mutex<PoolState>,
+}
+
+#[derive(Default)]
+struct PoolState {
+    idle: Vec<(Instance, Instant)>,
+    /// A task is dropping instances as they pass their idle time.
+    reaping: bool,
+}
+
+impl Pool {
+    /// The most recently parked instance that has not waited longer than `idle`.
+    pub(crate) fn take(&self, idle: Duration) -> Option<Instance> {
+        let mut stale = Vec::new();
+        let taken = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                match state.idle.pop() {
+                    Some((instance, since)) if since.elapsed() < idle => break Some(instance),
+                    Some((mut instance, _)) => {
+                        instance.fate = DropReason::Idle;
+                        stale.push(instance);
+                    }
+                    None => break None,
+                }
+            }
+        };
+        // Stores are dropped outside the lock.
+        drop(stale);
+        taken
+    }
+
+    /// Parks an instance for the next request, and makes sure a task drops it if none
+    /// comes within the service's `reuse_idle`.
+    pub(crate) fn park(service: &Arc<ServiceInner>, instance: Instance) {
+        let mut state = service.pool.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.idle.push((instance, Instant::now()));
+        if !state.reaping {
+            state.reaping = true;
+            tokio::spawn(reap(Arc::downgrade(service)));
+        }
+    }
+
+    /// Drops the instances parked longer than `idle`; the time until the next one is
+    /// due, or `None` (and reaping stops) when none is left.
+    fn reap(&self, idle: Duration) -> Option<Duration> {
+        let mut stale = Vec::new();
+        let next = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            // Oldest first: the ones parked longest are at the front.
+            let due = state
+                .idle
+                .iter()
+                .take_while(|(_, since)| since.elapsed() >= idle)
+                .count();
+            stale.extend(state.idle.drain(..due).map(|(mut instance, _)| {
+                instance.fate = DropReason::Idle;
+                instance
+            }));
+            match state.idle.first() {
+                Some((_, since)) => Some(idle.saturating_sub(since.elapsed())),
+                None => {
+                    state.reaping = false;
+                    None
+                }
+            }
+        };
+        drop(stale);
+        next
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (instance, _) in &mut state.idle {
+            instance.fate = DropReason::Unloaded;
+        }
+    }
+}
+
+/// Drops a service's parked instances as their idle time passes, until none is left or
+/// the service is gone.
+async fn reap(service: Weak<ServiceInner>) {
+    let mut wait = match service.upgrade() {
+        Some(service) => service.config.reuse.idle,
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(service) = service.upgrade() else {
+            return;
+        };
+        match service.pool.reap(service.config.reuse.idle) {
+            // A little late rather than early, so one sleep covers the instance.
+            Some(next) => wait = next + Duration::from_millis(1),
+            None => return,
+        }
+    }
+}
