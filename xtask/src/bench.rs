@@ -37,6 +37,7 @@ const WARMUP: Duration = Duration::from_secs(1);
 const TESSERA: &str = "tessera";
 const TESSERA_REUSE: &str = "tessera, reuse = 128";
 const WASMTIME: &str = "wasmtime serve";
+const WASMTIME_REUSE: &str = "wasmtime serve, reuse 128";
 const NATIVE: &str = "native hyper";
 
 const TESSERA_DESCRIPTION: &str = "`tessera up APP --listen 127.0.0.1:PORT` (release build, \
@@ -46,6 +47,8 @@ const TESSERA_REUSE_DESCRIPTION: &str = "the same, with `reuse = 128` on the ser
     instance serves up to 128 requests, one at a time, instead of one";
 const WASMTIME_DESCRIPTION: &str =
     "`wasmtime serve -Scli --addr 127.0.0.1:PORT hello.wasm`, the same component";
+const WASMTIME_REUSE_DESCRIPTION: &str = "the same with `--max-instance-reuse-count 128` \
+    (wasmtime 49 and later; skipped when the CLI lacks the flag)";
 const NATIVE_DESCRIPTION: &str = "hyper 1 + hyper-util auto (HTTP/1.1 keep-alive), tokio \
     multi-thread runtime, no WebAssembly (`xtask bench-native-server`, release build)";
 
@@ -176,6 +179,33 @@ pub fn run(args: &[String]) -> Result<()> {
             .arg(format!("127.0.0.1:{port}"))
             .arg(&hello);
         running.push(start(WASMTIME, cmd, port, "/", scratch.path(), "wasmtime")?);
+        if supports(wasmtime, "--max-instance-reuse-count") {
+            let port = free_port()?;
+            let mut cmd = Command::new(wasmtime);
+            cmd.args([
+                "serve",
+                "-Scli",
+                "--max-instance-reuse-count",
+                "128",
+                "--addr",
+            ])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(&hello);
+            running.push(start(
+                WASMTIME_REUSE,
+                cmd,
+                port,
+                "/",
+                scratch.path(),
+                "wasmtime-reuse",
+            )?);
+        } else {
+            let note = "wasmtime serve with reuse was skipped: this wasmtime has no \
+                `--max-instance-reuse-count` (it came in 49)"
+                .to_owned();
+            println!("note: {note}");
+            notes.push(note);
+        }
     }
     let port = free_port()?;
     let mut cmd = Command::new(target_dir().join("release").join("xtask"));
@@ -226,10 +256,10 @@ pub fn run(args: &[String]) -> Result<()> {
         ),
     ];
     for r in &running[2..] {
-        let label = if r.server.name() == WASMTIME {
+        let label = if r.server.name().starts_with(WASMTIME) {
             // wasmtime's CLI caches compiled code on disk by default (~/.cache/wasmtime), so
             // its start is only cold the very first time it sees this component.
-            format!("{WASMTIME} (its own compile cache, usually warm)")
+            format!("{} (its own compile cache, usually warm)", r.server.name())
         } else {
             r.server.name().to_owned()
         };
@@ -270,6 +300,7 @@ pub fn run(args: &[String]) -> Result<()> {
             row(TESSERA, TESSERA_DESCRIPTION),
             row(TESSERA_REUSE, TESSERA_REUSE_DESCRIPTION),
             row(WASMTIME, WASMTIME_DESCRIPTION),
+            row(WASMTIME_REUSE, WASMTIME_REUSE_DESCRIPTION),
             row(NATIVE, NATIVE_DESCRIPTION),
         ],
         startups,
@@ -292,6 +323,14 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("\nupdated {}", path.display());
     // `running` and then `scratch` drop here: servers are killed, the scratch dir removed.
     Ok(())
+}
+
+/// Whether `program serve --help` lists `flag`.
+fn supports(program: &Path, flag: &str) -> bool {
+    Command::new(program)
+        .args(["serve", "--help"])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(flag))
 }
 
 /// Builds the guests, tessera and a release xtask (for the native baselines: this process
