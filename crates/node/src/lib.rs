@@ -37,7 +37,7 @@ use tessera_runtime::{
     ServiceDataAccess,
 };
 use tessera_store::{
-    AppState, ArtifactStore, ChangeKind, ControlState, DeployOptions, DeployOutcome, Revision,
+    AppState, ArtifactStore, ChangeKind, ControlState, DeployOptions, DeployOutcome,
     RevisionConfig, ServiceDeploy, ServiceState, StoreError,
 };
 use tessera_telemetry::Telemetry;
@@ -1060,21 +1060,29 @@ struct Rebuilt {
 }
 
 impl NodeInner {
-    /// Loads a revision's code bound to its service's data, configuration and secrets.
-    /// Blocking: reads the component, maps (or compiles) its code, opens its data.
+    /// Loads a slot's revision bound to its service's data, configuration and secrets
+    /// (read once per slot). Blocking: maps (or compiles) its code, opens its data.
     fn load_revision(
         &self,
         app: &str,
         service: &str,
-        revision: &Revision,
+        slot: &scaling::Slot,
         observer: tessera_runtime::Observer,
     ) -> Result<(Service, LoadReport), NodeError> {
+        let revision = slot.revision();
         let path = self.artifacts.artifact_path(&revision.sha256)?;
         let stores = self.data.open_service(app, service)?;
+        let secrets = match slot.secrets.get() {
+            Some(secrets) => secrets,
+            None => {
+                let read = self.store.secrets(app, service)?;
+                slot.secrets.get_or_init(|| read)
+            }
+        };
         // Secrets win over configuration of the same name.
         let mut config: std::collections::BTreeMap<String, String> =
             revision.config.config.iter().cloned().collect();
-        config.extend(self.store.secrets(app, service)?);
+        config.extend(secrets.iter().cloned());
         let access = ServiceDataAccess {
             stores: Some(stores),
             buckets: revision.config.buckets.clone().into(),

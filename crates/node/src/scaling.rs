@@ -212,6 +212,10 @@ pub(crate) struct Slot {
     busy: AtomicU32,
     /// No longer in the routing table: loads serve only the request that made them.
     retired: AtomicBool,
+    /// The service's secrets as its first load read them. A change to them gives the
+    /// service fresh slots (`Renew`), so a slot's own copy is never stale; later loads
+    /// (after an idle unload) skip reading the control store.
+    pub(crate) secrets: std::sync::OnceLock<Vec<(String, String)>>,
 }
 
 impl Slot {
@@ -234,11 +238,16 @@ impl Slot {
             last_used: AtomicU64::new(residency.now()),
             busy: AtomicU32::new(0),
             retired: AtomicBool::new(false),
+            secrets: std::sync::OnceLock::new(),
         }
     }
 
     pub(crate) fn labels(&self) -> &ServiceLabels {
         &self.labels
+    }
+
+    pub(crate) fn revision(&self) -> &Revision {
+        &self.revision
     }
 
     fn current(&self) -> MutexGuard<'_, Option<Service>> {
@@ -370,7 +379,7 @@ fn load(node: &Arc<NodeInner>, slot: &Arc<Slot>) -> Result<Service, crate::NodeE
         .telemetry
         .map(|t| t.instance_observer(&slot.labels))
         .unwrap_or_default();
-    let (service, report) = match node.load_revision(app, name, &slot.revision, observer) {
+    let (service, report) = match node.load_revision(app, name, slot, observer) {
         Ok(loaded) => loaded,
         Err(error) => {
             tracing::error!(app = %app, service = %name, revision = id, %error, "cannot load revision");

@@ -184,8 +184,9 @@ pub fn run(args: &[String]) -> Result<()> {
     // measurement sees the other's services.
     let gateway = free_port()?;
     let admin = free_port()?;
+    let peer_gateway = free_port()?;
     let app_dir = scratch.path().join("app");
-    write_app(&app_dir, &hello, &fetch, gateway)?;
+    write_app(&app_dir, &hello, &fetch, peer_gateway)?;
     let cmd = up_command(
         &tessera,
         &app_dir,
@@ -203,9 +204,29 @@ pub fn run(args: &[String]) -> Result<()> {
         "tessera-up",
     )?;
     let cold = cold::measure(&mut node, admin, &hello, &options)?;
-    let calls = calls::measure(&mut node, &options)?;
+    // The socket variant of the internal calls goes to a second node: a node refuses
+    // guests' requests to its own listeners.
+    let peer_dir = scratch.path().join("peer");
+    write_peer_app(&peer_dir, &hello)?;
+    let cmd = up_command(
+        &tessera,
+        &peer_dir,
+        &scratch.path().join("peer-data"),
+        peer_gateway,
+        free_port()?,
+    );
+    let mut peer = super::start(
+        TESSERA,
+        cmd,
+        peer_gateway,
+        "/hello",
+        scratch.path(),
+        "tessera-peer",
+    )?;
+    let calls = calls::measure(&mut node, &mut peer, &options)?;
     node.server.ensure_running()?;
     drop(node);
+    drop(peer);
 
     let density = density::measure(&tessera, &hello, scratch.path(), &options)?;
 
@@ -243,10 +264,21 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The second node's app: `hello` on `/hello`.
+fn write_peer_app(app_dir: &Path, hello: &Path) -> Result<()> {
+    std::fs::create_dir_all(app_dir).with_context(|| format!("creating {}", app_dir.display()))?;
+    let hello = super::toml_string(&hello.display().to_string());
+    let manifest = format!(
+        "[app]\nname = \"peer\"\n\n[services.hello]\ncomponent = {hello}\nroutes = [\"/hello\"]\n"
+    );
+    let path = app_dir.join("tessera.toml");
+    std::fs::write(&path, manifest).with_context(|| format!("writing {}", path.display()))
+}
+
 /// The app of the cold-start and internal-call measurements. `cold` and `hello` are the
 /// same component (so its code is compiled once); `cold` unloads after a second idle.
-/// `front` may call `hello` in-process and the gateway's own address through the socket.
-fn write_app(app_dir: &Path, hello: &Path, fetch: &Path, gateway: u16) -> Result<()> {
+/// `front` may call `hello` in-process and the second node's gateway through the socket.
+fn write_app(app_dir: &Path, hello: &Path, fetch: &Path, peer: u16) -> Result<()> {
     std::fs::create_dir_all(app_dir).with_context(|| format!("creating {}", app_dir.display()))?;
     let hello = super::toml_string(&hello.display().to_string());
     let fetch = super::toml_string(&fetch.display().to_string());
@@ -255,7 +287,7 @@ fn write_app(app_dir: &Path, hello: &Path, fetch: &Path, gateway: u16) -> Result
          [services.{}]\ncomponent = {hello}\nroutes = [\"/cold\"]\nidle = \"1s\"\n\n\
          [services.hello]\ncomponent = {hello}\nroutes = [\"/hello\"]\n\n\
          [services.front]\ncomponent = {fetch}\nroutes = [\"/front\"]\n\
-         outbound = [\"http://hello.internal\", \"http://127.0.0.1:{gateway}\"]\n",
+         outbound = [\"http://hello.internal\", \"http://127.0.0.1:{peer}\"]\n",
         cold::APP,
         cold::SERVICE,
     );

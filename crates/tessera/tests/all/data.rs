@@ -591,3 +591,64 @@ async fn acknowledged_writes_survive_kill_9() {
     );
     assert_eq!(count(&node, "a", "items").await, 40);
 }
+
+/// Waits until the node has logged `count` idle unloads of `service`.
+fn wait_for_unloads(node: &Node, service: &str, count: usize) {
+    let field = format!("service={service} ");
+    let started = std::time::Instant::now();
+    while node
+        .stderr
+        .text()
+        .lines()
+        .filter(|l| {
+            l.contains("service unloaded") && l.contains(&field) && l.contains("reason=idle")
+        })
+        .count()
+        < count
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{service} was not unloaded: {}",
+            node.stderr.text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn secrets_stay_across_idle_unloads_and_a_change_reaches_the_next_load() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::serve(data.path(), TOKEN);
+    let app = two_services("idle = \"1s\"");
+    ok(deploy(&node, app.path()));
+    let set = |value: &'static str| {
+        client()
+            .put(node.admin_url("/v1/apps/store/services/a/secrets/API_KEY"))
+            .bearer_auth(TOKEN)
+            .json(&json!({ "value": value }))
+            .send()
+    };
+    assert!(set("first").await.unwrap().status().is_success());
+    assert_eq!(
+        text(node.url("/a/config/API_KEY")).await,
+        (200, "first".into())
+    );
+    // Unloaded for idleness and loaded again: the same secret.
+    wait_for_unloads(&node, "a", 1);
+    assert_eq!(
+        text(node.url("/a/config/API_KEY")).await,
+        (200, "first".into())
+    );
+    // Changed while loaded, then again while unloaded: each next request sees it.
+    assert!(set("second").await.unwrap().status().is_success());
+    assert_eq!(
+        text(node.url("/a/config/API_KEY")).await,
+        (200, "second".into())
+    );
+    wait_for_unloads(&node, "a", 2);
+    assert!(set("third").await.unwrap().status().is_success());
+    assert_eq!(
+        text(node.url("/a/config/API_KEY")).await,
+        (200, "third".into())
+    );
+}

@@ -1,5 +1,6 @@
 //! Internal call overhead: `hello` asked directly, through one in-process call from the
-//! `fetch` guest to `http://hello.internal`, and through the gateway's own socket.
+//! `fetch` guest to `http://hello.internal`, and through a socket to a second node's
+//! gateway (a node refuses guests' requests to its own listeners).
 
 use std::fmt::Write as _;
 
@@ -13,7 +14,7 @@ use super::{
 };
 
 pub struct Calls {
-    /// The gateway's port, which the socket variant's URL names.
+    /// The second node's gateway port, which the socket variant's URL names.
     port: u16,
     direct: Latencies,
     internal: Latencies,
@@ -29,8 +30,9 @@ fn paths(port: u16) -> [String; 3] {
     ]
 }
 
-pub fn measure(node: &mut Running, options: &Options) -> Result<Calls> {
-    let port = node.server.port();
+/// Times the three requests on `node`, whose `front` may call `peer`'s gateway.
+pub fn measure(node: &mut Running, peer: &mut Running, options: &Options) -> Result<Calls> {
+    let port = peer.server.port();
     let paths = paths(port);
     // The fetch guest answers with the callee's status and body.
     let relayed = format!("status=200\n{HELLO_BODY}");
@@ -40,7 +42,7 @@ pub fn measure(node: &mut Running, options: &Options) -> Result<Calls> {
         options.requests,
         paths.join(", GET ")
     );
-    let mut conn = Connection::open(port, REQUEST_TIMEOUT)?;
+    let mut conn = Connection::open(node.server.port(), REQUEST_TIMEOUT)?;
     let mut times: [Vec<_>; 3] = Default::default();
     // Interleaved, so a change in the machine's load during the run affects all three
     // alike.
@@ -54,6 +56,7 @@ pub fn measure(node: &mut Running, options: &Options) -> Result<Calls> {
         }
     }
     node.server.ensure_running()?;
+    peer.server.ensure_running()?;
     let [direct, internal, socket] = times.map(Latencies::of);
     Ok(Calls {
         port,
@@ -74,7 +77,7 @@ impl Calls {
             ),
             (
                 format!(
-                    "through the socket: `GET {}`",
+                    "through another node's gateway: `GET {}`",
                     socket.replace(&self.port.to_string(), "PORT")
                 ),
                 &self.socket,
@@ -99,7 +102,7 @@ impl Calls {
                 difference(self.internal.p50, self.direct.p50)
             ),
             format!(
-                "the same call through the gateway's socket − direct: {}; what in-process \
+                "the same call to another node's gateway − direct: {}; what in-process \
                  dispatch saves over the socket (through the socket − one internal hop): {}",
                 difference(self.socket.p50, self.direct.p50),
                 difference(self.socket.p50, self.internal.p50)
@@ -114,14 +117,16 @@ impl Calls {
             "On the same node: `front` is the `fetch` guest of crates/test-programs (it makes \
              the outgoing request named by `?url=`, reads the whole answer and replies \
              `status=200` plus that body) with `outbound = [\"http://hello.internal\", \
-             \"http://127.0.0.1:PORT\"]`, and `hello` is the hello component on `/hello`. \
+             \"http://127.0.0.1:PORT\"]`, and `hello` is the hello component on `/hello`; \
+             PORT is a second `tessera up` on this machine serving the same `hello` (a node \
+             refuses guests' requests to its own listeners). \
              Each round sends the three requests in turn on one connection \
              ({WARMUP_REQUESTS} unreported rounds first). The internal hop adds a second \
              instance (`front`) and its guest's work to a direct request, and the call itself \
              goes from `front`'s outgoing handler through `hello`'s admission, slot and \
              instance in-process. Through the socket, the same call leaves the node: \
-             Wasmtime's default outgoing handler opens a new TCP connection to the gateway for \
-             every request, which routes it like any client's.\n"
+             Wasmtime's default outgoing handler opens a new TCP connection to the other \
+             node's gateway for every request, which routes it like any client's.\n"
         );
         let _ = writeln!(md, "{}", self.table());
         for line in self.lines() {
