@@ -10,7 +10,8 @@ use crate::process::{cargo_step, run_step};
 pub const WASM_TARGET: &str = "wasm32-wasip2";
 
 /// Builds `<target dir>/wasm32-wasip2/release/<bin>.wasm` for every bin of
-/// `crates/test-programs` (the target dir honours `CARGO_TARGET_DIR`) and
+/// `crates/test-programs` and `crates/test-programs-p3` (WASI 0.3; the target dir honours
+/// `CARGO_TARGET_DIR`) and
 /// `examples/hello/target/wasm32-wasip2/release/{greeter,users}.wasm`.
 pub fn build() -> Result<()> {
     ensure_wasm_target()?;
@@ -21,6 +22,8 @@ pub fn build() -> Result<()> {
         WASM_TARGET,
         "-p",
         "test-programs",
+        "-p",
+        "test-programs-p3",
     ])?;
     // The example is its own workspace (excluded from ours), so it has its own target dir,
     // which is the one its tessera.toml points at: named explicitly, so a CARGO_TARGET_DIR

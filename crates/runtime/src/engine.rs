@@ -49,6 +49,8 @@ pub(crate) fn build(config: &RuntimeConfig) -> Result<Engine, RuntimeError> {
 
     let mut wasm = Config::new();
     wasm.wasm_component_model(true)
+        // WASI 0.3 components: async exports and imports, streams and futures.
+        .wasm_component_model_async(true)
         .epoch_interruption(true)
         .memory_init_cow(true)
         .max_wasm_stack(MAX_WASM_STACK)

@@ -12,9 +12,10 @@ use tokio::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p3::bindings::{Service as P3Service, ServicePre};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
 use crate::data::DataState;
@@ -53,10 +54,58 @@ pub(crate) struct NodeBounds {
     pub(crate) own: Arc<std::sync::OnceLock<Vec<std::net::SocketAddr>>>,
 }
 
+/// A service's component, pre-instantiated, by the WASI version of its HTTP export.
+pub(crate) enum GuestPre {
+    /// `wasi:http/incoming-handler@0.2.x`.
+    P2(ProxyPre<InstanceState>),
+    /// `wasi:http/handler@0.3.x`.
+    P3(ServicePre<InstanceState>),
+}
+
+impl GuestPre {
+    pub(crate) fn wasi_version(&self) -> &'static str {
+        match self {
+            GuestPre::P2(_) => "0.2",
+            GuestPre::P3(_) => "0.3",
+        }
+    }
+
+    fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            GuestPre::P2(pre) => pre.engine(),
+            GuestPre::P3(pre) => pre.engine(),
+        }
+    }
+}
+
+/// A component instance's HTTP export, once instantiated.
+pub(crate) enum Guest {
+    P2(Proxy),
+    P3(P3Service),
+}
+
+/// What one request hands the guest's task: the 0.2 resources already in its store, or
+/// the request and the head's callback for a 0.3 guest (which takes them inside its
+/// store's event loop).
+enum Call {
+    P2 {
+        incoming: wasmtime::component::Resource<
+            wasmtime_wasi_http::p2::bindings::http::types::IncomingRequest,
+        >,
+        outparam: wasmtime::component::Resource<
+            wasmtime_wasi_http::p2::bindings::http::types::ResponseOutparam,
+        >,
+    },
+    P3 {
+        request: Box<hyper::Request<HyperOutgoingBody>>,
+        on_head: Box<dyn FnOnce(HeadResult) + Send>,
+    },
+}
+
 pub(crate) struct ServiceInner {
     pub(crate) config: ServiceConfig,
     pub(crate) hash: String,
-    pre: ProxyPre<InstanceState>,
+    pub(crate) pre: GuestPre,
     sink: Arc<dyn GuestLogSink>,
     internal: Option<Arc<dyn InternalRouter>>,
     app: Arc<str>,
@@ -80,7 +129,7 @@ impl ServiceInner {
     pub(crate) fn new(
         config: ServiceConfig,
         hash: String,
-        pre: ProxyPre<InstanceState>,
+        pre: GuestPre,
         sink: Arc<dyn GuestLogSink>,
         internal: Option<Arc<dyn InternalRouter>>,
         code_size: usize,
@@ -282,7 +331,7 @@ struct Running {
     deadline: Instant,
 }
 
-type HeadSender = oneshot::Sender<Result<hyper::Response<HyperOutgoingBody>, ErrorCode>>;
+type HeadSender = oneshot::Sender<HeadResult>;
 
 impl Service {
     /// Serves one request in a fresh instance. The response's body keeps streaming from
@@ -383,11 +432,6 @@ impl Service {
         let store = &mut instance.store;
         let head = HeadWatch::default();
         let (sender, receiver) = oneshot::channel();
-        let incoming = store
-            .data_mut()
-            .http()
-            .new_incoming_request(Scheme::Http, request)
-            .map_err(internal)?;
         let on_head = head.on_response(
             store.data().messaging.outbox.clone(),
             inner.config.data.publisher.clone(),
@@ -395,16 +439,36 @@ impl Service {
             request_id.to_string(),
             sender,
         );
-        let outparam = store
-            .data_mut()
-            .http()
-            .new_response_outparam_from_callback(on_head)
-            .map_err(internal)?;
+        let call = match &inner.pre {
+            GuestPre::P2(_) => {
+                let incoming = store
+                    .data_mut()
+                    .http()
+                    .new_incoming_request(Scheme::Http, request)
+                    .map_err(internal)?;
+                let outparam = store
+                    .data_mut()
+                    .http()
+                    .new_response_outparam_from_callback(move |head| {
+                        on_head(head.map_err(|code| error_code_text(&code)))
+                    })
+                    .map_err(internal)?;
+                Call::P2 { incoming, outparam }
+            }
+            GuestPre::P3(_) => Call::P3 {
+                request: Box::new(request.map(|body| {
+                    http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
+                        body,
+                        Into::into,
+                    ))
+                })),
+                on_head: Box::new(on_head),
+            },
+        };
         let task = tokio::spawn(run_guest(
             inner.clone(),
             instance,
-            incoming,
-            outparam,
+            call,
             head,
             deadline,
             request_id.to_string(),
@@ -460,7 +524,9 @@ struct HeadWatch {
     status: Arc<AtomicU16>,
 }
 
-type HeadResult = Result<hyper::Response<HyperOutgoingBody>, ErrorCode>;
+/// The guest's response head, or the error it answered with (as text: 0.2 and 0.3 guests
+/// have error codes of their own types).
+pub(crate) type HeadResult = Result<hyper::Response<HyperOutgoingBody>, String>;
 
 impl HeadWatch {
     /// The callback the guest's response outparam calls with the head: it records the
@@ -503,12 +569,7 @@ impl HeadWatch {
 async fn run_guest(
     inner: Arc<ServiceInner>,
     mut instance: Instance,
-    incoming: wasmtime::component::Resource<
-        wasmtime_wasi_http::p2::bindings::http::types::IncomingRequest,
-    >,
-    outparam: wasmtime::component::Resource<
-        wasmtime_wasi_http::p2::bindings::http::types::ResponseOutparam,
-    >,
+    call: Call,
     head: HeadWatch,
     deadline: Instant,
     request_id: String,
@@ -516,20 +577,33 @@ async fn run_guest(
     instance.served += 1;
     let result = tokio::time::timeout_at(deadline, async {
         let Instance { store, proxy, .. } = &mut instance;
-        let proxy = match proxy {
-            Some(proxy) => proxy,
+        let guest = match proxy {
+            Some(guest) => guest,
             None => {
-                let made = inner.pre.instantiate_async(&mut *store).await?;
+                let made = match &inner.pre {
+                    GuestPre::P2(pre) => Guest::P2(pre.instantiate_async(&mut *store).await?),
+                    GuestPre::P3(pre) => Guest::P3(pre.instantiate_async(&mut *store).await?),
+                };
                 if let Some(observer) = &inner.config.observer.0 {
                     observer.created();
                 }
                 proxy.insert(made)
             }
         };
-        proxy
-            .wasi_http_incoming_handler()
-            .call_handle(&mut *store, incoming, outparam)
-            .await
+        match (guest, call) {
+            (Guest::P2(proxy), Call::P2 { incoming, outparam }) => {
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut *store, incoming, outparam)
+                    .await
+            }
+            (Guest::P3(service), Call::P3 { request, on_head }) => {
+                crate::p3::serve(store, service, request, on_head).await
+            }
+            _ => Err(wasmtime::format_err!(
+                "the request was prepared for another WASI version than the instance"
+            )),
+        }
     })
     .await;
     let service = &inner.config.name;
@@ -632,7 +706,7 @@ async fn await_head(
         }),
         Ok(Ok(Err(code))) => Err(InvokeError::GuestError {
             service: service(),
-            code: error_code_text(&code),
+            code,
         }),
         // The guest dropped the response outparam: its task is over or ending.
         Ok(Err(_)) => match task.await {
@@ -666,16 +740,16 @@ async fn commit_then_answer(
     publisher: Arc<dyn Publisher>,
     service: String,
     messages: Vec<OutgoingMessage>,
-    response: Result<hyper::Response<HyperOutgoingBody>, ErrorCode>,
+    response: HeadResult,
     sender: HeadSender,
 ) {
     let answer = match publish(publisher, &service, messages).await {
         Ok(()) => response,
         Err(message) => {
             tracing::error!(service = %service, error = %message, "cannot publish the request's messages; answering with an error");
-            Err(ErrorCode::InternalError(Some(format!(
+            Err(error_code_text(&ErrorCode::InternalError(Some(format!(
                 "could not publish the request's messages: {message}"
-            ))))
+            )))))
         }
     };
     let _ = sender.send(answer);

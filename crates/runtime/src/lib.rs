@@ -17,6 +17,7 @@ mod messaging;
 pub mod net;
 mod outbound;
 mod output;
+mod p3;
 mod reuse;
 mod state;
 
@@ -166,14 +167,26 @@ pub enum RuntimeError {
         expected: String,
         actual: String,
     },
-    /// `reuse_concurrency` above 1 on a component that can serve only one request at a
-    /// time.
+    /// `reuse_concurrency` above 1: a WASI 0.2 instance serves one request at a time, and
+    /// this node does not yet serve several requests at once on one WASI 0.3 instance.
     #[error(
-        "service `{service}`: reuse_concurrency = {concurrency} needs a WASI 0.3 component; \
-         this one is WASI 0.2 (`wasi:http/incoming-handler@0.2.x`), whose instances serve one \
-         request at a time: remove the key or set it to 1"
+        "service `{service}`: reuse_concurrency = {concurrency} is not served: {}",
+        if *wasi == "0.2" {
+            "it needs a WASI 0.3 component; this one is WASI 0.2 \
+             (`wasi:http/incoming-handler@0.2.x`), whose instances serve one request at a \
+             time: remove the key or set it to 1"
+        } else {
+            "this node serves one request at a time on each instance of a WASI 0.3 component \
+             so far (several at once on one instance is still to come): remove the key or \
+             set it to 1"
+        }
     )]
-    ReuseConcurrency { service: String, concurrency: u32 },
+    ReuseConcurrency {
+        service: String,
+        concurrency: u32,
+        /// `0.2` or `0.3`.
+        wasi: &'static str,
+    },
     #[error("service `{service}`: memory limit {limit} bytes exceeds the node's maximum {max}")]
     MemoryLimitTooLarge {
         service: String,
@@ -382,15 +395,25 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| not_http(format!("{e:#}")))?;
-        let pre = ProxyPre::new(instance_pre).map_err(|e| {
-            not_http(format!(
-                "it does not export `wasi:http/incoming-handler@0.2.x` ({e:#})"
-            ))
-        })?;
+        // Told apart by what they export: `wasi:http/incoming-handler@0.2.x` (WASI 0.2)
+        // or `wasi:http/handler@0.3.x` (WASI 0.3).
+        let pre = match ProxyPre::new(instance_pre.clone()) {
+            Ok(pre) => invoke::GuestPre::P2(pre),
+            Err(p2) => match wasmtime_wasi_http::p3::bindings::ServicePre::new(instance_pre) {
+                Ok(pre) => invoke::GuestPre::P3(pre),
+                Err(p3) => {
+                    return Err(not_http(format!(
+                        "it exports neither `wasi:http/incoming-handler@0.2.x` ({p2:#}) nor \
+                         `wasi:http/handler@0.3.x` ({p3:#})"
+                    )));
+                }
+            },
+        };
         if config.reuse.concurrency > 1 {
             return Err(RuntimeError::ReuseConcurrency {
                 service: config.name.clone(),
                 concurrency: config.reuse.concurrency,
+                wasi: pre.wasi_version(),
             });
         }
         let code_size = {
@@ -436,7 +459,7 @@ fn read_component(config: &ServiceConfig, path: &Path) -> Result<Vec<u8>, Runtim
 }
 
 /// Why bytes without the component preamble are refused, wherever they are checked.
-pub const NOT_A_COMPONENT: &str = "expected a component (WASI 0.2); core modules must be \
+pub const NOT_A_COMPONENT: &str = "expected a component (WASI 0.2 or 0.3); core modules must be \
      converted with `wasm-tools component new`";
 
 /// Whether the bytes carry the component-model preamble (version 0x0d, layer 1), as
@@ -464,6 +487,11 @@ impl Service {
 
     pub fn name(&self) -> &str {
         &self.inner.config.name
+    }
+
+    /// The WASI version of the component's HTTP export: `0.2` or `0.3`.
+    pub fn wasi_version(&self) -> &'static str {
+        self.inner.pre.wasi_version()
     }
 
     /// The sha256 of the component, hex-encoded.

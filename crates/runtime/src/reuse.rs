@@ -11,9 +11,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use wasmtime::Store;
-use wasmtime_wasi_http::p2::bindings::Proxy;
 
-use crate::invoke::ServiceInner;
+use crate::invoke::{Guest, ServiceInner};
 use crate::state::InstanceState;
 
 /// Why an instance was dropped.
@@ -76,7 +75,7 @@ pub(crate) struct Instance {
     pub(crate) store: Store<InstanceState>,
     /// `None` until the component is instantiated in the store (inside the first
     /// request's deadline).
-    pub(crate) proxy: Option<Proxy>,
+    pub(crate) proxy: Option<Guest>,
     /// Requests it started serving.
     pub(crate) served: u32,
     /// What its drop reports. An instance dropped mid-request was aborted at its

@@ -57,6 +57,10 @@ pub(crate) fn linker(engine: &Engine) -> Result<Linker<InstanceState>, RuntimeEr
     let engine_error = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_error)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_error)?;
+    // WASI 0.3 beside 0.2: the interfaces differ by version, so a component may use both
+    // (a Rust 0.3 guest's standard library still imports the 0.2 CLI interfaces).
+    wasmtime_wasi::p3::add_to_linker(&mut linker).map_err(engine_error)?;
+    wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(engine_error)?;
     crate::data::add_to_linker(&mut linker, |s| &mut s.data).map_err(engine_error)?;
     crate::messaging::add_to_linker(&mut linker, |s| &mut s.messaging).map_err(engine_error)?;
     Ok(linker)

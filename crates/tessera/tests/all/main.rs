@@ -18,3 +18,4 @@ mod scaling;
 mod shared_backends;
 mod telemetry;
 mod util;
+mod wasi_p3;

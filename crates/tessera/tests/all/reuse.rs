@@ -243,22 +243,30 @@ async fn concurrent_requests_each_get_an_instance_and_later_ones_reuse_them() {
 }
 
 #[test]
-fn reuse_concurrency_on_a_wasi_0_2_component_is_refused_naming_the_key() {
-    let app = App::new(
-        r#"
+fn reuse_concurrency_above_one_is_refused_naming_the_key() {
+    for (guest, reason) in [
+        ("instance", "needs a WASI 0.3 component"),
+        (
+            "p3",
+            "one request at a time on each instance of a WASI 0.3 component",
+        ),
+    ] {
+        let app = App::new(&format!(
+            r#"
 [app]
 name = "reuse"
 
 [services.kept]
-component = "{guest:instance}"
+component = "{{guest:{guest}}}"
 routes = ["/kept"]
 reuse = 16
 reuse_concurrency = 4
-"#,
-    );
-    let (status, stderr) = up_fails(app.path());
-    assert!(!status.success());
-    assert!(stderr.contains("reuse_concurrency = 4"), "{stderr}");
-    assert!(stderr.contains("WASI 0.3"), "{stderr}");
-    assert!(stderr.contains("`kept`"), "{stderr}");
+"#
+        ));
+        let (status, stderr) = up_fails(app.path());
+        assert!(!status.success());
+        assert!(stderr.contains("reuse_concurrency = 4"), "{stderr}");
+        assert!(stderr.contains(reason), "{guest}: {stderr}");
+        assert!(stderr.contains("`kept`"), "{stderr}");
+    }
 }
