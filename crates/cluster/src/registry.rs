@@ -151,6 +151,9 @@ impl Registry {
             ));
         }
         let store = self.store.clone();
+        // Taken before the records are read, so the estimate below never runs ahead of
+        // the server's time at any of those reads.
+        let scan_started = Instant::now();
         let mut records = self
             .cluster
             .bridge()
@@ -175,7 +178,8 @@ impl Registry {
             .iter()
             .find(|r| r.instance == instance && r.revision <= acked)
         {
-            let since = u64::try_from(acked_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let since = u64::try_from(scan_started.saturating_duration_since(acked_at).as_millis())
+                .unwrap_or(u64::MAX);
             now = now.max(own.seen_ms.saturating_add(since));
         }
         let newest = now;

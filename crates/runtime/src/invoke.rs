@@ -225,7 +225,9 @@ impl ServiceInner {
             }
             _ => Instance::new(self.new_store(), self.config.observer.clone()),
         };
-        instance.fate = DropReason::Timeout;
+        instance.fate = None;
+        instance.deadline = deadline.into_std();
+        instance.served += 1;
         self.begin(&mut instance.store, request_id.into(), deadline, depth);
         instance
     }
@@ -574,7 +576,9 @@ async fn run_guest(
     deadline: Instant,
     request_id: String,
 ) -> Outcome {
-    instance.served += 1;
+    // A 0.3 response body the client stopped reading leaves the instance unfit to serve
+    // again.
+    let mut finished_cleanly = true;
     let result = tokio::time::timeout_at(deadline, async {
         let Instance { store, proxy, .. } = &mut instance;
         let guest = match proxy {
@@ -598,7 +602,9 @@ async fn run_guest(
                     .await
             }
             (Guest::P3(service), Call::P3 { request, on_head }) => {
-                crate::p3::serve(store, service, request, on_head).await
+                crate::p3::serve(store, service, request, on_head)
+                    .await
+                    .map(|ended| finished_cleanly = ended)
             }
             _ => Err(wasmtime::format_err!(
                 "the request was prepared for another WASI version than the instance"
@@ -634,9 +640,13 @@ async fn run_guest(
     if head.responded.load(Ordering::Acquire) {
         report_late_failure(service, &request_id, &outcome);
     }
-    instance.fate = fate(&outcome);
+    let fate = match fate(&outcome) {
+        DropReason::Done if !finished_cleanly => DropReason::Abandoned,
+        fate => fate,
+    };
+    instance.fate = Some(fate);
     let reuse = &inner.config.reuse;
-    if instance.fate == DropReason::Done && instance.served < reuse.requests {
+    if fate == DropReason::Done && instance.served < reuse.requests {
         Pool::park(&inner, instance);
     }
     outcome

@@ -18,13 +18,15 @@ use crate::invoke::HeadResult;
 use crate::state::InstanceState;
 
 /// Runs `handle` for `request` and hands the response head to `on_head`; returns once the
-/// response body is done with (or the guest failed).
+/// response body is done with and the guest's own tasks have ended (or the guest
+/// failed). `Ok(false)`: the body was dropped before its end (the client went away), so
+/// the instance may hold half-done work and is not served again.
 pub(crate) async fn serve(
     store: &mut Store<InstanceState>,
     service: &Service,
     request: Box<hyper::Request<HyperOutgoingBody>>,
     on_head: Box<dyn FnOnce(HeadResult) + Send>,
-) -> wasmtime::Result<()> {
+) -> wasmtime::Result<bool> {
     let (parts, body) = request.into_parts();
     let uri = parts.uri.into_parts();
     // As a 0.2 guest sees it: scheme `http`, the authority from `Host` when the request
@@ -38,7 +40,7 @@ pub(crate) async fn serve(
     });
     let scheme = uri.scheme.unwrap_or(http::uri::Scheme::HTTP);
     store
-        .run_concurrent(async move |accessor| -> wasmtime::Result<()> {
+        .run_concurrent(async move |accessor| -> wasmtime::Result<bool> {
             let headers = accessor.with(|mut access| {
                 let http = access.get().http();
                 FieldMap::new_immutable(http.hooks, parts.headers)
@@ -64,19 +66,28 @@ pub(crate) async fn serve(
                         })
                     })));
                     // The body's frames come from the guest through this event loop.
-                    let _ = finished.await;
+                    let ended = finished.await.unwrap_or(false);
+                    // A guest's tasks may go on after its body (or after the client left):
+                    // they end here, inside this request's deadline, so nothing of this
+                    // request runs in the instance's next one.
+                    std::future::poll_fn(|cx| accessor.poll_no_interesting_tasks(cx)).await;
+                    Ok(ended)
                 }
-                Err(code) => on_head(Err(format!("{code:?}"))),
+                Err(code) => {
+                    on_head(Err(format!("{code:?}")));
+                    std::future::poll_fn(|cx| accessor.poll_no_interesting_tasks(cx)).await;
+                    Ok(true)
+                }
             }
-            Ok(())
         })
         .await?
 }
 
-/// A response body that says when it is finished with: read to its end, or dropped.
+/// A response body that says when it is finished with: `true` once read to its end,
+/// `false` when it failed or was dropped before.
 struct Watched {
     body: HyperOutgoingBody,
-    done: Option<oneshot::Sender<()>>,
+    done: Option<oneshot::Sender<bool>>,
 }
 
 impl Body for Watched {
@@ -88,8 +99,14 @@ impl Body for Watched {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.done.take();
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(done) = self.done.take() {
+                    let _ = done.send(true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => drop(self.done.take()),
+            _ => {}
         }
         polled
     }

@@ -30,6 +30,12 @@ pub enum DropReason {
     Memory,
     /// The service was unloaded while the instance waited.
     Unloaded,
+    /// The client stopped reading a WASI 0.3 response body before its end, so the
+    /// instance may hold half-done work.
+    Abandoned,
+    /// The host gave up on the request without a verdict from the guest (an error of
+    /// its own, or its task ended early).
+    Failed,
 }
 
 impl DropReason {
@@ -42,6 +48,8 @@ impl DropReason {
             DropReason::Timeout => "timeout",
             DropReason::Memory => "memory",
             DropReason::Unloaded => "unloaded",
+            DropReason::Abandoned => "abandoned",
+            DropReason::Failed => "failed",
         }
     }
 }
@@ -78,9 +86,12 @@ pub(crate) struct Instance {
     pub(crate) proxy: Option<Guest>,
     /// Requests it started serving.
     pub(crate) served: u32,
-    /// What its drop reports. An instance dropped mid-request was aborted at its
-    /// deadline, so that is the reason until the request ends.
-    pub(crate) fate: DropReason,
+    /// What its drop reports; set when a request ends. An instance dropped mid-request
+    /// is reported as timed out when its request's deadline has passed, as failed
+    /// otherwise.
+    pub(crate) fate: Option<DropReason>,
+    /// The current request's deadline.
+    pub(crate) deadline: Instant,
     observer: Observer,
 }
 
@@ -90,7 +101,8 @@ impl Instance {
             store,
             proxy: None,
             served: 0,
-            fate: DropReason::Timeout,
+            fate: None,
+            deadline: Instant::now(),
             observer,
         }
     }
@@ -103,7 +115,12 @@ impl Drop for Instance {
         if self.proxy.is_some()
             && let Some(observer) = &self.observer.0
         {
-            observer.dropped(self.fate, self.served);
+            let fate = self.fate.unwrap_or(if Instant::now() >= self.deadline {
+                DropReason::Timeout
+            } else {
+                DropReason::Failed
+            });
+            observer.dropped(fate, self.served);
         }
     }
 }
@@ -131,7 +148,7 @@ impl Pool {
                 match state.idle.pop() {
                     Some((instance, since)) if since.elapsed() < idle => break Some(instance),
                     Some((mut instance, _)) => {
-                        instance.fate = DropReason::Idle;
+                        instance.fate = Some(DropReason::Idle);
                         stale.push(instance);
                     }
                     None => break None,
@@ -167,7 +184,7 @@ impl Pool {
                 .take_while(|(_, since)| since.elapsed() >= idle)
                 .count();
             stale.extend(state.idle.drain(..due).map(|(mut instance, _)| {
-                instance.fate = DropReason::Idle;
+                instance.fate = Some(DropReason::Idle);
                 instance
             }));
             match state.idle.first() {
@@ -187,7 +204,7 @@ impl Drop for Pool {
     fn drop(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         for (instance, _) in &mut state.idle {
-            instance.fate = DropReason::Unloaded;
+            instance.fate = Some(DropReason::Unloaded);
         }
     }
 }

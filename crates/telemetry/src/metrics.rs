@@ -6,6 +6,7 @@
 //! cloned only when a series is created.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -138,6 +139,9 @@ pub(crate) struct Metrics {
     event_in_flight: Family<SubscriptionLabels, Gauge>,
     event_dead: Family<SubscriptionLabels, Gauge>,
     series: RwLock<HashMap<ServiceLabels, Arc<Series>>>,
+    /// Whether each revision with instance observers is still reported: cleared by
+    /// `forget`, so instances dropped later do not bring its series back.
+    observed: Mutex<HashMap<ServiceLabels, Arc<AtomicBool>>>,
 }
 
 /// Keeps a service's in-flight gauge raised while it lives.
@@ -249,7 +253,7 @@ impl Metrics {
         let instances_dropped = Family::<DetailLabels, Counter>::default();
         registry.register(
             "tessera_instances_dropped",
-            "Instances dropped, by reason (done, idle, trap, timeout, memory, unloaded)",
+            "Instances dropped, by reason (done, idle, trap, timeout, memory, unloaded, abandoned, failed)",
             instances_dropped.clone(),
         );
         let instance_requests: HistogramFamily<ServiceLabels> =
@@ -324,6 +328,7 @@ impl Metrics {
             event_in_flight,
             event_dead,
             series: RwLock::new(HashMap::new()),
+            observed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -480,6 +485,14 @@ impl Metrics {
         self.instances_created.remove(labels);
         self.instances_reused.remove(labels);
         self.instance_requests.remove(labels);
+        if let Some(live) = self
+            .observed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(labels)
+        {
+            live.store(false, Ordering::Release);
+        }
         let Some(series) = series else { return };
         for (class, counter) in CLASSES.iter().zip(&series.classes) {
             if counter.get().is_some() {
@@ -495,7 +508,15 @@ impl Metrics {
 
     /// The handles one revision's instances report through.
     pub(crate) fn instances(self: &Arc<Self>, labels: &ServiceLabels) -> Instances {
+        let live = self
+            .observed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(labels.clone())
+            .or_insert_with(|| Arc::new(AtomicBool::new(true)))
+            .clone();
         Instances {
+            live,
             created: self.instances_created.get_or_create_owned(labels),
             reused: self.instances_reused.get_or_create_owned(labels),
             requests: self.instance_requests.get_or_create_owned(labels),
@@ -514,6 +535,8 @@ impl Metrics {
 
 /// One revision's instance metrics, reported to by the runtime as instances come and go.
 pub(crate) struct Instances {
+    /// False once the revision is forgotten.
+    live: Arc<AtomicBool>,
     created: Counter,
     reused: Counter,
     requests: Histogram,
@@ -531,6 +554,9 @@ impl tessera_runtime::InstanceObserver for Instances {
     }
 
     fn dropped(&self, reason: tessera_runtime::DropReason, served: u32) {
+        if !self.live.load(Ordering::Acquire) {
+            return;
+        }
         self.requests.observe(f64::from(served));
         self.metrics
             .count_detail(&self.labels, Detail::Dropped, reason.as_str());

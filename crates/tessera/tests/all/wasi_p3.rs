@@ -126,6 +126,27 @@ async fn a_wasi_0_3_component_is_served_beside_0_2_with_reuse_and_failures_conta
     assert_eq!(count, 1, "the timed-out instance was reused");
     assert_ne!(after_timeout, after_trap);
 
+    // A client that stops reading a streamed body leaves its instance unfit to serve
+    // again (it may hold half-done work): the next request gets a new one.
+    let (before, _) = served(&node, "/kept/hello", "k-before-abandon").await;
+    {
+        use std::io::{Read, Write};
+        let mut socket = std::net::TcpStream::connect(node.addr).unwrap();
+        socket
+            .write_all(b"GET /kept/stream?mb=256 HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .unwrap();
+        let mut first = [0u8; 4096];
+        let read = socket.read(&mut first).unwrap();
+        assert!(
+            String::from_utf8_lossy(&first[..read]).starts_with("HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&first[..read])
+        );
+    }
+    let (after_abandon, count) = served(&node, "/kept/hello", "k-after-abandon").await;
+    assert_eq!(count, 1, "the abandoned instance was reused");
+    assert_ne!(after_abandon, before);
+
     // Concurrent requests each get an instance of their own and all succeed.
     let calls: Vec<_> = (0..6)
         .map(|i| {

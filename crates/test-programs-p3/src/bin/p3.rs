@@ -4,6 +4,7 @@
 //!   once per instance and `<served>` counts the requests this instance started;
 //! - `.../echo`: streams the request body back as it arrives;
 //! - `.../sleep?ms=N`: waits N ms on the host's clock (asynchronously) first;
+//! - `.../stream?mb=N`: answers N MiB of `x`, written 64 KiB at a time;
 //! - `.../trap`: panics.
 //!
 //! It prints `p3 <instance> request <served>` to stdout on every request.
@@ -44,12 +45,13 @@ fn text(body: String) -> Result<Response, ErrorCode> {
     Ok(response)
 }
 
-fn query_ms(request: &Request) -> u64 {
+/// The number after `name=` in the query (`default` when absent).
+fn query(request: &Request, name: &str, default: u64) -> u64 {
     let path = request.get_path_with_query().unwrap_or_default();
-    path.split_once("ms=")
+    path.split_once(&format!("{name}="))
         .and_then(|(_, rest)| rest.split('&').next())
-        .and_then(|ms| ms.parse().ok())
-        .unwrap_or(100)
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
 }
 
 impl wasip3::exports::http::handler::Guest for P3 {
@@ -63,9 +65,24 @@ impl wasip3::exports::http::handler::Guest for P3 {
             panic!("p3 {id} trapped on purpose");
         }
         if path.ends_with("/sleep") {
-            let ms = query_ms(&request);
+            let ms = query(&request, "ms", 100);
             wasip3::clocks::monotonic_clock::wait_for(ms.saturating_mul(1_000_000)).await;
             return text(format!("slept {ms} ms {id} {served}\n"));
+        }
+        if path.ends_with("/stream") {
+            let mb = query(&request, "mb", 1);
+            let (mut contents, contents_rx) = wit_stream::new();
+            let (trailers, trailers_rx) = wit_future::new(|| Ok(None));
+            let (response, _sent) = Response::new(Fields::new(), Some(contents_rx), trailers_rx);
+            drop(trailers);
+            wit_bindgen::spawn_local(async move {
+                for _ in 0..mb * 16 {
+                    if !contents.write_all(vec![b'x'; 64 * 1024]).await.is_empty() {
+                        break;
+                    }
+                }
+            });
+            return Ok(response);
         }
         if path.ends_with("/echo") {
             let (_, result) = wit_future::new(|| Ok(()));
