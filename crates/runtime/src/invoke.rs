@@ -216,14 +216,19 @@ impl ServiceInner {
     /// one is waiting, a fresh store otherwise; fitted to the request either way.
     fn instance(&self, request_id: &str, deadline: Instant, depth: u32) -> Instance {
         let reuse = &self.config.reuse;
-        let mut instance = match reuse.enabled().then(|| self.pool.take(reuse.idle)) {
-            Some(Some(instance)) => {
+        let parked = if reuse.enabled() {
+            self.pool.take(reuse.idle)
+        } else {
+            None
+        };
+        let mut instance = match parked {
+            Some(instance) => {
                 if let Some(observer) = &self.config.observer.0 {
                     observer.reused();
                 }
                 instance
             }
-            _ => Instance::new(self.new_store(), self.config.observer.clone()),
+            None => Instance::new(self.new_store(), self.config.observer.clone()),
         };
         instance.fate = None;
         instance.deadline = deadline.into_std();

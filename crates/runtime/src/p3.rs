@@ -54,7 +54,7 @@ pub(crate) async fn serve(
                 None,
                 body,
             );
-            match service.handle(accessor, request).await? {
+            let ended = match service.handle(accessor, request).await? {
                 Ok(response) => {
                     let response =
                         accessor.with(|mut access| response.into_http(&mut access, request_io))?;
@@ -66,19 +66,18 @@ pub(crate) async fn serve(
                         })
                     })));
                     // The body's frames come from the guest through this event loop.
-                    let ended = finished.await.unwrap_or(false);
-                    // A guest's tasks may go on after its body (or after the client left):
-                    // they end here, inside this request's deadline, so nothing of this
-                    // request runs in the instance's next one.
-                    std::future::poll_fn(|cx| accessor.poll_no_interesting_tasks(cx)).await;
-                    Ok(ended)
+                    finished.await.unwrap_or(false)
                 }
                 Err(code) => {
                     on_head(Err(format!("{code:?}")));
-                    std::future::poll_fn(|cx| accessor.poll_no_interesting_tasks(cx)).await;
-                    Ok(true)
+                    true
                 }
-            }
+            };
+            // A guest's tasks may go on after its body (or after the client left): they
+            // end here, inside this request's deadline, so nothing of this request runs
+            // in the instance's next one.
+            std::future::poll_fn(|cx| accessor.poll_no_interesting_tasks(cx)).await;
+            Ok(ended)
         })
         .await?
 }

@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::util::{App, Node, client, error_code, ok, sample, scrape, up_fails};
+use crate::util::{App, Node, client, error_code, instance_served, ok, sample, scrape, up_fails};
 
 const TOKEN: &str = "reuse-token-0123456789abcdef";
 
@@ -29,22 +29,10 @@ timeout = "1s"
 memory = "24MiB"
 "#;
 
-/// The instance id and its request count, as the guest answers them.
-async fn served(node: &Node, path: &str, request_id: &str) -> (String, u32) {
-    let r = client()
-        .get(node.url(path))
-        .header("x-request-id", request_id)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{path}");
-    let text = r.text().await.unwrap();
-    let (id, count) = text.trim().split_once(' ').unwrap();
-    (id.to_string(), count.parse().unwrap())
-}
-
-fn series(metric: &str, service: &str, extra: &str) -> String {
-    format!(r#"{metric}{{app="reuse",service="{service}",revision="r1"{extra}}}"#)
+/// The value of `metric` for revision r1 of `service` (with `extra` labels), 0 when absent.
+fn value(metrics: &str, metric: &str, service: &str, extra: &str) -> f64 {
+    let series = format!(r#"{metric}{{app="reuse",service="{service}",revision="r1"{extra}}}"#);
+    sample(metrics, &series).unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -57,7 +45,7 @@ async fn a_reused_instance_serves_its_quota_and_any_failure_drops_it() {
     // By default every request gets a fresh instance.
     let mut fresh = HashSet::new();
     for i in 0..3 {
-        let (id, count) = served(&node, "/fresh", &format!("fresh-{i}")).await;
+        let (id, count) = instance_served(&node, "/fresh", &format!("fresh-{i}")).await;
         assert_eq!(count, 1, "a fresh instance served before");
         fresh.insert(id);
     }
@@ -67,7 +55,7 @@ async fn a_reused_instance_serves_its_quota_and_any_failure_drops_it() {
     // new one takes over.
     let mut seen = Vec::new();
     for i in 0..5 {
-        seen.push(served(&node, "/kept", &format!("kept-{i}")).await);
+        seen.push(instance_served(&node, "/kept", &format!("kept-{i}")).await);
     }
     let counts: Vec<u32> = seen.iter().map(|(_, c)| *c).collect();
     assert_eq!(counts, [1, 2, 3, 1, 2], "{seen:?}");
@@ -85,14 +73,14 @@ async fn a_reused_instance_serves_its_quota_and_any_failure_drops_it() {
 
     // An instance left waiting longer than `reuse_idle` is dropped.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (after_idle, count) = served(&node, "/kept", "kept-idle").await;
+    let (after_idle, count) = instance_served(&node, "/kept", "kept-idle").await;
     assert_eq!(count, 1, "the idle instance was reused");
 
     // A trap drops the instance at once: the next request gets a healthy new one.
     let r = client().get(node.url("/kept/trap")).send().await.unwrap();
     assert_eq!(r.status(), 500);
     assert_eq!(error_code(r).await, "guest_trap");
-    let (after_trap, count) = served(&node, "/kept", "kept-trap").await;
+    let (after_trap, count) = instance_served(&node, "/kept", "kept-trap").await;
     assert_eq!(count, 1, "the trapped instance was reused");
     assert_ne!(after_trap, after_idle);
 
@@ -103,13 +91,13 @@ async fn a_reused_instance_serves_its_quota_and_any_failure_drops_it() {
         .await
         .unwrap();
     assert_eq!(r.status(), 504);
-    let (after_timeout, count) = served(&node, "/kept", "kept-timeout").await;
+    let (after_timeout, count) = instance_served(&node, "/kept", "kept-timeout").await;
     assert_eq!(count, 1, "the timed-out instance was reused");
     assert_ne!(after_timeout, after_trap);
 
     // Memory kept by one request stays with the instance; a request that then passes
     // the limit fails, and its instance is not served again.
-    let (grown, count) = served(&node, "/kept/grow?mb=6", "kept-grow").await;
+    let (grown, count) = instance_served(&node, "/kept/grow?mb=6", "kept-grow").await;
     assert_eq!((grown.as_str(), count), (after_timeout.as_str(), 2));
     let r = client()
         .get(node.url("/kept/grow?mb=20"))
@@ -118,22 +106,23 @@ async fn a_reused_instance_serves_its_quota_and_any_failure_drops_it() {
         .unwrap();
     assert_eq!(r.status(), 500);
     assert_eq!(error_code(r).await, "memory_limit");
-    let (after_memory, count) = served(&node, "/kept", "kept-memory").await;
+    let (after_memory, count) = instance_served(&node, "/kept", "kept-memory").await;
     assert_eq!(count, 1, "the instance that hit its limit was reused");
     assert_ne!(after_memory, grown);
 
     let metrics = scrape(&node, TOKEN).await;
-    let value = |metric: &str, service: &str, extra: &str| {
-        sample(&metrics, &series(metric, service, extra)).unwrap_or(0.0)
-    };
     assert_eq!(
-        value("tessera_instances_created_total", "fresh", ""),
+        value(&metrics, "tessera_instances_created_total", "fresh", ""),
         3.0,
         "{metrics}"
     );
-    assert_eq!(value("tessera_instances_reused_total", "fresh", ""), 0.0);
+    assert_eq!(
+        value(&metrics, "tessera_instances_reused_total", "fresh", ""),
+        0.0
+    );
     assert_eq!(
         value(
+            &metrics,
             "tessera_instances_dropped_total",
             "fresh",
             r#",reason="done""#
@@ -144,12 +133,12 @@ async fn a_reused_instance_serves_its_quota_and_any_failure_drops_it() {
     // kept: instances A (3 requests), B (2, idle), C (1 then trap), D (1 then
     // timeout), E (1, grow, then memory), F (1, waiting).
     assert_eq!(
-        value("tessera_instances_created_total", "kept", ""),
+        value(&metrics, "tessera_instances_created_total", "kept", ""),
         6.0,
         "{metrics}"
     );
     assert_eq!(
-        value("tessera_instances_reused_total", "kept", ""),
+        value(&metrics, "tessera_instances_reused_total", "kept", ""),
         2.0 + 1.0 + 1.0 + 1.0 + 2.0,
         "{metrics}"
     );
@@ -162,18 +151,18 @@ async fn a_reused_instance_serves_its_quota_and_any_failure_drops_it() {
     ] {
         let extra = format!(r#",reason="{reason}""#);
         assert_eq!(
-            value("tessera_instances_dropped_total", "kept", &extra),
+            value(&metrics, "tessera_instances_dropped_total", "kept", &extra),
             count,
             "{reason}: {metrics}"
         );
     }
     assert_eq!(
-        value("tessera_instance_requests_count", "kept", ""),
+        value(&metrics, "tessera_instance_requests_count", "kept", ""),
         5.0,
         "{metrics}"
     );
     assert_eq!(
-        value("tessera_instance_requests_sum", "kept", ""),
+        value(&metrics, "tessera_instance_requests_sum", "kept", ""),
         3.0 + 2.0 + 2.0 + 2.0 + 3.0,
         "{metrics}"
     );
@@ -217,26 +206,18 @@ async fn concurrent_requests_each_get_an_instance_and_later_ones_reuse_them() {
 
     // Then one after another: all served by those same instances, none made anew.
     for i in 0..40 {
-        let (id, count) = served(&node, "/kept", &format!("after-{i}")).await;
+        let (id, count) = instance_served(&node, "/kept", &format!("after-{i}")).await;
         assert!(burst.contains(&id), "a new instance {id} was made");
         assert!(count >= 2, "{id} {count}");
     }
     let metrics = scrape(&node, TOKEN).await;
     assert_eq!(
-        sample(
-            &metrics,
-            &series("tessera_instances_created_total", "kept", "")
-        )
-        .unwrap_or(0.0),
+        value(&metrics, "tessera_instances_created_total", "kept", ""),
         8.0,
         "{metrics}"
     );
     assert_eq!(
-        sample(
-            &metrics,
-            &series("tessera_instances_reused_total", "kept", "")
-        )
-        .unwrap_or(0.0),
+        value(&metrics, "tessera_instances_reused_total", "kept", ""),
         40.0,
         "{metrics}"
     );

@@ -372,3 +372,20 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|value| value.parse().ok())
 }
+
+/// The instance id and request count of an `instance` or `p3` guest's answer (its last
+/// two words), asked with `request_id`; the answer must be a 200.
+pub async fn instance_served(node: &Node, path: &str, request_id: &str) -> (String, u32) {
+    let r = client()
+        .get(node.url(path))
+        .header("x-request-id", request_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{path}");
+    let text = r.text().await.unwrap();
+    let mut words = text.split_whitespace().rev();
+    let count = words.next().unwrap().parse().unwrap();
+    let id = words.next().unwrap().to_string();
+    (id, count)
+}

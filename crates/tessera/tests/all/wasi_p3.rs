@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 
-use crate::util::{App, Node, client, error_code, ok};
+use crate::util::{App, Node, client, error_code, instance_served, ok};
 
 const TOKEN: &str = "p3-token-0123456789abcdef";
 
@@ -31,22 +31,6 @@ component = "{guest:hello}"
 routes = ["/classic"]
 "#;
 
-/// The instance id and request count of a `.../hello` or `.../sleep` answer.
-async fn served(node: &Node, path: &str, request_id: &str) -> (String, u32) {
-    let r = client()
-        .get(node.url(path))
-        .header("x-request-id", request_id)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{path}");
-    let text = r.text().await.unwrap();
-    let mut words = text.split_whitespace().rev();
-    let count = words.next().unwrap().parse().unwrap();
-    let id = words.next().unwrap().to_string();
-    (id, count)
-}
-
 #[tokio::test]
 async fn a_wasi_0_3_component_is_served_beside_0_2_with_reuse_and_failures_contained() {
     let data = tempfile::tempdir().unwrap();
@@ -68,14 +52,14 @@ async fn a_wasi_0_3_component_is_served_beside_0_2_with_reuse_and_failures_conta
     // A fresh instance per request by default; one instance for many with `reuse`.
     let mut fresh = HashSet::new();
     for i in 0..3 {
-        let (id, count) = served(&node, "/fresh/hello", &format!("f-{i}")).await;
+        let (id, count) = instance_served(&node, "/fresh/hello", &format!("f-{i}")).await;
         assert_eq!(count, 1);
         fresh.insert(id);
     }
     assert_eq!(fresh.len(), 3, "{fresh:?}");
-    let first = served(&node, "/kept/hello", "k-0").await;
+    let first = instance_served(&node, "/kept/hello", "k-0").await;
     for i in 1..5 {
-        let (id, count) = served(&node, "/kept/hello", &format!("k-{i}")).await;
+        let (id, count) = instance_served(&node, "/kept/hello", &format!("k-{i}")).await;
         assert_eq!((id.as_str(), count), (first.0.as_str(), i + 1));
     }
     // Its output carries each request's id.
@@ -89,7 +73,7 @@ async fn a_wasi_0_3_component_is_served_beside_0_2_with_reuse_and_failures_conta
     );
 
     // An async sleep on the host's clock, and a body streamed both ways.
-    let (id, _) = served(&node, "/kept/sleep?ms=50", "k-sleep").await;
+    let (id, _) = instance_served(&node, "/kept/sleep?ms=50", "k-sleep").await;
     assert_eq!(id, first.0);
     let body: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
     let r = http
@@ -110,7 +94,7 @@ async fn a_wasi_0_3_component_is_served_beside_0_2_with_reuse_and_failures_conta
     let r = http.get(node.url("/kept/trap")).send().await.unwrap();
     assert_eq!(r.status(), 500);
     assert_eq!(error_code(r).await, "guest_trap");
-    let (after_trap, count) = served(&node, "/kept/hello", "k-after-trap").await;
+    let (after_trap, count) = instance_served(&node, "/kept/hello", "k-after-trap").await;
     assert_eq!(count, 1, "the trapped instance was reused");
     assert_ne!(after_trap, first.0);
 
@@ -122,13 +106,13 @@ async fn a_wasi_0_3_component_is_served_beside_0_2_with_reuse_and_failures_conta
         .unwrap();
     assert_eq!(r.status(), 504);
     assert_eq!(error_code(r).await, "timeout");
-    let (after_timeout, count) = served(&node, "/kept/hello", "k-after-timeout").await;
+    let (after_timeout, count) = instance_served(&node, "/kept/hello", "k-after-timeout").await;
     assert_eq!(count, 1, "the timed-out instance was reused");
     assert_ne!(after_timeout, after_trap);
 
     // A client that stops reading a streamed body leaves its instance unfit to serve
     // again (it may hold half-done work): the next request gets a new one.
-    let (before, _) = served(&node, "/kept/hello", "k-before-abandon").await;
+    let (before, _) = instance_served(&node, "/kept/hello", "k-before-abandon").await;
     {
         use std::io::{Read, Write};
         let mut socket = std::net::TcpStream::connect(node.addr).unwrap();
@@ -143,7 +127,7 @@ async fn a_wasi_0_3_component_is_served_beside_0_2_with_reuse_and_failures_conta
             String::from_utf8_lossy(&first[..read])
         );
     }
-    let (after_abandon, count) = served(&node, "/kept/hello", "k-after-abandon").await;
+    let (after_abandon, count) = instance_served(&node, "/kept/hello", "k-after-abandon").await;
     assert_eq!(count, 1, "the abandoned instance was reused");
     assert_ne!(after_abandon, before);
 
