@@ -123,6 +123,8 @@ pub(crate) struct ServiceInner {
     output: Arc<crate::output::OutputLimiter>,
     /// Instances waiting for their next request (only when the service reuses them).
     pub(crate) pool: Pool,
+    /// Instances serving several requests at once (only with `reuse_concurrency` above 1).
+    pub(crate) workers: crate::worker::Workers,
 }
 
 impl ServiceInner {
@@ -154,13 +156,20 @@ impl ServiceInner {
             pre,
             sink,
             pool: Pool::default(),
+            workers: Default::default(),
         }
+    }
+
+    /// Whether one instance may serve several requests at once.
+    pub(crate) fn concurrent(&self) -> bool {
+        let reuse = &self.config.reuse;
+        reuse.enabled() && reuse.concurrency > 1 && matches!(self.pre, GuestPre::P3(_))
     }
 
     /// A store holding only what this service is granted: no preopened directories, no
     /// sockets, only the environment the manifest lists, output captured per request.
     /// [`ServiceInner::begin`] fits it to each request it serves.
-    fn new_store(&self) -> Store<InstanceState> {
+    pub(crate) fn new_store(&self) -> Store<InstanceState> {
         let request_id: Arc<str> = Arc::from("");
         let caller = Caller {
             app: self.app.clone(),
@@ -214,10 +223,10 @@ impl ServiceInner {
 
     /// An instance for one request: a parked one when the service reuses instances and
     /// one is waiting, a fresh store otherwise; fitted to the request either way.
-    fn instance(&self, request_id: &str, deadline: Instant, depth: u32) -> Instance {
+    async fn instance(&self, request_id: &str, deadline: Instant, depth: u32) -> Instance {
         let reuse = &self.config.reuse;
         let parked = if reuse.enabled() {
-            self.pool.take(reuse.idle)
+            self.pool.take_or_wait(reuse.idle).await
         } else {
             None
         };
@@ -275,7 +284,7 @@ impl ServiceInner {
         });
     }
 
-    fn classify(&self, error: wasmtime::Error, hits: LimitHits) -> InvokeError {
+    pub(crate) fn classify(&self, error: wasmtime::Error, hits: LimitHits) -> InvokeError {
         let service = self.config.name.clone();
         if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() || hits.budget {
             return InvokeError::Capacity;
@@ -307,19 +316,19 @@ impl ServiceInner {
 /// The guest's run as seen from its task: the call's result (or a deadline miss),
 /// whether the memory limit was hit on the way, and whether what it published after its
 /// response head was committed.
-struct Outcome {
-    result: Result<wasmtime::Result<()>, tokio::time::error::Elapsed>,
-    hits: LimitHits,
-    publish_error: Option<String>,
+pub(crate) struct Outcome {
+    pub(crate) result: Result<wasmtime::Result<()>, tokio::time::error::Elapsed>,
+    pub(crate) hits: LimitHits,
+    pub(crate) publish_error: Option<String>,
 }
 
 /// Which memory limits an instance ran into.
 #[derive(Debug, Clone, Copy, Default)]
-struct LimitHits {
+pub(crate) struct LimitHits {
     /// The service's own limit.
-    memory: bool,
+    pub(crate) memory: bool,
     /// The node's budget for all instances.
-    budget: bool,
+    pub(crate) budget: bool,
 }
 
 /// A request served to the end (see [`Service::handle_to_completion`]).
@@ -334,8 +343,36 @@ pub struct Completed {
 /// task, which ends when the handler returns and its late publishes are committed.
 struct Running {
     response: hyper::Response<HyperOutgoingBody>,
-    task: tokio::task::JoinHandle<Outcome>,
+    task: GuestTask,
     deadline: Instant,
+}
+
+/// Where a request's [`Outcome`] comes from: the task that owns its instance, or (on an
+/// instance serving several requests at once) the instance's worker.
+enum GuestTask {
+    Own(tokio::task::JoinHandle<Outcome>),
+    Shared(oneshot::Receiver<Outcome>),
+}
+
+impl GuestTask {
+    async fn outcome(self) -> Result<Outcome, String> {
+        match self {
+            GuestTask::Own(task) => task
+                .await
+                .map_err(|join| format!("guest task failed: {join}")),
+            GuestTask::Shared(outcome) => outcome
+                .await
+                .map_err(|_| "the instance's worker ended without an outcome".to_string()),
+        }
+    }
+
+    /// Stops a request's own task; a shared instance is stopped by its worker when the
+    /// request's deadline passes.
+    fn abort(&self) {
+        if let GuestTask::Own(task) = self {
+            task.abort();
+        }
+    }
 }
 
 type HeadSender = oneshot::Sender<HeadResult>;
@@ -390,7 +427,7 @@ impl Service {
                 timeout: inner.config.limits.timeout,
             });
         }
-        match running.task.await {
+        match running.task.outcome().await {
             Ok(Outcome {
                 result: Ok(Ok(())),
                 publish_error: None,
@@ -412,9 +449,9 @@ impl Service {
                 service: inner.config.name.clone(),
                 timeout: inner.config.limits.timeout,
             }),
-            Err(join) => Err(InvokeError::Internal {
+            Err(message) => Err(InvokeError::Internal {
                 service: inner.config.name.clone(),
-                message: format!("guest task failed: {join}"),
+                message,
             }),
         }
     }
@@ -435,7 +472,15 @@ impl Service {
             message: format!("{e:#}"),
         };
         ensure_authority(&mut request);
-        let mut instance = inner.instance(request_id, deadline, call_depth(&request));
+        if inner.concurrent() {
+            return start_shared(&inner, request, request_id, deadline).await;
+        }
+        let mut instance = inner
+            .instance(request_id, deadline, call_depth(&request))
+            .await;
+        // Told when the response body ends, so the next request may wait for this
+        // instance rather than make another.
+        let finish = inner.config.reuse.enabled().then(|| inner.pool.finish());
         let store = &mut instance.store;
         let head = HeadWatch::default();
         let (sender, receiver) = oneshot::channel();
@@ -479,9 +524,68 @@ impl Service {
             head,
             deadline,
             request_id.to_string(),
+            finish.clone(),
         ));
-        await_head(&inner, receiver, task, deadline, request_id).await
+        let mut running =
+            await_head(&inner, GuestTask::Own(task), receiver, deadline, request_id).await?;
+        if let Some(finish) = finish {
+            running.response = running
+                .response
+                .map(|body| http_body_util::BodyExt::boxed_unsync(EndWatch { body, finish }));
+        }
+        Ok(running)
     }
+}
+
+/// Starts a request on an instance that serves several at once (a WASI 0.3 service with
+/// `reuse_concurrency` above 1): the service's workers take it.
+async fn start_shared<B>(
+    inner: &Arc<ServiceInner>,
+    request: hyper::Request<B>,
+    request_id: &str,
+    deadline: Instant,
+) -> Result<Running, InvokeError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let depth = call_depth(&request);
+    let head = HeadWatch::default();
+    let (sender, receiver) = oneshot::channel();
+    // Such a component imports no publishing interface (checked when it was loaded), so
+    // its requests' outbox stays empty.
+    let on_head = head.on_response(
+        Default::default(),
+        None,
+        inner.config.name.clone(),
+        request_id.to_string(),
+        sender,
+    );
+    let (done, outcome) = oneshot::channel();
+    crate::worker::dispatch(
+        inner,
+        crate::worker::Job {
+            request: Box::new(request.map(|body| {
+                http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
+                    body,
+                    Into::into,
+                ))
+            })),
+            on_head: Box::new(on_head),
+            request_id: request_id.into(),
+            deadline: deadline.into_std(),
+            depth,
+            done,
+        },
+    );
+    await_head(
+        inner,
+        GuestTask::Shared(outcome),
+        receiver,
+        deadline,
+        request_id,
+    )
+    .await
 }
 
 /// HTTP/1.0 clients may send neither an absolute URI nor a Host header; the guest API
@@ -580,6 +684,7 @@ async fn run_guest(
     head: HeadWatch,
     deadline: Instant,
     request_id: String,
+    finish: Option<Arc<crate::reuse::Finish>>,
 ) -> Outcome {
     // A 0.3 response body the client stopped reading leaves the instance unfit to serve
     // again.
@@ -653,13 +758,18 @@ async fn run_guest(
     let reuse = &inner.config.reuse;
     if fate == DropReason::Done && instance.served < reuse.requests {
         Pool::park(&inner, instance);
+    } else {
+        drop(instance);
+    }
+    if let Some(finish) = finish {
+        inner.pool.over(&finish);
     }
     outcome
 }
 
 /// What becomes of an instance after a request: only one whose guest returned normally
 /// may serve again; any failure drops it.
-fn fate(outcome: &Outcome) -> DropReason {
+pub(crate) fn fate(outcome: &Outcome) -> DropReason {
     if outcome.hits.memory || outcome.hits.budget {
         return DropReason::Memory;
     }
@@ -670,6 +780,37 @@ fn fate(outcome: &Outcome) -> DropReason {
             _ => DropReason::Trap,
         },
         Err(_) => DropReason::Timeout,
+    }
+}
+
+/// A response body that tells its request's [`Finish`](crate::reuse::Finish) when it
+/// has reached its end.
+struct EndWatch {
+    body: HyperOutgoingBody,
+    finish: Arc<crate::reuse::Finish>,
+}
+
+impl Body for EndWatch {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.body.is_end_stream() {
+            self.finish.body_ended();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -703,8 +844,8 @@ fn report_late_failure(service: &str, request_id: &str, outcome: &Outcome) {
 /// one is classified by how its task ended.
 async fn await_head(
     inner: &ServiceInner,
+    task: GuestTask,
     receiver: oneshot::Receiver<HeadResult>,
-    task: tokio::task::JoinHandle<Outcome>,
     deadline: Instant,
     request_id: &str,
 ) -> Result<Running, InvokeError> {
@@ -724,7 +865,7 @@ async fn await_head(
             code,
         }),
         // The guest dropped the response outparam: its task is over or ending.
-        Ok(Err(_)) => match task.await {
+        Ok(Err(_)) => match task.outcome().await {
             Ok(Outcome {
                 result: Ok(Ok(())), ..
             }) => Err(InvokeError::NoResponse { service: service() }),
@@ -737,9 +878,9 @@ async fn await_head(
                 Err(inner.classify(error, hits))
             }
             Ok(Outcome { result: Err(_), .. }) => Err(timed_out()),
-            Err(join) => Err(InvokeError::Internal {
+            Err(message) => Err(InvokeError::Internal {
                 service: service(),
-                message: format!("guest task failed: {join}"),
+                message,
             }),
         },
         Err(_) => {

@@ -20,6 +20,7 @@ mod output;
 mod p3;
 mod reuse;
 mod state;
+mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -167,8 +168,10 @@ pub enum RuntimeError {
         expected: String,
         actual: String,
     },
-    /// `reuse_concurrency` above 1: a WASI 0.2 instance serves one request at a time, and
-    /// this node does not yet serve several requests at once on one WASI 0.3 instance.
+    /// `reuse_concurrency` above 1 for a component that cannot serve several requests at
+    /// once on one instance: a WASI 0.2 one, or one that publishes messages (which are
+    /// committed per request, and an instance serving several cannot tell whose they
+    /// are).
     #[error(
         "service `{service}`: reuse_concurrency = {concurrency} is not served: {}",
         if *wasi == "0.2" {
@@ -176,9 +179,9 @@ pub enum RuntimeError {
              (`wasi:http/incoming-handler@0.2.x`), whose instances serve one request at a \
              time: remove the key or set it to 1"
         } else {
-            "this node serves one request at a time on each instance of a WASI 0.3 component \
-             so far (several at once on one instance is still to come): remove the key or \
-             set it to 1"
+            "the component imports `tessera:messaging`, whose messages are committed per \
+             request, and an instance serving several requests at once cannot tell whose a \
+             message is: remove the key or set it to 1"
         }
     )]
     ReuseConcurrency {
@@ -409,22 +412,25 @@ impl Runtime {
                 }
             },
         };
-        if config.reuse.concurrency > 1 {
+        let code_size = {
+            let range = component.image_range();
+            (range.end as usize).saturating_sub(range.start as usize)
+        };
+        let imports: Arc<[String]> = component
+            .component_type()
+            .imports(component.engine())
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        if config.reuse.concurrency > 1
+            && (matches!(pre, invoke::GuestPre::P2(_))
+                || imports_package(&imports, "tessera:messaging"))
+        {
             return Err(RuntimeError::ReuseConcurrency {
                 service: config.name.clone(),
                 concurrency: config.reuse.concurrency,
                 wasi: pre.wasi_version(),
             });
         }
-        let code_size = {
-            let range = component.image_range();
-            (range.end as usize).saturating_sub(range.start as usize)
-        };
-        let imports = component
-            .component_type()
-            .imports(component.engine())
-            .map(|(name, _)| name.to_owned())
-            .collect();
         let service = Service {
             imports,
             inner: Arc::new(invoke::ServiceInner::new(
@@ -468,6 +474,15 @@ pub fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [0x0d, 0x00, 0x01, 0x00]
 }
 
+/// Whether one of `imports` is an interface of `package` (`tessera:sql`), in any version.
+fn imports_package(imports: &[String], package: &str) -> bool {
+    imports.iter().any(|name| {
+        name.split('/')
+            .next()
+            .is_some_and(|p| p.split('@').next() == Some(package))
+    })
+}
+
 /// A loaded service: a pre-instantiated component ready to serve requests. Cheap to clone.
 #[derive(Clone)]
 pub struct Service {
@@ -480,9 +495,7 @@ impl Service {
     /// Whether the component imports an interface of this package (`tessera:sql`), in
     /// any version.
     pub fn imports_package(&self, package: &str) -> bool {
-        self.imports
-            .iter()
-            .any(|name| name.split('/').next() == Some(package))
+        imports_package(&self.imports, package)
     }
 
     pub fn name(&self) -> &str {

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 use wasmtime::Store;
+use wasmtime::component::Accessor;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p3::bindings::Service;
 use wasmtime_wasi_http::{FieldMap, WasiHttpView};
@@ -27,6 +28,28 @@ pub(crate) async fn serve(
     request: Box<hyper::Request<HyperOutgoingBody>>,
     on_head: Box<dyn FnOnce(HeadResult) + Send>,
 ) -> wasmtime::Result<bool> {
+    store
+        .run_concurrent(async move |accessor| -> wasmtime::Result<bool> {
+            let ended = handle(accessor, service, request, on_head).await?;
+            // A guest's tasks may go on after its body (or after the client left): they
+            // end here, inside this request's deadline, so nothing of this request runs
+            // in the instance's next one.
+            std::future::poll_fn(|cx| accessor.poll_no_interesting_tasks(cx)).await;
+            Ok(ended)
+        })
+        .await?
+}
+
+/// One request inside a store's event loop (which may serve others at the same time):
+/// `handle` is called, its head handed to `on_head`, and the body awaited to its end.
+/// `Ok(false)`: the body was dropped before its end. The guest's own tasks may still
+/// run when this returns.
+pub(crate) async fn handle(
+    accessor: &Accessor<InstanceState>,
+    service: &Service,
+    request: Box<hyper::Request<HyperOutgoingBody>>,
+    on_head: Box<dyn FnOnce(HeadResult) + Send>,
+) -> wasmtime::Result<bool> {
     let (parts, body) = request.into_parts();
     let uri = parts.uri.into_parts();
     // As a 0.2 guest sees it: scheme `http`, the authority from `Host` when the request
@@ -39,47 +62,38 @@ pub(crate) async fn serve(
             .and_then(|host| host.parse().ok())
     });
     let scheme = uri.scheme.unwrap_or(http::uri::Scheme::HTTP);
-    store
-        .run_concurrent(async move |accessor| -> wasmtime::Result<bool> {
-            let headers = accessor.with(|mut access| {
-                let http = access.get().http();
-                FieldMap::new_immutable(http.hooks, parts.headers)
-            });
-            let (request, request_io) = wasmtime_wasi_http::p3::Request::new(
-                parts.method,
-                Some(scheme),
-                authority,
-                uri.path_and_query,
-                headers,
-                None,
-                body,
-            );
-            let ended = match service.handle(accessor, request).await? {
-                Ok(response) => {
-                    let response =
-                        accessor.with(|mut access| response.into_http(&mut access, request_io))?;
-                    let (done, finished) = oneshot::channel();
-                    on_head(Ok(response.map(|body| {
-                        http_body_util::BodyExt::boxed_unsync(Watched {
-                            body,
-                            done: Some(done),
-                        })
-                    })));
-                    // The body's frames come from the guest through this event loop.
-                    finished.await.unwrap_or(false)
-                }
-                Err(code) => {
-                    on_head(Err(format!("{code:?}")));
-                    true
-                }
-            };
-            // A guest's tasks may go on after its body (or after the client left): they
-            // end here, inside this request's deadline, so nothing of this request runs
-            // in the instance's next one.
-            std::future::poll_fn(|cx| accessor.poll_no_interesting_tasks(cx)).await;
-            Ok(ended)
-        })
-        .await?
+    let headers = accessor.with(|mut access| {
+        let http = access.get().http();
+        FieldMap::new_immutable(http.hooks, parts.headers)
+    });
+    let (request, request_io) = wasmtime_wasi_http::p3::Request::new(
+        parts.method,
+        Some(scheme),
+        authority,
+        uri.path_and_query,
+        headers,
+        None,
+        body,
+    );
+    Ok(match service.handle(accessor, request).await? {
+        Ok(response) => {
+            let response =
+                accessor.with(|mut access| response.into_http(&mut access, request_io))?;
+            let (done, finished) = oneshot::channel();
+            on_head(Ok(response.map(|body| {
+                http_body_util::BodyExt::boxed_unsync(Watched {
+                    body,
+                    done: Some(done),
+                })
+            })));
+            // The body's frames come from the guest through this event loop.
+            finished.await.unwrap_or(false)
+        }
+        Err(code) => {
+            on_head(Err(format!("{code:?}")));
+            true
+        }
+    })
 }
 
 /// A response body that says when it is finished with: `true` once read to its end,

@@ -7,9 +7,11 @@
 //! reused, dropped with its reason and how many requests it served.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use wasmtime::Store;
 
 use crate::invoke::{Guest, ServiceInner};
@@ -129,6 +131,49 @@ impl Drop for Instance {
 #[derive(Default)]
 pub(crate) struct Pool {
     state: Mutex<PoolState>,
+    /// Instances whose response body has reached its end but which are not parked yet
+    /// (the guest is still returning): a client that sends its next request as soon as
+    /// it read the last answer would otherwise find the pool empty.
+    finishing: Arc<AtomicUsize>,
+    /// Woken when an instance is parked or stops finishing.
+    changed: Notify,
+}
+
+/// The longest a request waits for a finishing instance before it makes a new one.
+const MAX_FINISHING_WAIT: Duration = Duration::from_millis(5);
+
+/// Whether one request's instance has sent the end of its response body (counted in its
+/// pool's `finishing`) and whether its request is over.
+pub(crate) struct Finish {
+    state: AtomicU8,
+    finishing: Arc<AtomicUsize>,
+}
+
+const OPEN: u8 = 0;
+const BODY_ENDED: u8 = 1;
+const OVER: u8 = 2;
+
+impl Finish {
+    /// The response body reached its end: the instance counts as finishing until its
+    /// request is over.
+    pub(crate) fn body_ended(&self) {
+        if self
+            .state
+            .compare_exchange(OPEN, BODY_ENDED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.finishing.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The request is over (its instance parked or dropped).
+    fn over(&self) -> bool {
+        let was = self.state.swap(OVER, Ordering::AcqRel);
+        if was == BODY_ENDED {
+            self.finishing.fetch_sub(1, Ordering::AcqRel);
+        }
+        was == BODY_ENDED
+    }
 }
 
 #[derive(Default)]
@@ -139,6 +184,43 @@ struct PoolState {
 }
 
 impl Pool {
+    /// A watch for one request's instance: see [`Finish`].
+    pub(crate) fn finish(&self) -> Arc<Finish> {
+        Arc::new(Finish {
+            state: AtomicU8::new(OPEN),
+            finishing: self.finishing.clone(),
+        })
+    }
+
+    /// Ends a request's watch once its instance is parked or dropped, waking requests
+    /// that wait for a finishing instance.
+    pub(crate) fn over(&self, finish: &Finish) {
+        if finish.over() {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// A parked instance, or one about to be parked: when none waits but some instance
+    /// has sent its whole response and is still returning, waits for it a little (at most
+    /// [`MAX_FINISHING_WAIT`]).
+    pub(crate) async fn take_or_wait(&self, idle: Duration) -> Option<Instance> {
+        let give_up = tokio::time::Instant::now() + MAX_FINISHING_WAIT;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(instance) = self.take(idle) {
+                return Some(instance);
+            }
+            if self.finishing.load(Ordering::Acquire) == 0 {
+                return None;
+            }
+            if tokio::time::timeout_at(give_up, changed).await.is_err() {
+                return self.take(idle);
+            }
+        }
+    }
+
     /// The most recently parked instance that has not waited longer than `idle`.
     pub(crate) fn take(&self, idle: Duration) -> Option<Instance> {
         let mut stale = Vec::new();
@@ -169,6 +251,8 @@ impl Pool {
             state.reaping = true;
             tokio::spawn(reap(Arc::downgrade(service)));
         }
+        drop(state);
+        service.pool.changed.notify_waiters();
     }
 
     /// Drops the instances parked longer than `idle`; the time until the next one is

@@ -227,10 +227,7 @@ async fn concurrent_requests_each_get_an_instance_and_later_ones_reuse_them() {
 fn reuse_concurrency_above_one_is_refused_naming_the_key() {
     for (guest, reason) in [
         ("instance", "needs a WASI 0.3 component"),
-        (
-            "p3",
-            "one request at a time on each instance of a WASI 0.3 component",
-        ),
+        ("p3-data", "imports `tessera:messaging`"),
     ] {
         let app = App::new(&format!(
             r#"

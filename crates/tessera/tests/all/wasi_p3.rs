@@ -8,7 +8,9 @@
 
 use std::collections::HashSet;
 
-use crate::util::{App, Node, client, error_code, instance_served, ok};
+use std::time::Duration;
+
+use crate::util::{App, Node, client, error_code, eventually, instance_served, ok, sample, scrape};
 
 const TOKEN: &str = "p3-token-0123456789abcdef";
 
@@ -150,4 +152,204 @@ async fn a_wasi_0_3_component_is_served_beside_0_2_with_reuse_and_failures_conta
         let (status, text) = call.await.unwrap();
         assert_eq!(status, 200, "{text}");
     }
+}
+
+const SHARED: &str = r#"
+[app]
+name = "p3"
+
+[services.shared]
+component = "{guest:p3}"
+routes = ["/shared"]
+reuse = 1000
+reuse_concurrency = 16
+timeout = "6s"
+
+[services.brief]
+component = "{guest:p3}"
+routes = ["/brief"]
+reuse = 1000
+reuse_concurrency = 8
+timeout = "1s"
+"#;
+
+/// GETs `path` from a task of its own, with `request_id`: the answer's status and body.
+fn spawn_get(node: &Node, path: &str, request_id: &str) -> tokio::task::JoinHandle<(u16, String)> {
+    let url = node.url(path);
+    let request_id = request_id.to_string();
+    tokio::spawn(async move {
+        let r = client()
+            .get(url)
+            .header("x-request-id", request_id)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap())
+    })
+}
+
+/// A `p3` guest's sleep answer (`slept N ms together P ID SERVED`): peak and instance id.
+fn slept(text: &str) -> (u32, String) {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(words.get(3), Some(&"together"), "{text}");
+    (words[4].parse().unwrap(), words[5].to_string())
+}
+
+fn metric(metrics: &str, name: &str, service: &str, extra: &str) -> f64 {
+    let series = format!(r#"{name}{{app="p3",service="{service}",revision="r1"{extra}}}"#);
+    sample(metrics, &series).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn many_requests_share_one_wasi_0_3_instance_at_once_and_a_failure_ends_only_it() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::serve(data.path(), TOKEN);
+    let app = App::new(SHARED);
+    ok(node.cli(TOKEN, &["deploy", app.path().to_str().unwrap()]));
+
+    // Sixteen sleeps at once: one instance holds them all at the same time.
+    let calls: Vec<_> = (0..16)
+        .map(|i| spawn_get(&node, "/shared/sleep?ms=1500", &format!("s-{i}")))
+        .collect();
+    let mut instances = HashSet::new();
+    let mut peak = 0;
+    for call in calls {
+        let (status, text) = call.await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        let (together, id) = slept(&text);
+        peak = peak.max(together);
+        instances.insert(id);
+    }
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    assert_eq!(peak, 16, "the sleeps did not all wait at once");
+    let first = instances.into_iter().next().unwrap();
+    let metrics = scrape(&node, TOKEN).await;
+    assert_eq!(
+        metric(&metrics, "tessera_instances_created_total", "shared", ""),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "tessera_instances_reused_total", "shared", ""),
+        15.0,
+        "{metrics}"
+    );
+    // Lines printed while several requests were in flight carry the instance's tag.
+    assert!(
+        node.stdout
+            .wait_for("[shared instance-0] p3 ", Duration::from_secs(5))
+            .is_some(),
+        "{}",
+        node.stdout.text()
+    );
+
+    // A trap while others wait on the same instance: all of them fail as trapped, and
+    // the next request gets a new instance.
+    let waiting: Vec<_> = (0..4)
+        .map(|i| spawn_get(&node, "/shared/sleep?ms=4000", &format!("w-{i}")))
+        .collect();
+    // The guest prints `p3 <instance> request <served>` as each starts.
+    // (Polled without blocking: the sleeps' tasks run on this test's thread.)
+    let line = format!("p3 {first} request 20");
+    eventually(Duration::from_secs(5), &line, || async {
+        node.stdout.text().contains(&line)
+    })
+    .await;
+    let r = client().get(node.url("/shared/trap")).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    assert_eq!(error_code(r).await, "guest_trap");
+    for call in waiting {
+        let (status, text) = call.await.unwrap();
+        assert_eq!(status, 500, "{text}");
+        assert!(text.contains("guest_trap"), "{text}");
+    }
+    let (after, count) = instance_served(&node, "/shared/hello", "after-trap").await;
+    assert_eq!(count, 1, "the trapped instance served again");
+    assert_ne!(after, first);
+
+    // A request past its deadline ends its instance at once: what finished before is
+    // answered, what was still in flight fails as timed out too.
+    let late = spawn_get(&node, "/brief/sleep?ms=4000", "late");
+    let (status, text) = spawn_get(&node, "/brief/sleep?ms=100", "quick")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{text}");
+    let (_, quick_instance) = slept(&text);
+    let also = spawn_get(&node, "/brief/sleep?ms=4000", "also");
+    for call in [late, also] {
+        let (status, text) = call.await.unwrap();
+        assert_eq!(status, 504, "{text}");
+        assert!(text.contains("timeout"), "{text}");
+    }
+    let (after, count) = instance_served(&node, "/brief/hello", "after-timeout").await;
+    assert_eq!(count, 1, "the timed-out instance served again");
+    assert_ne!(after, quick_instance);
+    let metrics = scrape(&node, TOKEN).await;
+    for (service, reason) in [("shared", "trap"), ("brief", "timeout")] {
+        let extra = format!(r#",reason="{reason}""#);
+        assert_eq!(
+            metric(&metrics, "tessera_instances_dropped_total", service, &extra),
+            1.0,
+            "{service} {reason}: {metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_wasi_0_3_component_reaches_kv_sql_config_and_messaging() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::serve(data.path(), TOKEN);
+    let app = App::new(
+        r#"
+[app]
+name = "p3data"
+
+[services.d]
+component = "{guest:p3-data}"
+routes = ["/d"]
+reuse = 10
+
+[services.d.config]
+greeting = "hello from config"
+
+[services.mailer]
+component = "{guest:data}"
+routes = ["/mailer"]
+
+[[services.mailer.subscribe]]
+topic = "p3.hello"
+path = "/mailer/on/hello"
+"#,
+    );
+    ok(node.cli(TOKEN, &["deploy", app.path().to_str().unwrap()]));
+    let get = |path: &str| {
+        let url = node.url(path);
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/d/visit").await, (200, "visits 1\n".into()));
+    assert_eq!(get("/d/visit").await, (200, "visits 2\n".into()));
+    assert_eq!(get("/d/note?text=a").await, (200, "notes 1\n".into()));
+    assert_eq!(get("/d/note?text=b").await, (200, "notes 2\n".into()));
+    assert_eq!(
+        get("/d/config/greeting").await,
+        (200, "hello from config".into())
+    );
+    assert_eq!(get("/d/config/nope").await.0, 404);
+    let (status, text) = get("/d/publish?topic=p3.hello").await;
+    assert_eq!(status, 200, "{text}");
+    let id = text.trim().strip_prefix("published ").unwrap().to_string();
+    eventually(
+        Duration::from_secs(10),
+        "the 0.3 guest's message",
+        || async { get("/mailer/kv/default/last:hello").await.0 == 200 },
+    )
+    .await;
+    let last: serde_json::Value =
+        serde_json::from_str(&get("/mailer/kv/default/last:hello").await.1).unwrap();
+    assert_eq!(last["ce-id"], id.as_str(), "{last}");
+    assert_eq!(last["body"], "hello", "{last}");
 }

@@ -3,7 +3,9 @@
 //! - `.../hello`: `hello from wasi 0.3 <instance> <served>`, where `<instance>` is drawn
 //!   once per instance and `<served>` counts the requests this instance started;
 //! - `.../echo`: streams the request body back as it arrives;
-//! - `.../sleep?ms=N`: waits N ms on the host's clock (asynchronously) first;
+//! - `.../sleep?ms=N`: waits N ms on the host's clock (asynchronously), then answers
+//!   `slept N ms together <peak> <instance> <served>`, where `<peak>` is the most
+//!   requests this instance had in flight at its start or its end;
 //! - `.../stream?mb=N`: answers N MiB of `x`, written 64 KiB at a time;
 //! - `.../trap`: panics.
 //!
@@ -20,6 +22,8 @@ wasip3::http::service::export!(P3);
 struct P3;
 
 static SERVED: AtomicU32 = AtomicU32::new(0);
+/// Requests between their start and their answer.
+static IN_FLIGHT: AtomicU32 = AtomicU32::new(0);
 
 thread_local! {
     static ID: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -66,8 +70,11 @@ impl wasip3::exports::http::handler::Guest for P3 {
         }
         if path.ends_with("/sleep") {
             let ms = query(&request, "ms", 100);
+            let at_start = IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
             wasip3::clocks::monotonic_clock::wait_for(ms.saturating_mul(1_000_000)).await;
-            return text(format!("slept {ms} ms {id} {served}\n"));
+            let at_end = IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+            let peak = at_start.max(at_end);
+            return text(format!("slept {ms} ms together {peak} {id} {served}\n"));
         }
         if path.ends_with("/stream") {
             let mb = query(&request, "mb", 1);
