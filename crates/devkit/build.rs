@@ -49,7 +49,7 @@ fn main() {
             "wit/deps/platform/world.wit".into(),
             root.join("wit/world.wit"),
         ));
-        if language == "rust" {
+        if language.starts_with("rust") {
             files.extend(prefixed(
                 "tessera-guest/src/",
                 walk(&root.join("crates/guest/src")),

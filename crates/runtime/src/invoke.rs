@@ -479,8 +479,8 @@ impl Service {
             .instance(request_id, deadline, call_depth(&request))
             .await;
         // Told when the response body ends, so the next request may wait for this
-        // instance rather than make another.
-        let finish = inner.config.reuse.enabled().then(|| inner.pool.finish());
+        // instance rather than make another (if it may serve again).
+        let finish = (instance.served < inner.config.reuse.requests).then(|| inner.pool.finish());
         let store = &mut instance.store;
         let head = HeadWatch::default();
         let (sender, receiver) = oneshot::channel();
@@ -686,6 +686,10 @@ async fn run_guest(
     request_id: String,
     finish: Option<Arc<crate::reuse::Finish>>,
 ) -> Outcome {
+    let _finish = finish.map(|finish| crate::reuse::FinishGuard {
+        service: inner.clone(),
+        finish,
+    });
     // A 0.3 response body the client stopped reading leaves the instance unfit to serve
     // again.
     let mut finished_cleanly = true;
@@ -758,11 +762,6 @@ async fn run_guest(
     let reuse = &inner.config.reuse;
     if fate == DropReason::Done && instance.served < reuse.requests {
         Pool::park(&inner, instance);
-    } else {
-        drop(instance);
-    }
-    if let Some(finish) = finish {
-        inner.pool.over(&finish);
     }
     outcome
 }

@@ -135,6 +135,9 @@ pub(crate) struct Pool {
     /// (the guest is still returning): a client that sends its next request as soon as
     /// it read the last answer would otherwise find the pool empty.
     finishing: Arc<AtomicUsize>,
+    /// Requests waiting for a finishing instance: never more than there are finishing
+    /// instances, so a burst that misses the pool does not wait for nothing.
+    waiters: AtomicUsize,
     /// Woken when an instance is parked or stops finishing.
     changed: Notify,
 }
@@ -199,11 +202,43 @@ impl Pool {
             self.changed.notify_waiters();
         }
     }
+}
 
+/// Ends a request's [`Finish`] when dropped: however its task ends, a panic included, the
+/// instance stops counting as finishing.
+pub(crate) struct FinishGuard {
+    pub(crate) service: Arc<ServiceInner>,
+    pub(crate) finish: Arc<Finish>,
+}
+
+impl Drop for FinishGuard {
+    fn drop(&mut self) {
+        self.service.pool.over(&self.finish);
+    }
+}
+
+impl Pool {
     /// A parked instance, or one about to be parked: when none waits but some instance
     /// has sent its whole response and is still returning, waits for it a little (at most
     /// [`MAX_FINISHING_WAIT`]).
     pub(crate) async fn take_or_wait(&self, idle: Duration) -> Option<Instance> {
+        if let Some(instance) = self.take(idle) {
+            return Some(instance);
+        }
+        let finishing = self.finishing.load(Ordering::Acquire);
+        if finishing == 0 || self.waiters.fetch_add(1, Ordering::AcqRel) >= finishing {
+            if finishing != 0 {
+                self.waiters.fetch_sub(1, Ordering::AcqRel);
+            }
+            return None;
+        }
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _waiting = Waiting(&self.waiters);
         let give_up = tokio::time::Instant::now() + MAX_FINISHING_WAIT;
         loop {
             let changed = self.changed.notified();

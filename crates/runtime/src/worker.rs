@@ -40,6 +40,26 @@ pub(crate) struct Job {
     pub(crate) done: oneshot::Sender<Outcome>,
 }
 
+impl Job {
+    /// The job, unless nobody waits for it any more or its deadline has passed (then its
+    /// caller is told it timed out): a stale job must not start, since its deadline would
+    /// end the instance and the requests it serves.
+    fn live(self) -> Option<Job> {
+        if self.done.is_closed() {
+            return None;
+        }
+        if Instant::now() >= self.deadline {
+            let _ = self.done.send(Outcome {
+                result: Ok(Err(wasmtime::Error::new(Trap::Interrupt))),
+                hits: LimitHits::default(),
+                publish_error: None,
+            });
+            return None;
+        }
+        Some(self)
+    }
+}
+
 /// A service's workers, as requests are sent to them.
 #[derive(Default)]
 pub(crate) struct Workers {
@@ -90,6 +110,8 @@ impl Workers {
 
 /// Sends a request to a worker of the service with room for it, or to a new one.
 pub(crate) fn dispatch(inner: &Arc<ServiceInner>, mut job: Job) {
+    let Some(live) = job.live() else { return };
+    job = live;
     let reuse = &inner.config.reuse;
     let mut list = inner.workers.lock();
     for entry in list.iter_mut() {
@@ -129,6 +151,9 @@ pub(crate) fn dispatch(inner: &Arc<ServiceInner>, mut job: Job) {
 #[derive(Default)]
 struct Flight {
     requests: Mutex<Vec<InFlight>>,
+    /// The latest deadline of a finished request: what holds guest tasks that run on after
+    /// their request while nothing is in flight.
+    lingering: Mutex<Option<Instant>>,
     changed: Notify,
 }
 
@@ -146,6 +171,27 @@ impl Flight {
 
     fn earliest(&self) -> Option<Instant> {
         self.lock().iter().map(|r| r.deadline).min()
+    }
+
+    /// When running guest code is interrupted: at the earliest deadline in flight, or,
+    /// with nothing in flight, at the latest deadline of a finished request.
+    fn interrupt_at(&self) -> Option<Instant> {
+        self.earliest()
+            .or_else(|| *self.lingering.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// A request is over.
+    fn finished(&self, job: u64) {
+        let deadline = {
+            let mut requests = self.lock();
+            let at = requests.iter().position(|r| r.job == job);
+            at.map(|at| requests.remove(at).deadline)
+        };
+        if let Some(deadline) = deadline {
+            let mut lingering = self.lingering.lock().unwrap_or_else(|e| e.into_inner());
+            *lingering = Some(lingering.map_or(deadline, |d| d.max(deadline)));
+        }
+        self.changed.notify_one();
     }
 
     /// Resolves once a request in flight is past its deadline.
@@ -174,6 +220,14 @@ async fn run(
     mut jobs: mpsc::UnboundedReceiver<Job>,
     first: Job,
 ) {
+    // Off the list however the worker ends, a panic included.
+    struct Retire<'a>(&'a ServiceInner, u64);
+    impl Drop for Retire<'_> {
+        fn drop(&mut self) {
+            self.0.workers.retire(self.1);
+        }
+    }
+    let _retire = Retire(&inner, id);
     let tag: Arc<str> = format!("instance-{id}").into();
     let flight = Arc::new(Flight::default());
     let mut waiting: HashMap<u64, oneshot::Sender<Outcome>> = HashMap::new();
@@ -183,7 +237,7 @@ async fn run(
         let store = &mut instance.store;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
-            if flight.earliest().is_some_and(|d| Instant::now() >= d) {
+            if flight.interrupt_at().is_some_and(|d| Instant::now() >= d) {
                 Ok(UpdateDeadline::Interrupt)
             } else {
                 Ok(UpdateDeadline::YieldCustom(
@@ -235,6 +289,16 @@ async fn run(
     instance.fate = Some(fate);
     // Every request still in flight shares the instance's end.
     if let Some(error) = error {
+        if !waiting.is_empty() {
+            tracing::warn!(
+                service = %inner.config.name,
+                instance = %tag,
+                requests = waiting.len(),
+                reason = fate.as_str(),
+                error = %format!("{error:#}"),
+                "an instance serving several requests at once ended; its requests in flight fail"
+            );
+        }
         let mut rest: Vec<_> = waiting.drain().map(|(_, done)| done).collect();
         let last = rest.pop();
         let fail = |done: oneshot::Sender<Outcome>, error| {
@@ -291,7 +355,20 @@ async fn serve(
         served,
         ..
     } = instance;
-    let made = tokio::time::timeout_at(first.deadline.into(), pre.instantiate_async(&mut *store))
+    let mut admitted = Admitted {
+        flight,
+        waiting,
+        served,
+        next: 0,
+    };
+    // Admitted before the component is instantiated, so a failure to instantiate reaches
+    // the first request as what it is (a refusal for want of a slot, a trap, a timeout).
+    let deadline = first.deadline;
+    let Some(first) = admitted.admit(first) else {
+        inner.workers.finished(id);
+        return Ok(DropReason::Done);
+    };
+    let made = tokio::time::timeout_at(deadline.into(), pre.instantiate_async(&mut *store))
         .await
         .map_err(|_| Ended::Expired)?
         .map_err(Ended::Failed)?;
@@ -303,15 +380,9 @@ async fn serve(
     };
     let service = &*service;
     let reuse = &inner.config.reuse;
-    let mut admitted = Admitted {
-        flight,
-        waiting,
-        served,
-        next: 0,
-    };
     let events = store.run_concurrent(async |accessor| -> wasmtime::Result<DropReason> {
         let mut running = FuturesUnordered::new();
-        let (key, request, on_head) = admitted.admit(first);
+        let (key, request, on_head) = first;
         fit(accessor, tag, flight);
         running.push(call(accessor, service, key, request, on_head));
         let mut fate = DropReason::Done;
@@ -322,11 +393,13 @@ async fn serve(
                 }
                 tokio::select! {
                     job = jobs.recv() => match job {
-                        Some(job) => {
-                            let (key, request, on_head) = admitted.admit(job);
-                            fit(accessor, tag, flight);
-                            running.push(call(accessor, service, key, request, on_head));
-                        }
+                        Some(job) => match admitted.admit(job) {
+                            Some((key, request, on_head)) => {
+                                fit(accessor, tag, flight);
+                                running.push(call(accessor, service, key, request, on_head));
+                            }
+                            None => inner.workers.finished(id),
+                        },
                         None => break,
                     },
                     _ = tokio::time::sleep(reuse.idle) => {
@@ -340,8 +413,7 @@ async fn serve(
             }
             tokio::select! {
                 Some((key, ended)) = running.next() => {
-                    flight.lock().retain(|r| r.job != key);
-                    flight.changed.notify_one();
+                    flight.finished(key);
                     inner.workers.finished(id);
                     let ended = ended?;
                     let hits = accessor.with(|mut access| {
@@ -351,19 +423,31 @@ async fn serve(
                     if let Some(done) = admitted.waiting.remove(&key) {
                         let _ = done.send(Outcome { result: Ok(Ok(())), hits, publish_error: None });
                     }
+                    if hits.memory || hits.budget {
+                        // A guest that survived a refused memory.grow is not served
+                        // again; the requests in flight fail with the limit.
+                        return Err(wasmtime::format_err!("the instance hit its memory limit"));
+                    }
                     fit(accessor, tag, flight);
                     if !ended {
                         // A body left half read: this instance takes no more requests,
                         // and ends once the others are done.
                         fate = DropReason::Abandoned;
                         inner.workers.retire(id);
+                        jobs.close();
+                        while let Ok(job) = jobs.try_recv() {
+                            dispatch(inner, job);
+                        }
                     }
                 }
                 job = jobs.recv(), if fate != DropReason::Abandoned => {
-                    if let Some(job) = job {
-                        let (key, request, on_head) = admitted.admit(job);
-                        fit(accessor, tag, flight);
-                        running.push(call(accessor, service, key, request, on_head));
+                    match job.map(|job| admitted.admit(job)) {
+                        Some(Some((key, request, on_head))) => {
+                            fit(accessor, tag, flight);
+                            running.push(call(accessor, service, key, request, on_head));
+                        }
+                        Some(None) => inner.workers.finished(id),
+                        None => {}
                     }
                 }
                 else => {}
@@ -395,8 +479,10 @@ type Request = Box<hyper::Request<HyperOutgoingBody>>;
 type OnHead = Box<dyn FnOnce(HeadResult) + Send>;
 
 impl Admitted<'_> {
-    /// Records a request as in flight: its key, and what the guest's call takes.
-    fn admit(&mut self, job: Job) -> (u64, Request, OnHead) {
+    /// Records a request as in flight: its key, and what the guest's call takes; `None`
+    /// for a job gone stale on its way (see [`Job::live`]).
+    fn admit(&mut self, job: Job) -> Option<(u64, Request, OnHead)> {
+        let job = job.live()?;
         let key = self.next;
         self.next += 1;
         *self.served += 1;
@@ -408,7 +494,7 @@ impl Admitted<'_> {
         });
         self.flight.changed.notify_one();
         self.waiting.insert(key, job.done);
-        (key, job.request, job.on_head)
+        Some((key, job.request, job.on_head))
     }
 }
 

@@ -14,6 +14,7 @@ use crate::util::{Node, client, eventually, get, tessera, workspace};
 /// Each template and the word its hello answer names its language with.
 const LANGUAGES: &[(&str, &str)] = &[
     ("rust", "Rust"),
+    ("rust-p3", "WASI 0.3"),
     ("python", "Python"),
     ("js", "JavaScript"),
     ("c", "C"),
