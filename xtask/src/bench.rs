@@ -38,6 +38,8 @@ const TESSERA: &str = "tessera";
 const TESSERA_REUSE: &str = "tessera, reuse = 128";
 const WASMTIME: &str = "wasmtime serve";
 const WASMTIME_REUSE: &str = "wasmtime serve, reuse 128";
+const TESSERA_P3: &str = "tessera, WASI 0.3, reuse 128 × 16";
+const WASMTIME_P3: &str = "wasmtime serve -Sp3, reuse 128 × 16";
 const NATIVE: &str = "native hyper";
 
 const TESSERA_DESCRIPTION: &str = "`tessera up APP --listen 127.0.0.1:PORT` (release build, \
@@ -49,6 +51,11 @@ const WASMTIME_DESCRIPTION: &str =
     "`wasmtime serve -Scli --addr 127.0.0.1:PORT hello.wasm`, the same component";
 const WASMTIME_REUSE_DESCRIPTION: &str = "the same with `--max-instance-reuse-count 128` \
     (wasmtime 49 and later; skipped when the CLI lacks the flag)";
+const TESSERA_P3_DESCRIPTION: &str = "`tessera up` as above serving the WASI 0.3 `p3` \
+    component of crates/test-programs-p3 (`wasi:http/handler@0.3.0`, whose `/` answers the \
+    same body) with `reuse = 128` and `reuse_concurrency = 16`";
+const WASMTIME_P3_DESCRIPTION: &str = "`wasmtime serve -Scli -Sp3 --addr 127.0.0.1:PORT p3.wasm`, \
+    the same component with wasmtime's defaults for 0.3 (128 requests per instance, 16 at once)";
 const NATIVE_DESCRIPTION: &str = "hyper 1 + hyper-util auto (HTTP/1.1 keep-alive), tokio \
     multi-thread runtime, no WebAssembly (`xtask bench-native-server`, release build)";
 
@@ -143,6 +150,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let tessera = build()?;
     let hello = guest_component("hello")?;
+    let p3 = guest_component("p3")?;
 
     // Declared before the servers so it outlives them (locals drop in reverse order).
     let scratch = ScratchDir::create()?;
@@ -152,6 +160,8 @@ pub fn run(args: &[String]) -> Result<()> {
     write_app(&app_dir, &hello, "")?;
     let reuse_app_dir = scratch.path().join("app-reuse");
     write_app(&reuse_app_dir, &hello, "reuse = 128\n")?;
+    let p3_app_dir = scratch.path().join("app-p3");
+    write_app(&p3_app_dir, &p3, "reuse = 128\nreuse_concurrency = 16\n")?;
 
     // Taken now, after the builds, so the load average reflects the machine we measure on.
     let machine = report::machine();
@@ -171,6 +181,14 @@ pub fn run(args: &[String]) -> Result<()> {
         &scratch.path().join("data-reuse"),
         scratch.path(),
         "tessera-reuse",
+    )?);
+    running.push(start_tessera(
+        TESSERA_P3,
+        &tessera,
+        &p3_app_dir,
+        &scratch.path().join("data-p3"),
+        scratch.path(),
+        "tessera-p3",
     )?);
     if let Some(wasmtime) = &wasmtime {
         let port = free_port()?;
@@ -202,6 +220,27 @@ pub fn run(args: &[String]) -> Result<()> {
         } else {
             let note = "wasmtime serve with reuse was skipped: this wasmtime has no \
                 `--max-instance-reuse-count` (it came in 49)"
+                .to_owned();
+            println!("note: {note}");
+            notes.push(note);
+        }
+        if supports(wasmtime, "--max-instance-concurrent-reuse-count") {
+            let port = free_port()?;
+            let mut cmd = Command::new(wasmtime);
+            cmd.args(["serve", "-Scli", "-Sp3", "--addr"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg(&p3);
+            running.push(start(
+                WASMTIME_P3,
+                cmd,
+                port,
+                "/",
+                scratch.path(),
+                "wasmtime-p3",
+            )?);
+        } else {
+            let note = "wasmtime serve -Sp3 was skipped: this wasmtime cannot reuse a 0.3 \
+                instance concurrently (that came in 49)"
                 .to_owned();
             println!("note: {note}");
             notes.push(note);
@@ -301,6 +340,8 @@ pub fn run(args: &[String]) -> Result<()> {
             row(TESSERA_REUSE, TESSERA_REUSE_DESCRIPTION),
             row(WASMTIME, WASMTIME_DESCRIPTION),
             row(WASMTIME_REUSE, WASMTIME_REUSE_DESCRIPTION),
+            row(TESSERA_P3, TESSERA_P3_DESCRIPTION),
+            row(WASMTIME_P3, WASMTIME_P3_DESCRIPTION),
             row(NATIVE, NATIVE_DESCRIPTION),
         ],
         startups,
@@ -341,7 +382,7 @@ fn build() -> Result<PathBuf> {
     Ok(tessera_release_binary())
 }
 
-/// The built component of the `NAME` bin of crates/test-programs.
+/// The built component of the `NAME` bin of crates/test-programs or crates/test-programs-p3.
 fn guest_component(name: &str) -> Result<PathBuf> {
     let path = target_dir()
         .join(WASM_TARGET)

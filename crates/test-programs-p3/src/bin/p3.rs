@@ -7,9 +7,10 @@
 //!   `slept N ms together <peak> <instance> <served>`, where `<peak>` is the most
 //!   requests this instance had in flight at its start or its end;
 //! - `.../stream?mb=N`: answers N MiB of `x`, written 64 KiB at a time;
-//! - `.../trap`: panics.
+//! - `.../trap`: panics;
+//! - `/` itself: `hello from tessera` (the body `cargo xtask bench` compares every server on).
 //!
-//! It prints `p3 <instance> request <served>` to stdout on every request.
+//! It prints `p3 <instance> request <served>` to stdout on every request but `/`.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -62,9 +63,13 @@ impl wasip3::exports::http::handler::Guest for P3 {
     async fn handle(request: Request) -> Result<Response, ErrorCode> {
         let served = SERVED.fetch_add(1, Ordering::SeqCst) + 1;
         let id = id();
-        println!("p3 {id} request {served}");
         let path = request.get_path_with_query().unwrap_or_default();
         let path = path.split('?').next().unwrap_or_default().to_owned();
+        if path == "/" {
+            // As plain as the other servers' hello: no output.
+            return text("hello from tessera\n".to_owned());
+        }
+        println!("p3 {id} request {served}");
         if path.ends_with("/trap") {
             panic!("p3 {id} trapped on purpose");
         }
