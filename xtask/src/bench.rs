@@ -7,6 +7,7 @@ mod client;
 pub mod cluster;
 pub mod data;
 pub mod events;
+mod js;
 pub mod polyglot;
 mod probe;
 mod report;
@@ -40,6 +41,8 @@ const WASMTIME: &str = "wasmtime serve";
 const WASMTIME_REUSE: &str = "wasmtime serve, reuse 128";
 const TESSERA_P3: &str = "tessera, WASI 0.3, reuse 128 × 16";
 const WASMTIME_P3: &str = "wasmtime serve -Sp3, reuse 128 × 16";
+const TESSERA_JS: &str = "tessera, JavaScript (jco), reuse = 128";
+const WORKERD: &str = "workerd";
 const NATIVE: &str = "native hyper";
 
 const TESSERA_DESCRIPTION: &str = "`tessera up APP --listen 127.0.0.1:PORT` (release build, \
@@ -56,6 +59,11 @@ const TESSERA_P3_DESCRIPTION: &str = "`tessera up` as above serving the WASI 0.3
     same body) with `reuse = 128` and `reuse_concurrency = 16`";
 const WASMTIME_P3_DESCRIPTION: &str = "`wasmtime serve -Scli -Sp3 --addr 127.0.0.1:PORT p3.wasm`, \
     the same component with wasmtime's defaults for 0.3 (128 requests per instance, 16 at once)";
+const TESSERA_JS_DESCRIPTION: &str = "`tessera up` as above serving a JavaScript fetch \
+    handler that answers the same body, built with `tessera new js` and `tessera build` \
+    (jco, StarlingMonkey, WASI 0.2), with `reuse = 128`";
+const WORKERD_DESCRIPTION: &str = "Cloudflare's `workerd serve config.capnp` (npm `workerd`): \
+    the same handler as one ES-module worker on 127.0.0.1:PORT";
 const NATIVE_DESCRIPTION: &str = "hyper 1 + hyper-util auto (HTTP/1.1 keep-alive), tokio \
     multi-thread runtime, no WebAssembly (`xtask bench-native-server`, release build)";
 
@@ -246,6 +254,44 @@ pub fn run(args: &[String]) -> Result<()> {
             notes.push(note);
         }
     }
+    match js::build_component(&tessera, &scratch.path().join("js")) {
+        Ok(component) => {
+            let js_app_dir = scratch.path().join("app-js");
+            write_app(&js_app_dir, &component, "reuse = 128\n")?;
+            running.push(start_tessera(
+                TESSERA_JS,
+                &tessera,
+                &js_app_dir,
+                &scratch.path().join("data-js"),
+                scratch.path(),
+                "tessera-js",
+            )?);
+        }
+        Err(error) => {
+            let note = format!(
+                "the JavaScript rows were skipped: {error:#} (run `cargo xtask toolchains` for jco)"
+            );
+            println!("note: {note}");
+            notes.push(note);
+        }
+    }
+    let workerd = js::find_workerd()?;
+    match &workerd {
+        Some(workerd) => {
+            let port = free_port()?;
+            let cmd = js::workerd_command(workerd, &scratch.path().join("workerd"), port)?;
+            running.push(start(WORKERD, cmd, port, "/", scratch.path(), "workerd")?);
+        }
+        None => {
+            let note = format!(
+                "workerd was skipped: no $WORKERD, no {} and no `workerd` on PATH; install it \
+                 with `npm install --prefix /opt/bench/workerd workerd`",
+                js::DEFAULT_WORKERD
+            );
+            println!("note: {note}");
+            notes.push(note);
+        }
+    }
     let port = free_port()?;
     let mut cmd = Command::new(target_dir().join("release").join("xtask"));
     cmd.args(["bench-native-server", &port.to_string()]);
@@ -321,6 +367,9 @@ pub fn run(args: &[String]) -> Result<()> {
     if let Some(wasmtime) = &wasmtime {
         versions.push(version_of(wasmtime, "wasmtime"));
     }
+    if let Some(workerd) = &workerd {
+        versions.push(version_of(workerd, "workerd"));
+    }
     versions.push(version_of(Path::new("rustc"), "rustc"));
 
     let report = Report {
@@ -342,6 +391,8 @@ pub fn run(args: &[String]) -> Result<()> {
             row(WASMTIME_REUSE, WASMTIME_REUSE_DESCRIPTION),
             row(TESSERA_P3, TESSERA_P3_DESCRIPTION),
             row(WASMTIME_P3, WASMTIME_P3_DESCRIPTION),
+            row(TESSERA_JS, TESSERA_JS_DESCRIPTION),
+            row(WORKERD, WORKERD_DESCRIPTION),
             row(NATIVE, NATIVE_DESCRIPTION),
         ],
         startups,

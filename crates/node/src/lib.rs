@@ -498,7 +498,7 @@ impl Node {
 
     fn compile_cache(&self, report: &LoadReport) {
         if let Some(telemetry) = self.inner.telemetry.load().as_deref() {
-            telemetry.compile_cache(report.source == CodeSource::Cache);
+            telemetry.compile_cache(report.source != CodeSource::Compiled);
         }
     }
 
@@ -542,6 +542,7 @@ impl Node {
         let how = match report.source {
             tessera_runtime::CodeSource::Compiled => "compiled",
             tessera_runtime::CodeSource::Cache => "loaded from cache",
+            tessera_runtime::CodeSource::Retained => "still mapped",
         };
         tracing::info!(service = %service, sha256 = &loaded.content_hash()[..12], elapsed = ?report.elapsed, "{how}");
         Ok(self.inner.artifacts.put_artifact(bytes)?)

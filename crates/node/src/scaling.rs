@@ -93,6 +93,9 @@ impl Residency {
                 continue;
             }
             let unloaded = slot.retire(self, cx);
+            if let Some(node) = slot.node.upgrade() {
+                node.runtime.forget_code(&slot.revision.sha256);
+            }
             if let Some(telemetry) = cx.telemetry {
                 telemetry.forget(&slot.labels);
             }
@@ -177,6 +180,11 @@ impl Residency {
                 && Duration::from_millis(quiet) >= idle
                 && let Some((service, _)) = slot.unload(Unload::Idle, self, cx)
             {
+                // Its code stays mapped and linked (bounded), so waking it costs only its
+                // first instance.
+                if let Some(node) = slot.node.upgrade() {
+                    node.runtime.retain_code(&service);
+                }
                 unloaded.push(service);
             }
         }
@@ -394,11 +402,12 @@ fn load(node: &Arc<NodeInner>, slot: &Arc<Slot>) -> Result<Service, crate::NodeE
     let source = match source {
         CodeSource::Cache => "cache",
         CodeSource::Compiled => "compiled",
+        CodeSource::Retained => "retained",
     };
     let kept = slot.install(&service);
     tracing::info!(app = %app, service = %name, revision = id, source = %source, elapsed = ?elapsed, code_bytes = service.code_size(), "service loaded");
     if let Some(telemetry) = cx.telemetry {
-        telemetry.compile_cache(source == "cache");
+        telemetry.compile_cache(source != "compiled");
         telemetry.cold_start(&slot.labels, elapsed, source);
         telemetry.set_loaded(&slot.labels, kept);
         let line = format!(

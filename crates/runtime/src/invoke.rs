@@ -55,6 +55,7 @@ pub(crate) struct NodeBounds {
 }
 
 /// A service's component, pre-instantiated, by the WASI version of its HTTP export.
+#[derive(Clone)]
 pub(crate) enum GuestPre {
     /// `wasi:http/incoming-handler@0.2.x`.
     P2(ProxyPre<InstanceState>),

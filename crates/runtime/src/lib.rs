@@ -23,7 +23,7 @@ mod state;
 mod worker;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
@@ -211,8 +211,30 @@ struct RuntimeInner {
     own: Arc<std::sync::OnceLock<Vec<std::net::SocketAddr>>>,
     linker: Linker<InstanceState>,
     cache: Option<CompileCache>,
+    /// Code kept mapped after its service was unloaded for being idle.
+    retained: Mutex<Retained>,
     config: RuntimeConfig,
     _ticker: EpochTicker,
+}
+
+/// Most compiled code kept mapped for services unloaded for being idle, in bytes.
+pub const RETAINED_CODE_BYTES: usize = 256 << 20;
+
+/// Compiled and linked code of services that were unloaded for being idle, oldest first,
+/// at most [`RETAINED_CODE_BYTES`] of it: waking such a service skips mapping and linking
+/// its code again, so it pays only for its first instance.
+#[derive(Default)]
+struct Retained {
+    entries: std::collections::VecDeque<Linked>,
+    bytes: usize,
+}
+
+/// A component's code, mapped and linked: what a service is made of besides its config.
+struct Linked {
+    hash: String,
+    pre: invoke::GuestPre,
+    imports: Arc<[String]>,
+    code_size: usize,
 }
 
 /// How a component was obtained when a service was loaded.
@@ -222,6 +244,8 @@ pub enum CodeSource {
     Compiled,
     /// Mapped from the on-disk cache.
     Cache,
+    /// Still mapped and linked, kept since the service was unloaded for being idle.
+    Retained,
 }
 
 /// Timing of a service load, reported in the log.
@@ -258,6 +282,7 @@ impl Runtime {
                 engine,
                 linker,
                 cache,
+                retained: Mutex::default(),
                 config,
                 _ticker: ticker,
             }),
@@ -352,6 +377,11 @@ impl Runtime {
     ) -> Result<(Service, LoadReport), RuntimeError> {
         let start = Instant::now();
         if config.limits.memory <= self.inner.config.max_memory
+            && let Some(code) = self.take_retained(sha256)
+        {
+            return self.assemble(config, code, CodeSource::Retained, start);
+        }
+        if config.limits.memory <= self.inner.config.max_memory
             && let Some(component) = self.inner.cache.as_ref().and_then(|c| c.load(sha256))
         {
             return self.finish(
@@ -421,6 +451,30 @@ impl Runtime {
             .imports(component.engine())
             .map(|(name, _)| name.to_owned())
             .collect();
+        let code = Linked {
+            hash,
+            pre,
+            imports,
+            code_size,
+        };
+        self.assemble(config, code, source, start)
+    }
+
+    /// A service from its linked code.
+    fn assemble(
+        &self,
+        config: ServiceConfig,
+        code: Linked,
+        source: CodeSource,
+        start: Instant,
+    ) -> Result<(Service, LoadReport), RuntimeError> {
+        let inner = &self.inner;
+        let Linked {
+            hash,
+            pre,
+            imports,
+            code_size,
+        } = code;
         if config.reuse.concurrency > 1
             && (matches!(pre, invoke::GuestPre::P2(_))
                 || imports_package(&imports, "tessera:messaging"))
@@ -453,6 +507,61 @@ impl Runtime {
                 elapsed: start.elapsed(),
             },
         ))
+    }
+}
+
+impl Runtime {
+    /// Keeps a service's code mapped and linked after it was unloaded for being idle, so
+    /// loading it again costs only its first instance; the oldest retained code goes
+    /// first past [`RETAINED_CODE_BYTES`].
+    pub fn retain_code(&self, service: &Service) {
+        let inner = &service.inner;
+        if inner.code_size > RETAINED_CODE_BYTES {
+            return;
+        }
+        let mut retained = self.lock_retained();
+        retained.entries.retain(|code| code.hash != inner.hash);
+        retained.entries.push_back(Linked {
+            hash: inner.hash.clone(),
+            pre: inner.pre.clone(),
+            imports: service.imports.clone(),
+            code_size: inner.code_size,
+        });
+        retained.bytes = retained.entries.iter().map(|code| code.code_size).sum();
+        while retained.bytes > RETAINED_CODE_BYTES {
+            let Some(oldest) = retained.entries.pop_front() else {
+                break;
+            };
+            retained.bytes -= oldest.code_size;
+        }
+    }
+
+    /// Drops retained code of this digest (its revision no longer serves).
+    pub fn forget_code(&self, sha256: &str) {
+        self.take_retained(sha256);
+    }
+
+    /// Bytes of code retained for idle services.
+    pub fn retained_code_bytes(&self) -> usize {
+        self.lock_retained().bytes
+    }
+
+    fn take_retained(&self, sha256: &str) -> Option<Linked> {
+        let mut retained = self.lock_retained();
+        let at = retained
+            .entries
+            .iter()
+            .position(|code| code.hash == sha256)?;
+        let code = retained.entries.remove(at)?;
+        retained.bytes -= code.code_size;
+        Some(code)
+    }
+
+    fn lock_retained(&self) -> std::sync::MutexGuard<'_, Retained> {
+        self.inner
+            .retained
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 }
 
