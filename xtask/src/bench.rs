@@ -41,7 +41,7 @@ const WASMTIME: &str = "wasmtime serve";
 const WASMTIME_REUSE: &str = "wasmtime serve, reuse 128";
 const TESSERA_P3: &str = "tessera, WASI 0.3, reuse 128 × 16";
 const WASMTIME_P3: &str = "wasmtime serve -Sp3, reuse 128 × 16";
-const TESSERA_JS: &str = "tessera, JavaScript (jco), reuse = 128";
+const TESSERA_JS: &str = "tessera, JavaScript (jco)";
 const WORKERD: &str = "workerd";
 const NATIVE: &str = "native hyper";
 
@@ -61,7 +61,8 @@ const WASMTIME_P3_DESCRIPTION: &str = "`wasmtime serve -Scli -Sp3 --addr 127.0.0
     the same component with wasmtime's defaults for 0.3 (128 requests per instance, 16 at once)";
 const TESSERA_JS_DESCRIPTION: &str = "`tessera up` as above serving a JavaScript fetch \
     handler that answers the same body, built with `tessera new js` and `tessera build` \
-    (jco, StarlingMonkey, WASI 0.2), with `reuse = 128`";
+    (jco, StarlingMonkey, WASI 0.2), a fresh instance per request: a jco 1.35 component \
+    answers only the first request of an instance, so it cannot be reused";
 const WORKERD_DESCRIPTION: &str = "Cloudflare's `workerd serve config.capnp` (npm `workerd`): \
     the same handler as one ES-module worker on 127.0.0.1:PORT";
 const NATIVE_DESCRIPTION: &str = "hyper 1 + hyper-util auto (HTTP/1.1 keep-alive), tokio \
@@ -257,7 +258,7 @@ pub fn run(args: &[String]) -> Result<()> {
     match js::build_component(&tessera, &scratch.path().join("js")) {
         Ok(component) => {
             let js_app_dir = scratch.path().join("app-js");
-            write_app(&js_app_dir, &component, "reuse = 128\n")?;
+            write_app(&js_app_dir, &component, "")?;
             running.push(start_tessera(
                 TESSERA_JS,
                 &tessera,
