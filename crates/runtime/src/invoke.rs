@@ -509,12 +509,7 @@ impl Service {
                 Call::P2 { incoming, outparam }
             }
             GuestPre::P3(_) => Call::P3 {
-                request: Box::new(request.map(|body| {
-                    http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
-                        body,
-                        Into::into,
-                    ))
-                })),
+                request: boxed_request(request),
                 on_head: Box::new(on_head),
             },
         };
@@ -566,12 +561,7 @@ where
     crate::worker::dispatch(
         inner,
         crate::worker::Job {
-            request: Box::new(request.map(|body| {
-                http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
-                    body,
-                    Into::into,
-                ))
-            })),
+            request: boxed_request(request),
             on_head: Box::new(on_head),
             request_id: request_id.into(),
             deadline: deadline.into_std(),
@@ -587,6 +577,17 @@ where
         request_id,
     )
     .await
+}
+
+/// The request with its body boxed, as a WASI 0.3 guest's call takes it.
+fn boxed_request<B>(request: hyper::Request<B>) -> Box<hyper::Request<HyperOutgoingBody>>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    Box::new(request.map(|body| {
+        http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(body, Into::into))
+    }))
 }
 
 /// HTTP/1.0 clients may send neither an absolute URI nor a Host header; the guest API

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::servers::{find_on_path, resolve_program};
+use super::servers::find_program;
 use crate::native;
 use crate::process::repo_root;
 use crate::toolchains;
@@ -38,18 +38,7 @@ fn worker_source() -> String {
 
 /// workerd: `$WORKERD`, else [`DEFAULT_WORKERD`], else `workerd` on PATH.
 pub fn find_workerd() -> Result<Option<PathBuf>> {
-    if let Some(explicit) = std::env::var_os("WORKERD") {
-        let explicit = PathBuf::from(explicit);
-        return match resolve_program(&explicit) {
-            Some(path) => Ok(Some(path)),
-            None => bail!("WORKERD={} does not exist", explicit.display()),
-        };
-    }
-    let default = Path::new(DEFAULT_WORKERD);
-    if default.is_file() {
-        return Ok(Some(default.to_path_buf()));
-    }
-    Ok(find_on_path("workerd"))
+    find_program("WORKERD", DEFAULT_WORKERD, "workerd")
 }
 
 /// Builds the handler into a component with `tessera new js` and `tessera build` in

@@ -167,19 +167,25 @@ pub fn free_port() -> Result<u16> {
 /// The wasmtime CLI to compare against: `$WASMTIME`, else [`DEFAULT_WASMTIME`], else
 /// `wasmtime` on `PATH`; `None` when there is none (the comparison is then skipped).
 pub fn find_wasmtime() -> Result<Option<PathBuf>> {
-    if let Some(explicit) = std::env::var_os("WASMTIME") {
+    find_program("WASMTIME", DEFAULT_WASMTIME, "wasmtime")
+}
+
+/// A program to compare against: the path in `$VAR`, else `default`, else `name` on
+/// `PATH`; `None` when there is none (its rows are then skipped).
+pub fn find_program(var: &str, default: &str, name: &str) -> Result<Option<PathBuf>> {
+    if let Some(explicit) = std::env::var_os(var) {
         let explicit = PathBuf::from(explicit);
         // An explicit choice that doesn't exist is a mistake worth reporting, not skipping.
         return match resolve_program(&explicit) {
             Some(path) => Ok(Some(path)),
-            None => bail!("WASMTIME={} does not exist", explicit.display()),
+            None => bail!("{var}={} does not exist", explicit.display()),
         };
     }
-    let default = Path::new(DEFAULT_WASMTIME);
+    let default = Path::new(default);
     if default.is_file() {
         return Ok(Some(default.to_path_buf()));
     }
-    Ok(find_on_path("wasmtime"))
+    Ok(find_on_path(name))
 }
 
 /// A path as given when it names a file, else (for a bare name) its location on `PATH`.

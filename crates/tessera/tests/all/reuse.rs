@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::util::{App, Node, client, error_code, instance_served, ok, sample, scrape, up_fails};
+use crate::util::{App, Node, client, error_code, instance_served, ok, scrape, up_fails};
 
 const TOKEN: &str = "reuse-token-0123456789abcdef";
 
@@ -29,10 +29,10 @@ timeout = "1s"
 memory = "24MiB"
 "#;
 
-/// The value of `metric` for revision r1 of `service` (with `extra` labels), 0 when absent.
+/// The value of `metric` for revision r1 of `service` of this app (with `extra` labels),
+/// 0 when absent.
 fn value(metrics: &str, metric: &str, service: &str, extra: &str) -> f64 {
-    let series = format!(r#"{metric}{{app="reuse",service="{service}",revision="r1"{extra}}}"#);
-    sample(metrics, &series).unwrap_or(0.0)
+    crate::util::service_metric(metrics, metric, "reuse", service, extra)
 }
 
 #[tokio::test]

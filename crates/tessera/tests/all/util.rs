@@ -373,6 +373,13 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         .and_then(|value| value.parse().ok())
 }
 
+/// The value of one service's series of `metric` (revision r1, `extra` labels after it),
+/// 0 when absent.
+pub fn service_metric(metrics: &str, metric: &str, app: &str, service: &str, extra: &str) -> f64 {
+    let series = format!(r#"{metric}{{app="{app}",service="{service}",revision="r1"{extra}}}"#);
+    sample(metrics, &series).unwrap_or(0.0)
+}
+
 /// The instance id and request count of an `instance` or `p3` guest's answer (its last
 /// two words), asked with `request_id`; the answer must be a 200.
 pub async fn instance_served(node: &Node, path: &str, request_id: &str) -> (String, u32) {

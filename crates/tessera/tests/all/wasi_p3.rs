@@ -10,7 +10,7 @@ use std::collections::HashSet;
 
 use std::time::Duration;
 
-use crate::util::{App, Node, client, error_code, eventually, instance_served, ok, sample, scrape};
+use crate::util::{App, Node, client, error_code, eventually, instance_served, ok, scrape};
 
 const TOKEN: &str = "p3-token-0123456789abcdef";
 
@@ -196,9 +196,10 @@ fn slept(text: &str) -> (u32, String) {
     (words[4].parse().unwrap(), words[5].to_string())
 }
 
-fn metric(metrics: &str, name: &str, service: &str, extra: &str) -> f64 {
-    let series = format!(r#"{name}{{app="p3",service="{service}",revision="r1"{extra}}}"#);
-    sample(metrics, &series).unwrap_or(0.0)
+/// The value of `metric` for revision r1 of `service` of this app (with `extra` labels),
+/// 0 when absent.
+fn metric(metrics: &str, metric: &str, service: &str, extra: &str) -> f64 {
+    crate::util::service_metric(metrics, metric, "p3", service, extra)
 }
 
 #[tokio::test]
